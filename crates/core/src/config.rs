@@ -1,0 +1,340 @@
+//! `config.json`: typed, strict, with the original's defaults.
+//!
+//! Unknown keys and wrong types are errors that name the key's path
+//! (`managers.daemon_manager.py.startup_delay: expected a non-negative number of seconds`),
+//! because a typo that silently falls back to a default is the worst kind of config bug.
+//! A missing file or a missing field takes the spec's default.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{DAEMON_MANAGER, MAIN_LLM_MANAGER, NANO_MANAGER};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {key}: {message}")]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+/// A duration written in seconds (integer or fraction); negative values and non-numbers are
+/// rejected with the key named.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Seconds(pub f64);
+
+impl Seconds {
+    pub fn duration(self) -> Duration {
+        Duration::from_secs_f64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SecondsVisitor;
+        impl Visitor<'_> for SecondsVisitor {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a non-negative number of seconds")
+            }
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<Seconds, E> {
+                if value.is_finite() && (0.0..=86_400.0 * 365.0).contains(&value) {
+                    Ok(Seconds(value))
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Float(value), &self))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Seconds, E> {
+                self.visit_f64(value as f64)
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Seconds, E> {
+                if value < 0 {
+                    return Err(E::invalid_value(de::Unexpected::Signed(value), &self));
+                }
+                self.visit_f64(value as f64)
+            }
+        }
+        deserializer.deserialize_any(SecondsVisitor)
+    }
+}
+
+/// One manager as written in the file; absent fields take that manager's defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManagerEntry {
+    name: Option<String>,
+    startup_delay: Option<Seconds>,
+    health_check_interval: Option<Seconds>,
+    critical: Option<bool>,
+}
+
+/// A manager boot starts, with its settings resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ManagerSpec {
+    /// The manager's binary and `manager_affinity` value (`daemon_manager`).
+    pub binary: String,
+    /// Human name ("Daemon Manager").
+    pub name: String,
+    /// Pause after starting this manager before starting the next one.
+    pub startup_delay: Seconds,
+    /// How often boot checks that the manager is alive and its heartbeat fresh.
+    pub health_check_interval: Seconds,
+    /// Boot restarts a critical manager that dies.
+    pub critical: bool,
+}
+
+fn default_manager(binary: &str) -> Option<ManagerSpec> {
+    let (name, delay, interval, critical) = match binary {
+        DAEMON_MANAGER => ("Daemon Manager", 1.0, 30.0, true),
+        NANO_MANAGER => ("Nano Manager", 1.0, 30.0, true),
+        MAIN_LLM_MANAGER => ("Main LLM Manager", 2.0, 60.0, false),
+        _ => return None,
+    };
+    Some(ManagerSpec {
+        binary: binary.to_owned(),
+        name: name.to_owned(),
+        startup_delay: Seconds(delay),
+        health_check_interval: Seconds(interval),
+        critical,
+    })
+}
+
+/// How managers restart and stop components (the port's addition to config.json).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorPolicy {
+    /// A component that ran at least this long is restarted at once when it dies.
+    pub min_uptime: Seconds,
+    /// The first backoff after a quick death; doubles with each further quick death.
+    pub backoff_initial: Seconds,
+    /// The longest backoff.
+    pub backoff_max: Seconds,
+    /// Quick deaths in a row after which a component is FAILED and stays down.
+    pub max_quick_deaths: u32,
+    /// Grace period between SIGTERM and SIGKILL when stopping.
+    pub stop_timeout: Seconds,
+    /// How often a manager proves it is alive (boot reads the heartbeat).
+    pub heartbeat_interval: Seconds,
+}
+
+impl Default for SupervisorPolicy {
+    fn default() -> Self {
+        SupervisorPolicy {
+            min_uptime: Seconds(1.0),
+            backoff_initial: Seconds(0.5),
+            backoff_max: Seconds(60.0),
+            max_quick_deaths: 5,
+            stop_timeout: Seconds(10.0),
+            heartbeat_interval: Seconds(2.0),
+        }
+    }
+}
+
+impl SupervisorPolicy {
+    /// The delay before the restart that follows the `quick_deaths`-th quick death in a row.
+    pub fn backoff(&self, quick_deaths: u32) -> Duration {
+        let exponent = quick_deaths.saturating_sub(1).min(30);
+        let secs = self.backoff_initial.0 * f64::from(1u32 << exponent);
+        Duration::from_secs_f64(secs.min(self.backoff_max.0))
+    }
+}
+
+/// How long metric and log rows are kept (the port's addition).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Rows older than this many days are pruned.
+    pub max_age_days: Seconds,
+    /// How often a daemon prunes its table.
+    pub prune_interval: Seconds,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { max_age_days: Seconds(7.0), prune_interval: Seconds(3600.0) }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    managers: Option<IndexMap<String, ManagerEntry>>,
+    #[serde(default)]
+    supervisor: SupervisorPolicy,
+    #[serde(default)]
+    retention: Retention,
+}
+
+/// The whole configuration, resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// In start order: the file's order, or daemon, nano, main LLM.
+    pub managers: Vec<ManagerSpec>,
+    pub supervisor: SupervisorPolicy,
+    pub retention: Retention,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            managers: [DAEMON_MANAGER, NANO_MANAGER, MAIN_LLM_MANAGER]
+                .iter()
+                .filter_map(|binary| default_manager(binary))
+                .collect(),
+            supervisor: SupervisorPolicy::default(),
+            retention: Retention::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`; a missing file is the default configuration.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(ConfigError::Read { path: path.to_path_buf(), source }),
+        }
+    }
+
+    /// Parses config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let file: ConfigFile = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let key = error.path().to_string();
+            let key = if key == "." || key == "?" { "(top level)".to_owned() } else { key };
+            invalid(key, error.into_inner().to_string())
+        })?;
+        let mut config = Config { supervisor: file.supervisor, retention: file.retention, ..Config::default() };
+        if config.supervisor.max_quick_deaths == 0 {
+            return Err(invalid("supervisor.max_quick_deaths".into(), "must be at least 1".into()));
+        }
+        if let Some(entries) = file.managers {
+            config.managers.clear();
+            for (key, entry) in entries {
+                // The original keys managers by script name (`daemon_manager.py`).
+                let binary = key.strip_suffix(".py").unwrap_or(&key);
+                let Some(mut spec) = default_manager(binary) else {
+                    return Err(invalid(
+                        format!("managers.{key}"),
+                        "unknown manager: expected daemon_manager.py, nano_manager.py or main_llm_manager.py"
+                            .into(),
+                    ));
+                };
+                if config.managers.iter().any(|m| m.binary == spec.binary) {
+                    return Err(invalid(format!("managers.{key}"), "manager listed twice".into()));
+                }
+                if let Some(name) = entry.name {
+                    spec.name = name;
+                }
+                if let Some(delay) = entry.startup_delay {
+                    spec.startup_delay = delay;
+                }
+                if let Some(interval) = entry.health_check_interval {
+                    if interval.0 <= 0.0 {
+                        return Err(invalid(
+                            format!("managers.{key}.health_check_interval"),
+                            "must be greater than 0".into(),
+                        ));
+                    }
+                    spec.health_check_interval = interval;
+                }
+                if let Some(critical) = entry.critical {
+                    spec.critical = critical;
+                }
+                config.managers.push(spec);
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn manager(&self, binary: &str) -> Option<&ManagerSpec> {
+        self.managers.iter().find(|m| m.binary == binary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("config.json")).map_err(|e| e.to_string())
+    }
+
+    fn check_error(text: &str, expected: &str) {
+        let message = parse(text).unwrap_err();
+        assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+    }
+
+    #[test]
+    fn missing_file_and_empty_object_are_defaults() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = Config::load(&tmp.path().join("none.json")).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(parse("{}").unwrap(), Config::default());
+        let daemon = config.manager("daemon_manager").unwrap();
+        assert_eq!((daemon.startup_delay.0, daemon.health_check_interval.0, daemon.critical), (1.0, 30.0, true));
+        let main = config.manager("main_llm_manager").unwrap();
+        assert_eq!((main.startup_delay.0, main.health_check_interval.0, main.critical), (2.0, 60.0, false));
+    }
+
+    #[test]
+    fn seed_example_parses_with_defaults_for_the_rest() {
+        let config = parse(
+            r#"{"managers": {"daemon_manager.py": {"name": "Daemon Manager", "startup_delay": 1,
+                "health_check_interval": 30, "critical": true}}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.managers.len(), 1);
+        assert_eq!(config.managers[0].binary, "daemon_manager");
+    }
+
+    #[test]
+    fn missing_fields_take_that_managers_defaults_and_order_is_kept() {
+        let config = parse(r#"{"managers": {"main_llm_manager.py": {}, "daemon_manager": {"critical": false}}}"#)
+            .unwrap();
+        let names: Vec<_> = config.managers.iter().map(|m| m.binary.as_str()).collect();
+        assert_eq!(names, ["main_llm_manager", "daemon_manager"]);
+        assert_eq!(config.managers[0].startup_delay.0, 2.0);
+        assert!(!config.managers[1].critical);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        check_error(
+            r#"{"managers": {"daemon_manager.py": {"startup_delay": "x"}}}"#,
+            "managers.daemon_manager.py.startup_delay: invalid type: string \"x\", expected a non-negative number of seconds",
+        );
+        check_error(r#"{"managers": {"daemon_manager.py": {"startup_delay": -1}}}"#, "startup_delay");
+        check_error(r#"{"managers": {"daemon_manager.py": {"critcal": true}}}"#, "unknown field `critcal`");
+        check_error(r#"{"managrs": {}}"#, "unknown field `managrs`");
+        check_error(r#"{"managers": {"evil.py": {}}}"#, "managers.evil.py: unknown manager");
+        check_error(r#"{"supervisor": {"stop_timeout": -3}}"#, "supervisor.stop_timeout");
+        check_error(r#"{"supervisor": {"max_quick_deaths": 0}}"#, "max_quick_deaths");
+        check_error(r#"{"managers": {"nano_manager.py": {"health_check_interval": 0}}}"#, "greater than 0");
+        check_error("{not json", "(top level)");
+        check_error("[]", "invalid type");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        let policy = SupervisorPolicy::default();
+        let secs: Vec<f64> = (1..=9).map(|n| policy.backoff(n).as_secs_f64()).collect();
+        assert_eq!(secs, [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]);
+    }
+}

@@ -1,0 +1,236 @@
+//! The n0m1 home folder: where the database, config, logs and PID files live.
+//!
+//! Every path the system uses is derived here, so that a component started by a manager and
+//! one started by hand agree on where things are. This module creates folders; it never
+//! deletes anything.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Environment variable naming the home folder; `--home` beats it.
+pub const ENV_HOME: &str = "N0M1_HOME";
+/// Environment variable a manager gives each component: its own `component_id`.
+pub const ENV_COMPONENT_ID: &str = "N0M1_COMPONENT_ID";
+/// The seed's tip: when set, `.py` components run with `python3` rather than the home's venv.
+pub const ENV_NATIVE: &str = "N0M1_NATIVE";
+/// Set by boot for the managers it starts, so a manager can tell that boot is its parent.
+pub const ENV_BOOT_PID: &str = "N0M1_BOOT_PID";
+
+/// Folder name under `$HOME` when neither `--home` nor `N0M1_HOME` is given (the seed's path).
+pub const DEFAULT_HOME_DIR: &str = "n0m1_agi";
+pub const DB_FILE: &str = "n0m1_agi.db";
+pub const CONFIG_FILE: &str = "config.json";
+pub const LOGS_DIR: &str = "logs";
+pub const MANAGER_LOGS_DIR: &str = "logs_managers";
+pub const PIDS_DIR: &str = "pids";
+pub const COMPONENTS_DIR: &str = "components";
+pub const MODELS_DIR: &str = "models";
+/// Boot's own log, as the original named it.
+pub const BOOT_LOG_STEM: &str = "boot_system_daemon";
+/// Boot's PID file stem (`pids/boot_system.pid`).
+pub const BOOT_PID_STEM: &str = "boot_system";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    #[error("no home folder: pass --home DIR or set {ENV_HOME} (and $HOME is not set either)")]
+    NoHome,
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid component id {id:?}: {reason}")]
+    BadComponentId { id: String, reason: &'static str },
+}
+
+/// The resolved home folder of one n0m1 installation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// `--home DIR` beats `N0M1_HOME`, which beats `~/n0m1_agi`.
+    pub fn resolve(flag: Option<&Path>) -> Result<Home, HomeError> {
+        let env_home = std::env::var_os(ENV_HOME).filter(|value| !value.is_empty());
+        let user_home = std::env::var_os("HOME").filter(|value| !value.is_empty());
+        Self::resolve_from(flag, env_home.as_deref().map(Path::new), user_home.as_deref().map(Path::new))
+    }
+
+    fn resolve_from(
+        flag: Option<&Path>,
+        env_home: Option<&Path>,
+        user_home: Option<&Path>,
+    ) -> Result<Home, HomeError> {
+        let root = match (flag, env_home, user_home) {
+            (Some(dir), _, _) => dir.to_path_buf(),
+            (None, Some(dir), _) => dir.to_path_buf(),
+            (None, None, Some(home)) => home.join(DEFAULT_HOME_DIR),
+            (None, None, None) => return Err(HomeError::NoHome),
+        };
+        // Children get N0M1_HOME from this path, and they may run with another working
+        // directory, so a relative path must be made absolute once, here.
+        let root = if root.is_absolute() {
+            root
+        } else {
+            std::env::current_dir()
+                .map_err(|source| HomeError::Io { path: root.clone(), action: "resolve", source })?
+                .join(root)
+        };
+        Ok(Home { root })
+    }
+
+    pub fn new(root: impl Into<PathBuf>) -> Home {
+        Home { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates the home and its folders, private to the user (0700). Existing folders keep
+    /// their contents; the home itself is tightened to 0700 because it holds the database.
+    pub fn ensure(&self) -> Result<(), HomeError> {
+        let mut builder = DirBuilder::new();
+        builder.recursive(true).mode(0o700);
+        for dir in [
+            self.root.clone(),
+            self.logs_dir(),
+            self.manager_logs_dir(),
+            self.pids_dir(),
+            self.components_dir(),
+        ] {
+            builder
+                .create(&dir)
+                .map_err(|source| HomeError::Io { path: dir.clone(), action: "create folder", source })?;
+        }
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700)).map_err(|source| {
+            HomeError::Io { path: self.root.clone(), action: "set permissions of", source }
+        })?;
+        Ok(())
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.root.join(DB_FILE)
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join(CONFIG_FILE)
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join(LOGS_DIR)
+    }
+    pub fn manager_logs_dir(&self) -> PathBuf {
+        self.root.join(MANAGER_LOGS_DIR)
+    }
+    pub fn pids_dir(&self) -> PathBuf {
+        self.root.join(PIDS_DIR)
+    }
+    pub fn components_dir(&self) -> PathBuf {
+        self.root.join(COMPONENTS_DIR)
+    }
+    pub fn models_dir(&self) -> PathBuf {
+        self.root.join(MODELS_DIR)
+    }
+
+    /// `pids/<stem>.pid`, for components, managers and boot alike.
+    pub fn pid_file(&self, stem: &str) -> PathBuf {
+        self.pids_dir().join(format!("{stem}.pid"))
+    }
+    pub fn boot_pid_file(&self) -> PathBuf {
+        self.pid_file(BOOT_PID_STEM)
+    }
+    /// `logs/<id>.log` (stdout) and `logs/<id>.err` (stderr) of a component.
+    pub fn component_logs(&self, component_id: &str) -> (PathBuf, PathBuf) {
+        let dir = self.logs_dir();
+        (dir.join(format!("{component_id}.log")), dir.join(format!("{component_id}.err")))
+    }
+    /// `logs_managers/<name>.log` and `.err` of a manager or of boot.
+    pub fn manager_logs(&self, stem: &str) -> (PathBuf, PathBuf) {
+        let dir = self.manager_logs_dir();
+        (dir.join(format!("{stem}.log")), dir.join(format!("{stem}.err")))
+    }
+}
+
+/// Component ids become file names (`pids/<id>.pid`, `logs/<id>.log`), so they must not be
+/// able to name a path outside those folders.
+pub fn validate_component_id(id: &str) -> Result<(), HomeError> {
+    let bad = |reason| Err(HomeError::BadComponentId { id: id.to_owned(), reason });
+    if id.is_empty() {
+        return bad("it is empty");
+    }
+    if id.len() > 128 {
+        return bad("it is longer than 128 characters");
+    }
+    if id.starts_with('.') || id.starts_with('-') {
+        return bad("it starts with '.' or '-'");
+    }
+    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+        return bad("only letters, digits, '_', '-' and '.' are allowed");
+    }
+    Ok(())
+}
+
+/// Opens a file for appending, creating it private to the user (0600). Used for every log
+/// file the system writes, so logs that may hold model output are never world-readable.
+pub fn open_private_append(path: &Path) -> Result<fs::File, HomeError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| HomeError::Io { path: path.to_path_buf(), action: "open", source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(flag: Option<&str>, env: Option<&str>, user: Option<&str>, expected: Option<&str>) {
+        let got = Home::resolve_from(flag.map(Path::new), env.map(Path::new), user.map(Path::new));
+        match expected {
+            Some(path) => assert_eq!(got.unwrap().root(), Path::new(path)),
+            None => assert!(matches!(got, Err(HomeError::NoHome))),
+        }
+    }
+
+    #[test]
+    fn flag_beats_env_beats_user_home() {
+        check(Some("/a"), Some("/b"), Some("/c"), Some("/a"));
+        check(None, Some("/b"), Some("/c"), Some("/b"));
+        check(None, None, Some("/c"), Some("/c/n0m1_agi"));
+        check(None, None, None, None);
+    }
+
+    #[test]
+    fn relative_home_is_made_absolute() {
+        let got = Home::resolve_from(Some(Path::new("rel")), None, None).unwrap();
+        assert!(got.root().is_absolute());
+        assert!(got.root().ends_with("rel"));
+    }
+
+    #[test]
+    fn ensure_creates_private_layout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::new(tmp.path().join("home"));
+        home.ensure().unwrap();
+        for dir in [home.root().to_path_buf(), home.logs_dir(), home.pids_dir(), home.components_dir()] {
+            let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+        }
+        let log = open_private_append(&home.component_logs("x").0).unwrap();
+        assert_eq!(log.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn component_ids_cannot_escape_folders() {
+        for good in ["cpu_usage_daemon", "nano_cpu-temp.2"] {
+            validate_component_id(good).unwrap();
+        }
+        for bad in ["", "../x", "a/b", ".hidden", "-rf", "a b", "x;rm"] {
+            assert!(validate_component_id(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! n0m1-core: what every n0m1 binary shares (the original's `manager_utils`).
+//!
+//! Paths, the database and its schema, PID files, the lifecycle log, the access log, config
+//! and process inspection. It knows nothing about supervision policy or models.
+
+pub mod access_log;
+pub mod config;
+pub mod db;
+pub mod home;
+pub mod lifecycle;
+pub mod logging;
+pub mod pidfile;
+pub mod process;
+pub mod schema;
+pub mod state;
+
+pub use config::Config;
+pub use home::Home;
+pub use lifecycle::{LifecycleEvent, LifecycleRecord};
+pub use pidfile::{PidFile, PidStatus};

@@ -1,0 +1,286 @@
+//! Lifecycle events: the one enum of every `event_type` the system writes, and the one
+//! function that writes a row of `component_lifecycle_log`. `n0m1ctl status` reads the same
+//! type back, so a writer and a reader can never disagree on a spelling.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::{Connection, params};
+
+use crate::schema::COMPONENT_LIFECYCLE_LOG;
+
+macro_rules! lifecycle_events {
+    ($($(#[$doc:meta])* $variant:ident = $text:literal,)*) => {
+        /// A value of `component_lifecycle_log.event_type`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum LifecycleEvent { $($(#[$doc])* $variant,)* }
+
+        impl LifecycleEvent {
+            pub const ALL: &'static [LifecycleEvent] = &[$(LifecycleEvent::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(LifecycleEvent::$variant => $text,)* }
+            }
+        }
+
+        impl FromStr for LifecycleEvent {
+            type Err = String;
+            fn from_str(text: &str) -> Result<Self, String> {
+                match text {
+                    $($text => Ok(LifecycleEvent::$variant),)*
+                    other => Err(format!("unknown lifecycle event {other:?}")),
+                }
+            }
+        }
+    };
+}
+
+lifecycle_events! {
+    /// A manager is about to spawn the component.
+    StartAttempt = "START_ATTEMPT",
+    /// The component is up; written by the manager after spawning, and by the component
+    /// itself with its own pid once it is ready.
+    StartedSuccessfully = "STARTED_SUCCESSFULLY",
+    /// The component could not be started (bad script, bad arguments, spawn error).
+    StartFailed = "START_FAILED",
+    /// A stop was asked for (desired state inactive, shutdown, or a changed row).
+    StopRequested = "STOP_REQUESTED",
+    /// The component exited within the grace period after SIGTERM.
+    StoppedSuccessfully = "STOPPED_SUCCESSFULLY",
+    /// The component had to be killed with SIGKILL.
+    StoppedForcefully = "STOPPED_FORCEFULLY",
+    /// The component survived SIGKILL (uninterruptible sleep): it is left for the operator.
+    StopFailed = "STOP_FAILED",
+    /// A component says it is exiting (on SIGTERM), or a one-shot run ended cleanly.
+    Stopped = "STOPPED",
+    /// The component exited on its own with a non-zero code or a signal.
+    Crashed = "CRASHED",
+    /// A persistent component exited on its own with code 0.
+    Exited = "EXITED",
+    /// After a quick death, a restart is scheduled after a backoff delay.
+    RestartScheduled = "RESTART_SCHEDULED",
+    /// Too many quick deaths in a row: the component stays down until enabled again.
+    Failed = "FAILED",
+    /// A restarted manager took back a component that was still running.
+    Adopted = "ADOPTED",
+    /// An operator reset a failed component (`n0m1ctl enable` or `restart`).
+    Reset = "RESET",
+    /// Boot started a manager.
+    ManagerStarted = "MANAGER_STARTED",
+    /// A manager exited while boot wanted it running.
+    ManagerCrashed = "MANAGER_CRASHED",
+    /// Boot asked a manager to stop.
+    ManagerShutdownRequested = "MANAGER_SHUTDOWN_REQUESTED",
+    /// A manager exited after boot asked it to stop.
+    ManagerStopped = "MANAGER_STOPPED",
+    /// A manager's heartbeat went stale.
+    ManagerUnhealthy = "MANAGER_UNHEALTHY",
+    /// A component or manager reports an error it recovered from.
+    Error = "ERROR",
+    /// A component or manager reports an error it cannot recover from.
+    CriticalError = "CRITICAL_ERROR",
+    /// A metric daemon found no sensor for what it measures.
+    NoSensor = "NO_SENSOR",
+    /// A model component could not load its model and serves without it.
+    ModelUnavailable = "MODEL_UNAVAILABLE",
+    /// The command daemon refused a `CMD:` line.
+    CommandRejected = "COMMAND_REJECTED",
+    /// Boot or a component re-read its configuration.
+    ConfigReloaded = "CONFIG_RELOADED",
+}
+
+impl LifecycleEvent {
+    /// Events `n0m1ctl status --detailed` lists as recent errors.
+    pub fn is_error(self) -> bool {
+        matches!(
+            self,
+            LifecycleEvent::Error
+                | LifecycleEvent::CriticalError
+                | LifecycleEvent::StopFailed
+                | LifecycleEvent::ManagerCrashed
+                | LifecycleEvent::StartFailed
+                | LifecycleEvent::Crashed
+                | LifecycleEvent::Failed
+                | LifecycleEvent::ManagerUnhealthy
+                | LifecycleEvent::CommandRejected
+                | LifecycleEvent::ModelUnavailable
+        )
+    }
+}
+
+impl fmt::Display for LifecycleEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row of `component_lifecycle_log`.
+#[derive(Debug, Clone, Default)]
+pub struct LifecycleRecord<'a> {
+    pub component_id: &'a str,
+    pub pid: Option<i32>,
+    pub event: Option<LifecycleEvent>,
+    pub run_type: Option<&'a str>,
+    pub message: Option<&'a str>,
+    pub manager_script: Option<&'a str>,
+    pub script_path: Option<&'a str>,
+}
+
+impl<'a> LifecycleRecord<'a> {
+    pub fn new(component_id: &'a str, event: LifecycleEvent) -> Self {
+        LifecycleRecord { component_id, event: Some(event), ..Default::default() }
+    }
+    pub fn pid(mut self, pid: i32) -> Self {
+        self.pid = Some(pid);
+        self
+    }
+    pub fn message(mut self, message: &'a str) -> Self {
+        self.message = Some(message);
+        self
+    }
+    pub fn run_type(mut self, run_type: &'a str) -> Self {
+        self.run_type = Some(run_type);
+        self
+    }
+    pub fn manager(mut self, manager_script: &'a str) -> Self {
+        self.manager_script = Some(manager_script);
+        self
+    }
+    pub fn script_path(mut self, script_path: &'a str) -> Self {
+        self.script_path = Some(script_path);
+        self
+    }
+
+    /// Writes the row; returns its id.
+    pub fn write(&self, conn: &Connection) -> rusqlite::Result<i64> {
+        let event = self.event.map(LifecycleEvent::as_str).unwrap_or("ERROR");
+        let mut statement = conn.prepare_cached(&format!(
+            "INSERT INTO {COMPONENT_LIFECYCLE_LOG}
+             (component_id, process_pid, event_type, run_type, message, manager_script, script_path)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        ))?;
+        statement.execute(params![
+            self.component_id,
+            self.pid,
+            event,
+            self.run_type,
+            self.message,
+            self.manager_script,
+            self.script_path
+        ])?;
+        Ok(conn.last_insert_rowid())
+    }
+}
+
+/// A row read back from the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedEvent {
+    pub id: i64,
+    pub timestamp: String,
+    pub component_id: String,
+    pub pid: Option<i32>,
+    /// Unknown spellings (written by other tools) are kept as text.
+    pub event_type: String,
+    pub message: Option<String>,
+}
+
+impl LoggedEvent {
+    pub fn event(&self) -> Option<LifecycleEvent> {
+        self.event_type.parse().ok()
+    }
+}
+
+/// The most recent events, newest first; `errors_only` keeps those `is_error` accepts.
+pub fn recent(conn: &Connection, limit: usize, errors_only: bool) -> rusqlite::Result<Vec<LoggedEvent>> {
+    let filter = if errors_only {
+        let list: Vec<String> = LifecycleEvent::ALL
+            .iter()
+            .filter(|e| e.is_error())
+            .map(|e| format!("'{}'", e.as_str()))
+            .collect();
+        format!("WHERE event_type IN ({})", list.join(","))
+    } else {
+        String::new()
+    };
+    let mut statement = conn.prepare(&format!(
+        "SELECT id, event_timestamp, component_id, process_pid, event_type, message
+         FROM {COMPONENT_LIFECYCLE_LOG} {filter} ORDER BY id DESC LIMIT ?1"
+    ))?;
+    let rows = statement.query_map([limit as i64], |row| {
+        Ok(LoggedEvent {
+            id: row.get(0)?,
+            timestamp: row.get(1)?,
+            component_id: row.get(2)?,
+            pid: row.get(3)?,
+            event_type: row.get(4)?,
+            message: row.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Events of one component, oldest first.
+pub fn events_of(conn: &Connection, component_id: &str) -> rusqlite::Result<Vec<LoggedEvent>> {
+    let mut statement = conn.prepare(&format!(
+        "SELECT id, event_timestamp, component_id, process_pid, event_type, message
+         FROM {COMPONENT_LIFECYCLE_LOG} WHERE component_id = ?1 ORDER BY id"
+    ))?;
+    let rows = statement.query_map([component_id], |row| {
+        Ok(LoggedEvent {
+            id: row.get(0)?,
+            timestamp: row.get(1)?,
+            component_id: row.get(2)?,
+            pid: row.get(3)?,
+            event_type: row.get(4)?,
+            message: row.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema;
+
+    fn db() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        schema::migrations().to_latest(&mut conn).unwrap();
+        conn
+    }
+
+    #[test]
+    fn every_event_round_trips() {
+        for event in LifecycleEvent::ALL {
+            assert_eq!(event.as_str().parse::<LifecycleEvent>().unwrap(), *event);
+        }
+        assert!("NOPE".parse::<LifecycleEvent>().is_err());
+    }
+
+    #[test]
+    fn spec_error_events_are_errors() {
+        for text in ["ERROR", "CRITICAL_ERROR", "STOP_FAILED", "MANAGER_CRASHED"] {
+            assert!(text.parse::<LifecycleEvent>().unwrap().is_error(), "{text}");
+        }
+        assert!(!LifecycleEvent::StartedSuccessfully.is_error());
+    }
+
+    #[test]
+    fn write_then_read_back() {
+        let conn = db();
+        LifecycleRecord::new("cpu_usage_daemon", LifecycleEvent::StartAttempt).write(&conn).unwrap();
+        LifecycleRecord::new("cpu_usage_daemon", LifecycleEvent::Crashed)
+            .pid(42)
+            .message("exit code 3")
+            .manager("daemon_manager")
+            .write(&conn)
+            .unwrap();
+        let all = events_of(&conn, "cpu_usage_daemon").unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].event(), Some(LifecycleEvent::Crashed));
+        assert_eq!(all[1].pid, Some(42));
+        let errors = recent(&conn, 10, true).unwrap();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].message.as_deref(), Some("exit code 3"));
+    }
+}

@@ -1,0 +1,234 @@
+//! Processes: the one door for spawning, and what /proc says about a pid.
+//!
+//! Every supervised child leads its own process group, so one signal reaches the whole tree it
+//! forks. Liveness is read from /proc (state and start time), never from `kill(pid, 0)`: on these
+//! machines an exited child that nobody reaped still answers signal 0.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+use crate::home::{HomeError, open_private_append};
+
+/// What /proc/<pid>/stat says about a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: i32,
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub utime_ticks: u64,
+    pub stime_ticks: u64,
+    /// Clock ticks after boot at which the process started; with the pid, a fingerprint.
+    pub start_ticks: u64,
+    pub rss_pages: i64,
+}
+
+impl ProcStat {
+    /// Parses the text of /proc/<pid>/stat. The command name may contain spaces and
+    /// parentheses, so fields are counted from the last ')'.
+    pub fn parse(text: &str) -> Option<ProcStat> {
+        let pid = text.split_whitespace().next()?.parse().ok()?;
+        let rest = &text[text.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // fields[0] is field 3 (state) of proc(5).
+        let field = |n: usize| fields.get(n - 3).copied();
+        Some(ProcStat {
+            pid,
+            state: field(3)?.chars().next()?,
+            ppid: field(4)?.parse().ok()?,
+            pgrp: field(5)?.parse().ok()?,
+            utime_ticks: field(14)?.parse().ok()?,
+            stime_ticks: field(15)?.parse().ok()?,
+            start_ticks: field(22)?.parse().ok()?,
+            rss_pages: field(24)?.parse().ok()?,
+        })
+    }
+
+    pub fn read(pid: i32) -> Option<ProcStat> {
+        fs::read_to_string(format!("/proc/{pid}/stat")).ok().as_deref().and_then(ProcStat::parse)
+    }
+
+    /// Running, sleeping or stopped: anything but a zombie or a dead task.
+    pub fn is_alive(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// True when `pid` exists and is not a zombie.
+pub fn is_alive(pid: i32) -> bool {
+    ProcStat::read(pid).is_some_and(|stat| stat.is_alive())
+}
+
+/// True when `pid` is alive and is the same process that started at `start_ticks`.
+pub fn is_same_process(pid: i32, start_ticks: u64) -> bool {
+    ProcStat::read(pid).is_some_and(|stat| stat.is_alive() && stat.start_ticks == start_ticks)
+}
+
+/// Every process /proc lists now.
+pub fn all_processes() -> Vec<ProcStat> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(ProcStat::read)
+        .collect()
+}
+
+/// The live descendants of `root` (children, grandchildren, …), from one /proc snapshot.
+pub fn descendants(root: i32) -> Vec<ProcStat> {
+    descendants_in(&all_processes(), root)
+}
+
+fn descendants_in(processes: &[ProcStat], root: i32) -> Vec<ProcStat> {
+    let mut found = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for child in processes.iter().filter(|p| p.ppid == parent && p.pid != root) {
+            if !found.iter().any(|f: &ProcStat| f.pid == child.pid) {
+                frontier.push(child.pid);
+                found.push(*child);
+            }
+        }
+    }
+    found.retain(ProcStat::is_alive);
+    found
+}
+
+/// Sends `signal` to every process of group `pgid`; a group that is gone is not an error.
+pub fn signal_group(pgid: i32, signal: Signal) {
+    let _ = killpg(Pid::from_raw(pgid), signal);
+}
+
+/// Sends `signal` to one process; a process that is gone is not an error.
+pub fn signal_process(pid: i32, signal: Signal) {
+    let _ = kill(Pid::from_raw(pid), signal);
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib(stat: &ProcStat) -> u64 {
+    let page_kib = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64
+        / 1024;
+    stat.rss_pages.max(0) as u64 * page_kib
+}
+
+/// Clock ticks per second, for turning /proc times into seconds.
+pub fn clock_ticks_per_second() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64
+}
+
+/// Seconds since boot, from /proc/uptime.
+pub fn uptime_seconds() -> Option<f64> {
+    fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// What to run and where its output goes.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(String, OsString)>,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    pub current_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error(transparent)]
+    Log(#[from] HomeError),
+    #[error("cannot start {program}: {source}")]
+    Exec {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A spawned child: its pid and its /proc start time (the fingerprint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    pub pid: i32,
+    pub start_ticks: u64,
+}
+
+/// Starts `spec` as the leader of a new process group, stdin from /dev/null, stdout and stderr
+/// appended to its log files (0600). The caller reaps it (managers reap with `waitpid(-1)`,
+/// which is why this returns a pid and not a `Child`).
+pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
+    let stdout = open_private_append(&spec.stdout)?;
+    let stderr = open_private_append(&spec.stderr)?;
+    #[allow(clippy::disallowed_methods)] // this is the one door
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.current_dir)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    let child = command
+        .spawn()
+        .map_err(|source| SpawnError::Exec { program: spec.program.clone(), source })?;
+    let pid = child.id() as i32;
+    // Dropping a std Child neither waits nor kills: reaping stays with the caller.
+    drop(child);
+    let start_ticks = ProcStat::read(pid).map_or(0, |stat| stat.start_ticks);
+    Ok(Spawned { pid, start_ticks })
+}
+
+/// The folder of the running executable: bundled binaries are looked up beside it.
+pub fn own_bin_dir() -> Option<PathBuf> {
+    std::env::current_exe().ok()?.parent().map(Path::to_path_buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_awkward_command_names() {
+        let text = "1234 (a b) c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 98765 1000 250 18446744073709551615";
+        let stat = ProcStat::parse(text).unwrap();
+        assert_eq!((stat.pid, stat.state, stat.ppid, stat.pgrp), (1234, 'S', 1, 1234));
+        assert_eq!((stat.utime_ticks, stat.stime_ticks, stat.start_ticks, stat.rss_pages), (7, 3, 98765, 250));
+        assert!(stat.is_alive());
+        let zombie = ProcStat::parse("5 (x) Z 1 5 5 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 10 0 0").unwrap();
+        assert!(!zombie.is_alive());
+        assert!(ProcStat::parse("garbage").is_none());
+    }
+
+    #[test]
+    fn own_process_is_alive_with_stable_fingerprint() {
+        let me = std::process::id() as i32;
+        let stat = ProcStat::read(me).unwrap();
+        assert!(is_same_process(me, stat.start_ticks));
+        assert!(!is_same_process(me, stat.start_ticks + 1));
+    }
+
+    #[test]
+    fn descendants_follow_the_tree() {
+        let p = |pid, ppid| ProcStat {
+            pid,
+            ppid,
+            state: 'S',
+            pgrp: pid,
+            utime_ticks: 0,
+            stime_ticks: 0,
+            start_ticks: 0,
+            rss_pages: 0,
+        };
+        let table = [p(10, 1), p(11, 10), p(12, 11), p(13, 1), p(14, 12)];
+        let mut pids: Vec<i32> = descendants_in(&table, 10).iter().map(|s| s.pid).collect();
+        pids.sort();
+        assert_eq!(pids, [11, 12, 14]);
+    }
+}

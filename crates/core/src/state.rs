@@ -1,0 +1,217 @@
+//! `component_state`: the present state of every supervised process, one row each.
+//!
+//! Managers write it on every transition; `n0m1ctl status` reads it and checks each pid
+//! against /proc before believing it. The lifecycle log is the history; this is the now.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::schema::COMPONENT_STATE;
+
+/// What a supervised component is doing, as its manager sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunState {
+    /// Spawned, not yet confirmed running.
+    Starting,
+    /// Running under its manager.
+    Running,
+    /// SIGTERM sent, waiting for it to exit.
+    Stopping,
+    /// Not running, as desired.
+    Stopped,
+    /// Died quickly; waiting out a backoff before the next start.
+    Backoff,
+    /// Died quickly too often, or cannot be started: down until enabled again.
+    Failed,
+    /// A one-shot run that finished cleanly.
+    Completed,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Starting => "starting",
+            RunState::Running => "running",
+            RunState::Stopping => "stopping",
+            RunState::Stopped => "stopped",
+            RunState::Backoff => "backoff",
+            RunState::Failed => "failed",
+            RunState::Completed => "completed",
+        }
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunState {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "starting" => RunState::Starting,
+            "running" => RunState::Running,
+            "stopping" => RunState::Stopping,
+            "stopped" => RunState::Stopped,
+            "backoff" => RunState::Backoff,
+            "failed" => RunState::Failed,
+            "completed" => RunState::Completed,
+            other => return Err(format!("unknown run state {other:?}")),
+        })
+    }
+}
+
+/// One row of `component_state`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComponentState {
+    pub component_id: String,
+    pub manager: String,
+    pub state: RunState,
+    pub pid: Option<i32>,
+    pub pid_start_ticks: Option<u64>,
+    /// Unix time (seconds) at which the current process started.
+    pub started_at: Option<f64>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    pub reset_requested: bool,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+const COLUMNS: &str =
+    "component_id, manager, state, pid, pid_start_ticks, started_at, restarts, last_exit, reset_requested";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<ComponentState> {
+    let state: String = row.get(2)?;
+    Ok(ComponentState {
+        component_id: row.get(0)?,
+        manager: row.get(1)?,
+        state: state.parse().unwrap_or(RunState::Stopped),
+        pid: row.get(3)?,
+        pid_start_ticks: row.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+        started_at: row.get(5)?,
+        restarts: row.get::<_, i64>(6)?.max(0) as u32,
+        last_exit: row.get(7)?,
+        reset_requested: row.get::<_, i64>(8)? != 0,
+    })
+}
+
+impl ComponentState {
+    /// Inserts or replaces the row; `reset_requested` is left as the operator set it.
+    pub fn save(&self, conn: &Connection) -> rusqlite::Result<()> {
+        conn.prepare_cached(&format!(
+            "INSERT INTO {COMPONENT_STATE}
+             (component_id, manager, state, pid, pid_start_ticks, started_at, restarts, last_exit, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (component_id) DO UPDATE SET
+               manager = excluded.manager, state = excluded.state, pid = excluded.pid,
+               pid_start_ticks = excluded.pid_start_ticks, started_at = excluded.started_at,
+               restarts = excluded.restarts, last_exit = excluded.last_exit,
+               updated_at = excluded.updated_at"
+        ))?
+        .execute(params![
+            self.component_id,
+            self.manager,
+            self.state.as_str(),
+            self.pid,
+            self.pid_start_ticks.map(|t| t as i64),
+            self.started_at,
+            self.restarts,
+            self.last_exit,
+            unix_now()
+        ])?;
+        Ok(())
+    }
+}
+
+pub fn load(conn: &Connection, component_id: &str) -> rusqlite::Result<Option<ComponentState>> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM {COMPONENT_STATE} WHERE component_id = ?1"),
+        [component_id],
+        from_row,
+    )
+    .optional()
+}
+
+/// All rows, or those of one manager.
+pub fn load_all(conn: &Connection, manager: Option<&str>) -> rusqlite::Result<Vec<ComponentState>> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM {COMPONENT_STATE} WHERE ?1 IS NULL OR manager = ?1 ORDER BY component_id"
+    ))?;
+    let rows = statement.query_map([manager], from_row)?;
+    rows.collect()
+}
+
+/// Asks the owning manager to take a FAILED component out of that state (`n0m1ctl enable`).
+pub fn request_reset(conn: &Connection, component_id: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        &format!("UPDATE {COMPONENT_STATE} SET reset_requested = 1 WHERE component_id = ?1"),
+        [component_id],
+    )?;
+    Ok(())
+}
+
+/// The manager acknowledges a reset request.
+pub fn clear_reset(conn: &Connection, component_id: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        &format!("UPDATE {COMPONENT_STATE} SET reset_requested = 0 WHERE component_id = ?1"),
+        [component_id],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_and_reset_round_trip() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::schema::migrations().to_latest(&mut conn).unwrap();
+        let mut row = ComponentState {
+            component_id: "x".into(),
+            manager: "daemon_manager".into(),
+            state: RunState::Running,
+            pid: Some(12),
+            pid_start_ticks: Some(345),
+            started_at: Some(1.5),
+            restarts: 2,
+            last_exit: Some("signal SIGKILL".into()),
+            reset_requested: false,
+        };
+        row.save(&conn).unwrap();
+        assert_eq!(load(&conn, "x").unwrap().as_ref(), Some(&row));
+        request_reset(&conn, "x").unwrap();
+        row.state = RunState::Failed;
+        row.save(&conn).unwrap();
+        let loaded = load(&conn, "x").unwrap().unwrap();
+        assert!(loaded.reset_requested, "save keeps the operator's reset request");
+        clear_reset(&conn, "x").unwrap();
+        assert!(!load(&conn, "x").unwrap().unwrap().reset_requested);
+        assert_eq!(load_all(&conn, Some("nano_manager")).unwrap().len(), 0);
+        assert_eq!(load_all(&conn, None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for state in [
+            RunState::Starting,
+            RunState::Running,
+            RunState::Stopping,
+            RunState::Stopped,
+            RunState::Backoff,
+            RunState::Failed,
+            RunState::Completed,
+        ] {
+            assert_eq!(state.as_str().parse::<RunState>().unwrap(), state);
+        }
+    }
+}
