@@ -328,7 +328,7 @@ mod tests {
         check_error(r#"{"supervisor": {"max_quick_deaths": 0}}"#, "max_quick_deaths");
         check_error(r#"{"managers": {"nano_manager.py": {"health_check_interval": 0}}}"#, "greater than 0");
         check_error("{not json", "(top level)");
-        check_error("[]", "invalid type");
+        check_error("[]", "(top level)");
     }
 
     #[test]
