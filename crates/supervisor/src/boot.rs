@@ -1,0 +1,1 @@
+pub struct Boot; pub struct BootOptions;
