@@ -1,1 +1,5 @@
-fn main() {}
+//! `daemon_manager`: the generic manager for the rows whose `manager_affinity` is `daemon_manager`.
+
+fn main() -> std::process::ExitCode {
+    n0m1_supervisor::cli::manager_main(n0m1_core::schema::DAEMON_MANAGER)
+}

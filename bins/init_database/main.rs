@@ -1,1 +1,35 @@
-fn main() {}
+//! `init_database`: create or upgrade the n0m1 database (same as `n0m1ctl init`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "init_database",
+    version,
+    about = "Create or upgrade the n0m1 database and insert default rows"
+)]
+struct Args {
+    /// The n0m1 home folder (default: $N0M1_HOME, else ~/n0m1_agi).
+    #[arg(long, value_name = "DIR")]
+    home: Option<PathBuf>,
+    #[command(flatten)]
+    init: n0m1_ctl::init::InitArgs,
+}
+
+fn main() -> ExitCode {
+    n0m1_core::logging::init("init_database", "warn");
+    let args = Args::parse();
+    let result = n0m1_core::Home::resolve(args.home.as_deref())
+        .map_err(anyhow::Error::from)
+        .and_then(|home| n0m1_ctl::init::run(&home, &args.init));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,5 @@
-fn main() {}
+//! `main_llm_manager`: the generic manager for the rows whose `manager_affinity` is `main_llm_manager`.
+
+fn main() -> std::process::ExitCode {
+    n0m1_supervisor::cli::manager_main(n0m1_core::schema::MAIN_LLM_MANAGER)
+}

@@ -41,8 +41,20 @@ mod tests {
     fn records_read_and_write() {
         let mut conn = Connection::open_in_memory().unwrap();
         crate::schema::migrations().to_latest(&mut conn).unwrap();
-        record_access(&conn, "cpu_usage_daemon", "cpu_usage_log", AccessKind::Write).unwrap();
-        record_access(&conn, "main_llm_processor", "cpu_usage_summary", AccessKind::Read).unwrap();
+        record_access(
+            &conn,
+            "cpu_usage_daemon",
+            "cpu_usage_log",
+            AccessKind::Write,
+        )
+        .unwrap();
+        record_access(
+            &conn,
+            "main_llm_processor",
+            "cpu_usage_summary",
+            AccessKind::Read,
+        )
+        .unwrap();
         let kinds: Vec<String> = conn
             .prepare("SELECT access_type FROM db_access_log ORDER BY id")
             .unwrap()

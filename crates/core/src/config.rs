@@ -24,7 +24,11 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("config {path}: {key}: {message}")]
-    Invalid { path: PathBuf, key: String, message: String },
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
 }
 
 /// A duration written in seconds (integer or fraction); negative values and non-numbers are
@@ -161,7 +165,10 @@ pub struct Retention {
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { max_age_days: Seconds(7.0), prune_interval: Seconds(3600.0) }
+        Retention {
+            max_age_days: Seconds(7.0),
+            prune_interval: Seconds(3600.0),
+        }
     }
 }
 
@@ -203,7 +210,10 @@ impl Config {
         match std::fs::read_to_string(path) {
             Ok(text) => Config::parse(&text, path),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-            Err(source) => Err(ConfigError::Read { path: path.to_path_buf(), source }),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 
@@ -215,14 +225,26 @@ impl Config {
             message,
         };
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        let file: ConfigFile = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-            let key = error.path().to_string();
-            let key = if key == "." || key == "?" { "(top level)".to_owned() } else { key };
-            invalid(key, error.into_inner().to_string())
-        })?;
-        let mut config = Config { supervisor: file.supervisor, retention: file.retention, ..Config::default() };
+        let file: ConfigFile =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+                let key = error.path().to_string();
+                let key = if key == "." || key == "?" {
+                    "(top level)".to_owned()
+                } else {
+                    key
+                };
+                invalid(key, error.into_inner().to_string())
+            })?;
+        let mut config = Config {
+            supervisor: file.supervisor,
+            retention: file.retention,
+            ..Config::default()
+        };
         if config.supervisor.max_quick_deaths == 0 {
-            return Err(invalid("supervisor.max_quick_deaths".into(), "must be at least 1".into()));
+            return Err(invalid(
+                "supervisor.max_quick_deaths".into(),
+                "must be at least 1".into(),
+            ));
         }
         if let Some(entries) = file.managers {
             config.managers.clear();
@@ -237,7 +259,10 @@ impl Config {
                     ));
                 };
                 if config.managers.iter().any(|m| m.binary == spec.binary) {
-                    return Err(invalid(format!("managers.{key}"), "manager listed twice".into()));
+                    return Err(invalid(
+                        format!("managers.{key}"),
+                        "manager listed twice".into(),
+                    ));
                 }
                 if let Some(name) = entry.name {
                     spec.name = name;
@@ -288,9 +313,23 @@ mod tests {
         assert_eq!(config, Config::default());
         assert_eq!(parse("{}").unwrap(), Config::default());
         let daemon = config.manager("daemon_manager").unwrap();
-        assert_eq!((daemon.startup_delay.0, daemon.health_check_interval.0, daemon.critical), (1.0, 30.0, true));
+        assert_eq!(
+            (
+                daemon.startup_delay.0,
+                daemon.health_check_interval.0,
+                daemon.critical
+            ),
+            (1.0, 30.0, true)
+        );
         let main = config.manager("main_llm_manager").unwrap();
-        assert_eq!((main.startup_delay.0, main.health_check_interval.0, main.critical), (2.0, 60.0, false));
+        assert_eq!(
+            (
+                main.startup_delay.0,
+                main.health_check_interval.0,
+                main.critical
+            ),
+            (2.0, 60.0, false)
+        );
     }
 
     #[test]
@@ -306,8 +345,10 @@ mod tests {
 
     #[test]
     fn missing_fields_take_that_managers_defaults_and_order_is_kept() {
-        let config = parse(r#"{"managers": {"main_llm_manager.py": {}, "daemon_manager": {"critical": false}}}"#)
-            .unwrap();
+        let config = parse(
+            r#"{"managers": {"main_llm_manager.py": {}, "daemon_manager": {"critical": false}}}"#,
+        )
+        .unwrap();
         let names: Vec<_> = config.managers.iter().map(|m| m.binary.as_str()).collect();
         assert_eq!(names, ["main_llm_manager", "daemon_manager"]);
         assert_eq!(config.managers[0].startup_delay.0, 2.0);
@@ -320,13 +361,31 @@ mod tests {
             r#"{"managers": {"daemon_manager.py": {"startup_delay": "x"}}}"#,
             "managers.daemon_manager.py.startup_delay: invalid type: string \"x\", expected a non-negative number of seconds",
         );
-        check_error(r#"{"managers": {"daemon_manager.py": {"startup_delay": -1}}}"#, "startup_delay");
-        check_error(r#"{"managers": {"daemon_manager.py": {"critcal": true}}}"#, "unknown field `critcal`");
+        check_error(
+            r#"{"managers": {"daemon_manager.py": {"startup_delay": -1}}}"#,
+            "startup_delay",
+        );
+        check_error(
+            r#"{"managers": {"daemon_manager.py": {"critcal": true}}}"#,
+            "unknown field `critcal`",
+        );
         check_error(r#"{"managrs": {}}"#, "unknown field `managrs`");
-        check_error(r#"{"managers": {"evil.py": {}}}"#, "managers.evil.py: unknown manager");
-        check_error(r#"{"supervisor": {"stop_timeout": -3}}"#, "supervisor.stop_timeout");
-        check_error(r#"{"supervisor": {"max_quick_deaths": 0}}"#, "max_quick_deaths");
-        check_error(r#"{"managers": {"nano_manager.py": {"health_check_interval": 0}}}"#, "greater than 0");
+        check_error(
+            r#"{"managers": {"evil.py": {}}}"#,
+            "managers.evil.py: unknown manager",
+        );
+        check_error(
+            r#"{"supervisor": {"stop_timeout": -3}}"#,
+            "supervisor.stop_timeout",
+        );
+        check_error(
+            r#"{"supervisor": {"max_quick_deaths": 0}}"#,
+            "max_quick_deaths",
+        );
+        check_error(
+            r#"{"managers": {"nano_manager.py": {"health_check_interval": 0}}}"#,
+            "greater than 0",
+        );
         check_error("{not json", "(top level)");
         check_error("[]", "(top level)");
     }

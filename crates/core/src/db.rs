@@ -20,14 +20,30 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum DbError {
     #[error("database {path} does not exist: run `n0m1ctl init` (or init_database) first")]
     Missing { path: PathBuf },
-    #[error("{path} is not an SQLite database (corrupt or another kind of file): move it aside and run `n0m1ctl init`")]
+    #[error(
+        "{path} is not an SQLite database (corrupt or another kind of file): move it aside and run `n0m1ctl init`"
+    )]
     NotADatabase { path: PathBuf },
-    #[error("{path} is an SQLite database but not an n0m1 one (no {table} table): point --home or N0M1_HOME at an n0m1 home")]
+    #[error(
+        "{path} is an SQLite database but not an n0m1 one (no {table} table): point --home or N0M1_HOME at an n0m1 home"
+    )]
     NotN0m1 { path: PathBuf, table: &'static str },
-    #[error("database {path} has schema version {found}, older than this n0m1's {expected}: run `n0m1ctl init` to upgrade it")]
-    Outdated { path: PathBuf, found: usize, expected: usize },
-    #[error("database {path} has schema version {found}, newer than this n0m1's {expected}: use a newer n0m1")]
-    TooNew { path: PathBuf, found: usize, expected: usize },
+    #[error(
+        "database {path} has schema version {found}, older than this n0m1's {expected}: run `n0m1ctl init` to upgrade it"
+    )]
+    Outdated {
+        path: PathBuf,
+        found: usize,
+        expected: usize,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than this n0m1's {expected}: use a newer n0m1"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: usize,
+        expected: usize,
+    },
     #[error("cannot migrate database {path}: {source}")]
     Migration {
         path: PathBuf,
@@ -68,17 +84,24 @@ pub fn is_busy(error: &rusqlite::Error) -> bool {
 fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> DbError + '_ {
     move |source| {
         if source.sqlite_error_code() == Some(ErrorCode::NotADatabase) {
-            DbError::NotADatabase { path: path.to_path_buf() }
+            DbError::NotADatabase {
+                path: path.to_path_buf(),
+            }
         } else {
-            DbError::Sqlite { path: path.to_path_buf(), source }
+            DbError::Sqlite {
+                path: path.to_path_buf(),
+                source,
+            }
         }
     }
 }
 
 fn configure(conn: &Connection, path: &Path) -> Result<(), DbError> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite(path))?;
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite(path))?;
-    conn.pragma_update(None, "foreign_keys", "ON").map_err(sqlite(path))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(sqlite(path))?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(sqlite(path))?;
     Ok(())
 }
 
@@ -101,24 +124,39 @@ fn has_table(conn: &Connection, path: &Path, table: &str) -> Result<bool, DbErro
 /// Opens an existing, current n0m1 database. Used by every binary but init.
 pub fn open(path: &Path) -> Result<Connection, DbError> {
     if !path.exists() {
-        return Err(DbError::Missing { path: path.to_path_buf() });
+        return Err(DbError::Missing {
+            path: path.to_path_buf(),
+        });
     }
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(sqlite(path))?;
     configure(&conn, path)?;
     if !has_table(&conn, path, schema::AUTORUN_COMPONENTS)? {
-        return Err(DbError::NotN0m1 { path: path.to_path_buf(), table: schema::AUTORUN_COMPONENTS });
+        return Err(DbError::NotN0m1 {
+            path: path.to_path_buf(),
+            table: schema::AUTORUN_COMPONENTS,
+        });
     }
     let found = user_version(&conn, path)?;
     let expected = schema::latest_version();
     if found < expected {
-        return Err(DbError::Outdated { path: path.to_path_buf(), found, expected });
+        return Err(DbError::Outdated {
+            path: path.to_path_buf(),
+            found,
+            expected,
+        });
     }
     if found > expected {
-        return Err(DbError::TooNew { path: path.to_path_buf(), found, expected });
+        return Err(DbError::TooNew {
+            path: path.to_path_buf(),
+            found,
+            expected,
+        });
     }
     Ok(conn)
 }
@@ -144,10 +182,18 @@ pub fn initialise(path: &Path) -> Result<(Connection, InitReport), DbError> {
             .write(true)
             .mode(0o600)
             .open(path)
-            .map_err(|source| DbError::Io { path: path.to_path_buf(), action: "create", source })?;
+            .map_err(|source| DbError::Io {
+                path: path.to_path_buf(),
+                action: "create",
+                source,
+            })?;
     } else {
         fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
-            DbError::Io { path: path.to_path_buf(), action: "set permissions of", source }
+            DbError::Io {
+                path: path.to_path_buf(),
+                action: "set permissions of",
+                source,
+            }
         })?;
     }
     let mut conn = Connection::open(path).map_err(sqlite(path))?;
@@ -158,7 +204,10 @@ pub fn initialise(path: &Path) -> Result<(Connection, InitReport), DbError> {
         .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
         .map_err(sqlite(path))?;
     if from_version == 0 && tables > 0 && !has_table(&conn, path, schema::AUTORUN_COMPONENTS)? {
-        return Err(DbError::NotN0m1 { path: path.to_path_buf(), table: schema::AUTORUN_COMPONENTS });
+        return Err(DbError::NotN0m1 {
+            path: path.to_path_buf(),
+            table: schema::AUTORUN_COMPONENTS,
+        });
     }
     if from_version > schema::latest_version() {
         return Err(DbError::TooNew {
@@ -175,10 +224,21 @@ pub fn initialise(path: &Path) -> Result<(Connection, InitReport), DbError> {
     }
     schema::migrations()
         .to_latest(&mut conn)
-        .map_err(|source| DbError::Migration { path: path.to_path_buf(), source })?;
+        .map_err(|source| DbError::Migration {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let default_rows_inserted = schema::insert_defaults(&conn).map_err(sqlite(path))?;
     let to_version = user_version(&conn, path)?;
-    Ok((conn, InitReport { created, from_version, to_version, default_rows_inserted }))
+    Ok((
+        conn,
+        InitReport {
+            created,
+            from_version,
+            to_version,
+            default_rows_inserted,
+        },
+    ))
 }
 
 /// Deletes the database and its WAL files (for `init --reset --yes`).
@@ -188,7 +248,13 @@ pub fn remove(path: &Path) -> Result<(), DbError> {
         match fs::remove_file(&file) {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(DbError::Io { path: file, action: "remove", source }),
+            Err(source) => {
+                return Err(DbError::Io {
+                    path: file,
+                    action: "remove",
+                    source,
+                });
+            }
         }
     }
     Ok(())
@@ -231,7 +297,9 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let conn = open(&path).unwrap();
-        let journal: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let journal: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(journal, "wal");
     }
 
@@ -240,15 +308,24 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let missing = tmp.path().join("none.db");
         let message = open(&missing).unwrap_err().to_string();
-        assert!(message.contains("none.db") && message.contains("n0m1ctl init"), "{message}");
+        assert!(
+            message.contains("none.db") && message.contains("n0m1ctl init"),
+            "{message}"
+        );
 
         let garbage = tmp.path().join("garbage.db");
         fs::write(&garbage, vec![0x5a; 4096]).unwrap();
         assert!(matches!(open(&garbage), Err(DbError::NotADatabase { .. })));
-        assert!(matches!(initialise(&garbage), Err(DbError::NotADatabase { .. })));
+        assert!(matches!(
+            initialise(&garbage),
+            Err(DbError::NotADatabase { .. })
+        ));
 
         let foreign = tmp.path().join("foreign.db");
-        Connection::open(&foreign).unwrap().execute("CREATE TABLE t (x)", []).unwrap();
+        Connection::open(&foreign)
+            .unwrap()
+            .execute("CREATE TABLE t (x)", [])
+            .unwrap();
         assert!(matches!(open(&foreign), Err(DbError::NotN0m1 { .. })));
         assert!(matches!(initialise(&foreign), Err(DbError::NotN0m1 { .. })));
     }
@@ -260,7 +337,10 @@ mod tests {
         let mut conn = Connection::open(&path).unwrap();
         schema::migrations().to_version(&mut conn, 1).unwrap();
         drop(conn);
-        assert!(matches!(open(&path), Err(DbError::Outdated { found: 1, .. })));
+        assert!(matches!(
+            open(&path),
+            Err(DbError::Outdated { found: 1, .. })
+        ));
     }
 
     #[test]

@@ -57,7 +57,11 @@ impl Home {
     pub fn resolve(flag: Option<&Path>) -> Result<Home, HomeError> {
         let env_home = std::env::var_os(ENV_HOME).filter(|value| !value.is_empty());
         let user_home = std::env::var_os("HOME").filter(|value| !value.is_empty());
-        Self::resolve_from(flag, env_home.as_deref().map(Path::new), user_home.as_deref().map(Path::new))
+        Self::resolve_from(
+            flag,
+            env_home.as_deref().map(Path::new),
+            user_home.as_deref().map(Path::new),
+        )
     }
 
     fn resolve_from(
@@ -77,7 +81,11 @@ impl Home {
             root
         } else {
             std::env::current_dir()
-                .map_err(|source| HomeError::Io { path: root.clone(), action: "resolve", source })?
+                .map_err(|source| HomeError::Io {
+                    path: root.clone(),
+                    action: "resolve",
+                    source,
+                })?
                 .join(root)
         };
         Ok(Home { root })
@@ -103,12 +111,18 @@ impl Home {
             self.pids_dir(),
             self.components_dir(),
         ] {
-            builder
-                .create(&dir)
-                .map_err(|source| HomeError::Io { path: dir.clone(), action: "create folder", source })?;
+            builder.create(&dir).map_err(|source| HomeError::Io {
+                path: dir.clone(),
+                action: "create folder",
+                source,
+            })?;
         }
         fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700)).map_err(|source| {
-            HomeError::Io { path: self.root.clone(), action: "set permissions of", source }
+            HomeError::Io {
+                path: self.root.clone(),
+                action: "set permissions of",
+                source,
+            }
         })?;
         Ok(())
     }
@@ -145,19 +159,30 @@ impl Home {
     /// `logs/<id>.log` (stdout) and `logs/<id>.err` (stderr) of a component.
     pub fn component_logs(&self, component_id: &str) -> (PathBuf, PathBuf) {
         let dir = self.logs_dir();
-        (dir.join(format!("{component_id}.log")), dir.join(format!("{component_id}.err")))
+        (
+            dir.join(format!("{component_id}.log")),
+            dir.join(format!("{component_id}.err")),
+        )
     }
     /// `logs_managers/<name>.log` and `.err` of a manager or of boot.
     pub fn manager_logs(&self, stem: &str) -> (PathBuf, PathBuf) {
         let dir = self.manager_logs_dir();
-        (dir.join(format!("{stem}.log")), dir.join(format!("{stem}.err")))
+        (
+            dir.join(format!("{stem}.log")),
+            dir.join(format!("{stem}.err")),
+        )
     }
 }
 
 /// Component ids become file names (`pids/<id>.pid`, `logs/<id>.log`), so they must not be
 /// able to name a path outside those folders.
 pub fn validate_component_id(id: &str) -> Result<(), HomeError> {
-    let bad = |reason| Err(HomeError::BadComponentId { id: id.to_owned(), reason });
+    let bad = |reason| {
+        Err(HomeError::BadComponentId {
+            id: id.to_owned(),
+            reason,
+        })
+    };
     if id.is_empty() {
         return bad("it is empty");
     }
@@ -167,7 +192,10 @@ pub fn validate_component_id(id: &str) -> Result<(), HomeError> {
     if id.starts_with('.') || id.starts_with('-') {
         return bad("it starts with '.' or '-'");
     }
-    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
         return bad("only letters, digits, '_', '-' and '.' are allowed");
     }
     Ok(())
@@ -181,7 +209,11 @@ pub fn open_private_append(path: &Path) -> Result<fs::File, HomeError> {
         .append(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| HomeError::Io { path: path.to_path_buf(), action: "open", source })
+        .map_err(|source| HomeError::Io {
+            path: path.to_path_buf(),
+            action: "open",
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -216,7 +248,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let home = Home::new(tmp.path().join("home"));
         home.ensure().unwrap();
-        for dir in [home.root().to_path_buf(), home.logs_dir(), home.pids_dir(), home.components_dir()] {
+        for dir in [
+            home.root().to_path_buf(),
+            home.logs_dir(),
+            home.pids_dir(),
+            home.components_dir(),
+        ] {
             let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o700, "{}", dir.display());
         }

@@ -128,7 +128,11 @@ pub struct LifecycleRecord<'a> {
 
 impl<'a> LifecycleRecord<'a> {
     pub fn new(component_id: &'a str, event: LifecycleEvent) -> Self {
-        LifecycleRecord { component_id, event: Some(event), ..Default::default() }
+        LifecycleRecord {
+            component_id,
+            event: Some(event),
+            ..Default::default()
+        }
     }
     pub fn pid(mut self, pid: i32) -> Self {
         self.pid = Some(pid);
@@ -191,7 +195,11 @@ impl LoggedEvent {
 }
 
 /// The most recent events, newest first; `errors_only` keeps those `is_error` accepts.
-pub fn recent(conn: &Connection, limit: usize, errors_only: bool) -> rusqlite::Result<Vec<LoggedEvent>> {
+pub fn recent(
+    conn: &Connection,
+    limit: usize,
+    errors_only: bool,
+) -> rusqlite::Result<Vec<LoggedEvent>> {
     let filter = if errors_only {
         let list: Vec<String> = LifecycleEvent::ALL
             .iter()
@@ -268,7 +276,9 @@ mod tests {
     #[test]
     fn write_then_read_back() {
         let conn = db();
-        LifecycleRecord::new("cpu_usage_daemon", LifecycleEvent::StartAttempt).write(&conn).unwrap();
+        LifecycleRecord::new("cpu_usage_daemon", LifecycleEvent::StartAttempt)
+            .write(&conn)
+            .unwrap();
         LifecycleRecord::new("cpu_usage_daemon", LifecycleEvent::Crashed)
             .pid(42)
             .message("exit code 3")

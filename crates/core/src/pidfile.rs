@@ -44,11 +44,20 @@ pub struct PidFile {
 }
 
 fn io<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -> PidError + 'a {
-    move |source| PidError::Io { path: path.to_path_buf(), action, source }
+    move |source| PidError::Io {
+        path: path.to_path_buf(),
+        action,
+        source,
+    }
 }
 
 fn parse_pid(text: &str) -> Option<i32> {
-    text.lines().next()?.trim().parse().ok().filter(|pid: &i32| *pid > 0)
+    text.lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|pid: &i32| *pid > 0)
 }
 
 impl PidFile {
@@ -74,11 +83,17 @@ impl PidFile {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
                 let pid = parse_pid(&text).map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-                return Err(PidError::AlreadyRunning { pid, path: path.to_path_buf() });
+                return Err(PidError::AlreadyRunning {
+                    pid,
+                    path: path.to_path_buf(),
+                });
             }
             Err(TryLockError::Error(source)) => return Err(io(path, "lock")(source)),
         }
-        let mut pid_file = PidFile { path: path.to_path_buf(), file };
+        let mut pid_file = PidFile {
+            path: path.to_path_buf(),
+            file,
+        };
         pid_file.write_pid(pid)?;
         Ok(pid_file)
     }
@@ -86,8 +101,12 @@ impl PidFile {
     fn write_pid(&mut self, pid: i32) -> Result<(), PidError> {
         let path = &self.path;
         self.file.set_len(0).map_err(io(path, "truncate"))?;
-        self.file.seek(SeekFrom::Start(0)).map_err(io(path, "seek"))?;
-        self.file.write_all(format!("{pid}\n").as_bytes()).map_err(io(path, "write"))?;
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(io(path, "seek"))?;
+        self.file
+            .write_all(format!("{pid}\n").as_bytes())
+            .map_err(io(path, "write"))?;
         self.file.flush().map_err(io(path, "write"))
     }
 
@@ -97,7 +116,9 @@ impl PidFile {
 
     /// Marks the owner as alive now (the file's mtime); boot reads it as a heartbeat.
     pub fn touch(&self) -> Result<(), PidError> {
-        self.file.set_modified(SystemTime::now()).map_err(io(&self.path, "touch"))
+        self.file
+            .set_modified(SystemTime::now())
+            .map_err(io(&self.path, "touch"))
     }
 
     /// Removes the file, then releases the lock (in that order, so no one sees an unlocked
@@ -111,7 +132,9 @@ impl PidFile {
     pub fn inspect(path: &Path) -> Result<PidStatus, PidError> {
         let mut file = match File::open(path) {
             Ok(file) => file,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(PidStatus::Absent),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(PidStatus::Absent);
+            }
             Err(source) => return Err(io(path, "open")(source)),
         };
         let mut text = String::new();
@@ -124,7 +147,9 @@ impl PidFile {
                 if pid.is_none() {
                     let mut again = String::new();
                     let _ = File::open(path).and_then(|mut f| f.read_to_string(&mut again));
-                    return Ok(PidStatus::Live { pid: parse_pid(&again) });
+                    return Ok(PidStatus::Live {
+                        pid: parse_pid(&again),
+                    });
                 }
                 Ok(PidStatus::Live { pid })
             }
@@ -160,9 +185,15 @@ mod tests {
             Err(PidError::AlreadyRunning { pid, .. }) => assert_eq!(pid, "4242"),
             other => panic!("expected AlreadyRunning, got {other:?}"),
         }
-        assert_eq!(PidFile::inspect(&path).unwrap(), PidStatus::Live { pid: Some(4242) });
+        assert_eq!(
+            PidFile::inspect(&path).unwrap(),
+            PidStatus::Live { pid: Some(4242) }
+        );
         drop(held);
-        assert_eq!(PidFile::inspect(&path).unwrap(), PidStatus::Stale { pid: Some(4242) });
+        assert_eq!(
+            PidFile::inspect(&path).unwrap(),
+            PidStatus::Stale { pid: Some(4242) }
+        );
         // A stale file is taken over, and the new pid replaces the old one entirely.
         let _again = PidFile::acquire_for(&path, 7).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "7\n");
@@ -181,6 +212,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("z.pid");
         fs::write(&path, "not a pid").unwrap();
-        assert_eq!(PidFile::inspect(&path).unwrap(), PidStatus::Stale { pid: None });
+        assert_eq!(
+            PidFile::inspect(&path).unwrap(),
+            PidStatus::Stale { pid: None }
+        );
     }
 }

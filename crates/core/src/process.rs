@@ -51,7 +51,10 @@ impl ProcStat {
     }
 
     pub fn read(pid: i32) -> Option<ProcStat> {
-        fs::read_to_string(format!("/proc/{pid}/stat")).ok().as_deref().and_then(ProcStat::parse)
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .as_deref()
+            .and_then(ProcStat::parse)
     }
 
     /// Running, sleeping or stopped: anything but a zombie or a dead task.
@@ -72,7 +75,9 @@ pub fn is_same_process(pid: i32, start_ticks: u64) -> bool {
 
 /// Every process /proc lists now.
 pub fn all_processes() -> Vec<ProcStat> {
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(ProcStat::read)
@@ -88,7 +93,10 @@ fn descendants_in(processes: &[ProcStat], root: i32) -> Vec<ProcStat> {
     let mut found = Vec::new();
     let mut frontier = vec![root];
     while let Some(parent) = frontier.pop() {
-        for child in processes.iter().filter(|p| p.ppid == parent && p.pid != root) {
+        for child in processes
+            .iter()
+            .filter(|p| p.ppid == parent && p.pid != root)
+        {
             if !found.iter().any(|f: &ProcStat| f.pid == child.pid) {
                 frontier.push(child.pid);
                 found.push(*child);
@@ -121,12 +129,20 @@ pub fn rss_kib(stat: &ProcStat) -> u64 {
 
 /// Clock ticks per second, for turning /proc times into seconds.
 pub fn clock_ticks_per_second() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64
 }
 
 /// Seconds since boot, from /proc/uptime.
 pub fn uptime_seconds() -> Option<f64> {
-    fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()
+    fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// What to run and where its output goes.
@@ -175,9 +191,10 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
-    let child = command
-        .spawn()
-        .map_err(|source| SpawnError::Exec { program: spec.program.clone(), source })?;
+    let child = command.spawn().map_err(|source| SpawnError::Exec {
+        program: spec.program.clone(),
+        source,
+    })?;
     let pid = child.id() as i32;
     // Dropping a std Child neither waits nor kills: reaping stays with the caller.
     drop(child);
@@ -187,7 +204,10 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
 
 /// The folder of the running executable: bundled binaries are looked up beside it.
 pub fn own_bin_dir() -> Option<PathBuf> {
-    std::env::current_exe().ok()?.parent().map(Path::to_path_buf)
+    std::env::current_exe()
+        .ok()?
+        .parent()
+        .map(Path::to_path_buf)
 }
 
 #[cfg(test)]
@@ -198,10 +218,22 @@ mod tests {
     fn parses_stat_with_awkward_command_names() {
         let text = "1234 (a b) c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 98765 1000 250 18446744073709551615";
         let stat = ProcStat::parse(text).unwrap();
-        assert_eq!((stat.pid, stat.state, stat.ppid, stat.pgrp), (1234, 'S', 1, 1234));
-        assert_eq!((stat.utime_ticks, stat.stime_ticks, stat.start_ticks, stat.rss_pages), (7, 3, 98765, 250));
+        assert_eq!(
+            (stat.pid, stat.state, stat.ppid, stat.pgrp),
+            (1234, 'S', 1, 1234)
+        );
+        assert_eq!(
+            (
+                stat.utime_ticks,
+                stat.stime_ticks,
+                stat.start_ticks,
+                stat.rss_pages
+            ),
+            (7, 3, 98765, 250)
+        );
         assert!(stat.is_alive());
-        let zombie = ProcStat::parse("5 (x) Z 1 5 5 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 10 0 0").unwrap();
+        let zombie =
+            ProcStat::parse("5 (x) Z 1 5 5 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 10 0 0").unwrap();
         assert!(!zombie.is_alive());
         assert!(ProcStat::parse("garbage").is_none());
     }

@@ -46,7 +46,9 @@ pub const ORIGINAL_TABLES: &[&str] = &[
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../../../migrations/01-original/up.sql")),
-        M::up(include_str!("../../../migrations/02-supervisor-state/up.sql")),
+        M::up(include_str!(
+            "../../../migrations/02-supervisor-state/up.sql"
+        )),
     ])
 }
 
@@ -166,8 +168,13 @@ pub const DEFAULT_COMPONENTS: &[DefaultComponent] = &[
 ];
 
 /// Instance ids that get an (empty) `nano_prompts` row by default.
-pub const DEFAULT_NANO_PROMPT_IDS: &[&str] =
-    &["analyzer_01", "collector_01", "cpu_temp", "cpu_usage", "mem_usage"];
+pub const DEFAULT_NANO_PROMPT_IDS: &[&str] = &[
+    "analyzer_01",
+    "collector_01",
+    "cpu_temp",
+    "cpu_usage",
+    "mem_usage",
+];
 
 pub const MAIN_LLM_ID: &str = "main_llm_processor";
 pub const MAIN_LLM_READ_TABLES: &str = "cpu_temp_summary,cpu_usage_summary,memory_usage_summary";
@@ -192,7 +199,8 @@ pub fn insert_defaults(conn: &Connection) -> rusqlite::Result<usize> {
             row.description
         ])?;
     }
-    let mut prompt = conn.prepare("INSERT OR IGNORE INTO nano_prompts (nano_id, prompt) VALUES (?1, '')")?;
+    let mut prompt =
+        conn.prepare("INSERT OR IGNORE INTO nano_prompts (nano_id, prompt) VALUES (?1, '')")?;
     for nano_id in DEFAULT_NANO_PROMPT_IDS {
         inserted += prompt.execute([nano_id])?;
     }
@@ -216,7 +224,9 @@ mod tests {
     fn latest_version_matches_migration_count() {
         let mut conn = Connection::open_in_memory().unwrap();
         migrations().to_latest(&mut conn).unwrap();
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(version as usize, latest_version());
     }
 
@@ -225,7 +235,10 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         migrations().to_latest(&mut conn).unwrap();
         let first = insert_defaults(&conn).unwrap();
-        assert_eq!(first, DEFAULT_COMPONENTS.len() + DEFAULT_NANO_PROMPT_IDS.len() + 1);
+        assert_eq!(
+            first,
+            DEFAULT_COMPONENTS.len() + DEFAULT_NANO_PROMPT_IDS.len() + 1
+        );
         assert_eq!(insert_defaults(&conn).unwrap(), 0);
     }
 
@@ -242,8 +255,11 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         migrations().to_latest(&mut conn).unwrap();
         insert_defaults(&conn).unwrap();
-        conn.execute("UPDATE autorun_components SET modified_timestamp = '2000-01-01 00:00:00'", [])
-            .unwrap();
+        conn.execute(
+            "UPDATE autorun_components SET modified_timestamp = '2000-01-01 00:00:00'",
+            [],
+        )
+        .unwrap();
         // The trigger's own UPDATE replaces the stale value with CURRENT_TIMESTAMP.
         let stamp: String = conn
             .query_row(

@@ -83,11 +83,12 @@ pub struct ComponentState {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
-const COLUMNS: &str =
-    "component_id, manager, state, pid, pid_start_ticks, started_at, restarts, last_exit, reset_requested";
+const COLUMNS: &str = "component_id, manager, state, pid, pid_start_ticks, started_at, restarts, last_exit, reset_requested";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<ComponentState> {
     let state: String = row.get(2)?;
@@ -193,7 +194,10 @@ mod tests {
         row.state = RunState::Failed;
         row.save(&conn).unwrap();
         let loaded = load(&conn, "x").unwrap().unwrap();
-        assert!(loaded.reset_requested, "save keeps the operator's reset request");
+        assert!(
+            loaded.reset_requested,
+            "save keeps the operator's reset request"
+        );
         clear_reset(&conn, "x").unwrap();
         assert!(!load(&conn, "x").unwrap().unwrap().reset_requested);
         assert_eq!(load_all(&conn, Some("nano_manager")).unwrap().len(), 0);

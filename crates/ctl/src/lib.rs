@@ -1,1 +1,104 @@
+//! n0m1-ctl: the commands behind `n0m1ctl` and `init_database`.
+//!
+//! Each command reads the truth from the PID-file locks, /proc and the database; it never
+//! trusts a PID file or a state row on its own. Output goes to stdout; errors are returned
+//! with context that names the file, table or component involved.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use n0m1_core::Home;
+
+pub mod components;
+pub mod control;
+pub mod init;
+pub mod logs;
+pub mod status;
+
+/// Exit code of `status` when n0m1 is not running (as LSB init scripts do).
+pub const EXIT_NOT_RUNNING: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "n0m1ctl",
+    version,
+    about = "Drive n0m1: start, stop, inspect and configure the system"
+)]
+pub struct Cli {
+    /// The n0m1 home folder (default: $N0M1_HOME, else ~/n0m1_agi).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the database and insert the default rows.
+    Init(init::InitArgs),
+    /// Start boot and the managers in the background; returns once they are up.
+    Start,
+    /// Stop everything; returns once every process has exited and no PID file is left.
+    Stop {
+        /// Kill at once (SIGKILL) instead of asking politely.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop, then start.
+    Restart,
+    /// Show boot, the managers and every component, as they really are.
+    Status {
+        /// Add memory, CPU and recent errors.
+        #[arg(long)]
+        detailed: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a component active (and take it out of the failed state).
+    Enable { component_id: String },
+    /// Set a component inactive.
+    Disable { component_id: String },
+    /// Show a component's or manager's logs; without an id, list the logs.
+    Logs(logs::LogsArgs),
+    /// Check config.json and print the resolved configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate config.json; prints the resolved configuration or the error.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs one parsed command and returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let home = Home::resolve(cli.home.as_deref())?;
+    match cli.command {
+        Command::Init(args) => init::run(&home, &args).map(|()| ExitCode::SUCCESS),
+        Command::Start => control::start(&home).map(|()| ExitCode::SUCCESS),
+        Command::Stop { force } => control::stop(&home, force).map(|()| ExitCode::SUCCESS),
+        Command::Restart => {
+            control::stop(&home, false)?;
+            control::start(&home).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Status { detailed, json } => status::run(&home, detailed, json),
+        Command::Enable { component_id } => {
+            components::set_desired(&home, &component_id, true).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Disable { component_id } => {
+            components::set_desired(&home, &component_id, false).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Logs(args) => logs::run(&home, &args).map(|()| ExitCode::SUCCESS),
+        Command::Config {
+            action: ConfigAction::Check { json },
+        } => control::config_check(&home, json).map(|()| ExitCode::SUCCESS),
+    }
+}

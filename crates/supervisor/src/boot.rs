@@ -1,1 +1,534 @@
-pub struct Boot; pub struct BootOptions;
+//! Boot: starts the managers named in config.json, in order, and keeps the critical ones
+//! alive. It is a child subreaper, so components orphaned by a manager's death are re-parented
+//! to boot and reaped here. Managers die with boot (parent-death signal), so killing boot
+//! leaves nothing running.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use n0m1_core::config::{Config, ConfigError, ManagerSpec};
+use n0m1_core::db::{self, DbError};
+use n0m1_core::home::{ENV_BOOT_PID, ENV_HOME, Home, HomeError};
+use n0m1_core::lifecycle::LifecycleEvent;
+use n0m1_core::pidfile::{PidError, PidFile, PidStatus};
+use n0m1_core::process::{self, SpawnSpec};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use rusqlite::Connection;
+
+use crate::events::{self, Event};
+use crate::journal::{EventRow, Journal};
+use crate::manager::become_subreaper;
+
+/// The component id boot's own events are logged under.
+pub const BOOT_COMPONENT_ID: &str = "boot_system";
+
+/// The component id of boot's events about a manager (`boot_daemon_manager`).
+pub fn boot_event_id(manager: &str) -> String {
+    format!("boot_{manager}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    #[error(transparent)]
+    Pid(#[from] PidError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{what}: {source}")]
+    Os {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    pub home: Home,
+    /// Where the manager binaries are (beside boot's own executable).
+    pub bin_dir: PathBuf,
+}
+
+/// A manager whose heartbeat is older than this (or its health-check interval, if longer) is
+/// considered hung.
+const MIN_HEARTBEAT_TOLERANCE: Duration = Duration::from_secs(10);
+/// No health verdict in a manager's first seconds: it may still be opening the database.
+const HEALTH_GRACE: Duration = Duration::from_secs(5);
+/// A manager that ran this long before dying is restarted at once; sooner, with backoff.
+const STABLE_UPTIME: Duration = Duration::from_secs(10);
+/// After the managers are gone, how long leftover processes get between SIGTERM and SIGKILL.
+const SWEEP_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+enum Phase {
+    Scheduled {
+        at: Instant,
+    },
+    Running {
+        pid: i32,
+        started: Instant,
+        next_health: Instant,
+    },
+    Stopping {
+        pid: i32,
+    },
+    Backoff {
+        until: Instant,
+    },
+    Down,
+}
+
+#[derive(Debug)]
+struct Supervised {
+    spec: ManagerSpec,
+    phase: Phase,
+    quick_deaths: u32,
+    /// Removed from config.json by a reload: dropped once stopped.
+    removed: bool,
+}
+
+pub struct Boot {
+    options: BootOptions,
+    config: Config,
+    managers: Vec<Supervised>,
+    conn: Connection,
+    journal: Journal,
+    shutdown_deadline: Option<Instant>,
+}
+
+impl Boot {
+    pub fn run(options: BootOptions) -> Result<(), BootError> {
+        become_subreaper().map_err(|error| BootError::Os {
+            what: "cannot become a child subreaper",
+            source: std::io::Error::other(error.to_string()),
+        })?;
+        options.home.ensure()?;
+        let pid_file = PidFile::acquire(&options.home.boot_pid_file())?;
+        let config = Config::load(&options.home.config_path())?;
+        // Boot initialises the database (idempotent) so a systemd start on a fresh home works
+        // and WAL is switched on before any other process opens the file.
+        let (conn, _) = db::initialise(&options.home.db_path())?;
+        let (sender, receiver) = mpsc::channel();
+        events::watch_signals(sender).map_err(|source| BootError::Os {
+            what: "cannot install signal handlers",
+            source,
+        })?;
+
+        let mut boot = Boot {
+            options,
+            managers: Vec::new(),
+            conn,
+            journal: Journal::default(),
+            shutdown_deadline: None,
+            config: Config::default(),
+        };
+        boot.journal.event(
+            EventRow::new(BOOT_COMPONENT_ID, LifecycleEvent::StartedSuccessfully)
+                .pid(std::process::id() as i32)
+                .message(format!("boot starting {} managers", config.managers.len())),
+        );
+        boot.apply_config(config);
+        loop {
+            boot.on_timers(Instant::now());
+            boot.journal.flush(&boot.conn);
+            if boot.shutdown_deadline.is_some() && boot.managers.iter().all(|m| !m.is_alive()) {
+                break;
+            }
+            let wake = boot.next_deadline();
+            match receiver.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(Event::ChildExited) => boot.reap(),
+                Ok(Event::Shutdown) | Err(RecvTimeoutError::Disconnected) => boot.begin_shutdown(),
+                Ok(Event::Reload) => boot.reload(),
+                Ok(Event::DatabaseChanged | Event::AdoptedExited { .. })
+                | Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+        boot.sweep_leftovers();
+        boot.journal.event(
+            EventRow::new(BOOT_COMPONENT_ID, LifecycleEvent::Stopped)
+                .pid(std::process::id() as i32)
+                .message("all managers stopped".to_owned()),
+        );
+        boot.journal.flush(&boot.conn);
+        pid_file.remove();
+        Ok(())
+    }
+
+    /// Starts what is new, stops what was removed, and updates the rest in place. The start
+    /// order is the file's; each manager's `startup_delay` separates it from the next.
+    fn apply_config(&mut self, config: Config) {
+        let mut at = Instant::now();
+        for spec in &config.managers {
+            match self
+                .managers
+                .iter_mut()
+                .find(|m| m.spec.binary == spec.binary)
+            {
+                Some(existing) => {
+                    existing.spec = spec.clone();
+                    if existing.removed || matches!(existing.phase, Phase::Down) && spec.critical {
+                        existing.removed = false;
+                        existing.phase = Phase::Scheduled { at };
+                        at += spec.startup_delay.duration();
+                    }
+                }
+                None => {
+                    self.managers.push(Supervised {
+                        spec: spec.clone(),
+                        phase: Phase::Scheduled { at },
+                        quick_deaths: 0,
+                        removed: false,
+                    });
+                    at += spec.startup_delay.duration();
+                }
+            }
+        }
+        for supervised in &mut self.managers {
+            if !config
+                .managers
+                .iter()
+                .any(|spec| spec.binary == supervised.spec.binary)
+            {
+                supervised.removed = true;
+                stop_manager(supervised, &mut self.journal, "removed from config.json");
+            }
+        }
+        self.managers.retain(|m| !m.removed || m.is_alive());
+        self.config = config;
+    }
+
+    fn reload(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        match Config::load(&self.options.home.config_path()) {
+            Ok(config) => {
+                self.journal.event(
+                    EventRow::new(BOOT_COMPONENT_ID, LifecycleEvent::ConfigReloaded)
+                        .pid(std::process::id() as i32)
+                        .message(format!("{} managers configured", config.managers.len())),
+                );
+                self.apply_config(config);
+            }
+            Err(error) => {
+                self.journal.event(
+                    EventRow::new(BOOT_COMPONENT_ID, LifecycleEvent::Error)
+                        .pid(std::process::id() as i32)
+                        .message(format!("{error}; keeping the running configuration")),
+                );
+            }
+        }
+    }
+
+    fn start_manager(&mut self, index: usize) {
+        let home = &self.options.home;
+        let supervised = &mut self.managers[index];
+        let binary = supervised.spec.binary.clone();
+        let (stdout, stderr) = home.manager_logs(&binary);
+        let spec = SpawnSpec {
+            program: self.options.bin_dir.join(&binary),
+            args: vec!["--home".into(), home.root().as_os_str().to_owned()],
+            env: vec![
+                (ENV_HOME.to_owned(), home.root().as_os_str().to_owned()),
+                (
+                    ENV_BOOT_PID.to_owned(),
+                    std::process::id().to_string().into(),
+                ),
+            ],
+            stdout,
+            stderr,
+            current_dir: home.root().to_path_buf(),
+        };
+        let event_id = boot_event_id(&binary);
+        match process::spawn(&spec) {
+            Ok(spawned) => {
+                let now = Instant::now();
+                supervised.phase = Phase::Running {
+                    pid: spawned.pid,
+                    started: now,
+                    next_health: now
+                        + HEALTH_GRACE.max(supervised.spec.health_check_interval.duration()),
+                };
+                self.journal.event(
+                    EventRow::new(&event_id, LifecycleEvent::ManagerStarted)
+                        .pid(spawned.pid)
+                        .manager(BOOT_COMPONENT_ID.to_owned())
+                        .script_path(spec.program.display().to_string())
+                        .message(format!("{} started", supervised.spec.name)),
+                );
+            }
+            Err(error) => {
+                self.journal.event(
+                    EventRow::new(&event_id, LifecycleEvent::CriticalError)
+                        .manager(BOOT_COMPONENT_ID.to_owned())
+                        .message(format!("cannot start {}: {error}", supervised.spec.name)),
+                );
+                supervised.quick_deaths += 1;
+                let delay = self.config.supervisor.backoff(supervised.quick_deaths);
+                supervised.phase = Phase::Backoff {
+                    until: Instant::now() + delay,
+                };
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let (pid, how) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), format!("exit code {code}")),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => (
+                    pid.as_raw(),
+                    format!("killed by signal {}", signal.as_str()),
+                ),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            // Not a manager: a component re-parented to us after its manager died.
+            let Some(index) = self.managers.iter().position(|m| m.pid() == Some(pid)) else {
+                continue;
+            };
+            self.on_manager_exit(index, pid, how);
+        }
+        self.managers.retain(|m| !m.removed || m.is_alive());
+    }
+
+    fn on_manager_exit(&mut self, index: usize, pid: i32, how: String) {
+        let shutting_down = self.shutdown_deadline.is_some();
+        let policy = self.config.supervisor.clone();
+        let supervised = &mut self.managers[index];
+        let event_id = boot_event_id(&supervised.spec.binary);
+        let was_stopping = matches!(supervised.phase, Phase::Stopping { .. });
+        let uptime = match supervised.phase {
+            Phase::Running { started, .. } => started.elapsed(),
+            _ => Duration::ZERO,
+        };
+        supervised.phase = Phase::Down;
+        if was_stopping || shutting_down {
+            self.journal.event(
+                EventRow::new(&event_id, LifecycleEvent::ManagerStopped)
+                    .pid(pid)
+                    .manager(BOOT_COMPONENT_ID.to_owned())
+                    .message(how),
+            );
+            return;
+        }
+        let mut message = format!(
+            "{} exited: {how} after {:.1} s",
+            supervised.spec.name,
+            uptime.as_secs_f64()
+        );
+        if supervised.spec.critical {
+            if uptime >= STABLE_UPTIME {
+                supervised.quick_deaths = 0;
+            }
+            let delay = if supervised.quick_deaths == 0 {
+                Duration::ZERO
+            } else {
+                policy.backoff(supervised.quick_deaths)
+            };
+            supervised.quick_deaths += 1;
+            supervised.phase = Phase::Backoff {
+                until: Instant::now() + delay,
+            };
+            message.push_str(&format!(
+                "; critical, restarting in {:.1} s",
+                delay.as_secs_f64()
+            ));
+        } else {
+            message.push_str("; not critical, left down");
+        }
+        self.journal.event(
+            EventRow::new(&event_id, LifecycleEvent::ManagerCrashed)
+                .pid(pid)
+                .manager(BOOT_COMPONENT_ID.to_owned())
+                .message(message),
+        );
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        // Managers get their own grace period for their components, plus a margin.
+        let grace = self.config.supervisor.stop_timeout.duration() + Duration::from_secs(5);
+        self.shutdown_deadline = Some(Instant::now() + grace);
+        for supervised in &mut self.managers {
+            stop_manager(supervised, &mut self.journal, "boot shutting down");
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        if let Some(deadline) = self.shutdown_deadline {
+            if now >= deadline {
+                for supervised in &self.managers {
+                    if let Some(pid) = supervised.pid() {
+                        process::signal_process(pid, Signal::SIGKILL);
+                    }
+                }
+                self.shutdown_deadline = Some(now + Duration::from_secs(1));
+            }
+            return;
+        }
+        for index in 0..self.managers.len() {
+            match self.managers[index].phase {
+                Phase::Scheduled { at } | Phase::Backoff { until: at } if at <= now => {
+                    self.start_manager(index)
+                }
+                Phase::Running {
+                    pid, next_health, ..
+                } if next_health <= now => self.check_health(index, pid, now),
+                _ => {}
+            }
+        }
+    }
+
+    /// Alive is not enough: the manager's heartbeat (its PID file's mtime) must be fresh, or
+    /// it is hung and, if critical, killed so it is restarted.
+    fn check_health(&mut self, index: usize, pid: i32, now: Instant) {
+        let home = &self.options.home;
+        let supervised = &mut self.managers[index];
+        let interval = supervised.spec.health_check_interval.duration();
+        if let Phase::Running { next_health, .. } = &mut supervised.phase {
+            *next_health = now + interval;
+        }
+        let pid_path = home.pid_file(&supervised.spec.binary);
+        let tolerance = interval.max(MIN_HEARTBEAT_TOLERANCE);
+        let problem = match PidFile::inspect(&pid_path) {
+            Ok(PidStatus::Live { pid: Some(owner) }) if owner == pid => {
+                match PidFile::heartbeat(&pid_path).and_then(|t| t.elapsed().ok()) {
+                    Some(age) if age <= tolerance => None,
+                    Some(age) => Some(format!("heartbeat is {:.0} s old", age.as_secs_f64())),
+                    None => Some("no heartbeat".to_owned()),
+                }
+            }
+            Ok(status) => Some(format!("its PID file {} is {status:?}", pid_path.display())),
+            Err(error) => Some(error.to_string()),
+        };
+        let Some(problem) = problem else { return };
+        let critical = supervised.spec.critical;
+        let action = if critical {
+            "killing it so it is restarted"
+        } else {
+            "not critical, leaving it"
+        };
+        self.journal.event(
+            EventRow::new(
+                &boot_event_id(&supervised.spec.binary),
+                LifecycleEvent::ManagerUnhealthy,
+            )
+            .pid(pid)
+            .manager(BOOT_COMPONENT_ID.to_owned())
+            .message(format!(
+                "{} is unhealthy: {problem}; {action}",
+                supervised.spec.name
+            )),
+        );
+        if critical {
+            process::signal_process(pid, Signal::SIGKILL);
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let idle = Instant::now() + Duration::from_secs(60);
+        if let Some(deadline) = self.shutdown_deadline {
+            return deadline.min(idle);
+        }
+        self.managers
+            .iter()
+            .filter_map(|m| match m.phase {
+                Phase::Scheduled { at } | Phase::Backoff { until: at } => Some(at),
+                Phase::Running { next_health, .. } => Some(next_health),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(idle)
+            .min(idle)
+    }
+
+    /// After the managers: anything still below boot (components of a manager that was
+    /// killed, re-parented to us) gets SIGTERM, then SIGKILL, and is reaped.
+    fn sweep_leftovers(&mut self) {
+        let me = std::process::id() as i32;
+        let leftovers = process::descendants(me);
+        if leftovers.is_empty() {
+            return;
+        }
+        for stat in &leftovers {
+            process::signal_group(stat.pgrp, Signal::SIGTERM);
+            process::signal_process(stat.pid, Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + SWEEP_GRACE;
+        while Instant::now() < deadline && !process::descendants(me).is_empty() {
+            while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                if status == WaitStatus::StillAlive {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for stat in process::descendants(me) {
+            process::signal_process(stat.pid, Signal::SIGKILL);
+        }
+        while let Ok(status) = waitpid(Pid::from_raw(-1), None) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+        self.journal.event(
+            EventRow::new(BOOT_COMPONENT_ID, LifecycleEvent::Error)
+                .pid(me)
+                .message(format!(
+                    "{} processes outlived their managers and were stopped by boot",
+                    leftovers.len()
+                )),
+        );
+    }
+}
+
+impl Supervised {
+    fn pid(&self) -> Option<i32> {
+        match self.phase {
+            Phase::Running { pid, .. } | Phase::Stopping { pid } => Some(pid),
+            _ => None,
+        }
+    }
+    fn is_alive(&self) -> bool {
+        self.pid().is_some()
+    }
+}
+
+fn stop_manager(supervised: &mut Supervised, journal: &mut Journal, reason: &str) {
+    match supervised.phase {
+        Phase::Running { pid, .. } => {
+            process::signal_process(pid, Signal::SIGTERM);
+            journal.event(
+                EventRow::new(
+                    &boot_event_id(&supervised.spec.binary),
+                    LifecycleEvent::ManagerShutdownRequested,
+                )
+                .pid(pid)
+                .manager(BOOT_COMPONENT_ID.to_owned())
+                .message(format!("{reason}; SIGTERM sent")),
+            );
+            supervised.phase = Phase::Stopping { pid };
+        }
+        Phase::Scheduled { .. } | Phase::Backoff { .. } => supervised.phase = Phase::Down,
+        Phase::Stopping { .. } | Phase::Down => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_event_ids_follow_the_original() {
+        assert_eq!(boot_event_id("daemon_manager"), "boot_daemon_manager");
+    }
+}

@@ -29,18 +29,20 @@ pub enum Event {
 /// SIGCHLD is missed.
 pub fn watch_signals(sender: Sender<Event>) -> std::io::Result<()> {
     let mut signals = Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP])?;
-    thread::Builder::new().name("signals".into()).spawn(move || {
-        for signal in signals.forever() {
-            let event = match signal {
-                SIGCHLD => Event::ChildExited,
-                SIGHUP => Event::Reload,
-                _ => Event::Shutdown,
-            };
-            if sender.send(event).is_err() {
-                break;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let event = match signal {
+                    SIGCHLD => Event::ChildExited,
+                    SIGHUP => Event::Reload,
+                    _ => Event::Shutdown,
+                };
+                if sender.send(event).is_err() {
+                    break;
+                }
             }
-        }
-    })?;
+        })?;
     Ok(())
 }
 
@@ -81,19 +83,22 @@ pub fn watch_database(db_path: PathBuf, interval: Duration, sender: Sender<Event
 
 /// Watches a process that is not our child through a pidfd, and reports when it exits.
 pub fn watch_pid(pid: i32, sender: Sender<Event>) -> std::io::Result<()> {
-    let pid_value = rustix::process::Pid::from_raw(pid)
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "pid must be positive"))?;
-    let pidfd = rustix::process::pidfd_open(pid_value, rustix::process::PidfdFlags::empty())?;
-    thread::Builder::new().name(format!("pidfd-{pid}")).spawn(move || {
-        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
-        loop {
-            match poll(&mut fds, None) {
-                Ok(_) => break,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => break,
-            }
-        }
-        let _ = sender.send(Event::AdoptedExited { pid });
+    let pid_value = rustix::process::Pid::from_raw(pid).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "pid must be positive")
     })?;
+    let pidfd = rustix::process::pidfd_open(pid_value, rustix::process::PidfdFlags::empty())?;
+    thread::Builder::new()
+        .name(format!("pidfd-{pid}"))
+        .spawn(move || {
+            let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+            loop {
+                match poll(&mut fds, None) {
+                    Ok(_) => break,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(_) => break,
+                }
+            }
+            let _ = sender.send(Event::AdoptedExited { pid });
+        })?;
     Ok(())
 }

@@ -100,7 +100,10 @@ impl Journal {
 
     fn push(&mut self, item: Pending) {
         if self.pending.len() >= MAX_PENDING
-            && let Some(index) = self.pending.iter().position(|p| matches!(p, Pending::State(_)))
+            && let Some(index) = self
+                .pending
+                .iter()
+                .position(|p| matches!(p, Pending::State(_)))
         {
             self.pending.remove(index);
         }
@@ -153,20 +156,28 @@ mod tests {
         let path = tmp.path().join("n0m1_agi.db");
         n0m1_core::db::initialise(&path).unwrap();
         let conn = n0m1_core::db::open(&path).unwrap();
-        conn.busy_timeout(std::time::Duration::from_millis(10)).unwrap();
+        conn.busy_timeout(std::time::Duration::from_millis(10))
+            .unwrap();
         let blocker = n0m1_core::db::open(&path).unwrap();
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
 
         let mut journal = Journal::default();
         journal.event(EventRow::new("x", LifecycleEvent::Crashed).message("exit code 1".into()));
         journal.flush(&conn);
-        assert!(!journal.is_empty(), "rows are kept while the database is locked");
+        assert!(
+            !journal.is_empty(),
+            "rows are kept while the database is locked"
+        );
 
         blocker.execute_batch("COMMIT").unwrap();
         journal.flush(&conn);
         assert!(journal.is_empty());
         let n: i64 = conn
-            .query_row("SELECT count(*) FROM component_lifecycle_log WHERE component_id = 'x'", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM component_lifecycle_log WHERE component_id = 'x'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(n, 1);
     }

@@ -24,19 +24,33 @@ pub const RUN_TYPE_ONESHOT: &str = "ONESHOT";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LaunchError {
-    #[error("script {name:?} is not a plain file name (no '/', no '..', not hidden): put it in {components}")]
+    #[error(
+        "script {name:?} is not a plain file name (no '/', no '..', not hidden): put it in {components}"
+    )]
     UnsafeScriptName { name: String, components: PathBuf },
-    #[error("script {name:?} is neither a bundled component ({bundled}) nor a file in {components}")]
-    UnknownScript { name: String, bundled: String, components: PathBuf },
-    #[error("script {path} resolves outside {components}: symlinks out of the components folder are refused")]
+    #[error(
+        "script {name:?} is neither a bundled component ({bundled}) nor a file in {components}"
+    )]
+    UnknownScript {
+        name: String,
+        bundled: String,
+        components: PathBuf,
+    },
+    #[error(
+        "script {path} resolves outside {components}: symlinks out of the components folder are refused"
+    )]
     OutsideComponents { path: PathBuf, components: PathBuf },
     #[error("script {path} is not executable: chmod +x it")]
     NotExecutable { path: PathBuf },
-    #[error("launch_args_json is not valid JSON ({reason}): expected an object like {{\"--flag\": \"value\"}}")]
+    #[error(
+        "launch_args_json is not valid JSON ({reason}): expected an object like {{\"--flag\": \"value\"}}"
+    )]
     BadJson { reason: String },
     #[error("launch_args_json is {kind}, not an object: expected {{\"--flag\": \"value\"}}")]
     NotAnObject { kind: &'static str },
-    #[error("launch_args_json value of {key:?} is {kind}: only strings, numbers, booleans and null are allowed")]
+    #[error(
+        "launch_args_json value of {key:?} is {kind}: only strings, numbers, booleans and null are allowed"
+    )]
     NotAScalar { key: String, kind: &'static str },
     #[error("launch_args_json is {size} bytes, more than the {limit} allowed")]
     TooLarge { size: usize, limit: usize },
@@ -96,7 +110,10 @@ impl ScriptResolver {
         if BUNDLED_COMPONENTS.contains(&stem) {
             let bundled = self.bin_dir.join(stem);
             if bundled.is_file() {
-                return Ok(Program { path: bundled, leading_args: Vec::new() });
+                return Ok(Program {
+                    path: bundled,
+                    leading_args: Vec::new(),
+                });
             }
         }
         let script = self.components_dir.join(name);
@@ -122,17 +139,24 @@ impl ScriptResolver {
             } else {
                 PathBuf::from("python3")
             };
-            return Ok(Program { path: python, leading_args: vec![real.into_os_string()] });
+            return Ok(Program {
+                path: python,
+                leading_args: vec![real.into_os_string()],
+            });
         }
         if !is_executable(&real) {
             return Err(LaunchError::NotExecutable { path: script });
         }
-        Ok(Program { path: real, leading_args: Vec::new() })
+        Ok(Program {
+            path: real,
+            leading_args: Vec::new(),
+        })
     }
 }
 
 fn is_executable(path: &Path) -> bool {
-    path.metadata().is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+    path.metadata()
+        .is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
 }
 
 /// The largest `launch_args_json` accepted; anything bigger is an operator's mistake.
@@ -151,15 +175,28 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
 
 /// Builds the component's argv (after the program) from `launch_args_json` and its run type.
 /// An empty or NULL `launch_args_json` means no arguments, as in the original.
-pub fn launch_args(launch_args_json: Option<&str>, run_type: &str) -> Result<Vec<String>, LaunchError> {
-    let text = launch_args_json.map(str::trim).filter(|t| !t.is_empty()).unwrap_or("{}");
+pub fn launch_args(
+    launch_args_json: Option<&str>,
+    run_type: &str,
+) -> Result<Vec<String>, LaunchError> {
+    let text = launch_args_json
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .unwrap_or("{}");
     if text.len() > MAX_LAUNCH_ARGS_BYTES {
-        return Err(LaunchError::TooLarge { size: text.len(), limit: MAX_LAUNCH_ARGS_BYTES });
+        return Err(LaunchError::TooLarge {
+            size: text.len(),
+            limit: MAX_LAUNCH_ARGS_BYTES,
+        });
     }
     let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| LaunchError::BadJson { reason: e.to_string() })?;
+        serde_json::from_str(text).map_err(|e| LaunchError::BadJson {
+            reason: e.to_string(),
+        })?;
     let serde_json::Value::Object(map) = value else {
-        return Err(LaunchError::NotAnObject { kind: json_kind(&value) });
+        return Err(LaunchError::NotAnObject {
+            kind: json_kind(&value),
+        });
     };
     let mut argv = Vec::with_capacity(map.len() * 2 + 2);
     let mut has_run_type = false;
@@ -171,7 +208,12 @@ pub fn launch_args(launch_args_json: Option<&str>, run_type: &str) -> Result<Vec
             serde_json::Value::Bool(true) => "True".to_owned(),
             serde_json::Value::Bool(false) => "False".to_owned(),
             serde_json::Value::Null => "None".to_owned(),
-            other => return Err(LaunchError::NotAScalar { key, kind: json_kind(other) }),
+            other => {
+                return Err(LaunchError::NotAScalar {
+                    key,
+                    kind: json_kind(other),
+                });
+            }
         };
         has_run_type |= key == "--run_type";
         argv.push(key);
@@ -198,11 +240,29 @@ mod tests {
     fn args_follow_the_written_order_then_run_type() {
         check(
             Some(r#"{"--model": "default", "--threads": "4"}"#),
-            &["--model", "default", "--threads", "4", "--run_type", "PRIMARY_RUN"],
+            &[
+                "--model",
+                "default",
+                "--threads",
+                "4",
+                "--run_type",
+                "PRIMARY_RUN",
+            ],
         );
         check(
             Some(r#"{"--z": 1, "--a": 2.5, "--b": true, "--c": null}"#),
-            &["--z", "1", "--a", "2.5", "--b", "True", "--c", "None", "--run_type", "PRIMARY_RUN"],
+            &[
+                "--z",
+                "1",
+                "--a",
+                "2.5",
+                "--b",
+                "True",
+                "--c",
+                "None",
+                "--run_type",
+                "PRIMARY_RUN",
+            ],
         );
         check(None, &["--run_type", "PRIMARY_RUN"]);
         check(Some(""), &["--run_type", "PRIMARY_RUN"]);
@@ -211,11 +271,23 @@ mod tests {
 
     #[test]
     fn bad_args_are_errors_not_panics() {
-        assert!(matches!(launch_args(Some("{"), "R"), Err(LaunchError::BadJson { .. })));
-        assert!(matches!(launch_args(Some("[1]"), "R"), Err(LaunchError::NotAnObject { .. })));
-        assert!(matches!(launch_args(Some(r#"{"a": [1]}"#), "R"), Err(LaunchError::NotAScalar { .. })));
+        assert!(matches!(
+            launch_args(Some("{"), "R"),
+            Err(LaunchError::BadJson { .. })
+        ));
+        assert!(matches!(
+            launch_args(Some("[1]"), "R"),
+            Err(LaunchError::NotAnObject { .. })
+        ));
+        assert!(matches!(
+            launch_args(Some(r#"{"a": [1]}"#), "R"),
+            Err(LaunchError::NotAScalar { .. })
+        ));
         let huge = format!(r#"{{"a": "{}"}}"#, "x".repeat(MAX_LAUNCH_ARGS_BYTES));
-        assert!(matches!(launch_args(Some(&huge), "R"), Err(LaunchError::TooLarge { .. })));
+        assert!(matches!(
+            launch_args(Some(&huge), "R"),
+            Err(LaunchError::TooLarge { .. })
+        ));
     }
 
     fn resolver(tmp: &Path) -> ScriptResolver {
@@ -231,14 +303,26 @@ mod tests {
     fn resolves_bundled_then_components() {
         let tmp = tempfile::tempdir().unwrap();
         let r = resolver(tmp.path());
-        assert_eq!(r.resolve("cpu_usage_daemon.py").unwrap().path, tmp.path().join("bin/cpu_usage_daemon"));
-        assert_eq!(r.resolve("cpu_usage_daemon").unwrap().path, tmp.path().join("bin/cpu_usage_daemon"));
+        assert_eq!(
+            r.resolve("cpu_usage_daemon.py").unwrap().path,
+            tmp.path().join("bin/cpu_usage_daemon")
+        );
+        assert_eq!(
+            r.resolve("cpu_usage_daemon").unwrap().path,
+            tmp.path().join("bin/cpu_usage_daemon")
+        );
 
         let script = r.components_dir.join("sleeper.sh");
         std::fs::write(&script, "#!/bin/sh\nsleep 100\n").unwrap();
-        assert!(matches!(r.resolve("sleeper.sh"), Err(LaunchError::NotExecutable { .. })));
+        assert!(matches!(
+            r.resolve("sleeper.sh"),
+            Err(LaunchError::NotExecutable { .. })
+        ));
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
-        assert_eq!(r.resolve("sleeper.sh").unwrap().path, script.canonicalize().unwrap());
+        assert_eq!(
+            r.resolve("sleeper.sh").unwrap().path,
+            script.canonicalize().unwrap()
+        );
 
         std::fs::write(r.components_dir.join("tool.py"), "print(1)\n").unwrap();
         let python = r.resolve("tool.py").unwrap();
@@ -251,12 +335,27 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let r = resolver(tmp.path());
         for name in ["/bin/sh", "../../bin/sh", "a/b", ".hidden", "", "x\0y"] {
-            assert!(matches!(r.resolve(name), Err(LaunchError::UnsafeScriptName { .. })), "{name:?}");
+            assert!(
+                matches!(r.resolve(name), Err(LaunchError::UnsafeScriptName { .. })),
+                "{name:?}"
+            );
         }
-        assert!(matches!(r.resolve("nope.py"), Err(LaunchError::UnknownScript { .. })));
-        assert!(matches!(r.resolve("sh; rm -rf /"), Err(LaunchError::UnsafeScriptName { .. })));
-        assert!(matches!(r.resolve("x; rm -rf ~"), Err(LaunchError::UnknownScript { .. })));
+        assert!(matches!(
+            r.resolve("nope.py"),
+            Err(LaunchError::UnknownScript { .. })
+        ));
+        assert!(matches!(
+            r.resolve("sh; rm -rf /"),
+            Err(LaunchError::UnsafeScriptName { .. })
+        ));
+        assert!(matches!(
+            r.resolve("x; rm -rf ~"),
+            Err(LaunchError::UnknownScript { .. })
+        ));
         std::os::unix::fs::symlink("/bin/sh", r.components_dir.join("escape")).unwrap();
-        assert!(matches!(r.resolve("escape"), Err(LaunchError::OutsideComponents { .. })));
+        assert!(matches!(
+            r.resolve("escape"),
+            Err(LaunchError::OutsideComponents { .. })
+        ));
     }
 }

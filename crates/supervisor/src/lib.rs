@@ -5,6 +5,7 @@
 //! that reap on SIGCHLD, and both write to the database only through `Journal`.
 
 pub mod boot;
+pub mod cli;
 pub mod events;
 pub mod journal;
 pub mod launch;

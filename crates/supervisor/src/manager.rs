@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use n0m1_core::config::{Config, SupervisorPolicy};
 use n0m1_core::db::{self, DbError};
-use n0m1_core::home::{ENV_BOOT_PID, ENV_COMPONENT_ID, ENV_HOME, Home, HomeError, validate_component_id};
+use n0m1_core::home::{
+    ENV_BOOT_PID, ENV_COMPONENT_ID, ENV_HOME, Home, HomeError, validate_component_id,
+};
 use n0m1_core::lifecycle::LifecycleEvent;
 use n0m1_core::pidfile::{PidError, PidFile, PidStatus};
 use n0m1_core::process::{self, SpawnSpec};
@@ -80,7 +82,11 @@ struct ComponentRow {
 impl ComponentRow {
     /// What, if changed while running, needs a restart to take effect.
     fn launch_key(&self) -> (String, Option<String>, String) {
-        (self.base_script_name.clone(), self.launch_args_json.clone(), self.run_type.clone())
+        (
+            self.base_script_name.clone(),
+            self.launch_args_json.clone(),
+            self.run_type.clone(),
+        )
     }
     fn is_oneshot(&self) -> bool {
         self.run_type == RUN_TYPE_ONESHOT
@@ -146,7 +152,9 @@ enum Phase {
         /// Descendants that left the process group (setsid) at the time of the stop.
         escaped: Vec<(i32, u64)>,
     },
-    Backoff { until: Instant },
+    Backoff {
+        until: Instant,
+    },
     Failed,
     Completed,
 }
@@ -204,9 +212,15 @@ impl Manager {
         let own_pid_file = PidFile::acquire(&options.home.pid_file(&options.manager))?;
         let conn = db::open(&options.home.db_path())?;
         let (sender, receiver) = mpsc::channel();
-        events::watch_signals(sender.clone())
-            .map_err(|source| ManagerError::Os { what: "cannot install signal handlers", source })?;
-        events::watch_database(options.home.db_path(), options.watch_interval, sender.clone());
+        events::watch_signals(sender.clone()).map_err(|source| ManagerError::Os {
+            what: "cannot install signal handlers",
+            source,
+        })?;
+        events::watch_database(
+            options.home.db_path(),
+            options.watch_interval,
+            sender.clone(),
+        );
 
         let mut manager = Manager {
             policy: SupervisorPolicy::default(),
@@ -220,9 +234,15 @@ impl Manager {
         };
         manager.load_policy();
         manager.journal.event(
-            EventRow::new(&manager.options.manager, LifecycleEvent::StartedSuccessfully)
-                .pid(std::process::id() as i32)
-                .message(format!("{} supervising its components", manager.options.manager)),
+            EventRow::new(
+                &manager.options.manager,
+                LifecycleEvent::StartedSuccessfully,
+            )
+            .pid(std::process::id() as i32)
+            .message(format!(
+                "{} supervising its components",
+                manager.options.manager
+            )),
         );
         manager.adopt_survivors();
         manager.reconcile();
@@ -239,7 +259,11 @@ impl Manager {
     }
 
     fn event_loop(&mut self, receiver: Receiver<Event>, own_pid_file: &PidFile) {
-        let heartbeat_every = self.policy.heartbeat_interval.duration().max(Duration::from_millis(100));
+        let heartbeat_every = self
+            .policy
+            .heartbeat_interval
+            .duration()
+            .max(Duration::from_millis(100));
         let mut next_heartbeat = Instant::now();
         let mut next_pass = Instant::now() + PERIODIC_PASS;
         loop {
@@ -254,7 +278,11 @@ impl Manager {
                 self.reconcile();
                 next_pass = now + PERIODIC_PASS;
             }
-            let wake = self.next_deadline().unwrap_or(next_pass).min(next_heartbeat).min(next_pass);
+            let wake = self
+                .next_deadline()
+                .unwrap_or(next_pass)
+                .min(next_heartbeat)
+                .min(next_pass);
             match receiver.recv_timeout(wake.saturating_duration_since(Instant::now())) {
                 Ok(Event::ChildExited) => self.reap(),
                 Ok(Event::AdoptedExited { pid }) => self.adopted_exited(pid),
@@ -301,7 +329,9 @@ impl Manager {
     }
 
     fn save_state(&mut self, component_id: &str) {
-        let Some(component) = self.components.get(component_id) else { return };
+        let Some(component) = self.components.get(component_id) else {
+            return;
+        };
         let proc = component.proc();
         self.journal.state(ComponentState {
             component_id: component_id.to_owned(),
@@ -350,12 +380,16 @@ impl Manager {
         for saved in rows {
             let id = saved.component_id.clone();
             let pid_path = self.options.home.pid_file(&id);
-            let (Some(pid), Some(start_ticks)) = (saved.pid, saved.pid_start_ticks) else { continue };
+            let (Some(pid), Some(start_ticks)) = (saved.pid, saved.pid_start_ticks) else {
+                continue;
+            };
             let pid_file_pid = match PidFile::inspect(&pid_path) {
                 Ok(PidStatus::Stale { pid }) => pid,
                 _ => None,
             };
-            let Some(row) = table_rows.iter().find(|r| r.component_id == id) else { continue };
+            let Some(row) = table_rows.iter().find(|r| r.component_id == id) else {
+                continue;
+            };
             if pid_file_pid != Some(pid) || !process::is_same_process(pid, start_ticks) {
                 let _ = std::fs::remove_file(&pid_path);
                 continue;
@@ -391,7 +425,9 @@ impl Manager {
                 EventRow::new(&id, LifecycleEvent::Adopted)
                     .pid(pid)
                     .manager(self.manager_name())
-                    .message(format!("still running after a manager restart; watching pid {pid}")),
+                    .message(format!(
+                        "still running after a manager restart; watching pid {pid}"
+                    )),
             );
             self.save_state(&id);
         }
@@ -407,7 +443,12 @@ impl Manager {
             }
         };
         let resets: HashSet<String> = state::load_all(&self.conn, Some(&self.options.manager))
-            .map(|rows| rows.into_iter().filter(|r| r.reset_requested).map(|r| r.component_id).collect())
+            .map(|rows| {
+                rows.into_iter()
+                    .filter(|r| r.reset_requested)
+                    .map(|r| r.component_id)
+                    .collect()
+            })
             .unwrap_or_default();
         let mut seen = HashSet::new();
         for row in rows {
@@ -423,7 +464,8 @@ impl Manager {
                             .manager(self.manager_name())
                             .message(error.to_string()),
                     );
-                    self.components.insert(id.clone(), Component::new(row, Phase::Failed));
+                    self.components
+                        .insert(id.clone(), Component::new(row, Phase::Failed));
                 }
                 continue;
             }
@@ -431,16 +473,34 @@ impl Manager {
                 .components
                 .entry(id.clone())
                 .or_insert_with(|| Component::new(row.clone(), Phase::Idle));
-            let reset = resets.contains(&id) || (component.settled_at_modified.is_some() && component.settled_at_modified != row.modified);
+            let reset = resets.contains(&id)
+                || (component.settled_at_modified.is_some()
+                    && component.settled_at_modified != row.modified);
             component.row = row;
             self.apply(&id, reset);
         }
-        let gone: Vec<String> = self.components.keys().filter(|id| !seen.contains(*id)).cloned().collect();
+        let gone: Vec<String> = self
+            .components
+            .keys()
+            .filter(|id| !seen.contains(*id))
+            .cloned()
+            .collect();
         for id in gone {
-            let running = self.components.get(&id).is_some_and(|c| matches!(c.phase, Phase::Running(_)));
+            let running = self
+                .components
+                .get(&id)
+                .is_some_and(|c| matches!(c.phase, Phase::Running(_)));
             if running {
-                self.begin_stop(&id, AfterStop::Forget, "row removed or moved to another manager");
-            } else if let Some(Component { phase: Phase::Stopping { then, .. }, .. }) = self.components.get_mut(&id) {
+                self.begin_stop(
+                    &id,
+                    AfterStop::Forget,
+                    "row removed or moved to another manager",
+                );
+            } else if let Some(Component {
+                phase: Phase::Stopping { then, .. },
+                ..
+            }) = self.components.get_mut(&id)
+            {
                 *then = AfterStop::Forget;
             } else {
                 self.components.remove(&id);
@@ -450,7 +510,9 @@ impl Manager {
 
     /// Moves one component toward its row's desired state.
     fn apply(&mut self, id: &str, reset: bool) {
-        let Some(component) = self.components.get_mut(id) else { return };
+        let Some(component) = self.components.get_mut(id) else {
+            return;
+        };
         let active = component.row.desired_active;
         match (&mut component.phase, active) {
             (Phase::Idle, true) => {
@@ -468,14 +530,24 @@ impl Manager {
                 self.start(id, None);
             }
             (Phase::Running(proc), true) if proc.launch_key != component.row.launch_key() => {
-                self.begin_stop(id, AfterStop::Restart, "its row changed; restarting with the new settings");
+                self.begin_stop(
+                    id,
+                    AfterStop::Restart,
+                    "its row changed; restarting with the new settings",
+                );
             }
             (Phase::Running(_), true) if reset => {
                 self.begin_stop(id, AfterStop::Restart, "restart requested");
             }
-            (Phase::Stopping { then, .. }, true) if *then == AfterStop::Stop => *then = AfterStop::Restart,
-            (Phase::Running(_), false) => self.begin_stop(id, AfterStop::Stop, "desired state is inactive"),
-            (Phase::Stopping { then, .. }, false) if *then == AfterStop::Restart => *then = AfterStop::Stop,
+            (Phase::Stopping { then, .. }, true) if *then == AfterStop::Stop => {
+                *then = AfterStop::Restart
+            }
+            (Phase::Running(_), false) => {
+                self.begin_stop(id, AfterStop::Stop, "desired state is inactive")
+            }
+            (Phase::Stopping { then, .. }, false) if *then == AfterStop::Restart => {
+                *then = AfterStop::Stop
+            }
             (Phase::Backoff { .. } | Phase::Failed | Phase::Completed, false) => {
                 component.phase = Phase::Idle;
                 component.settled_at_modified = None;
@@ -489,11 +561,17 @@ impl Manager {
     /// but only after the spawn, so nothing slows the restart.
     fn start(&mut self, id: &str, cause: Option<EventRow>) {
         let manager = self.manager_name();
-        let Some(component) = self.components.get_mut(id) else { return };
+        let Some(component) = self.components.get_mut(id) else {
+            return;
+        };
         let row = component.row.clone();
-        let prepared = self.resolver.resolve(&row.base_script_name).and_then(|program| {
-            launch_args(row.launch_args_json.as_deref(), &row.run_type).map(|args| (program, args))
-        });
+        let prepared = self
+            .resolver
+            .resolve(&row.base_script_name)
+            .and_then(|program| {
+                launch_args(row.launch_args_json.as_deref(), &row.run_type)
+                    .map(|args| (program, args))
+            });
         let (program, args) = match prepared {
             Ok(prepared) => prepared,
             Err(error) => {
@@ -546,7 +624,9 @@ impl Manager {
                 None
             }
         };
-        let Some(component) = self.components.get_mut(id) else { return };
+        let Some(component) = self.components.get_mut(id) else {
+            return;
+        };
         component.phase = Phase::Running(Proc {
             pid: spawned.pid,
             start_ticks: spawned.start_ticks,
@@ -562,7 +642,10 @@ impl Manager {
                 .manager(manager)
                 .run_type(row.run_type)
                 .script_path(script_path)
-                .message(format!("spawned as pid {} (process group leader)", spawned.pid)),
+                .message(format!(
+                    "spawned as pid {} (process group leader)",
+                    spawned.pid
+                )),
         );
         self.save_state(id);
     }
@@ -571,7 +654,9 @@ impl Manager {
     fn begin_stop(&mut self, id: &str, then: AfterStop, reason: &str) {
         let manager = self.manager_name();
         let timeout = self.policy.stop_timeout.duration();
-        let Some(component) = self.components.get_mut(id) else { return };
+        let Some(component) = self.components.get_mut(id) else {
+            return;
+        };
         let Phase::Running(proc) = std::mem::replace(&mut component.phase, Phase::Idle) else {
             return;
         };
@@ -590,7 +675,10 @@ impl Manager {
             EventRow::new(id, LifecycleEvent::StopRequested)
                 .pid(proc.pid)
                 .manager(manager)
-                .message(format!("{reason}; SIGTERM sent to process group {}", proc.pid)),
+                .message(format!(
+                    "{reason}; SIGTERM sent to process group {}",
+                    proc.pid
+                )),
         );
         component.phase = Phase::Stopping {
             proc,
@@ -611,7 +699,9 @@ impl Manager {
         let ids: Vec<String> = self.components.keys().cloned().collect();
         for id in ids {
             match self.components.get_mut(&id).map(|c| &mut c.phase) {
-                Some(Phase::Running(_)) => self.begin_stop(&id, AfterStop::Stop, "manager shutting down"),
+                Some(Phase::Running(_)) => {
+                    self.begin_stop(&id, AfterStop::Stop, "manager shutting down")
+                }
                 Some(Phase::Stopping { then, .. }) => *then = AfterStop::Stop,
                 Some(phase @ Phase::Backoff { .. }) => {
                     *phase = Phase::Idle;
@@ -627,7 +717,9 @@ impl Manager {
         loop {
             let (pid, cause) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), ExitCause::Code(code)),
-                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid.as_raw(), ExitCause::Signal(signal)),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    (pid.as_raw(), ExitCause::Signal(signal))
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             };
@@ -650,7 +742,10 @@ impl Manager {
     fn component_of(&self, pid: i32, adopted: bool) -> Option<String> {
         self.components
             .iter()
-            .find(|(_, c)| c.proc().is_some_and(|p| p.pid == pid && p.adopted == adopted))
+            .find(|(_, c)| {
+                c.proc()
+                    .is_some_and(|p| p.pid == pid && p.adopted == adopted)
+            })
             .map(|(id, _)| id.clone())
     }
 
@@ -659,14 +754,17 @@ impl Manager {
         let manager = self.manager_name();
         let min_uptime = self.policy.min_uptime.duration();
         let shutting_down = self.shutting_down;
-        let Some(component) = self.components.get_mut(id) else { return };
+        let Some(component) = self.components.get_mut(id) else {
+            return;
+        };
         component.last_exit = Some(cause.describe());
         match &mut component.phase {
             Phase::Stopping { leader_exit, .. } => {
                 *leader_exit = Some(cause);
             }
             Phase::Running(_) => {
-                let Phase::Running(proc) = std::mem::replace(&mut component.phase, Phase::Idle) else {
+                let Phase::Running(proc) = std::mem::replace(&mut component.phase, Phase::Idle)
+                else {
                     return;
                 };
                 // Whatever the leader left in its group goes with it, so the replacement
@@ -676,11 +774,19 @@ impl Manager {
                 if let Some(pid_file) = proc.pid_file {
                     pid_file.remove();
                 }
-                let event = if cause.is_clean() { LifecycleEvent::Exited } else { LifecycleEvent::Crashed };
+                let event = if cause.is_clean() {
+                    LifecycleEvent::Exited
+                } else {
+                    LifecycleEvent::Crashed
+                };
                 let record = EventRow::new(id, event)
                     .pid(proc.pid)
                     .manager(manager.clone())
-                    .message(format!("{} after {:.3} s", cause.describe(), uptime.as_secs_f64()));
+                    .message(format!(
+                        "{} after {:.3} s",
+                        cause.describe(),
+                        uptime.as_secs_f64()
+                    ));
                 if component.row.is_oneshot() && cause.is_clean() {
                     component.phase = Phase::Completed;
                     component.settled_at_modified = component.row.modified.clone();
@@ -710,7 +816,9 @@ impl Manager {
     /// A death before `min_uptime`: back off, or give up after too many in a row.
     fn after_quick_death(&mut self, id: &str, what: String) {
         let policy = self.policy.clone();
-        let Some(component) = self.components.get_mut(id) else { return };
+        let Some(component) = self.components.get_mut(id) else {
+            return;
+        };
         component.quick_deaths += 1;
         if component.quick_deaths >= policy.max_quick_deaths {
             let message = format!(
@@ -722,7 +830,9 @@ impl Manager {
             return;
         }
         let delay = policy.backoff(component.quick_deaths);
-        component.phase = Phase::Backoff { until: Instant::now() + delay };
+        component.phase = Phase::Backoff {
+            until: Instant::now() + delay,
+        };
         component.restarts += 1;
         self.journal.event(
             EventRow::new(id, LifecycleEvent::RestartScheduled)
@@ -739,7 +849,9 @@ impl Manager {
 
     fn settle_failed(&mut self, id: &str, event: LifecycleEvent, message: &str) {
         let manager = self.manager_name();
-        let Some(component) = self.components.get_mut(id) else { return };
+        let Some(component) = self.components.get_mut(id) else {
+            return;
+        };
         component.phase = Phase::Failed;
         component.settled_at_modified = component.row.modified.clone();
         component.last_exit = Some(message.to_owned());
@@ -757,7 +869,15 @@ impl Manager {
         let waiting: Vec<String> = self
             .components
             .iter()
-            .filter(|(_, c)| matches!(c.phase, Phase::Stopping { leader_exit: Some(_), .. }))
+            .filter(|(_, c)| {
+                matches!(
+                    c.phase,
+                    Phase::Stopping {
+                        leader_exit: Some(_),
+                        ..
+                    }
+                )
+            })
             .map(|(id, _)| id.clone())
             .collect();
         if waiting.is_empty() {
@@ -765,12 +885,16 @@ impl Manager {
         }
         let processes = process::all_processes();
         for id in waiting {
-            let Some(Phase::Stopping { proc, escaped, .. }) = self.components.get(&id).map(|c| &c.phase) else {
+            let Some(Phase::Stopping { proc, escaped, .. }) =
+                self.components.get(&id).map(|c| &c.phase)
+            else {
                 continue;
             };
             let group_alive = processes.iter().any(|p| p.pgrp == proc.pid && p.is_alive());
             let escaped_alive = escaped.iter().any(|(pid, ticks)| {
-                processes.iter().any(|p| p.pid == *pid && p.start_ticks == *ticks && p.is_alive())
+                processes
+                    .iter()
+                    .any(|p| p.pid == *pid && p.start_ticks == *ticks && p.is_alive())
             });
             if !group_alive && !escaped_alive {
                 self.finish_stop(&id);
@@ -780,19 +904,33 @@ impl Manager {
 
     fn finish_stop(&mut self, id: &str) {
         let manager = self.manager_name();
-        let Some(component) = self.components.get_mut(id) else { return };
-        let Phase::Stopping { proc, killed, then, leader_exit, .. } =
-            std::mem::replace(&mut component.phase, Phase::Idle)
+        let Some(component) = self.components.get_mut(id) else {
+            return;
+        };
+        let Phase::Stopping {
+            proc,
+            killed,
+            then,
+            leader_exit,
+            ..
+        } = std::mem::replace(&mut component.phase, Phase::Idle)
         else {
             return;
         };
-        let event = if killed { LifecycleEvent::StoppedForcefully } else { LifecycleEvent::StoppedSuccessfully };
+        let event = if killed {
+            LifecycleEvent::StoppedForcefully
+        } else {
+            LifecycleEvent::StoppedSuccessfully
+        };
         let how = leader_exit.map_or_else(|| "gone".to_owned(), ExitCause::describe);
         self.journal.event(
             EventRow::new(id, event)
                 .pid(proc.pid)
                 .manager(manager)
-                .message(format!("{how} after {:.3} s", proc.started.elapsed().as_secs_f64())),
+                .message(format!(
+                    "{how} after {:.3} s",
+                    proc.started.elapsed().as_secs_f64()
+                )),
         );
         if let Some(pid_file) = proc.pid_file {
             pid_file.remove();
@@ -818,7 +956,10 @@ impl Manager {
             match &component.phase {
                 Phase::Backoff { until } if *until <= now => due_backoff.push(id.clone()),
                 Phase::Stopping { deadline, .. } if *deadline <= now => due_kill.push(id.clone()),
-                Phase::Stopping { leader_exit: Some(_), .. } => any_leader_gone = true,
+                Phase::Stopping {
+                    leader_exit: Some(_),
+                    ..
+                } => any_leader_gone = true,
                 _ => {}
             }
         }
@@ -843,8 +984,19 @@ impl Manager {
     /// The grace period is over: SIGKILL, then, if even that does not work, give up loudly.
     fn escalate_stop(&mut self, id: &str, now: Instant) {
         let manager = self.manager_name();
-        let Some(component) = self.components.get_mut(id) else { return };
-        let Phase::Stopping { proc, deadline, killed, escaped, .. } = &mut component.phase else { return };
+        let Some(component) = self.components.get_mut(id) else {
+            return;
+        };
+        let Phase::Stopping {
+            proc,
+            deadline,
+            killed,
+            escaped,
+            ..
+        } = &mut component.phase
+        else {
+            return;
+        };
         if !*killed {
             process::signal_group(proc.pid, Signal::SIGKILL);
             for (pid, ticks) in escaped.iter() {
@@ -880,9 +1032,11 @@ impl Manager {
             .values()
             .filter_map(|c| match &c.phase {
                 Phase::Backoff { until } => Some(*until),
-                Phase::Stopping { deadline, leader_exit: Some(_), .. } => {
-                    Some((*deadline).min(Instant::now() + GROUP_POLL))
-                }
+                Phase::Stopping {
+                    deadline,
+                    leader_exit: Some(_),
+                    ..
+                } => Some((*deadline).min(Instant::now() + GROUP_POLL)),
                 Phase::Stopping { deadline, .. } => Some(*deadline),
                 _ => None,
             })
@@ -892,7 +1046,14 @@ impl Manager {
 
 impl Component {
     fn new(row: ComponentRow, phase: Phase) -> Component {
-        Component { row, phase, restarts: 0, quick_deaths: 0, last_exit: None, settled_at_modified: None }
+        Component {
+            row,
+            phase,
+            restarts: 0,
+            quick_deaths: 0,
+            last_exit: None,
+            settled_at_modified: None,
+        }
     }
 }
 
@@ -903,20 +1064,30 @@ fn launch_failure(error: &LaunchError) -> String {
 /// Orphans of our components are re-parented to us, not to PID 1 (which does not reap here),
 /// so they can be reaped and nothing is left as a zombie.
 pub fn become_subreaper() -> Result<(), ManagerError> {
-    nix::sys::prctl::set_child_subreaper(true)
-        .map_err(|errno| ManagerError::Os { what: "cannot become a child subreaper", source: errno.into() })
+    nix::sys::prctl::set_child_subreaper(true).map_err(|errno| ManagerError::Os {
+        what: "cannot become a child subreaper",
+        source: errno.into(),
+    })
 }
 
 /// Started by boot: die with boot (SIGTERM on its death), and refuse to start if boot is
 /// already gone, so a manager never runs on as an orphan.
 fn die_with_boot(manager: &str) -> Result<(), ManagerError> {
-    let Some(boot_pid) = std::env::var(ENV_BOOT_PID).ok().and_then(|v| v.parse::<i32>().ok()) else {
+    let Some(boot_pid) = std::env::var(ENV_BOOT_PID)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
         return Ok(());
     };
-    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)
-        .map_err(|errno| ManagerError::Os { what: "cannot set the parent-death signal", source: errno.into() })?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(|errno| ManagerError::Os {
+        what: "cannot set the parent-death signal",
+        source: errno.into(),
+    })?;
     if nix::unistd::getppid().as_raw() != boot_pid {
-        return Err(ManagerError::Orphaned { manager: manager.to_owned(), boot_pid });
+        return Err(ManagerError::Orphaned {
+            manager: manager.to_owned(),
+            boot_pid,
+        });
     }
     Ok(())
 }

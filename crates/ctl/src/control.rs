@@ -1,0 +1,254 @@
+//! `start`, `stop` and `config check`.
+
+use std::path::Path;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use n0m1_core::home::ENV_HOME;
+use n0m1_core::pidfile::PidStatus;
+use n0m1_core::process::{self, SpawnSpec};
+use n0m1_core::state;
+use n0m1_core::{Config, Home, PidFile, db};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+/// Boot and its managers must be up within this long (startup delays are a few seconds).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Margin on top of the components' stop timeout for boot and the managers to exit.
+const STOP_MARGIN: Duration = Duration::from_secs(15);
+const POLL: Duration = Duration::from_millis(25);
+
+fn bin_dir() -> anyhow::Result<std::path::PathBuf> {
+    process::own_bin_dir().context("cannot find the folder of the n0m1ctl executable")
+}
+
+/// The last lines of a log, to show why something did not start.
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub fn start(home: &Home) -> anyhow::Result<()> {
+    home.ensure()
+        .with_context(|| format!("preparing home {}", home.root().display()))?;
+    if let PidStatus::Live { pid } = PidFile::inspect(&home.boot_pid_file())? {
+        println!(
+            "n0m1 is already running (boot pid {})",
+            pid.map_or("?".into(), |p| p.to_string())
+        );
+        return Ok(());
+    }
+    let config = Config::load(&home.config_path())?;
+    db::initialise(&home.db_path())?;
+    let (stdout, stderr) = home.manager_logs(n0m1_core::home::BOOT_LOG_STEM);
+    let spec = SpawnSpec {
+        program: bin_dir()?.join("boot_system"),
+        args: vec!["--home".into(), home.root().as_os_str().to_owned()],
+        env: vec![(ENV_HOME.to_owned(), home.root().as_os_str().to_owned())],
+        stdout,
+        stderr: stderr.clone(),
+        current_dir: home.root().to_path_buf(),
+    };
+    let boot = process::spawn(&spec)?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    let startup: Duration = config
+        .managers
+        .iter()
+        .map(|m| m.startup_delay.duration())
+        .sum();
+    let deadline = deadline.max(Instant::now() + startup + Duration::from_secs(10));
+    loop {
+        // Boot is our child until we exit: if it dies early we see why.
+        if let Ok(WaitStatus::Exited(_, _) | WaitStatus::Signaled(..)) =
+            waitpid(Pid::from_raw(boot.pid), Some(WaitPidFlag::WNOHANG))
+        {
+            bail!(
+                "boot_system exited during start-up; see {}:\n{}",
+                stderr.display(),
+                tail(&stderr, 10)
+            );
+        }
+        let boot_up = PidFile::inspect(&home.boot_pid_file())?.live_pid() == Some(boot.pid);
+        let missing: Vec<&str> = config
+            .managers
+            .iter()
+            .filter(|m| {
+                PidFile::inspect(&home.pid_file(&m.binary)).map_or(true, |s| s.live_pid().is_none())
+            })
+            .map(|m| m.binary.as_str())
+            .collect();
+        if boot_up && missing.is_empty() {
+            println!("n0m1 started (boot pid {}; managers: {})", boot.pid, {
+                let names: Vec<&str> = config.managers.iter().map(|m| m.binary.as_str()).collect();
+                names.join(", ")
+            });
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "n0m1 did not come up within {} s (waiting for: {}); boot pid {} is left running; see {} and {}",
+                (deadline - Instant::now()).as_secs(),
+                if boot_up {
+                    missing.join(", ")
+                } else {
+                    "boot_system".to_owned()
+                },
+                boot.pid,
+                stderr.display(),
+                home.manager_logs_dir().display()
+            );
+        }
+        sleep(POLL);
+    }
+}
+
+/// Live processes of the system that have a PID file: boot, managers, components.
+fn live_pid_files(home: &Home) -> Vec<(String, Option<i32>)> {
+    let Ok(entries) = std::fs::read_dir(home.pids_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+        .filter_map(|e| match PidFile::inspect(&e.path()) {
+            Ok(PidStatus::Live { pid }) => {
+                Some((e.file_name().to_string_lossy().into_owned(), pid))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Components whose recorded process (pid plus start time) is still alive.
+fn live_components(home: &Home) -> Vec<(String, i32)> {
+    let Ok(conn) = db::open(&home.db_path()) else {
+        return Vec::new();
+    };
+    state::load_all(&conn, None)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|s| match (s.pid, s.pid_start_ticks) {
+            (Some(pid), Some(ticks)) if process::is_same_process(pid, ticks) => {
+                Some((s.component_id, pid))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn stop(home: &Home, force: bool) -> anyhow::Result<()> {
+    let config = Config::load(&home.config_path()).unwrap_or_default();
+    let boot = PidFile::inspect(&home.boot_pid_file())?;
+    let was_running = boot.live_pid().is_some();
+    if let Some(pid) = boot.live_pid() {
+        let signal = if force {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        };
+        process::signal_process(pid, signal);
+        let deadline = Instant::now() + config.supervisor.stop_timeout.duration() + STOP_MARGIN;
+        while PidFile::inspect(&home.boot_pid_file())?
+            .live_pid()
+            .is_some()
+            && Instant::now() < deadline
+            && !force
+        {
+            sleep(POLL);
+        }
+    }
+    // Whatever is still alive now (a forced stop, a boot that did not finish, managers or
+    // components started by hand or orphaned) is stopped here, group by group.
+    let leftovers = |home: &Home| {
+        let mut pids: Vec<(String, i32)> = live_pid_files(home)
+            .into_iter()
+            .filter_map(|(name, pid)| Some((name, pid?)))
+            .collect();
+        pids.extend(live_components(home));
+        pids.sort_by_key(|p| p.1);
+        pids.dedup_by_key(|p| p.1);
+        pids
+    };
+    let first = leftovers(home);
+    if !first.is_empty() {
+        let signal = if force {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        };
+        for (_, pid) in &first {
+            process::signal_group(*pid, signal);
+            process::signal_process(*pid, signal);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !leftovers(home).is_empty() && Instant::now() < deadline {
+            sleep(POLL);
+        }
+        for (_, pid) in leftovers(home) {
+            process::signal_group(pid, Signal::SIGKILL);
+            process::signal_process(pid, Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !leftovers(home).is_empty() && Instant::now() < deadline {
+            sleep(POLL);
+        }
+    }
+    let survivors = leftovers(home);
+    if !survivors.is_empty() {
+        let names: Vec<String> = survivors
+            .iter()
+            .map(|(n, p)| format!("{n} (pid {p})"))
+            .collect();
+        bail!("these processes survived SIGKILL: {}", names.join(", "));
+    }
+    // Every lock is free now, so any PID file left is stale: remove it.
+    if let Ok(entries) = std::fs::read_dir(home.pids_dir()) {
+        for entry in entries.filter_map(|e| e.ok()) {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "pid")
+                && matches!(PidFile::inspect(&path), Ok(PidStatus::Stale { .. }))
+            {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing stale {}", path.display()))?;
+            }
+        }
+    }
+    if was_running || !first.is_empty() {
+        println!("n0m1 stopped");
+    } else {
+        println!("n0m1 is not running");
+    }
+    Ok(())
+}
+
+pub fn config_check(home: &Home, json: bool) -> anyhow::Result<()> {
+    let config = Config::load(&home.config_path())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    println!("{}: ok", home.config_path().display());
+    for m in &config.managers {
+        println!(
+            "  {:<18} {:<18} startup_delay {} s, health_check_interval {} s, {}",
+            m.binary,
+            m.name,
+            m.startup_delay.0,
+            m.health_check_interval.0,
+            if m.critical {
+                "critical"
+            } else {
+                "not critical"
+            }
+        );
+    }
+    let p = &config.supervisor;
+    println!(
+        "  supervisor: min_uptime {} s, backoff {}..{} s, FAILED after {} quick deaths, stop_timeout {} s",
+        p.min_uptime.0, p.backoff_initial.0, p.backoff_max.0, p.max_quick_deaths, p.stop_timeout.0
+    );
+    Ok(())
+}

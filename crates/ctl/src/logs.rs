@@ -1,0 +1,158 @@
+//! `logs`: a component's or manager's output, the last N lines or followed.
+//!
+//! Following polls (read to EOF, sleep, reopen when the file was replaced or shrank), which
+//! survives truncation and rotation without a file-watching dependency.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use n0m1_core::Home;
+use n0m1_core::home::BOOT_LOG_STEM;
+
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// Component id, manager name, or `boot`; omit to list every log.
+    pub id: Option<String>,
+    /// How many lines to show from the end of each file.
+    #[arg(short = 'n', long = "lines", default_value_t = 20)]
+    pub lines: usize,
+    /// Keep printing new lines as they are written (Ctrl-C to stop).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+}
+
+/// The `.log` and `.err` files of an id, wherever they live.
+pub fn files_of(home: &Home, id: &str) -> Vec<PathBuf> {
+    let stem = if matches!(id, "boot" | "boot_system") {
+        BOOT_LOG_STEM
+    } else {
+        id
+    };
+    let (log, err) = home.component_logs(stem);
+    let (mlog, merr) = home.manager_logs(stem);
+    [log, err, mlog, merr]
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect()
+}
+
+fn last_lines(path: &Path, n: usize) -> anyhow::Result<String> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata()?.len();
+    // Read only the end of big files.
+    let window = (n as u64 + 1) * 512;
+    let start = size.saturating_sub(window.max(64 * 1024));
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    Ok(lines[lines.len().saturating_sub(n)..].join("\n"))
+}
+
+pub fn run(home: &Home, args: &LogsArgs) -> anyhow::Result<()> {
+    let Some(id) = &args.id else {
+        return list(home);
+    };
+    n0m1_core::home::validate_component_id(id)?;
+    let files = files_of(home, id);
+    if files.is_empty() {
+        bail!(
+            "no logs for {id:?} in {} or {}: `n0m1ctl logs` lists the logs there are",
+            home.logs_dir().display(),
+            home.manager_logs_dir().display()
+        );
+    }
+    for path in &files {
+        println!("==> {} <==", path.display());
+        let text = last_lines(path, args.lines)?;
+        if !text.is_empty() {
+            println!("{text}");
+        }
+    }
+    if args.follow {
+        follow(&files)?;
+    }
+    Ok(())
+}
+
+fn list(home: &Home) -> anyhow::Result<()> {
+    for dir in [home.logs_dir(), home.manager_logs_dir()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut rows: Vec<(String, u64)> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_file())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().map_or(0, |m| m.len()),
+                )
+            })
+            .filter(|(name, _)| !name.starts_with('.'))
+            .collect();
+        rows.sort();
+        println!("{}:", dir.display());
+        for (name, size) in rows {
+            println!("  {name:<40} {size:>10} bytes");
+        }
+    }
+    Ok(())
+}
+
+struct Followed {
+    path: PathBuf,
+    file: Option<File>,
+    inode: u64,
+    offset: u64,
+}
+
+fn follow(paths: &[PathBuf]) -> anyhow::Result<()> {
+    let mut followed: Vec<Followed> = paths
+        .iter()
+        .map(|path| {
+            let file = File::open(path).ok();
+            let meta = file.as_ref().and_then(|f| f.metadata().ok());
+            Followed {
+                path: path.clone(),
+                inode: meta.as_ref().map_or(0, |m| m.ino()),
+                offset: meta.map_or(0, |m| m.len()),
+                file,
+            }
+        })
+        .collect();
+    let stdout = std::io::stdout();
+    loop {
+        for f in &mut followed {
+            // Rotation replaces the file (new inode); truncation shrinks it: either way,
+            // start again from the beginning of what is there now.
+            match std::fs::metadata(&f.path) {
+                Ok(meta) if meta.ino() != f.inode || meta.len() < f.offset => {
+                    f.file = File::open(&f.path).ok();
+                    f.inode = meta.ino();
+                    f.offset = 0;
+                }
+                _ => {}
+            }
+            let Some(file) = &mut f.file else { continue };
+            file.seek(SeekFrom::Start(f.offset))?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            if !bytes.is_empty() {
+                f.offset += bytes.len() as u64;
+                let mut out = stdout.lock();
+                // A closed pipe (`n0m1ctl logs -f | head`) ends the command quietly.
+                if out.write_all(&bytes).and_then(|()| out.flush()).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

@@ -1,0 +1,345 @@
+//! `status`: boot, each manager and each component as they really are. PID files count only
+//! when locked, and a component's pid only when /proc shows the same process (start time).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use n0m1_core::lifecycle;
+use n0m1_core::pidfile::PidStatus;
+use n0m1_core::process::{self, ProcStat};
+use n0m1_core::schema::{AUTORUN_COMPONENTS, COMPONENT_STATE, MANAGERS};
+use n0m1_core::state::{RunState, unix_now};
+use n0m1_core::{Config, Home, PidFile, db};
+use serde::Serialize;
+
+use crate::EXIT_NOT_RUNNING;
+
+#[derive(Debug, Serialize)]
+pub struct ProcessView {
+    pub name: String,
+    /// running, stopped, or stale (a PID file nobody holds).
+    pub state: String,
+    pub pid: Option<i32>,
+    pub uptime_secs: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_age_secs: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_kib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ComponentView {
+    pub component_id: String,
+    pub manager: String,
+    pub desired: String,
+    /// running, stopped, stopping, backoff, failed, completed, dead (the recorded process
+    /// is gone and no manager noticed) or unsupervised (alive, its manager is not).
+    pub actual: String,
+    pub pid: Option<i32>,
+    pub uptime_secs: Option<f64>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_kib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorView {
+    pub timestamp: String,
+    pub component_id: String,
+    pub event_type: String,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SystemView {
+    pub home: String,
+    pub boot: ProcessView,
+    pub managers: Vec<ProcessView>,
+    pub components: Vec<ComponentView>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recent_errors: Vec<ErrorView>,
+}
+
+/// Memory and average CPU since start, from /proc.
+fn usage(stat: &ProcStat) -> (u64, f64) {
+    let ticks = process::clock_ticks_per_second() as f64;
+    let uptime = process::uptime_seconds().unwrap_or(0.0);
+    let age = (uptime - stat.start_ticks as f64 / ticks).max(0.001);
+    let cpu = (stat.utime_ticks + stat.stime_ticks) as f64 / ticks / age * 100.0;
+    (process::rss_kib(stat), (cpu * 10.0).round() / 10.0)
+}
+
+fn process_age(stat: &ProcStat) -> Option<f64> {
+    let uptime = process::uptime_seconds()?;
+    Some((uptime - stat.start_ticks as f64 / process::clock_ticks_per_second() as f64).max(0.0))
+}
+
+fn view_pid_file(home: &Home, name: &str, stem: &str, detailed: bool) -> ProcessView {
+    let path = home.pid_file(stem);
+    let status = PidFile::inspect(&path).unwrap_or(PidStatus::Absent);
+    let (state, pid) = match status {
+        PidStatus::Live { pid } => ("running", pid),
+        PidStatus::Stale { pid } => ("stale", pid),
+        PidStatus::Absent => ("stopped", None),
+    };
+    let stat = pid.filter(|_| state == "running").and_then(ProcStat::read);
+    let (rss_kib, cpu_percent) = match (&stat, detailed) {
+        (Some(stat), true) => {
+            let (rss, cpu) = usage(stat);
+            (Some(rss), Some(cpu))
+        }
+        _ => (None, None),
+    };
+    let heartbeat_age_secs = (state == "running" && stem != n0m1_core::home::BOOT_PID_STEM)
+        .then(|| {
+            PidFile::heartbeat(&path)
+                .and_then(|t| t.elapsed().ok())
+                .map(|d| d.as_secs_f64())
+        })
+        .flatten();
+    ProcessView {
+        name: name.to_owned(),
+        state: state.to_owned(),
+        pid,
+        uptime_secs: stat.as_ref().and_then(process_age),
+        heartbeat_age_secs,
+        rss_kib,
+        cpu_percent,
+    }
+}
+
+pub fn collect(home: &Home, detailed: bool) -> anyhow::Result<SystemView> {
+    let conn = db::open(&home.db_path())?;
+    let boot = view_pid_file(
+        home,
+        "boot_system",
+        n0m1_core::home::BOOT_PID_STEM,
+        detailed,
+    );
+    let config = Config::load(&home.config_path()).unwrap_or_default();
+    let mut manager_names: Vec<String> = config.managers.iter().map(|m| m.binary.clone()).collect();
+    for name in MANAGERS {
+        if !manager_names.iter().any(|m| m == name) {
+            manager_names.push((*name).to_owned());
+        }
+    }
+    let managers: Vec<ProcessView> = manager_names
+        .iter()
+        .map(|name| view_pid_file(home, name, name, detailed))
+        .collect();
+    let manager_alive = |name: &str| {
+        let name = name.strip_suffix(".py").unwrap_or(name);
+        managers
+            .iter()
+            .any(|m| m.name == name && m.state == "running")
+    };
+
+    let mut statement = conn
+        .prepare(&format!(
+            "SELECT a.component_id, a.manager_affinity, a.desired_state, s.state, s.pid,
+                    s.pid_start_ticks, s.started_at, COALESCE(s.restarts, 0), s.last_exit
+             FROM {AUTORUN_COMPONENTS} a LEFT JOIN {COMPONENT_STATE} s USING (component_id)
+             ORDER BY a.manager_affinity, a.component_id"
+        ))
+        .with_context(|| format!("reading {AUTORUN_COMPONENTS} and {COMPONENT_STATE}"))?;
+    type Row = (
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<i32>,
+        Option<i64>,
+        Option<f64>,
+        i64,
+        Option<String>,
+    );
+    let rows: Vec<Row> = statement
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    let now = unix_now();
+    let components = rows
+        .into_iter()
+        .map(
+            |(
+                component_id,
+                manager,
+                desired,
+                state,
+                pid,
+                ticks,
+                started_at,
+                restarts,
+                last_exit,
+            )| {
+                let recorded: Option<RunState> = state.as_deref().and_then(|s| s.parse().ok());
+                let stat = match (pid, ticks) {
+                    (Some(pid), Some(ticks)) => ProcStat::read(pid)
+                        .filter(|s| s.is_alive() && s.start_ticks == ticks as u64),
+                    _ => None,
+                };
+                let supervised = manager_alive(&manager);
+                let actual = match (recorded, &stat) {
+                    (_, Some(_)) if !supervised => "unsupervised".to_owned(),
+                    (Some(RunState::Running | RunState::Starting | RunState::Stopping), None) => {
+                        "dead".to_owned()
+                    }
+                    (Some(state), _) => state.as_str().to_owned(),
+                    (None, Some(_)) => "running".to_owned(),
+                    (None, None) => "stopped".to_owned(),
+                };
+                let alive = stat.is_some();
+                let (rss_kib, cpu_percent) = match (&stat, detailed) {
+                    (Some(stat), true) => {
+                        let (rss, cpu) = usage(stat);
+                        (Some(rss), Some(cpu))
+                    }
+                    _ => (None, None),
+                };
+                ComponentView {
+                    component_id,
+                    manager,
+                    desired,
+                    actual,
+                    pid: pid.filter(|_| alive),
+                    uptime_secs: started_at.filter(|_| alive).map(|t| (now - t).max(0.0)),
+                    restarts: restarts.max(0) as u32,
+                    last_exit: last_exit.filter(|s| !s.is_empty()),
+                    rss_kib,
+                    cpu_percent,
+                }
+            },
+        )
+        .collect();
+    let recent_errors = if detailed {
+        lifecycle::recent(&conn, 10, true)?
+            .into_iter()
+            .map(|e| ErrorView {
+                timestamp: e.timestamp,
+                component_id: e.component_id,
+                event_type: e.event_type,
+                message: e.message,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(SystemView {
+        home: home.root().display().to_string(),
+        boot,
+        managers,
+        components,
+        recent_errors,
+    })
+}
+
+fn duration(secs: Option<f64>) -> String {
+    let Some(secs) = secs else {
+        return "-".to_owned();
+    };
+    let secs = secs as u64;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{:02}h", secs / 86400, secs % 86400 / 3600),
+    }
+}
+
+fn opt<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+pub fn run(home: &Home, detailed: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let view = collect(home, detailed)?;
+    let code = if view.boot.state == "running" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NOT_RUNNING)
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(code);
+    }
+    println!("n0m1 home: {}", view.home);
+    println!(
+        "\n{:<20} {:<9} {:>8} {:>9} {:>10}",
+        "PROCESS", "STATE", "PID", "UPTIME", "HEARTBEAT"
+    );
+    for p in std::iter::once(&view.boot).chain(&view.managers) {
+        let mut line = format!(
+            "{:<20} {:<9} {:>8} {:>9} {:>10}",
+            p.name,
+            p.state,
+            opt(p.pid),
+            duration(p.uptime_secs),
+            p.heartbeat_age_secs
+                .map_or("-".to_owned(), |a| format!("{a:.0}s ago"))
+        );
+        if detailed {
+            line.push_str(&format!(
+                "  rss {} KiB, cpu {}%",
+                opt(p.rss_kib),
+                opt(p.cpu_percent)
+            ));
+        }
+        println!("{line}");
+    }
+    println!(
+        "\n{:<22} {:<17} {:<8} {:<12} {:>8} {:>9} {:>8}  LAST EXIT",
+        "COMPONENT", "MANAGER", "DESIRED", "ACTUAL", "PID", "UPTIME", "RESTARTS"
+    );
+    for c in &view.components {
+        let mut line = format!(
+            "{:<22} {:<17} {:<8} {:<12} {:>8} {:>9} {:>8}  {}",
+            c.component_id,
+            c.manager,
+            c.desired,
+            c.actual,
+            opt(c.pid),
+            duration(c.uptime_secs),
+            c.restarts,
+            c.last_exit.as_deref().unwrap_or("-")
+        );
+        if detailed && c.pid.is_some() {
+            line.push_str(&format!(
+                "  rss {} KiB, cpu {}%",
+                opt(c.rss_kib),
+                opt(c.cpu_percent)
+            ));
+        }
+        println!("{line}");
+    }
+    if detailed {
+        println!("\nRecent errors:");
+        if view.recent_errors.is_empty() {
+            println!("  none");
+        }
+        for e in &view.recent_errors {
+            println!(
+                "  {} {} {} {}",
+                e.timestamp,
+                e.component_id,
+                e.event_type,
+                e.message.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(code)
+}
