@@ -1,1 +1,12 @@
+//! Integration tests: the real binaries, a temporary home, a real SQLite file.
 
+// Test environment builder, process helpers, waiting with deadlines.
+mod support;
+// init_database / n0m1ctl init: schema, idempotence, upgrade of the original's database.
+mod init;
+// PID files under real concurrent processes.
+mod pid_files;
+// Managers: start, crash, restart, backoff, FAILED, enable/disable, stop, tree kill.
+mod supervision;
+// Boot: manager restarts, adoption, orphans, n0m1ctl start/stop/status.
+mod boot;

@@ -166,9 +166,9 @@ struct Component {
     restarts: u32,
     quick_deaths: u32,
     last_exit: Option<String>,
-    /// `modified_timestamp` when the component failed or completed: a later edit of the row
-    /// (any UPDATE fires the trigger) gives it another go.
-    settled_at_modified: Option<String>,
+    /// The row as it was when the component failed or completed: any later edit of it (a
+    /// fixed argument, or any UPDATE, which moves `modified_timestamp`) gives it another go.
+    settled_row: Option<ComponentRow>,
 }
 
 impl Component {
@@ -418,7 +418,7 @@ impl Manager {
                     restarts: saved.restarts,
                     quick_deaths: 0,
                     last_exit: saved.last_exit,
-                    settled_at_modified: None,
+                    settled_row: None,
                 },
             );
             self.journal.event(
@@ -474,8 +474,10 @@ impl Manager {
                 .entry(id.clone())
                 .or_insert_with(|| Component::new(row.clone(), Phase::Idle));
             let reset = resets.contains(&id)
-                || (component.settled_at_modified.is_some()
-                    && component.settled_at_modified != row.modified);
+                || component
+                    .settled_row
+                    .as_ref()
+                    .is_some_and(|settled| *settled != row);
             component.row = row;
             self.apply(&id, reset);
         }
@@ -521,7 +523,7 @@ impl Manager {
             }
             (Phase::Failed | Phase::Completed, true) if reset => {
                 component.quick_deaths = 0;
-                component.settled_at_modified = None;
+                component.settled_row = None;
                 self.journal.event(
                     EventRow::new(id, LifecycleEvent::Reset)
                         .manager(self.manager_name())
@@ -536,9 +538,6 @@ impl Manager {
                     "its row changed; restarting with the new settings",
                 );
             }
-            (Phase::Running(_), true) if reset => {
-                self.begin_stop(id, AfterStop::Restart, "restart requested");
-            }
             (Phase::Stopping { then, .. }, true) if *then == AfterStop::Stop => {
                 *then = AfterStop::Restart
             }
@@ -550,7 +549,7 @@ impl Manager {
             }
             (Phase::Backoff { .. } | Phase::Failed | Phase::Completed, false) => {
                 component.phase = Phase::Idle;
-                component.settled_at_modified = None;
+                component.settled_row = None;
                 self.save_state(id);
             }
             _ => {}
@@ -789,7 +788,7 @@ impl Manager {
                     ));
                 if component.row.is_oneshot() && cause.is_clean() {
                     component.phase = Phase::Completed;
-                    component.settled_at_modified = component.row.modified.clone();
+                    component.settled_row = Some(component.row.clone());
                     self.journal.event(
                         EventRow::new(id, LifecycleEvent::Stopped)
                             .pid(proc.pid)
@@ -853,7 +852,7 @@ impl Manager {
             return;
         };
         component.phase = Phase::Failed;
-        component.settled_at_modified = component.row.modified.clone();
+        component.settled_row = Some(component.row.clone());
         component.last_exit = Some(message.to_owned());
         self.journal.event(
             EventRow::new(id, event)
@@ -1052,7 +1051,7 @@ impl Component {
             restarts: 0,
             quick_deaths: 0,
             last_exit: None,
-            settled_at_modified: None,
+            settled_row: None,
         }
     }
 }

@@ -1,0 +1,190 @@
+//! The whole system: boot, its managers and n0m1ctl.
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use predicates::str::contains;
+
+use crate::support::{TestEnv, alive, wait_until};
+
+const T: Duration = Duration::from_secs(15);
+
+fn sleepers_of(env: &TestEnv, id: &str) -> Vec<i32> {
+    // A sleeper's environment names its component; count the live ones.
+    n0m1_core::process::all_processes()
+        .into_iter()
+        .filter(|p| p.is_alive())
+        .filter(|p| {
+            let environ = std::fs::read(format!("/proc/{}/environ", p.pid)).unwrap_or_default();
+            let text = String::from_utf8_lossy(&environ);
+            text.contains(&format!("N0M1_COMPONENT_ID={id}\0")) && text.contains(env.root())
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+#[test]
+fn start_status_stop_leave_nothing_behind() {
+    let env = TestEnv::new();
+    env.add_component("sleepy", "sleeper.sh", "daemon_manager", "{}");
+    env.add_component("tree", "tree.sh", "nano_manager", "{}");
+    env.ctl(&["status"]).code(3);
+    env.ctl(&["start"])
+        .success()
+        .stdout(contains("n0m1 started"));
+    env.ctl(&["start"])
+        .success()
+        .stdout(contains("already running"));
+    for name in [
+        "boot_system",
+        "daemon_manager",
+        "nano_manager",
+        "main_llm_manager",
+    ] {
+        assert!(
+            env.pid_of(name).is_some_and(alive),
+            "{name} is up when start returns"
+        );
+    }
+    env.wait_pid("sleepy", "sleepy to run");
+    env.wait_pid("tree", "tree to run");
+
+    let output = env
+        .ctl(&["status", "--json", "--detailed"])
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let view: serde_json::Value = serde_json::from_slice(&output).unwrap();
+    assert_eq!(view["boot"]["state"], "running");
+    let managers = view["managers"].as_array().unwrap();
+    assert!(
+        managers.iter().all(|m| m["state"] == "running"),
+        "{managers:?}"
+    );
+    let sleepy = view["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["component_id"] == "sleepy")
+        .unwrap();
+    assert_eq!(sleepy["actual"], "running");
+    assert_eq!(sleepy["desired"], "active");
+    assert!(sleepy["rss_kib"].as_u64().unwrap() > 0);
+    env.ctl(&["status"])
+        .success()
+        .stdout(contains("sleepy"))
+        .stdout(contains("running"));
+
+    env.ctl(&["stop"])
+        .success()
+        .stdout(contains("n0m1 stopped"));
+    assert!(
+        env.live_processes().is_empty(),
+        "left running: {:?}",
+        env.live_processes()
+    );
+    assert!(
+        env.pid_files().is_empty(),
+        "left PID files: {:?}",
+        env.pid_files()
+    );
+    env.ctl(&["status"]).code(3).stdout(contains("stopped"));
+    env.ctl(&["stop"]).success().stdout(contains("not running"));
+}
+
+#[test]
+fn killing_boot_takes_down_managers_and_components() {
+    let mut env = TestEnv::new();
+    env.add_component("sleepy", "sleeper.sh", "daemon_manager", "{}");
+    env.add_component("tree", "tree.sh", "main_llm_manager", "{}");
+    let boot = env.spawn("boot_system");
+    env.wait_pid("sleepy", "sleepy to run");
+    env.wait_pid("tree", "tree to run");
+    kill(Pid::from_raw(boot), Signal::SIGKILL).unwrap();
+    env.wait_child(boot, T);
+    wait_until(T, "no process of this home left alive", || {
+        env.live_processes().is_empty()
+    });
+}
+
+#[test]
+fn a_killed_manager_is_restarted_and_adopts_its_components() {
+    let mut env = TestEnv::new();
+    env.add_component("sleepy", "sleeper.sh", "daemon_manager", "{}");
+    env.spawn("boot_system");
+    let component = env.wait_pid("sleepy", "sleepy to run");
+    let manager = env.wait_pid("daemon_manager", "daemon_manager to run");
+    kill(Pid::from_raw(manager), Signal::SIGKILL).unwrap();
+    let mut replacement = 0;
+    wait_until(T, "boot to restart daemon_manager", || {
+        replacement = env.pid_of("daemon_manager").unwrap_or(0);
+        replacement != 0 && replacement != manager && alive(replacement)
+    });
+    wait_until(T, "the component to be adopted", || {
+        env.count_events("sleepy", "ADOPTED") == 1
+    });
+    assert_eq!(
+        env.pid_of("sleepy"),
+        Some(component),
+        "the same process, not a new one"
+    );
+    assert_eq!(sleepers_of(&env, "sleepy"), vec![component], "no duplicate");
+    assert_eq!(
+        env.count_events("boot_daemon_manager", "MANAGER_CRASHED"),
+        1
+    );
+
+    // The adopted process is still supervised: a crash is seen and it is restarted.
+    std::thread::sleep(Duration::from_millis(600));
+    kill(Pid::from_raw(component), Signal::SIGKILL).unwrap();
+    let mut next = 0;
+    wait_until(T, "the adopted component to be restarted", || {
+        next = env.pid_of("sleepy").unwrap_or(0);
+        next != 0 && next != component && alive(next)
+    });
+    wait_until(T, "exactly one sleeper", || {
+        sleepers_of(&env, "sleepy") == vec![next]
+    });
+    // And disabling it still works.
+    env.ctl(&["disable", "sleepy"]).success();
+    wait_until(T, "disable to stop it", || {
+        sleepers_of(&env, "sleepy").is_empty()
+    });
+}
+
+#[test]
+fn sighup_applies_a_changed_config() {
+    let mut env = TestEnv::new();
+    let boot = env.spawn("boot_system");
+    let llm = env.wait_pid("main_llm_manager", "main_llm_manager to run");
+    let mut config: serde_json::Value = serde_json::from_str(crate::support::FAST_CONFIG).unwrap();
+    config["managers"]
+        .as_object_mut()
+        .unwrap()
+        .remove("main_llm_manager.py");
+    let without_llm = config.to_string();
+    std::fs::write(env.home.config_path(), &without_llm).unwrap();
+    kill(Pid::from_raw(boot), Signal::SIGHUP).unwrap();
+    wait_until(T, "the removed manager to stop", || !alive(llm));
+    assert_eq!(
+        env.count_events("boot_main_llm_manager", "MANAGER_STOPPED"),
+        1
+    );
+
+    std::fs::write(
+        env.home.config_path(),
+        "{\"managers\": {\"daemon_manager.py\": {\"startup_delay\": \"soon\"}}}",
+    )
+    .unwrap();
+    kill(Pid::from_raw(boot), Signal::SIGHUP).unwrap();
+    wait_until(T, "a bad config to be reported", || {
+        env.count_events("boot_system", "ERROR") == 1
+    });
+    assert!(alive(boot), "a bad config does not stop boot");
+
+    std::fs::write(env.home.config_path(), crate::support::FAST_CONFIG).unwrap();
+    kill(Pid::from_raw(boot), Signal::SIGHUP).unwrap();
+    env.wait_pid("main_llm_manager", "the re-added manager to start");
+}

@@ -1,0 +1,284 @@
+//! `TestEnv`: a temporary n0m1 home with fast supervision settings and small shell components.
+
+#![allow(clippy::disallowed_methods)] // tests start the binaries under test directly
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use n0m1_core::Home;
+use n0m1_core::process::ProcStat;
+use rusqlite::Connection;
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = match name {
+        "n0m1ctl" => env!("CARGO_BIN_EXE_n0m1ctl"),
+        "init_database" => env!("CARGO_BIN_EXE_init_database"),
+        "boot_system" => env!("CARGO_BIN_EXE_boot_system"),
+        "daemon_manager" => env!("CARGO_BIN_EXE_daemon_manager"),
+        "nano_manager" => env!("CARGO_BIN_EXE_nano_manager"),
+        "main_llm_manager" => env!("CARGO_BIN_EXE_main_llm_manager"),
+        other => panic!("no binary {other}"),
+    };
+    PathBuf::from(path)
+}
+
+/// Polls `condition` until it holds, or panics saying what it waited for.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Alive per /proc: exists and is not a zombie (PID 1 here never reaps orphans).
+pub fn alive(pid: i32) -> bool {
+    n0m1_core::process::is_alive(pid)
+}
+
+/// Live processes whose command line mentions `needle` (a test home's unique path).
+pub fn live_processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for stat in n0m1_core::process::all_processes() {
+        if !stat.is_alive() || stat.pid == std::process::id() as i32 {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", stat.pid)).unwrap_or_default();
+        let environ = std::fs::read(format!("/proc/{}/environ", stat.pid)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(needle) || String::from_utf8_lossy(&environ).contains(needle) {
+            found.push((stat.pid, text));
+        }
+    }
+    found
+}
+
+pub const FAST_CONFIG: &str = r#"{
+  "managers": {
+    "daemon_manager.py": {"startup_delay": 0, "health_check_interval": 1},
+    "nano_manager.py": {"startup_delay": 0, "health_check_interval": 1},
+    "main_llm_manager.py": {"startup_delay": 0, "health_check_interval": 1, "critical": true}
+  },
+  "supervisor": {
+    "min_uptime": 0.5, "backoff_initial": 0.05, "backoff_max": 0.2,
+    "max_quick_deaths": 3, "stop_timeout": 1.5, "heartbeat_interval": 0.3
+  }
+}"#;
+
+pub struct TestEnv {
+    _tmp: tempfile::TempDir,
+    pub home: Home,
+    children: Vec<Child>,
+}
+
+impl TestEnv {
+    /// A home with the fast config, an initialised database whose default rows are all
+    /// inactive (the bundled daemons are tested elsewhere), and the test components.
+    pub fn new() -> TestEnv {
+        let tmp = tempfile::Builder::new()
+            .prefix("n0m1-it-")
+            .tempdir()
+            .unwrap();
+        let home = Home::new(tmp.path().join("home"));
+        home.ensure().unwrap();
+        std::fs::write(home.config_path(), FAST_CONFIG).unwrap();
+        let env = TestEnv {
+            _tmp: tmp,
+            home,
+            children: Vec::new(),
+        };
+        let status = Command::new(bin("init_database"))
+            .args(["--home", env.root(), "--quiet"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        env.sql("UPDATE autorun_components SET desired_state = 'inactive'");
+        env.script(
+            "sleeper.sh",
+            "#!/bin/sh\necho \"started $$ with $*\"\nexec sleep 1000\n",
+        );
+        env.script("crasher.sh", "#!/bin/sh\necho crashing >&2\nexit 3\n");
+        env.script(
+            "stubborn.sh",
+            "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n",
+        );
+        env.script(
+            "tree.sh",
+            "#!/bin/sh\nsleep 1000 &\nsetsid sleep 1001 &\nsleep 1002 &\nwait\n",
+        );
+        env.script(
+            "oneshot.sh",
+            "#!/bin/sh\necho once >> \"$N0M1_HOME/oneshot.out\"\nexit 0\n",
+        );
+        env.script("env.sh", "#!/bin/sh\necho \"$N0M1_HOME|$N0M1_COMPONENT_ID\" > \"$N0M1_HOME/env.out\"\nexec sleep 1000\n");
+        env
+    }
+
+    pub fn root(&self) -> &str {
+        self.home.root().to_str().unwrap()
+    }
+
+    pub fn script(&self, name: &str, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.home.components_dir().join(name);
+        std::fs::write(&path, body).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    pub fn db(&self) -> Connection {
+        let conn = Connection::open(self.home.db_path()).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn
+    }
+
+    pub fn sql(&self, statement: &str) {
+        self.db().execute_batch(statement).unwrap();
+    }
+
+    pub fn add_component(&self, id: &str, script: &str, manager: &str, args: &str) {
+        self.db()
+            .execute(
+                "INSERT INTO autorun_components (component_id, base_script_name, manager_affinity, desired_state, launch_args_json)
+                 VALUES (?1, ?2, ?3, 'active', ?4)",
+                [id, script, manager, args],
+            )
+            .unwrap();
+    }
+
+    /// `n0m1ctl --home <home> args…`, for assertions.
+    pub fn ctl(&self, args: &[&str]) -> assert_cmd::assert::Assert {
+        assert_cmd::Command::new(bin("n0m1ctl"))
+            .arg("--home")
+            .arg(self.root())
+            .args(args)
+            .timeout(Duration::from_secs(60))
+            .assert()
+    }
+
+    /// Starts a binary in the foreground as our child, killed (with its group) on drop.
+    pub fn spawn(&mut self, name: &str) -> i32 {
+        let child = Command::new(bin(name))
+            .args(["--home", self.root()])
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.home.root().join(format!("{name}.test.err")))
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        self.children.push(child);
+        pid
+    }
+
+    /// Waits for (and reaps) a child started with `spawn`.
+    pub fn wait_child(&mut self, pid: i32, timeout: Duration) -> std::process::ExitStatus {
+        let index = self
+            .children
+            .iter()
+            .position(|c| c.id() as i32 == pid)
+            .expect("our child");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.children[index].try_wait().unwrap() {
+                self.children.remove(index);
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "child {pid} did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid_of(&self, stem: &str) -> Option<i32> {
+        n0m1_core::PidFile::inspect(&self.home.pid_file(stem))
+            .unwrap()
+            .live_pid()
+    }
+
+    pub fn wait_pid(&self, stem: &str, what: &str) -> i32 {
+        let mut pid = None;
+        wait_until(Duration::from_secs(10), what, || {
+            pid = self.pid_of(stem);
+            pid.is_some_and(alive)
+        });
+        pid.unwrap()
+    }
+
+    pub fn state_of(&self, id: &str) -> Option<String> {
+        self.db()
+            .query_row(
+                "SELECT state FROM component_state WHERE component_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .ok()
+    }
+
+    pub fn events_of(&self, id: &str) -> Vec<String> {
+        let conn = self.db();
+        let mut statement = conn
+            .prepare("SELECT event_type FROM component_lifecycle_log WHERE component_id = ?1 ORDER BY id")
+            .unwrap();
+        statement
+            .query_map([id], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    pub fn count_events(&self, id: &str, event: &str) -> usize {
+        self.events_of(id).iter().filter(|e| *e == event).count()
+    }
+
+    pub fn pid_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.home.pids_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Live processes that belong to this home.
+    pub fn live_processes(&self) -> Vec<(i32, String)> {
+        live_processes_mentioning(self.root())
+    }
+
+    /// Process-group members still alive for a pgid.
+    pub fn group_members(pgid: i32) -> Vec<i32> {
+        n0m1_core::process::all_processes()
+            .into_iter()
+            .filter(|p: &ProcStat| p.pgrp == pgid && p.is_alive())
+            .map(|p| p.pid)
+            .collect()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // Whatever a failed test left behind must not outlive it.
+        for (pid, _) in self.live_processes() {
+            n0m1_core::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            n0m1_core::process::signal_process(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn file_contains(path: &Path, needle: &str) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle))
+}
