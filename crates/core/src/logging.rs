@@ -2,15 +2,23 @@
 //! their `.err` files), level from `RUST_LOG`, else `default_level` (`info` for daemons,
 //! `warn` for commands a person runs, whose stderr is for problems only).
 
-use tracing_subscriber::EnvFilter;
+use std::str::FromStr;
 
+use tracing_subscriber::filter::LevelFilter;
+
+/// `RUST_LOG` is read as a single level (`debug`, `warn`, …): a full env-filter would pull a
+/// regex engine into every resident supervisor, and its pages into their RSS, for no use here.
 pub fn init(process_name: &str, default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|value| LevelFilter::from_str(value.trim()).ok())
+        .or_else(|| LevelFilter::from_str(default_level).ok())
+        .unwrap_or(LevelFilter::INFO);
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(false)
         .try_init();
     tracing::debug!(process_name, "logging initialised");
 }

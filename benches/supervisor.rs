@@ -1,0 +1,227 @@
+//! Supervisor benchmark: prints figures, asserts nothing about time.
+//!
+//! `cargo bench --bench supervisor` (release build). Set `BENCH_IDLE_SECS` to shorten the
+//! idle-CPU window (default 60 s) and `BENCH_MANY` for the large start (default 500).
+
+#![allow(clippy::disallowed_methods)] // the benchmark starts the binaries under test
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use n0m1_core::process::ProcStat;
+use n0m1_core::{Home, PidFile};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rusqlite::Connection;
+
+fn bin(name: &str) -> PathBuf {
+    PathBuf::from(match name {
+        "n0m1ctl" => env!("CARGO_BIN_EXE_n0m1ctl"),
+        "daemon_manager" => env!("CARGO_BIN_EXE_daemon_manager"),
+        "boot_system" => env!("CARGO_BIN_EXE_boot_system"),
+        other => panic!("{other}"),
+    })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        // A short sleep, not a spin: on 2 cores a spinning prober would steal the CPU the
+        // supervisor needs and inflate what it measures.
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    None
+}
+
+struct Bench {
+    _tmp: tempfile::TempDir,
+    home: Home,
+    children: Vec<Child>,
+}
+
+impl Bench {
+    fn new(config: &str) -> Bench {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::new(tmp.path().join("home"));
+        home.ensure().unwrap();
+        std::fs::write(home.config_path(), config).unwrap();
+        n0m1_core::db::initialise(&home.db_path()).unwrap();
+        let script = home.components_dir().join("sleeper.sh");
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 100000\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bench = Bench { _tmp: tmp, home, children: Vec::new() };
+        bench.sql("UPDATE autorun_components SET desired_state = 'inactive'");
+        bench
+    }
+    fn sql(&self, sql: &str) {
+        let conn = Connection::open(self.home.db_path()).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
+    fn add_sleepers(&self, count: usize, manager: &str) {
+        let mut sql = String::from("BEGIN;");
+        for i in 0..count {
+            sql.push_str(&format!(
+                "INSERT INTO autorun_components (component_id, base_script_name, manager_affinity, desired_state) VALUES ('s{i}', 'sleeper.sh', '{manager}', 'active');"
+            ));
+        }
+        sql.push_str("COMMIT;");
+        self.sql(&sql);
+    }
+    fn spawn(&mut self, name: &str) -> i32 {
+        let child = Command::new(bin(name))
+            .args(["--home", self.home.root().to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        self.children.push(child);
+        pid
+    }
+    fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("n0m1ctl")).arg("--home").arg(self.home.root()).args(args).output().unwrap()
+    }
+    fn pid(&self, stem: &str) -> Option<i32> {
+        let text = std::fs::read_to_string(self.home.pid_file(stem)).ok()?;
+        text.trim().parse().ok()
+    }
+    fn running_count(&self) -> usize {
+        let conn = Connection::open(self.home.db_path()).unwrap();
+        conn.query_row("SELECT count(*) FROM component_state WHERE state = 'running'", [], |r| r.get::<_, i64>(0))
+            .unwrap_or(0) as usize
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = self.ctl(&["stop", "--force"]);
+        for child in &mut self.children {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+}
+
+fn fast_config(min_uptime: f64) -> String {
+    format!(
+        r#"{{"managers": {{"daemon_manager.py": {{"startup_delay": 0}}, "nano_manager.py": {{"startup_delay": 0}},
+             "main_llm_manager.py": {{"startup_delay": 0}}}},
+            "supervisor": {{"min_uptime": {min_uptime}}}}}"#
+    )
+}
+
+fn restart_latency() {
+    let mut bench = Bench::new(&fast_config(0.2));
+    bench.add_sleepers(1, "daemon_manager");
+    bench.spawn("daemon_manager");
+    let mut gaps = Vec::new();
+    let mut current = wait_for(Duration::from_secs(10), || bench.pid("s0")).expect("component up");
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(300));
+        let killed_at = Instant::now();
+        kill(Pid::from_raw(current), Signal::SIGKILL).unwrap();
+        let next = wait_for(Duration::from_secs(10), || bench.pid("s0").filter(|p| *p != current)).expect("restart");
+        gaps.push(killed_at.elapsed().as_secs_f64() * 1000.0);
+        current = next;
+    }
+    println!(
+        "restart after SIGKILL: median {:.2} ms (min {:.2}, max {:.2}, n=20)",
+        median(gaps.clone()),
+        gaps.iter().copied().fold(f64::MAX, f64::min),
+        gaps.iter().copied().fold(0.0, f64::max)
+    );
+
+    let mut gone = Vec::new();
+    for _ in 0..5 {
+        let pid = wait_for(Duration::from_secs(10), || bench.pid("s0").filter(|p| n0m1_core::process::is_alive(*p)))
+            .expect("running");
+        let started = Instant::now();
+        let out = bench.ctl(&["disable", "s0"]);
+        assert!(out.status.success());
+        wait_for(Duration::from_secs(10), || (!n0m1_core::process::is_alive(pid)).then_some(())).expect("gone");
+        gone.push(started.elapsed().as_secs_f64() * 1000.0);
+        bench.ctl(&["enable", "s0"]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    println!("disable -> process gone: median {:.1} ms (n=5, including n0m1ctl itself)", median(gone));
+}
+
+fn supervisor_pids(home: &Home) -> Vec<i32> {
+    ["boot_system", "daemon_manager", "nano_manager", "main_llm_manager"]
+        .iter()
+        .filter_map(|stem| PidFile::inspect(&home.pid_file(stem)).ok()?.live_pid())
+        .collect()
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    ProcStat::read(pid).map_or(0, |s| n0m1_core::process::rss_kib(&s))
+}
+
+fn cpu_ticks(pids: &[i32]) -> u64 {
+    pids.iter().filter_map(|p| ProcStat::read(*p)).map(|s| s.utime_ticks + s.stime_ticks).sum()
+}
+
+fn idle_footprint() {
+    let bench = Bench::new(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.json")).unwrap());
+    bench.add_sleepers(1, "daemon_manager");
+    assert!(bench.ctl(&["start"]).status.success());
+    std::thread::sleep(Duration::from_secs(3));
+    let pids = supervisor_pids(&bench.home);
+    assert_eq!(pids.len(), 4, "boot and three managers");
+    let total: u64 = pids.iter().map(|p| rss_kib(*p)).sum();
+    println!("RSS of boot + 3 managers, idle with 1 component: {:.1} MB total ({} KiB)", total as f64 / 1024.0, total);
+    let secs: u64 = std::env::var("BENCH_IDLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let before = cpu_ticks(&pids);
+    std::thread::sleep(Duration::from_secs(secs));
+    let used = (cpu_ticks(&pids) - before) as f64 / n0m1_core::process::clock_ticks_per_second() as f64;
+    println!("idle CPU of boot + 3 managers over {secs} s: {:.3} % of one core", used / secs as f64 * 100.0);
+}
+
+fn start_many(count: usize) {
+    let bench = Bench::new(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.json")).unwrap());
+    bench.add_sleepers(count, "daemon_manager");
+    let started = Instant::now();
+    assert!(bench.ctl(&["start"]).status.success());
+    wait_for(Duration::from_secs(120), || (bench.running_count() >= count).then_some(())).expect("all running");
+    let elapsed = started.elapsed();
+    let status_runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            assert!(bench.ctl(&["status", "--json"]).status.success());
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    println!(
+        "n0m1ctl start -> {count} components running: {:.2} s; n0m1ctl status --json: median {:.1} ms",
+        elapsed.as_secs_f64(),
+        median(status_runs)
+    );
+    let stop = Instant::now();
+    assert!(bench.ctl(&["stop"]).status.success());
+    println!("n0m1ctl stop with {count} components: {:.2} s", stop.elapsed().as_secs_f64());
+}
+
+fn main() {
+    // `cargo bench` passes --bench; there are no filters here.
+    println!("machine: {} cores, {}", std::thread::available_parallelism().map_or(0, |n| n.get()), kernel());
+    restart_latency();
+    start_many(10);
+    let many: usize = std::env::var("BENCH_MANY").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    start_many(many);
+    idle_footprint();
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "linux".into(), |s| format!("linux {}", s.trim()))
+}
