@@ -59,7 +59,11 @@ impl Bench {
         let script = home.components_dir().join("sleeper.sh");
         std::fs::write(&script, "#!/bin/sh\nexec sleep 100000\n").unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let bench = Bench { _tmp: tmp, home, children: Vec::new() };
+        let bench = Bench {
+            _tmp: tmp,
+            home,
+            children: Vec::new(),
+        };
         bench.sql("UPDATE autorun_components SET desired_state = 'inactive'");
         bench
     }
@@ -90,7 +94,12 @@ impl Bench {
         pid
     }
     fn ctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bin("n0m1ctl")).arg("--home").arg(self.home.root()).args(args).output().unwrap()
+        Command::new(bin("n0m1ctl"))
+            .arg("--home")
+            .arg(self.home.root())
+            .args(args)
+            .output()
+            .unwrap()
     }
     fn pid(&self, stem: &str) -> Option<i32> {
         let text = std::fs::read_to_string(self.home.pid_file(stem)).ok()?;
@@ -98,8 +107,12 @@ impl Bench {
     }
     fn running_count(&self) -> usize {
         let conn = Connection::open(self.home.db_path()).unwrap();
-        conn.query_row("SELECT count(*) FROM component_state WHERE state = 'running'", [], |r| r.get::<_, i64>(0))
-            .unwrap_or(0) as usize
+        conn.query_row(
+            "SELECT count(*) FROM component_state WHERE state = 'running'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap_or(0) as usize
     }
 }
 
@@ -131,7 +144,10 @@ fn restart_latency() {
         std::thread::sleep(Duration::from_millis(300));
         let killed_at = Instant::now();
         kill(Pid::from_raw(current), Signal::SIGKILL).unwrap();
-        let next = wait_for(Duration::from_secs(10), || bench.pid("s0").filter(|p| *p != current)).expect("restart");
+        let next = wait_for(Duration::from_secs(10), || {
+            bench.pid("s0").filter(|p| *p != current)
+        })
+        .expect("restart");
         gaps.push(killed_at.elapsed().as_secs_f64() * 1000.0);
         current = next;
     }
@@ -144,57 +160,108 @@ fn restart_latency() {
 
     let mut gone = Vec::new();
     for _ in 0..5 {
-        let pid = wait_for(Duration::from_secs(10), || bench.pid("s0").filter(|p| n0m1_core::process::is_alive(*p)))
-            .expect("running");
+        let pid = wait_for(Duration::from_secs(10), || {
+            bench.pid("s0").filter(|p| n0m1_core::process::is_alive(*p))
+        })
+        .expect("running");
         let started = Instant::now();
         let out = bench.ctl(&["disable", "s0"]);
         assert!(out.status.success());
-        wait_for(Duration::from_secs(10), || (!n0m1_core::process::is_alive(pid)).then_some(())).expect("gone");
+        wait_for(Duration::from_secs(10), || {
+            (!n0m1_core::process::is_alive(pid)).then_some(())
+        })
+        .expect("gone");
         gone.push(started.elapsed().as_secs_f64() * 1000.0);
         bench.ctl(&["enable", "s0"]);
         std::thread::sleep(Duration::from_millis(300));
     }
-    println!("disable -> process gone: median {:.1} ms (n=5, including n0m1ctl itself)", median(gone));
+    println!(
+        "disable -> process gone: median {:.1} ms (n=5, including n0m1ctl itself)",
+        median(gone)
+    );
 }
 
 fn supervisor_pids(home: &Home) -> Vec<i32> {
-    ["boot_system", "daemon_manager", "nano_manager", "main_llm_manager"]
-        .iter()
-        .filter_map(|stem| PidFile::inspect(&home.pid_file(stem)).ok()?.live_pid())
-        .collect()
+    [
+        "boot_system",
+        "daemon_manager",
+        "nano_manager",
+        "main_llm_manager",
+    ]
+    .iter()
+    .filter_map(|stem| PidFile::inspect(&home.pid_file(stem)).ok()?.live_pid())
+    .collect()
 }
 
 fn rss_kib(pid: i32) -> u64 {
     ProcStat::read(pid).map_or(0, |s| n0m1_core::process::rss_kib(&s))
 }
 
+fn pss_kib(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn cpu_ticks(pids: &[i32]) -> u64 {
-    pids.iter().filter_map(|p| ProcStat::read(*p)).map(|s| s.utime_ticks + s.stime_ticks).sum()
+    pids.iter()
+        .filter_map(|p| ProcStat::read(*p))
+        .map(|s| s.utime_ticks + s.stime_ticks)
+        .sum()
 }
 
 fn idle_footprint() {
-    let bench = Bench::new(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.json")).unwrap());
+    let bench = Bench::new(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.json")).unwrap(),
+    );
     bench.add_sleepers(1, "daemon_manager");
     assert!(bench.ctl(&["start"]).status.success());
     std::thread::sleep(Duration::from_secs(3));
     let pids = supervisor_pids(&bench.home);
     assert_eq!(pids.len(), 4, "boot and three managers");
     let total: u64 = pids.iter().map(|p| rss_kib(*p)).sum();
-    println!("RSS of boot + 3 managers, idle with 1 component: {:.1} MB total ({} KiB)", total as f64 / 1024.0, total);
-    let secs: u64 = std::env::var("BENCH_IDLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let pss: u64 = pids.iter().map(|p| pss_kib(*p)).sum();
+    println!(
+        "RSS of boot + 3 managers, idle with 1 component: {:.1} MB summed ({:.1} MB PSS: shared pages counted once)",
+        total as f64 / 1024.0,
+        pss as f64 / 1024.0
+    );
+    let secs: u64 = std::env::var("BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
     let before = cpu_ticks(&pids);
     std::thread::sleep(Duration::from_secs(secs));
-    let used = (cpu_ticks(&pids) - before) as f64 / n0m1_core::process::clock_ticks_per_second() as f64;
-    println!("idle CPU of boot + 3 managers over {secs} s: {:.3} % of one core", used / secs as f64 * 100.0);
+    let used =
+        (cpu_ticks(&pids) - before) as f64 / n0m1_core::process::clock_ticks_per_second() as f64;
+    println!(
+        "idle CPU of boot + 3 managers over {secs} s: {:.3} % of one core",
+        used / secs as f64 * 100.0
+    );
 }
 
 fn start_many(count: usize) {
-    let bench = Bench::new(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.json")).unwrap());
+    let bench = Bench::new(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.json")).unwrap(),
+    );
     bench.add_sleepers(count, "daemon_manager");
     let started = Instant::now();
     assert!(bench.ctl(&["start"]).status.success());
-    wait_for(Duration::from_secs(120), || (bench.running_count() >= count).then_some(())).expect("all running");
+    wait_for(Duration::from_secs(120), || {
+        (bench.running_count() >= count).then_some(())
+    })
+    .expect("all running");
     let elapsed = started.elapsed();
+    let spread: f64 = Connection::open(bench.home.db_path())
+        .unwrap()
+        .query_row(
+            "SELECT max(started_at) - min(started_at) FROM component_state WHERE state = 'running'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(0.0);
     let status_runs: Vec<f64> = (0..5)
         .map(|_| {
             let t = Instant::now();
@@ -203,25 +270,37 @@ fn start_many(count: usize) {
         })
         .collect();
     println!(
-        "n0m1ctl start -> {count} components running: {:.2} s; n0m1ctl status --json: median {:.1} ms",
+        "n0m1ctl start -> {count} components running: {:.2} s (first to last spawn {:.3} s); n0m1ctl status --json: median {:.1} ms",
         elapsed.as_secs_f64(),
+        spread,
         median(status_runs)
     );
     let stop = Instant::now();
     assert!(bench.ctl(&["stop"]).status.success());
-    println!("n0m1ctl stop with {count} components: {:.2} s", stop.elapsed().as_secs_f64());
+    println!(
+        "n0m1ctl stop with {count} components: {:.2} s",
+        stop.elapsed().as_secs_f64()
+    );
 }
 
 fn main() {
     // `cargo bench` passes --bench; there are no filters here.
-    println!("machine: {} cores, {}", std::thread::available_parallelism().map_or(0, |n| n.get()), kernel());
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel()
+    );
     restart_latency();
     start_many(10);
-    let many: usize = std::env::var("BENCH_MANY").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    let many: usize = std::env::var("BENCH_MANY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
     start_many(many);
     idle_footprint();
 }
 
 fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "linux".into(), |s| format!("linux {}", s.trim()))
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "linux".into(), |s| format!("linux {}", s.trim()))
 }

@@ -112,6 +112,15 @@ pub fn signal_group(pgid: i32, signal: Signal) {
     let _ = killpg(Pid::from_raw(pgid), signal);
 }
 
+/// True while any process (zombies included) is in group `pgid`: one syscall, where a /proc
+/// scan would cost one read per process on the machine.
+pub fn group_exists(pgid: i32) -> bool {
+    !matches!(
+        killpg(Pid::from_raw(pgid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
 /// Sends `signal` to one process; a process that is gone is not an error.
 pub fn signal_process(pid: i32, signal: Signal) {
     let _ = kill(Pid::from_raw(pid), signal);

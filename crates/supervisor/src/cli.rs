@@ -19,7 +19,7 @@ struct ManagerArgs {
     #[arg(long, value_name = "DIR")]
     home: Option<PathBuf>,
     /// How often to check the database for changes, in milliseconds.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=10_000))]
     watch_interval_ms: u64,
 }
 

@@ -882,20 +882,16 @@ impl Manager {
         if waiting.is_empty() {
             return;
         }
-        let processes = process::all_processes();
         for id in waiting {
             let Some(Phase::Stopping { proc, escaped, .. }) =
                 self.components.get(&id).map(|c| &c.phase)
             else {
                 continue;
             };
-            let group_alive = processes.iter().any(|p| p.pgrp == proc.pid && p.is_alive());
-            let escaped_alive = escaped.iter().any(|(pid, ticks)| {
-                processes
-                    .iter()
-                    .any(|p| p.pid == *pid && p.start_ticks == *ticks && p.is_alive())
-            });
-            if !group_alive && !escaped_alive {
+            let escaped_alive = escaped
+                .iter()
+                .any(|(pid, ticks)| process::is_same_process(*pid, *ticks));
+            if !process::group_exists(proc.pid) && !escaped_alive {
                 self.finish_stop(&id);
             }
         }

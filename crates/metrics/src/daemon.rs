@@ -1,0 +1,371 @@
+//! The metric daemon loop shared by `temp_main_daemon`, `cpu_usage_daemon` and
+//! `mem_usage_daemon`.
+//!
+//! Sampling and writing are decoupled by a queue: a sample is taken on schedule whatever the
+//! database is doing, queued with its own timestamp, and written when the database lets us.
+//! A writer that holds the lock for seconds delays rows; it never loses them.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use n0m1_core::access_log::{AccessKind, record_access};
+use n0m1_core::config::Retention;
+use n0m1_core::db::{self, DbError, is_busy};
+use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::schema::{
+    COMPONENT_LIFECYCLE_LOG, CPU_TEMPERATURE_LOG, CPU_USAGE_LOG, DB_ACCESS_LOG, MEMORY_USAGE_LOG,
+    SYSTEM_METRICS_LOG,
+};
+use n0m1_core::state::unix_now;
+use n0m1_core::{Config, Home};
+use rusqlite::Connection;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::sample::{CpuSampler, TemperatureSensor, read_memory_percent};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Temperature,
+    CpuUsage,
+    Memory,
+}
+
+impl MetricKind {
+    pub fn table(self) -> &'static str {
+        match self {
+            MetricKind::Temperature => CPU_TEMPERATURE_LOG,
+            MetricKind::CpuUsage => CPU_USAGE_LOG,
+            MetricKind::Memory => MEMORY_USAGE_LOG,
+        }
+    }
+    pub fn column(self) -> &'static str {
+        match self {
+            MetricKind::Temperature => "temperature_celsius",
+            MetricKind::CpuUsage => "cpu_usage",
+            MetricKind::Memory => "mem_usage",
+        }
+    }
+    /// The component id (and binary name) of the original's daemon.
+    pub fn daemon_name(self) -> &'static str {
+        match self {
+            MetricKind::Temperature => "temp_main_daemon",
+            MetricKind::CpuUsage => "cpu_usage_daemon",
+            MetricKind::Memory => "mem_usage_daemon",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub home: Home,
+    pub kind: MetricKind,
+    /// Lifecycle and access-log id: `N0M1_COMPONENT_ID` when a manager started us.
+    pub component_id: String,
+    pub interval: Duration,
+    pub run_type: String,
+    /// Normally /proc and /sys; tests point them at recorded files.
+    pub proc_root: PathBuf,
+    pub sys_root: PathBuf,
+}
+
+/// The first CPU figure needs two readings; this far apart keeps the first row well within a
+/// second of start.
+const FIRST_CPU_WINDOW: Duration = Duration::from_millis(250);
+/// Samples held while the database is unwritable (at 10 s intervals: over a day).
+const MAX_QUEUED: usize = 10_000;
+/// How long the final flush may wait for a lock at shutdown.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
+/// Rows deleted per statement when pruning, so no delete holds the write lock for long.
+const PRUNE_BATCH: usize = 1_000;
+/// Other daemons' values older than this are not combined into `system_metrics_log`.
+const COMBINE_WINDOW_SECS: u32 = 60;
+
+struct Sample {
+    unix_time: f64,
+    value: f64,
+}
+
+struct MetricDaemon {
+    options: DaemonOptions,
+    conn: Connection,
+    retention: Retention,
+    queue: VecDeque<Sample>,
+    last_access_logged: Option<Instant>,
+}
+
+pub fn run(options: DaemonOptions) -> Result<(), MetricsError> {
+    let conn = db::open(&options.home.db_path())?;
+    let retention = Config::load(&options.home.config_path())
+        .map(|c| c.retention)
+        .unwrap_or_else(|error| {
+            tracing::error!(%error, "using the default retention");
+            Retention::default()
+        });
+    let (sender, receiver) = mpsc::channel::<()>();
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(MetricsError::Signals)?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                let _ = sender.send(());
+            }
+        })
+        .map_err(MetricsError::Signals)?;
+
+    let mut daemon = MetricDaemon {
+        options,
+        conn,
+        retention,
+        queue: VecDeque::new(),
+        last_access_logged: None,
+    };
+    let pid = std::process::id() as i32;
+    daemon.event(
+        LifecycleEvent::StartedSuccessfully,
+        Some(pid),
+        &format!(
+            "sampling {} every {} s into {}",
+            daemon.options.kind.column(),
+            daemon.options.interval.as_secs_f64(),
+            daemon.options.kind.table()
+        ),
+    );
+
+    let kind = daemon.options.kind;
+    let mut cpu = CpuSampler::new(&daemon.options.proc_root);
+    let sensor = match kind {
+        MetricKind::Temperature => match TemperatureSensor::find(&daemon.options.sys_root) {
+            Some(sensor) => Some(sensor),
+            None => {
+                let message = format!(
+                    "no CPU temperature sensor on this machine (looked for {}); writing no rows, idle until stopped",
+                    TemperatureSensor::searched(&daemon.options.sys_root)
+                );
+                daemon.event(LifecycleEvent::NoSensor, Some(pid), &message);
+                // Idle, not exiting: exiting would only make the manager restart us forever.
+                let _ = receiver.recv();
+                daemon.event(LifecycleEvent::Stopped, Some(pid), "stopped on signal");
+                return Ok(());
+            }
+        },
+        _ => None,
+    };
+    let started = Instant::now();
+    let mut next_sample = match kind {
+        MetricKind::CpuUsage => {
+            let _ = cpu.sample();
+            started + FIRST_CPU_WINDOW
+        }
+        _ => started,
+    };
+    // The first prune runs soon after start, then every prune interval.
+    let mut next_prune = started + Duration::from_secs(5);
+    loop {
+        let now = Instant::now();
+        let wake = next_sample.min(next_prune);
+        match receiver.recv_timeout(wake.saturating_duration_since(now)) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let now = Instant::now();
+        if now >= next_sample {
+            let reading = match kind {
+                MetricKind::CpuUsage => cpu.sample(),
+                MetricKind::Memory => read_memory_percent(&daemon.options.proc_root),
+                MetricKind::Temperature => sensor
+                    .as_ref()
+                    .map_or(Ok(None), |s| s.read_celsius().map(Some)),
+            };
+            match reading {
+                Ok(Some(value)) => daemon.enqueue(value),
+                Ok(None) => {}
+                Err(error) => daemon.event(
+                    LifecycleEvent::Error,
+                    Some(pid),
+                    &format!("cannot read {}: {error}", kind.column()),
+                ),
+            }
+            daemon.flush(daemon.options.interval.min(Duration::from_secs(2)) / 2);
+            // Keep to the schedule rather than drifting by the time each round takes.
+            next_sample += daemon.options.interval;
+            if next_sample < now {
+                next_sample = now + daemon.options.interval;
+            }
+        }
+        if now >= next_prune {
+            daemon.prune();
+            next_prune = now
+                + daemon
+                    .retention
+                    .prune_interval
+                    .duration()
+                    .max(Duration::from_secs(1));
+        }
+    }
+    // Finish the current write: whatever is queued goes in before we exit.
+    daemon.flush(SHUTDOWN_FLUSH);
+    if !daemon.queue.is_empty() {
+        tracing::error!(
+            lost = daemon.queue.len(),
+            "database stayed locked; samples not written"
+        );
+    }
+    daemon.event(LifecycleEvent::Stopped, Some(pid), "stopped on signal");
+    Ok(())
+}
+
+impl MetricDaemon {
+    fn event(&self, event: LifecycleEvent, pid: Option<i32>, message: &str) {
+        tracing::info!(event = %event, message);
+        let record = LifecycleRecord {
+            component_id: &self.options.component_id,
+            pid,
+            event: Some(event),
+            run_type: Some(&self.options.run_type),
+            message: Some(message),
+            manager_script: None,
+            script_path: None,
+        };
+        if let Err(error) = db::retry_busy(3, || record.write(&self.conn)) {
+            tracing::error!(%error, "cannot write lifecycle event {event}");
+        }
+    }
+
+    fn enqueue(&mut self, value: f64) {
+        if self.queue.len() >= MAX_QUEUED {
+            self.queue.pop_front();
+            tracing::error!("sample queue full; dropping the oldest sample");
+        }
+        self.queue.push_back(Sample {
+            unix_time: unix_now(),
+            value,
+        });
+    }
+
+    /// Writes every queued sample in one transaction, waiting at most `patience` for a lock.
+    fn flush(&mut self, patience: Duration) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let _ = self
+            .conn
+            .busy_timeout(patience.max(Duration::from_millis(10)));
+        let result = self.write_queue();
+        let _ = self.conn.busy_timeout(db::BUSY_TIMEOUT);
+        match result {
+            Ok(()) => self.queue.clear(),
+            Err(error) if is_busy(&error) => {
+                tracing::warn!(
+                    queued = self.queue.len(),
+                    "database busy; samples kept for the next round"
+                );
+            }
+            Err(error) => {
+                tracing::error!(%error, queued = self.queue.len(), "cannot write samples; kept for the next round");
+            }
+        }
+    }
+
+    fn write_queue(&mut self) -> rusqlite::Result<()> {
+        let kind = self.options.kind;
+        let transaction = self.conn.unchecked_transaction()?;
+        {
+            let mut insert = transaction.prepare_cached(&format!(
+                "INSERT INTO {} (timestamp, {}) VALUES (datetime(?1, 'unixepoch'), ?2)",
+                kind.table(),
+                kind.column()
+            ))?;
+            for sample in &self.queue {
+                insert.execute(rusqlite::params![sample.unix_time as i64, sample.value])?;
+            }
+            if kind == MetricKind::CpuUsage {
+                // One combined row per round for tools built on the original's table, with
+                // whatever recent memory and temperature values the other daemons wrote.
+                let mut combined = transaction.prepare_cached(&format!(
+                    "INSERT INTO {SYSTEM_METRICS_LOG} (timestamp, cpu_temp, cpu_usage, mem_usage)
+                     VALUES (datetime(?1, 'unixepoch'),
+                       (SELECT temperature_celsius FROM {CPU_TEMPERATURE_LOG}
+                        WHERE timestamp >= datetime(?1 - {COMBINE_WINDOW_SECS}, 'unixepoch') ORDER BY id DESC LIMIT 1),
+                       ?2,
+                       (SELECT mem_usage FROM {MEMORY_USAGE_LOG}
+                        WHERE timestamp >= datetime(?1 - {COMBINE_WINDOW_SECS}, 'unixepoch') ORDER BY id DESC LIMIT 1))"
+                ))?;
+                for sample in &self.queue {
+                    combined.execute(rusqlite::params![sample.unix_time as i64, sample.value])?;
+                }
+            }
+            // The access log says which tables we write: once at start, then hourly, not per
+            // sample (that would double the rows written).
+        }
+        let due = self
+            .last_access_logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
+        if due {
+            record_access(
+                &transaction,
+                &self.options.component_id,
+                kind.table(),
+                AccessKind::Write,
+            )?;
+            if kind == MetricKind::CpuUsage {
+                record_access(
+                    &transaction,
+                    &self.options.component_id,
+                    SYSTEM_METRICS_LOG,
+                    AccessKind::Write,
+                )?;
+            }
+        }
+        transaction.commit()?;
+        if due {
+            self.last_access_logged = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Deletes rows older than the retention age, in id order and small batches. Each daemon
+    /// prunes its own table; the CPU daemon also prunes the shared logs.
+    fn prune(&self) {
+        let kind = self.options.kind;
+        let mut tables = vec![(kind.table(), "timestamp")];
+        if kind == MetricKind::CpuUsage {
+            tables.push((SYSTEM_METRICS_LOG, "timestamp"));
+            tables.push((COMPONENT_LIFECYCLE_LOG, "event_timestamp"));
+            tables.push((DB_ACCESS_LOG, "timestamp"));
+        }
+        let age_secs = (self.retention.max_age_days.0 * 86_400.0) as i64;
+        for (table, column) in tables {
+            loop {
+                let sql = format!(
+                    "DELETE FROM {table} WHERE id IN (SELECT id FROM {table}
+                     WHERE {column} < datetime('now', ?1) ORDER BY id LIMIT {PRUNE_BATCH})"
+                );
+                match self.conn.execute(&sql, [format!("-{age_secs} seconds")]) {
+                    Ok(deleted) if deleted == PRUNE_BATCH => continue,
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, table, "pruning skipped this round");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

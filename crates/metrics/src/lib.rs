@@ -1,0 +1,71 @@
+//! n0m1-metrics: the metric daemons (`sample` computes, `daemon` samples and writes) and
+//! the shared command line of their three binaries.
+
+pub mod daemon;
+pub mod sample;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use n0m1_core::home::ENV_COMPONENT_ID;
+
+pub use daemon::MetricKind;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Sample one metric into its n0m1 table")]
+struct DaemonArgs {
+    /// The n0m1 home folder (default: $N0M1_HOME, else ~/n0m1_agi).
+    #[arg(long, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_interval)]
+    interval: f64,
+    /// The run type the manager passes (PRIMARY_RUN, ONESHOT, …); recorded in events.
+    #[arg(long, default_value = "PRIMARY_RUN")]
+    run_type: String,
+}
+
+fn parse_interval(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(0.001..=86_400.0).contains(&value) {
+        return Err(format!("{value} is outside 0.001..=86400 seconds"));
+    }
+    Ok(value)
+}
+
+/// `main` of the three metric daemons.
+pub fn daemon_main(kind: MetricKind) -> ExitCode {
+    n0m1_core::logging::init(kind.daemon_name(), "info");
+    let args = DaemonArgs::parse();
+    let result = n0m1_core::Home::resolve(args.home.as_deref())
+        .map_err(anyhow::Error::from)
+        .and_then(|home| {
+            let component_id = std::env::var(ENV_COMPONENT_ID)
+                .ok()
+                .filter(|id| !id.is_empty())
+                .unwrap_or_else(|| kind.daemon_name().to_owned());
+            daemon::run(daemon::DaemonOptions {
+                home,
+                kind,
+                component_id,
+                interval: Duration::from_secs_f64(args.interval),
+                run_type: args.run_type,
+                proc_root: std::env::var_os("N0M1_PROC_ROOT")
+                    .map_or_else(|| PathBuf::from("/proc"), PathBuf::from),
+                sys_root: std::env::var_os("N0M1_SYS_ROOT")
+                    .map_or_else(|| PathBuf::from("/sys"), PathBuf::from),
+            })
+            .map_err(anyhow::Error::from)
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
