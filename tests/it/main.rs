@@ -10,3 +10,5 @@ mod pid_files;
 mod supervision;
 // Boot: manager restarts, adoption, orphans, n0m1ctl start/stop/status.
 mod boot;
+// Metric daemons: rows, SIGTERM, held locks, no sensor, n0m1ctl metrics.
+mod metrics;

@@ -18,6 +18,9 @@ pub fn bin(name: &str) -> PathBuf {
         "daemon_manager" => env!("CARGO_BIN_EXE_daemon_manager"),
         "nano_manager" => env!("CARGO_BIN_EXE_nano_manager"),
         "main_llm_manager" => env!("CARGO_BIN_EXE_main_llm_manager"),
+        "temp_main_daemon" => env!("CARGO_BIN_EXE_temp_main_daemon"),
+        "cpu_usage_daemon" => env!("CARGO_BIN_EXE_cpu_usage_daemon"),
+        "mem_usage_daemon" => env!("CARGO_BIN_EXE_mem_usage_daemon"),
         other => panic!("no binary {other}"),
     };
     PathBuf::from(path)
@@ -161,8 +164,14 @@ impl TestEnv {
 
     /// Starts a binary in the foreground as our child, killed (with its group) on drop.
     pub fn spawn(&mut self, name: &str) -> i32 {
+        self.spawn_with(name, &[], &[])
+    }
+
+    pub fn spawn_with(&mut self, name: &str, args: &[&str], envs: &[(&str, &str)]) -> i32 {
         let child = Command::new(bin(name))
             .args(["--home", self.root()])
+            .args(args)
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()
@@ -188,7 +197,8 @@ impl TestEnv {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.children[index].try_wait().unwrap() {
-                self.children.remove(index);
+                // Already reaped by try_wait; wait() returns the cached status.
+                let _ = self.children.remove(index).wait();
                 return status;
             }
             assert!(
@@ -233,6 +243,12 @@ impl TestEnv {
             .query_map([id], |r| r.get(0))
             .unwrap()
             .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    pub fn count_rows(&self, table: &str) -> i64 {
+        self.db()
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()
     }
 

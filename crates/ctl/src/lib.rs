@@ -14,6 +14,7 @@ pub mod components;
 pub mod control;
 pub mod init;
 pub mod logs;
+pub mod metrics;
 pub mod status;
 
 /// Exit code of `status` when n0m1 is not running (as LSB init scripts do).
@@ -62,6 +63,14 @@ pub enum Command {
     Disable { component_id: String },
     /// Show a component's or manager's logs; without an id, list the logs.
     Logs(logs::LogsArgs),
+    /// Recent CPU usage, memory and temperature: last, average, min, max and a sparkline.
+    Metrics {
+        /// How many recent samples of each metric.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check config.json and print the resolved configuration.
     Config {
         #[command(subcommand)]
@@ -97,6 +106,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             components::set_desired(&home, &component_id, false).map(|()| ExitCode::SUCCESS)
         }
         Command::Logs(args) => logs::run(&home, &args).map(|()| ExitCode::SUCCESS),
+        Command::Metrics { limit, json } => {
+            metrics::run(&home, limit, json).map(|()| ExitCode::SUCCESS)
+        }
         Command::Config {
             action: ConfigAction::Check { json },
         } => control::config_check(&home, json).map(|()| ExitCode::SUCCESS),

@@ -23,7 +23,7 @@ struct DaemonArgs {
     #[arg(long, default_value_t = 10.0, value_parser = parse_interval)]
     interval: f64,
     /// The run type the manager passes (PRIMARY_RUN, ONESHOT, …); recorded in events.
-    #[arg(long, default_value = "PRIMARY_RUN")]
+    #[arg(long = "run_type", alias = "run-type", default_value = "PRIMARY_RUN")]
     run_type: String,
 }
 

@@ -173,9 +173,8 @@ impl TemperatureSensor {
     pub fn find(sys_root: &Path) -> Option<TemperatureSensor> {
         let hwmon = sys_root.join("class/hwmon");
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(&hwmon)
-            .ok()?
-            .filter_map(|e| Some(e.ok()?.path()))
-            .collect();
+            .map(|entries| entries.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default();
         dirs.sort();
         for driver in CPU_HWMON_DRIVERS {
             for dir in &dirs {
