@@ -48,7 +48,12 @@ fn fresh_home() -> (tempfile::TempDir, Home, PathBuf) {
 
 fn spawn(name: &str, home: &Home, sys: &Path, interval: &str) -> Child {
     Command::new(bin(name))
-        .args(["--home", home.root().to_str().unwrap(), "--interval", interval])
+        .args([
+            "--home",
+            home.root().to_str().unwrap(),
+            "--interval",
+            interval,
+        ])
         .env("N0M1_SYS_ROOT", sys)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -57,7 +62,10 @@ fn spawn(name: &str, home: &Home, sys: &Path, interval: &str) -> Child {
 }
 
 fn rows(home: &Home, table: &str) -> i64 {
-    Connection::open(home.db_path()).unwrap().query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+    Connection::open(home.db_path())
+        .unwrap()
+        .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
 }
 
 fn stop(mut child: Child) {
@@ -76,7 +84,8 @@ fn per_daemon() {
         }
         let stat = ProcStat::read(pid).unwrap();
         let samples = rows(&home, table);
-        let cpu_secs = (stat.utime_ticks + stat.stime_ticks) as f64 / n0m1_core::process::clock_ticks_per_second() as f64;
+        let cpu_secs = (stat.utime_ticks + stat.stime_ticks) as f64
+            / n0m1_core::process::clock_ticks_per_second() as f64;
         let rss_mb = n0m1_core::process::rss_kib(&stat) as f64 / 1024.0;
         println!(
             "{name:<17} RSS {rss_mb:.1} MB; CPU {:.3} ms per sample ({:.2} s for {samples} samples, start-up included)",
@@ -90,7 +99,10 @@ fn per_daemon() {
 fn sustained() {
     let (_tmp, home, sys) = fresh_home();
     let seconds = 10;
-    let children: Vec<Child> = DAEMONS.iter().map(|(name, _)| spawn(name, &home, &sys, "0.001")).collect();
+    let children: Vec<Child> = DAEMONS
+        .iter()
+        .map(|(name, _)| spawn(name, &home, &sys, "0.001"))
+        .collect();
     let conn = Connection::open(home.db_path()).unwrap();
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
     let started = Instant::now();
@@ -107,14 +119,22 @@ fn sustained() {
             reads += 1;
         }
     }
-    let alive = children.iter().filter(|c| n0m1_core::process::is_alive(c.id() as i32)).count();
+    let alive = children
+        .iter()
+        .filter(|c| n0m1_core::process::is_alive(c.id() as i32))
+        .count();
     for child in children {
         stop(child);
     }
-    let total: i64 = DAEMONS.iter().map(|(_, t)| rows(&home, t)).sum::<i64>() + rows(&home, "system_metrics_log");
+    let total: i64 = DAEMONS.iter().map(|(_, t)| rows(&home, t)).sum::<i64>()
+        + rows(&home, "system_metrics_log");
     let errors: i64 = Connection::open(home.db_path())
         .unwrap()
-        .query_row("SELECT count(*) FROM component_lifecycle_log WHERE event_type = 'ERROR'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM component_lifecycle_log WHERE event_type = 'ERROR'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     println!(
         "3 daemons at 1 ms intervals + 1 reader, {seconds} s: {:.0} rows/s written, {:.0} reads/s, {alive}/3 daemons alive, {errors} ERROR events",
@@ -124,7 +144,10 @@ fn sustained() {
 }
 
 fn main() {
-    println!("machine: {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "machine: {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     per_daemon();
     sustained();
 }

@@ -122,7 +122,10 @@ fn disable_and_enable_through_n0m1ctl_and_through_sql() {
     wait_until(T, "the PID file to go", || {
         env.pid_of("sleepy").is_none() && !env.pid_files().contains(&"sleepy.pid".to_owned())
     });
-    assert_eq!(env.count_events("sleepy", "STOPPED_SUCCESSFULLY"), 1);
+    // Rows are written after the work, at the end of the manager's loop turn.
+    wait_until(T, "STOPPED_SUCCESSFULLY", || {
+        env.count_events("sleepy", "STOPPED_SUCCESSFULLY") == 1
+    });
 
     env.sql("UPDATE autorun_components SET desired_state = 'active' WHERE component_id = 'sleepy'");
     let second = component_pid(&env, "sleepy");

@@ -89,7 +89,9 @@ pub fn descendants(root: i32) -> Vec<ProcStat> {
     descendants_in(&all_processes(), root)
 }
 
-fn descendants_in(processes: &[ProcStat], root: i32) -> Vec<ProcStat> {
+/// The live descendants of `root` in a snapshot taken with `all_processes`: callers that look
+/// at many trees at once take one snapshot for all of them.
+pub fn descendants_in(processes: &[ProcStat], root: i32) -> Vec<ProcStat> {
     let mut found = Vec::new();
     let mut frontier = vec![root];
     while let Some(parent) = frontier.pop() {

@@ -19,7 +19,7 @@ use nix::unistd::Pid;
 use rusqlite::Connection;
 
 use crate::events::{self, Event};
-use crate::journal::{EventRow, Journal};
+use crate::journal::{EventRow, Journal, SUPERVISOR_BUSY_TIMEOUT};
 use crate::manager::become_subreaper;
 
 /// The component id boot's own events are logged under.
@@ -114,6 +114,11 @@ impl Boot {
         // Boot initialises the database (idempotent) so a systemd start on a fresh home works
         // and WAL is switched on before any other process opens the file.
         let (conn, _) = db::initialise(&options.home.db_path())?;
+        conn.busy_timeout(SUPERVISOR_BUSY_TIMEOUT)
+            .map_err(|source| DbError::Sqlite {
+                path: options.home.db_path(),
+                source,
+            })?;
         let (sender, receiver) = mpsc::channel();
         events::watch_signals(sender).map_err(|source| BootError::Os {
             what: "cannot install signal handlers",
@@ -155,6 +160,8 @@ impl Boot {
                 .pid(std::process::id() as i32)
                 .message("all managers stopped".to_owned()),
         );
+        // The last flush may wait for a lock: nothing after it will retry.
+        let _ = boot.conn.busy_timeout(db::BUSY_TIMEOUT);
         boot.journal.flush(&boot.conn);
         pid_file.remove();
         Ok(())

@@ -46,6 +46,8 @@ pub fn watch_signals(sender: Sender<Event>) -> std::io::Result<()> {
     Ok(())
 }
 
+const REOPEN_DELAY: Duration = Duration::from_secs(5);
+
 /// Starts a thread that polls `PRAGMA data_version` on its own connection every `interval`
 /// and reports changes: a cheap way to notice edits by n0m1ctl, the command daemon or the
 /// `sqlite3` shell within a fraction of a second, without re-reading tables on a timer.
@@ -55,9 +57,16 @@ pub fn watch_database(db_path: PathBuf, interval: Duration, sender: Sender<Event
         let mut conn = None;
         loop {
             if conn.is_none() {
-                conn = n0m1_core::db::open(&db_path)
-                    .map_err(|error| tracing::warn!(%error, "database watcher cannot open the database"))
-                    .ok();
+                match n0m1_core::db::open(&db_path) {
+                    Ok(connection) => conn = Some(connection),
+                    Err(error) => {
+                        // Said once per outage, and retried slowly: a missing database is an
+                        // operator's problem to fix, not a reason to spin.
+                        tracing::warn!(%error, "database watcher cannot open the database; retrying every 5 s");
+                        thread::sleep(REOPEN_DELAY);
+                        continue;
+                    }
+                }
             }
             if let Some(connection) = &conn {
                 match connection.query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0)) {

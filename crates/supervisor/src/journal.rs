@@ -75,6 +75,11 @@ enum Pending {
     ClearReset(String),
 }
 
+/// How long a supervisor's connection waits for another writer's lock. Short on purpose: the
+/// loop must get back to reaping and restarting, and a busy flush keeps its rows for the next
+/// turn anyway.
+pub const SUPERVISOR_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Bound on queued rows while the database is unwritable, so a long outage cannot exhaust
 /// memory; the oldest state rows go first (a later one supersedes them anyway).
 const MAX_PENDING: usize = 100_000;
