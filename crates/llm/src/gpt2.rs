@@ -1,0 +1,286 @@
+//! GPT-2 (and distilgpt2, sshleifer/tiny-gpt2) on candle.
+//!
+//! candle-transformers has no GPT-2, and its `bigcode` module lays weights out differently, so
+//! the architecture is written here: learned position embeddings, Conv1D projections (weights
+//! stored [in, out], turned into [out, in] at load so one `Projection` serves F32 and Q8_0),
+//! the fused `c_attn` split in thirds, a KV cache, and an lm_head tied to `wte`.
+
+use std::collections::HashMap;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
+use candle_nn::{Embedding, LayerNorm};
+use serde::Deserialize;
+
+use crate::error::{LlmError, Result};
+
+/// The fields of a Hugging Face GPT-2 `config.json` that the forward pass needs.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "default_activation")]
+    pub activation_function: String,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_activation() -> String {
+    "gelu_new".to_owned()
+}
+
+/// A dense or Q8_0-quantized projection `y = x Wᵀ + b` with W stored [out, in].
+#[derive(Debug, Clone)]
+enum Projection {
+    Dense(candle_nn::Linear),
+    Quantized { matmul: QMatMul, bias: Option<Tensor> },
+}
+
+impl Projection {
+    /// `weight_out_in` is [out, in]; `quantize` turns it into Q8_0 blocks when its inner
+    /// dimension allows.
+    fn new(weight_out_in: Tensor, bias: Option<Tensor>, quantize: bool) -> Result<Projection> {
+        let inner = weight_out_in.dim(1)?;
+        if quantize && inner % GgmlDType::Q8_0.block_size() == 0 {
+            let qtensor = QTensor::quantize(&weight_out_in, GgmlDType::Q8_0)?;
+            return Ok(Projection::Quantized { matmul: QMatMul::from_qtensor(qtensor)?, bias });
+        }
+        Ok(Projection::Dense(candle_nn::Linear::new(weight_out_in, bias)))
+    }
+}
+
+impl Module for Projection {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Projection::Dense(linear) => linear.forward(x),
+            Projection::Quantized { matmul, bias } => {
+                let y = matmul.forward(x)?;
+                match bias {
+                    Some(bias) => y.broadcast_add(bias),
+                    None => Ok(y),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: Projection,
+    attn_proj: Projection,
+    ln_2: LayerNorm,
+    c_fc: Projection,
+    mlp_proj: Projection,
+    n_head: usize,
+    exact_gelu: bool,
+}
+
+/// The weights of a GPT-2 checkpoint, by their names without a `transformer.` prefix.
+pub struct Gpt2Weights(HashMap<String, Tensor>);
+
+impl Gpt2Weights {
+    /// Normalises names (`transformer.h.0…` and `h.0…` both work), converts to F32, and drops
+    /// the `attn.bias` / `attn.masked_bias` buffers, which are masks, not weights.
+    pub fn new(tensors: HashMap<String, Tensor>) -> Result<Gpt2Weights> {
+        let mut map = HashMap::new();
+        for (name, tensor) in tensors {
+            let name = name.strip_prefix("transformer.").unwrap_or(&name).to_owned();
+            if name.ends_with("attn.bias") || name.ends_with("attn.masked_bias") {
+                continue;
+            }
+            map.insert(name, tensor.to_dtype(DType::F32)?);
+        }
+        Ok(Gpt2Weights(map))
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.0
+            .get(name)
+            .ok_or_else(|| LlmError::Invalid(format!("GPT-2 weights lack tensor {name:?}")))
+    }
+
+    pub fn tensors_mut(&mut self) -> &mut HashMap<String, Tensor> {
+        &mut self.0
+    }
+
+    fn layer_norm(&self, prefix: &str, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm::new(
+            self.get(&format!("{prefix}.weight"))?.clone(),
+            self.get(&format!("{prefix}.bias"))?.clone(),
+            eps,
+        ))
+    }
+
+    /// A Conv1D (weight [in, out]) as a `Projection`.
+    fn conv1d(&self, prefix: &str, expect_in: usize, expect_out: usize, quantize: bool) -> Result<Projection> {
+        let weight = self.get(&format!("{prefix}.weight"))?;
+        if weight.dims() != [expect_in, expect_out] {
+            return Err(LlmError::Invalid(format!(
+                "{prefix}.weight has shape {:?}, expected [{expect_in}, {expect_out}]",
+                weight.dims()
+            )));
+        }
+        let bias = self.get(&format!("{prefix}.bias"))?.clone();
+        Projection::new(weight.t()?.contiguous()?, Some(bias), quantize)
+    }
+}
+
+/// A loaded GPT-2 with its KV cache.
+pub struct Gpt2 {
+    config: Gpt2Config,
+    wte: Embedding,
+    wpe: Embedding,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    lm_head: Projection,
+    cache: Vec<Option<(Tensor, Tensor)>>,
+    device: Device,
+}
+
+impl Gpt2 {
+    pub fn load(config: Gpt2Config, weights: &Gpt2Weights, quantize: bool, device: &Device) -> Result<Gpt2> {
+        let c = config.n_embd;
+        if config.n_head == 0 || c % config.n_head != 0 {
+            return Err(LlmError::Invalid(format!("n_embd {c} is not divisible by n_head {}", config.n_head)));
+        }
+        let exact_gelu = match config.activation_function.as_str() {
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => false,
+            "gelu" => true,
+            other => return Err(LlmError::Invalid(format!("unsupported activation_function {other:?}"))),
+        };
+        let wte_weight = weights.get("wte.weight")?.clone();
+        if wte_weight.dims() != [config.vocab_size, c] {
+            return Err(LlmError::Invalid(format!(
+                "wte.weight has shape {:?}, expected [{}, {c}]",
+                wte_weight.dims(),
+                config.vocab_size
+            )));
+        }
+        let wte = Embedding::new(wte_weight.clone(), c);
+        let wpe = Embedding::new(weights.get("wpe.weight")?.clone(), c);
+        let mut blocks = Vec::with_capacity(config.n_layer);
+        for i in 0..config.n_layer {
+            let p = format!("h.{i}");
+            blocks.push(Block {
+                ln_1: weights.layer_norm(&format!("{p}.ln_1"), config.layer_norm_epsilon)?,
+                c_attn: weights.conv1d(&format!("{p}.attn.c_attn"), c, 3 * c, quantize)?,
+                attn_proj: weights.conv1d(&format!("{p}.attn.c_proj"), c, c, quantize)?,
+                ln_2: weights.layer_norm(&format!("{p}.ln_2"), config.layer_norm_epsilon)?,
+                c_fc: weights.conv1d(&format!("{p}.mlp.c_fc"), c, 4 * c, quantize)?,
+                mlp_proj: weights.conv1d(&format!("{p}.mlp.c_proj"), 4 * c, c, quantize)?,
+                n_head: config.n_head,
+                exact_gelu,
+            });
+        }
+        let ln_f = weights.layer_norm("ln_f", config.layer_norm_epsilon)?;
+        // The head is tied to the token embedding ([vocab, n_embd] is already [out, in]).
+        let lm_head = Projection::new(wte_weight, None, quantize)?;
+        Ok(Gpt2 {
+            cache: vec![None; config.n_layer],
+            config,
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            lm_head,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    /// Forgets the KV cache (a new prompt).
+    pub fn clear_cache(&mut self) {
+        self.cache.iter_mut().for_each(|entry| *entry = None);
+    }
+
+    /// Runs `ids` at positions `position..` and returns the logits of every new position,
+    /// [len, vocab]. With the cache, earlier positions are not recomputed.
+    pub fn forward_all(&mut self, ids: &[u32], position: usize) -> Result<Tensor> {
+        let len = ids.len();
+        if len == 0 {
+            return Err(LlmError::Invalid("empty input".into()));
+        }
+        if position + len > self.config.n_positions {
+            return Err(LlmError::Invalid(format!(
+                "positions {position}..{} exceed the model's context of {}",
+                position + len,
+                self.config.n_positions
+            )));
+        }
+        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        let positions = Tensor::arange(position as u32, (position + len) as u32, &self.device)?.unsqueeze(0)?;
+        let mut x = self.wte.forward(&input)?.broadcast_add(&self.wpe.forward(&positions)?)?;
+        let mask = (len > 1).then(|| causal_mask(len, position, &self.device)).transpose()?;
+        for (block, cache) in self.blocks.iter().zip(self.cache.iter_mut()) {
+            x = block.forward(&x, cache, mask.as_ref())?;
+        }
+        let x = self.ln_f.forward(&x)?;
+        Ok(self.lm_head.forward(&x)?.squeeze(0)?)
+    }
+
+    /// The logits of the last position only, [vocab].
+    pub fn forward(&mut self, ids: &[u32], position: usize) -> Result<Tensor> {
+        let all = self.forward_all(ids, position)?;
+        Ok(all.i(ids.len() - 1)?)
+    }
+}
+
+/// 0 where a query may attend, −∞ where it would see the future; [len, past + len].
+fn causal_mask(len: usize, past: usize, device: &Device) -> Result<Tensor> {
+    let total = past + len;
+    let values: Vec<f32> = (0..len)
+        .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(values, (len, total), device)?)
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor, cache: &mut Option<(Tensor, Tensor)>, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (batch, len, channels) = x.dims3()?;
+        let head_dim = channels / self.n_head;
+        let qkv = self.c_attn.forward(&self.ln_1.forward(x)?)?;
+        let split = |i: usize| -> Result<Tensor> {
+            Ok(qkv
+                .narrow(2, i * channels, channels)?
+                .reshape((batch, len, self.n_head, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let (q, mut k, mut v) = (split(0)?, split(1)?, split(2)?);
+        if let Some((past_k, past_v)) = cache.as_ref() {
+            k = Tensor::cat(&[past_k, &k], 2)?;
+            v = Tensor::cat(&[past_v, &v], 2)?;
+        }
+        *cache = Some((k.clone(), v.clone()));
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let mut attention = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
+        if let Some(mask) = mask {
+            attention = attention.broadcast_add(mask)?;
+        }
+        let attention = candle_nn::ops::softmax_last_dim(&attention)?;
+        let y = attention.matmul(&v)?.transpose(1, 2)?.reshape((batch, len, channels))?;
+        let x = (x + self.attn_proj.forward(&y)?)?;
+        let h = self.c_fc.forward(&self.ln_2.forward(&x)?)?;
+        let h = if self.exact_gelu { h.gelu_erf()? } else { h.gelu()? };
+        Ok((&x + self.mlp_proj.forward(&h)?)?)
+    }
+}
+
+/// Index of the largest logit.
+pub fn argmax(logits: &Tensor) -> Result<u32> {
+    Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?)
+}

@@ -1,0 +1,9 @@
+//! n0m1-llm: the model engine. GPT-2 written on candle (`gpt2`), test models the project
+//! makes itself (`fixture`). Only the model binaries link this crate, so the supervisor and
+//! n0m1ctl never compile candle.
+
+pub mod error;
+pub mod fixture;
+pub mod gpt2;
+
+pub use error::{LlmError, Result};
