@@ -96,7 +96,7 @@ impl Gpt2Weights {
         let mut map = HashMap::new();
         for (name, tensor) in tensors {
             let name = name.strip_prefix("transformer.").unwrap_or(&name).to_owned();
-            if name.ends_with("attn.bias") || name.ends_with("attn.masked_bias") {
+            if name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") {
                 continue;
             }
             map.insert(name, tensor.to_dtype(DType::F32)?);
@@ -283,4 +283,76 @@ impl Block {
 /// Index of the largest logit.
 pub fn argmax(logits: &Tensor) -> Result<u32> {
     Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture::{tiny_gpt2_config, tiny_gpt2_weights};
+
+    const PROMPT: [u32; 11] = [280, 40, 41, 42, 43, 44, 45, 46, 10, 100, 200];
+    /// From scripts/gpt2_reference.py (an independent numpy forward pass, float64) on the
+    /// fixture with seed 42 and `PROMPT`.
+    const REFERENCE_FIRST8: [f32; 8] = [-1.32521, 0.65787, -1.45279, -0.32539, -2.7304, -0.78017, 0.88457, -0.54235];
+    const REFERENCE_ARGMAX: u32 = 144;
+
+    fn fixture(quantize: bool) -> Gpt2 {
+        let config = tiny_gpt2_config();
+        let weights = Gpt2Weights::new(tiny_gpt2_weights(&config, 42).unwrap()).unwrap();
+        Gpt2::load(config, &weights, quantize, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn logits_match_the_numpy_reference() {
+        let mut model = fixture(false);
+        let logits = model.forward(&PROMPT, 0).unwrap();
+        let got: Vec<f32> = logits.narrow(0, 0, 8).unwrap().to_vec1().unwrap();
+        for (g, r) in got.iter().zip(REFERENCE_FIRST8) {
+            assert!((g - r).abs() < 1e-3, "{got:?} vs {REFERENCE_FIRST8:?}");
+        }
+        assert_eq!(argmax(&logits).unwrap(), REFERENCE_ARGMAX);
+    }
+
+    #[test]
+    fn kv_cache_path_equals_full_recompute() {
+        let mut full = fixture(false);
+        let expected = full.forward_all(&PROMPT, 0).unwrap();
+        let mut incremental = fixture(false);
+        // Prompt in two chunks, then token by token.
+        let mut rows = vec![incremental.forward_all(&PROMPT[..4], 0).unwrap()];
+        rows.push(incremental.forward_all(&PROMPT[4..7], 4).unwrap());
+        for (offset, id) in PROMPT[7..].iter().enumerate() {
+            rows.push(incremental.forward_all(&[*id], 7 + offset).unwrap());
+        }
+        let got = Tensor::cat(&rows, 0).unwrap();
+        let diff: f32 = (got - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert!(diff < 1e-4, "max difference {diff}");
+        incremental.clear_cache();
+        let again = incremental.forward(&PROMPT, 0).unwrap();
+        assert_eq!(argmax(&again).unwrap(), REFERENCE_ARGMAX);
+    }
+
+    #[test]
+    fn q8_0_stays_close_to_f32() {
+        let mut dense = fixture(false);
+        let mut quantized = fixture(true);
+        let a = dense.forward(&PROMPT, 0).unwrap();
+        let b = quantized.forward(&PROMPT, 0).unwrap();
+        assert_eq!(argmax(&a).unwrap(), argmax(&b).unwrap());
+        // Q8_0 quantizes activations too: allow a few percent of the logits' range.
+        let range: f32 = a.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let diff: f32 = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert!(diff < 0.06 * range, "max difference {diff} for logits up to {range}");
+    }
+
+    #[test]
+    fn context_overflow_and_bad_shapes_are_errors() {
+        let mut model = fixture(false);
+        assert!(model.forward(&[1; 129], 0).is_err());
+        let config = tiny_gpt2_config();
+        let mut weights = Gpt2Weights::new(tiny_gpt2_weights(&config, 1).unwrap()).unwrap();
+        weights.tensors_mut().insert("h.0.mlp.c_fc.weight".into(), Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap());
+        let error = Gpt2::load(config, &weights, false, &Device::Cpu).err().unwrap().to_string();
+        assert!(error.contains("h.0.mlp.c_fc.weight"), "{error}");
+    }
 }
