@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
-    #[error("model {model:?} not found; looked in:\n{tried}\nprovide it as a folder with config.json, model.safetensors and tokenizer.json, a .gguf file, or place it in the Hugging Face cache (`n0m1ctl model pull {model}` when online)")]
+    #[error(
+        "model {model:?} not found; looked in:\n{tried}\nprovide it as a folder with config.json, model.safetensors and tokenizer.json, a .gguf file, or place it in the Hugging Face cache (`n0m1ctl model pull {model}` when online)"
+    )]
     NotFound { model: String, tried: String },
     #[error("cannot read {path}: {source}")]
     Io {
@@ -27,5 +29,8 @@ pub enum LlmError {
 pub type Result<T> = std::result::Result<T, LlmError>;
 
 pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> LlmError + '_ {
-    move |source| LlmError::Io { path: path.to_path_buf(), source }
+    move |source| LlmError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }

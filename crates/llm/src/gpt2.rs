@@ -43,7 +43,10 @@ fn default_activation() -> String {
 #[derive(Debug, Clone)]
 enum Projection {
     Dense(candle_nn::Linear),
-    Quantized { matmul: QMatMul, bias: Option<Tensor> },
+    Quantized {
+        matmul: QMatMul,
+        bias: Option<Tensor>,
+    },
 }
 
 impl Projection {
@@ -53,9 +56,15 @@ impl Projection {
         let inner = weight_out_in.dim(1)?;
         if quantize && inner % GgmlDType::Q8_0.block_size() == 0 {
             let qtensor = QTensor::quantize(&weight_out_in, GgmlDType::Q8_0)?;
-            return Ok(Projection::Quantized { matmul: QMatMul::from_qtensor(qtensor)?, bias });
+            return Ok(Projection::Quantized {
+                matmul: QMatMul::from_qtensor(qtensor)?,
+                bias,
+            });
         }
-        Ok(Projection::Dense(candle_nn::Linear::new(weight_out_in, bias)))
+        Ok(Projection::Dense(candle_nn::Linear::new(
+            weight_out_in,
+            bias,
+        )))
     }
 }
 
@@ -95,7 +104,10 @@ impl Gpt2Weights {
     pub fn new(tensors: HashMap<String, Tensor>) -> Result<Gpt2Weights> {
         let mut map = HashMap::new();
         for (name, tensor) in tensors {
-            let name = name.strip_prefix("transformer.").unwrap_or(&name).to_owned();
+            let name = name
+                .strip_prefix("transformer.")
+                .unwrap_or(&name)
+                .to_owned();
             if name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") {
                 continue;
             }
@@ -123,7 +135,13 @@ impl Gpt2Weights {
     }
 
     /// A Conv1D (weight [in, out]) as a `Projection`.
-    fn conv1d(&self, prefix: &str, expect_in: usize, expect_out: usize, quantize: bool) -> Result<Projection> {
+    fn conv1d(
+        &self,
+        prefix: &str,
+        expect_in: usize,
+        expect_out: usize,
+        quantize: bool,
+    ) -> Result<Projection> {
         let weight = self.get(&format!("{prefix}.weight"))?;
         if weight.dims() != [expect_in, expect_out] {
             return Err(LlmError::Invalid(format!(
@@ -149,15 +167,27 @@ pub struct Gpt2 {
 }
 
 impl Gpt2 {
-    pub fn load(config: Gpt2Config, weights: &Gpt2Weights, quantize: bool, device: &Device) -> Result<Gpt2> {
+    pub fn load(
+        config: Gpt2Config,
+        weights: &Gpt2Weights,
+        quantize: bool,
+        device: &Device,
+    ) -> Result<Gpt2> {
         let c = config.n_embd;
         if config.n_head == 0 || c % config.n_head != 0 {
-            return Err(LlmError::Invalid(format!("n_embd {c} is not divisible by n_head {}", config.n_head)));
+            return Err(LlmError::Invalid(format!(
+                "n_embd {c} is not divisible by n_head {}",
+                config.n_head
+            )));
         }
         let exact_gelu = match config.activation_function.as_str() {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => false,
             "gelu" => true,
-            other => return Err(LlmError::Invalid(format!("unsupported activation_function {other:?}"))),
+            other => {
+                return Err(LlmError::Invalid(format!(
+                    "unsupported activation_function {other:?}"
+                )));
+            }
         };
         let wte_weight = weights.get("wte.weight")?.clone();
         if wte_weight.dims() != [config.vocab_size, c] {
@@ -222,9 +252,15 @@ impl Gpt2 {
             )));
         }
         let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        let positions = Tensor::arange(position as u32, (position + len) as u32, &self.device)?.unsqueeze(0)?;
-        let mut x = self.wte.forward(&input)?.broadcast_add(&self.wpe.forward(&positions)?)?;
-        let mask = (len > 1).then(|| causal_mask(len, position, &self.device)).transpose()?;
+        let positions =
+            Tensor::arange(position as u32, (position + len) as u32, &self.device)?.unsqueeze(0)?;
+        let mut x = self
+            .wte
+            .forward(&input)?
+            .broadcast_add(&self.wpe.forward(&positions)?)?;
+        let mask = (len > 1)
+            .then(|| causal_mask(len, position, &self.device))
+            .transpose()?;
         for (block, cache) in self.blocks.iter().zip(self.cache.iter_mut()) {
             x = block.forward(&x, cache, mask.as_ref())?;
         }
@@ -249,7 +285,12 @@ fn causal_mask(len: usize, past: usize, device: &Device) -> Result<Tensor> {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor, cache: &mut Option<(Tensor, Tensor)>, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (batch, len, channels) = x.dims3()?;
         let head_dim = channels / self.n_head;
         let qkv = self.c_attn.forward(&self.ln_1.forward(x)?)?;
@@ -272,10 +313,17 @@ impl Block {
             attention = attention.broadcast_add(mask)?;
         }
         let attention = candle_nn::ops::softmax_last_dim(&attention)?;
-        let y = attention.matmul(&v)?.transpose(1, 2)?.reshape((batch, len, channels))?;
+        let y = attention
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((batch, len, channels))?;
         let x = (x + self.attn_proj.forward(&y)?)?;
         let h = self.c_fc.forward(&self.ln_2.forward(&x)?)?;
-        let h = if self.exact_gelu { h.gelu_erf()? } else { h.gelu()? };
+        let h = if self.exact_gelu {
+            h.gelu_erf()?
+        } else {
+            h.gelu()?
+        };
         Ok((&x + self.mlp_proj.forward(&h)?)?)
     }
 }
@@ -293,7 +341,9 @@ mod tests {
     const PROMPT: [u32; 11] = [280, 40, 41, 42, 43, 44, 45, 46, 10, 100, 200];
     /// From scripts/gpt2_reference.py (an independent numpy forward pass, float64) on the
     /// fixture with seed 42 and `PROMPT`.
-    const REFERENCE_FIRST8: [f32; 8] = [-1.32521, 0.65787, -1.45279, -0.32539, -2.7304, -0.78017, 0.88457, -0.54235];
+    const REFERENCE_FIRST8: [f32; 8] = [
+        -1.32521, 0.65787, -1.45279, -0.32539, -2.7304, -0.78017, 0.88457, -0.54235,
+    ];
     const REFERENCE_ARGMAX: u32 = 144;
 
     fn fixture(quantize: bool) -> Gpt2 {
@@ -325,7 +375,14 @@ mod tests {
             rows.push(incremental.forward_all(&[*id], 7 + offset).unwrap());
         }
         let got = Tensor::cat(&rows, 0).unwrap();
-        let diff: f32 = (got - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let diff: f32 = (got - &expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!(diff < 1e-4, "max difference {diff}");
         incremental.clear_cache();
         let again = incremental.forward(&PROMPT, 0).unwrap();
@@ -341,8 +398,18 @@ mod tests {
         assert_eq!(argmax(&a).unwrap(), argmax(&b).unwrap());
         // Q8_0 quantizes activations too: allow a few percent of the logits' range.
         let range: f32 = a.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-        let diff: f32 = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-        assert!(diff < 0.06 * range, "max difference {diff} for logits up to {range}");
+        let diff: f32 = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(
+            diff < 0.06 * range,
+            "max difference {diff} for logits up to {range}"
+        );
     }
 
     #[test]
@@ -351,8 +418,14 @@ mod tests {
         assert!(model.forward(&[1; 129], 0).is_err());
         let config = tiny_gpt2_config();
         let mut weights = Gpt2Weights::new(tiny_gpt2_weights(&config, 1).unwrap()).unwrap();
-        weights.tensors_mut().insert("h.0.mlp.c_fc.weight".into(), Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap());
-        let error = Gpt2::load(config, &weights, false, &Device::Cpu).err().unwrap().to_string();
+        weights.tensors_mut().insert(
+            "h.0.mlp.c_fc.weight".into(),
+            Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap(),
+        );
+        let error = Gpt2::load(config, &weights, false, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(error.contains("h.0.mlp.c_fc.weight"), "{error}");
     }
 }

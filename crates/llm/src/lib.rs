@@ -5,5 +5,7 @@
 pub mod error;
 pub mod fixture;
 pub mod gpt2;
+pub mod lora;
+pub mod model;
 
 pub use error::{LlmError, Result};

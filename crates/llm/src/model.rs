@@ -1,0 +1,376 @@
+//! A loaded model and its tokenizer, whatever the architecture: GPT-2 (safetensors), Llama
+//! (safetensors, through candle-transformers) or a quantized Llama (GGUF, tokenizer taken
+//! from the file's metadata).
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::llama as candle_llama;
+use candle_transformers::models::quantized_llama;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
+
+use crate::error::{LlmError, Result, io};
+use crate::gpt2::{Gpt2, Gpt2Config, Gpt2Weights};
+use crate::lora::LoraAdapter;
+
+/// How to load: `quantize` turns the big matrices into Q8_0 (GGUF files in formats without
+/// fast kernels are requantized to Q8_0 regardless).
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    pub quantize: bool,
+    pub lora: Option<PathBuf>,
+}
+
+enum Network {
+    Gpt2(Box<Gpt2>),
+    Llama {
+        model: Box<candle_llama::Llama>,
+        config: candle_llama::Config,
+        cache: candle_llama::Cache,
+    },
+    QuantizedLlama(Box<quantized_llama::ModelWeights>),
+}
+
+/// A model ready to generate.
+pub struct LoadedModel {
+    network: Network,
+    pub tokenizer: Tokenizer,
+    /// Tokens that end a generation.
+    pub eos_ids: Vec<u32>,
+    /// Positions the model can attend to.
+    pub context_length: usize,
+    /// ChatML (`<|im_start|>`) instruct models get their prompt wrapped in the template.
+    pub chat_template: bool,
+    /// What was loaded, for messages.
+    pub description: String,
+    device: Device,
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    serde_json::from_str(&text).map_err(|e| LlmError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    Tokenizer::from_file(path).map_err(|e| LlmError::Tokenizer {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Every `*.safetensors` file of a folder (one file or shards), merged into one map.
+fn load_safetensors(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(LlmError::Format {
+            path: dir.to_path_buf(),
+            message: "no .safetensors weights in this folder".into(),
+        });
+    }
+    let mut tensors = HashMap::new();
+    for file in files {
+        tensors.extend(candle_core::safetensors::load(&file, device).map_err(|e| {
+            LlmError::Format {
+                path: file.clone(),
+                message: e.to_string(),
+            }
+        })?);
+    }
+    Ok(tensors)
+}
+
+impl LoadedModel {
+    /// Loads a folder (`config.json` + safetensors + `tokenizer.json`) or a `.gguf` file.
+    pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
+        let device = Device::Cpu;
+        if path.extension().is_some_and(|x| x == "gguf") {
+            if options.lora.is_some() {
+                return Err(LlmError::Invalid("a LoRA adapter cannot be merged into a quantized GGUF model; use a safetensors folder".into()));
+            }
+            return Self::load_gguf(path, &device);
+        }
+        let config_path = path.join("config.json");
+        let config = read_json(&config_path)?;
+        let model_type = config
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let tokenizer = load_tokenizer(&path.join("tokenizer.json"))?;
+        let mut tensors = load_safetensors(path, &device)?;
+        match model_type {
+            "gpt2" => {
+                let gpt2_config: Gpt2Config =
+                    serde_json::from_value(config.clone()).map_err(|e| LlmError::Format {
+                        path: config_path.clone(),
+                        message: e.to_string(),
+                    })?;
+                let mut weights = Gpt2Weights::new(tensors)?;
+                if let Some(lora) = &options.lora {
+                    LoraAdapter::load(lora)?.merge_into(weights.tensors_mut(), true)?;
+                }
+                let eos_ids = gpt2_config.eos_token_id.into_iter().collect();
+                let context_length = gpt2_config.n_positions;
+                let model = Gpt2::load(gpt2_config, &weights, options.quantize, &device)?;
+                Ok(LoadedModel {
+                    network: Network::Gpt2(Box::new(model)),
+                    tokenizer,
+                    eos_ids,
+                    context_length,
+                    chat_template: false,
+                    description: format!(
+                        "GPT-2 from {}{}",
+                        path.display(),
+                        if options.quantize { " (Q8_0)" } else { "" }
+                    ),
+                    device,
+                })
+            }
+            "llama" | "mistral" => {
+                if let Some(lora) = &options.lora {
+                    LoraAdapter::load(lora)?.merge_into(&mut tensors, false)?;
+                }
+                let llama_config: candle_llama::LlamaConfig =
+                    serde_json::from_value(config.clone()).map_err(|e| LlmError::Format {
+                        path: config_path.clone(),
+                        message: e.to_string(),
+                    })?;
+                let eos_ids = match &llama_config.eos_token_id {
+                    Some(candle_llama::LlamaEosToks::Single(id)) => vec![*id],
+                    Some(candle_llama::LlamaEosToks::Multiple(ids)) => ids.clone(),
+                    None => Vec::new(),
+                };
+                let config = llama_config.into_config(false);
+                let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &device);
+                let model = candle_llama::Llama::load(vb, &config)?;
+                let cache = candle_llama::Cache::new(true, DType::F32, &config, &device)?;
+                let chat_template = tokenizer.token_to_id("<|im_start|>").is_some();
+                Ok(LoadedModel {
+                    context_length: config.max_position_embeddings,
+                    network: Network::Llama {
+                        model: Box::new(model),
+                        config,
+                        cache,
+                    },
+                    tokenizer,
+                    eos_ids,
+                    chat_template,
+                    description: format!("Llama from {}", path.display()),
+                    device,
+                })
+            }
+            other => Err(LlmError::Format {
+                path: config_path,
+                message: format!("model_type {other:?} is not supported (gpt2 and llama are)"),
+            }),
+        }
+    }
+
+    fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        let format = |message: String| LlmError::Format {
+            path: path.to_path_buf(),
+            message,
+        };
+        let content = gguf_file::Content::read(&mut Cursor::new(&bytes))
+            .map_err(|e| format(e.to_string()))?;
+        let tokenizer = tokenizer_from_gguf(&content).map_err(format)?;
+        let metadata_u32 = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
+        let eos_ids = metadata_u32("tokenizer.ggml.eos_token_id")
+            .into_iter()
+            .collect();
+        let context_length = metadata_u32("llama.context_length").unwrap_or(2048) as usize;
+        let chat_template = content
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .is_some_and(|t| t.contains("<|im_start|>"));
+        let (content, bytes) = requantize_slow_formats(content, bytes, path)?;
+        let model =
+            quantized_llama::ModelWeights::from_gguf(content, &mut Cursor::new(&bytes), device)
+                .map_err(|e| format(e.to_string()))?;
+        Ok(LoadedModel {
+            network: Network::QuantizedLlama(Box::new(model)),
+            tokenizer,
+            eos_ids,
+            context_length,
+            chat_template,
+            description: format!("quantized Llama from {}", path.display()),
+            device: device.clone(),
+        })
+    }
+
+    /// Logits of the last of `ids`, fed at `position`, [vocab].
+    pub fn forward(&mut self, ids: &[u32], position: usize) -> Result<Tensor> {
+        let input = || Tensor::new(ids, &self.device)?.unsqueeze(0);
+        Ok(match &mut self.network {
+            Network::Gpt2(model) => model.forward(ids, position)?,
+            Network::Llama { model, cache, .. } => {
+                model.forward(&input()?, position, cache)?.squeeze(0)?
+            }
+            Network::QuantizedLlama(model) => model.forward(&input()?, position)?.squeeze(0)?,
+        })
+    }
+
+    /// Starts a new sequence.
+    pub fn clear_cache(&mut self) -> Result<()> {
+        match &mut self.network {
+            Network::Gpt2(model) => model.clear_cache(),
+            Network::Llama { config, cache, .. } => {
+                *cache = candle_llama::Cache::new(true, DType::F32, config, &self.device)?
+            }
+            // Position 0 replaces the quantized model's cache.
+            Network::QuantizedLlama(_) => {}
+        }
+        Ok(())
+    }
+}
+
+/// GGUF formats candle has fast CPU kernels for; others are requantized to Q8_0 at load.
+fn has_fast_kernels(dtype: GgmlDType) -> bool {
+    matches!(
+        dtype,
+        GgmlDType::F32
+            | GgmlDType::F16
+            | GgmlDType::Q8_0
+            | GgmlDType::Q4_0
+            | GgmlDType::Q4K
+            | GgmlDType::Q6K
+            | GgmlDType::Q8K
+    )
+}
+
+fn requantize_slow_formats(
+    content: gguf_file::Content,
+    bytes: Vec<u8>,
+    path: &Path,
+) -> Result<(gguf_file::Content, Vec<u8>)> {
+    let slow = content
+        .tensor_infos
+        .values()
+        .any(|info| !has_fast_kernels(info.ggml_dtype));
+    if !slow {
+        return Ok((content, bytes));
+    }
+    let format = |message: String| LlmError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut reader = Cursor::new(&bytes);
+    let mut names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    names.sort();
+    let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
+    for name in names {
+        let tensor = content
+            .tensor(&mut reader, &name, &Device::Cpu)
+            .map_err(|e| format(e.to_string()))?;
+        let tensor = if has_fast_kernels(tensor.dtype()) {
+            tensor
+        } else {
+            let dense = tensor.dequantize(&Device::Cpu)?;
+            let inner = dense.dims().last().copied().unwrap_or(0);
+            let target = if inner % GgmlDType::Q8_0.block_size() == 0 {
+                GgmlDType::Q8_0
+            } else {
+                GgmlDType::F32
+            };
+            QTensor::quantize(&dense, target)?
+        };
+        tensors.push((name, tensor));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut out = Cursor::new(Vec::new());
+    gguf_file::write(&mut out, &metadata, &tensor_refs)?;
+    let bytes = out.into_inner();
+    let content =
+        gguf_file::Content::read(&mut Cursor::new(&bytes)).map_err(|e| format(e.to_string()))?;
+    tracing::info!(path = %path.display(), "requantized GGUF tensors without fast kernels to Q8_0");
+    Ok((content, bytes))
+}
+
+/// Builds the byte-level BPE tokenizer a GGUF file describes in its metadata.
+pub fn tokenizer_from_gguf(content: &gguf_file::Content) -> std::result::Result<Tokenizer, String> {
+    let get = |key: &str| {
+        content
+            .metadata
+            .get(key)
+            .ok_or_else(|| format!("no {key} in the GGUF metadata"))
+    };
+    let model = get("tokenizer.ggml.model")?
+        .to_string()
+        .map_err(|e| e.to_string())?;
+    if model != "gpt2" {
+        return Err(format!(
+            "tokenizer.ggml.model {model:?} is not supported (only byte-level BPE, \"gpt2\")"
+        ));
+    }
+    let tokens: Vec<String> = get("tokenizer.ggml.tokens")?
+        .to_vec()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|v| v.to_string().cloned().map_err(|e| e.to_string()))
+        .collect::<std::result::Result<_, _>>()?;
+    let merges: Vec<(String, String)> = get("tokenizer.ggml.merges")?
+        .to_vec()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|v| {
+            let text = v.to_string().map_err(|e| e.to_string())?;
+            let (a, b) = text
+                .split_once(' ')
+                .ok_or_else(|| format!("malformed merge {text:?}"))?;
+            Ok((a.to_owned(), b.to_owned()))
+        })
+        .collect::<std::result::Result<_, String>>()?;
+    let token_types: Vec<i32> = content
+        .metadata
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok())
+        .map(|values| values.iter().map(|v| v.to_i32().unwrap_or(1)).collect())
+        .unwrap_or_default();
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    // Digits one by one, then byte-level without a prefix space: what SmolLM-style ("smollm")
+    // and GPT-2-style files expect. A prefix space would change every prompt's first token.
+    tokenizer.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
+        PreTokenizerWrapper::Digits(Digits::new(true)),
+        PreTokenizerWrapper::ByteLevel(ByteLevel::default().add_prefix_space(false)),
+    ]))));
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+    // Control tokens (type 3) are special: never split, skipped when decoding.
+    let special: Vec<AddedToken> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| token_types.get(*i) == Some(&3))
+        .map(|(_, t)| AddedToken::from(t.clone(), true))
+        .collect();
+    tokenizer.add_special_tokens(&special);
+    Ok(tokenizer)
+}
