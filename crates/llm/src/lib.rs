@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod fixture;
+pub mod generate;
 pub mod gpt2;
 pub mod lora;
 pub mod model;
