@@ -8,5 +8,6 @@ pub mod generate;
 pub mod gpt2;
 pub mod lora;
 pub mod model;
+pub mod resolve;
 
 pub use error::{LlmError, Result};
