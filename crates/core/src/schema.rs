@@ -22,6 +22,7 @@ pub const LLM_OUTPUTS: &str = "llm_outputs";
 pub const LLM_IO_CONFIG: &str = "llm_io_config";
 pub const LLM_NOTIFICATIONS: &str = "llm_notifications";
 pub const DB_ACCESS_LOG: &str = "db_access_log";
+pub const LLM_COMMAND_CURSOR: &str = "llm_command_cursor";
 
 /// Every table of the original's schema, in the order the spec lists them.
 pub const ORIGINAL_TABLES: &[&str] = &[
@@ -42,20 +43,21 @@ pub const ORIGINAL_TABLES: &[&str] = &[
     DB_ACCESS_LOG,
 ];
 
-/// The schema's migrations, oldest first. `PRAGMA user_version` records how many are applied.
+/// The SQL of each migration, oldest first; `PRAGMA user_version` records how many ran.
+const MIGRATION_SQL: &[&str] = &[
+    include_str!("../../../migrations/01-original/up.sql"),
+    include_str!("../../../migrations/02-supervisor-state/up.sql"),
+    include_str!("../../../migrations/03-command-cursor/up.sql"),
+];
+
+/// The schema's migrations, oldest first.
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![
-        M::up(include_str!("../../../migrations/01-original/up.sql")),
-        M::up(include_str!(
-            "../../../migrations/02-supervisor-state/up.sql"
-        )),
-    ])
+    Migrations::new(MIGRATION_SQL.iter().map(|sql| M::up(sql)).collect())
 }
 
 /// The `user_version` of a database whose schema is current.
 pub fn latest_version() -> usize {
-    // Each migration bumps user_version by one.
-    2
+    MIGRATION_SQL.len()
 }
 
 /// The manager names, as the `manager_affinity` column spells them.

@@ -10,7 +10,11 @@ use crate::model::LoadedModel;
 pub enum Decoding {
     Greedy,
     /// Seeded, so the same seed gives the same text.
-    Sample { temperature: f64, top_p: Option<f64>, seed: u64 },
+    Sample {
+        temperature: f64,
+        top_p: Option<f64>,
+        seed: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -25,7 +29,12 @@ pub struct GenerationOptions {
 
 impl Default for GenerationOptions {
     fn default() -> Self {
-        GenerationOptions { max_new_tokens: 64, decoding: Decoding::Greedy, stop_strings: Vec::new(), stop_ids: Vec::new() }
+        GenerationOptions {
+            max_new_tokens: 64,
+            decoding: Decoding::Greedy,
+            stop_strings: Vec::new(),
+            stop_ids: Vec::new(),
+        }
     }
 }
 
@@ -60,7 +69,9 @@ impl LoadedModel {
         if let Some(system) = system.filter(|s| !s.is_empty()) {
             text.push_str(&format!("<|im_start|>system\n{system}<|im_end|>\n"));
         }
-        text.push_str(&format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"));
+        text.push_str(&format!(
+            "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+        ));
         text
     }
 
@@ -73,7 +84,9 @@ impl LoadedModel {
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids, true).map_err(|e| LlmError::Invalid(format!("cannot decode tokens: {e}")))
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| LlmError::Invalid(format!("cannot decode tokens: {e}")))
     }
 
     /// Generates a completion of `prompt` (already formatted).
@@ -82,7 +95,10 @@ impl LoadedModel {
         if prompt_ids.is_empty() {
             return Err(LlmError::Invalid("the prompt encodes to no tokens".into()));
         }
-        let room_for_prompt = self.context_length.saturating_sub(options.max_new_tokens.min(self.context_length / 2)).max(1);
+        let room_for_prompt = self
+            .context_length
+            .saturating_sub(options.max_new_tokens.min(self.context_length / 2))
+            .max(1);
         let truncated_tokens = prompt_ids.len().saturating_sub(room_for_prompt);
         if truncated_tokens > 0 {
             tracing::warn!(
@@ -94,11 +110,20 @@ impl LoadedModel {
         }
         let mut sampler = match &options.decoding {
             Decoding::Greedy => LogitsProcessor::from_sampling(0, Sampling::ArgMax),
-            Decoding::Sample { temperature, top_p, seed } => LogitsProcessor::from_sampling(
+            Decoding::Sample {
+                temperature,
+                top_p,
+                seed,
+            } => LogitsProcessor::from_sampling(
                 *seed,
                 match top_p {
-                    Some(p) => Sampling::TopP { p: *p, temperature: *temperature },
-                    None => Sampling::All { temperature: *temperature },
+                    Some(p) => Sampling::TopP {
+                        p: *p,
+                        temperature: *temperature,
+                    },
+                    None => Sampling::All {
+                        temperature: *temperature,
+                    },
                 },
             ),
         };
@@ -117,7 +142,12 @@ impl LoadedModel {
             }
             generated.push(next);
             text = self.decode(&generated)?;
-            if let Some(cut) = options.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
+            if let Some(cut) = options
+                .stop_strings
+                .iter()
+                .filter_map(|s| text.find(s.as_str()))
+                .min()
+            {
                 text.truncate(cut);
                 break StopReason::StopString;
             }
@@ -127,7 +157,13 @@ impl LoadedModel {
             logits = self.forward(&[next], position)?;
             position += 1;
         };
-        Ok(Completion { text, token_ids: generated, prompt_tokens: prompt_ids.len(), truncated_tokens, stop })
+        Ok(Completion {
+            text,
+            token_ids: generated,
+            prompt_tokens: prompt_ids.len(),
+            truncated_tokens,
+            stop,
+        })
     }
 }
 
@@ -139,19 +175,32 @@ mod tests {
     fn fixture_model(quantize: bool) -> (tempfile::TempDir, LoadedModel) {
         let tmp = tempfile::tempdir().unwrap();
         crate::fixture::write_tiny_gpt2(tmp.path(), 42).unwrap();
-        let model = LoadedModel::load(tmp.path(), &LoadOptions { quantize, lora: None }).unwrap();
+        let model = LoadedModel::load(
+            tmp.path(),
+            &LoadOptions {
+                quantize,
+                lora: None,
+            },
+        )
+        .unwrap();
         (tmp, model)
     }
 
     #[test]
     fn greedy_generation_is_deterministic_and_respects_the_limit() {
         let (_tmp, mut model) = fixture_model(false);
-        let options = GenerationOptions { max_new_tokens: 12, ..Default::default() };
+        let options = GenerationOptions {
+            max_new_tokens: 12,
+            ..Default::default()
+        };
         let first = model.generate("the CPU usage is 95%", &options).unwrap();
         let second = model.generate("the CPU usage is 95%", &options).unwrap();
         assert_eq!(first.token_ids, second.token_ids);
         assert!(first.token_ids.len() <= 12);
-        assert!(matches!(first.stop, StopReason::MaxTokens | StopReason::EndOfSequence));
+        assert!(matches!(
+            first.stop,
+            StopReason::MaxTokens | StopReason::EndOfSequence
+        ));
         assert_eq!(first.truncated_tokens, 0);
     }
 
@@ -160,29 +209,56 @@ mod tests {
         let (_tmp, mut model) = fixture_model(false);
         let sample = |seed| GenerationOptions {
             max_new_tokens: 16,
-            decoding: Decoding::Sample { temperature: 1.5, top_p: Some(0.95), seed },
+            decoding: Decoding::Sample {
+                temperature: 1.5,
+                top_p: Some(0.95),
+                seed,
+            },
             ..Default::default()
         };
         let a = model.generate("memory", &sample(1)).unwrap();
         let b = model.generate("memory", &sample(1)).unwrap();
         assert_eq!(a.token_ids, b.token_ids);
-        let others: Vec<Vec<u32>> = (2..6).map(|s| model.generate("memory", &sample(s)).unwrap().token_ids).collect();
-        assert!(others.iter().any(|ids| *ids != a.token_ids), "different seeds give different samples");
+        let others: Vec<Vec<u32>> = (2..6)
+            .map(|s| model.generate("memory", &sample(s)).unwrap().token_ids)
+            .collect();
+        assert!(
+            others.iter().any(|ids| *ids != a.token_ids),
+            "different seeds give different samples"
+        );
     }
 
     #[test]
     fn long_prompts_are_truncated_from_the_left_and_stop_strings_cut() {
         let (_tmp, mut model) = fixture_model(false);
         let long = "the ".repeat(300);
-        let options = GenerationOptions { max_new_tokens: 4, ..Default::default() };
+        let options = GenerationOptions {
+            max_new_tokens: 4,
+            ..Default::default()
+        };
         let completion = model.generate(&long, &options).unwrap();
         assert!(completion.truncated_tokens > 0);
         assert!(completion.prompt_tokens + 4 <= model.context_length);
         // A stop string made of the greedy output's first character ends it at once.
-        let free = model.generate("memory", &GenerationOptions { max_new_tokens: 8, ..Default::default() }).unwrap();
+        let free = model
+            .generate(
+                "memory",
+                &GenerationOptions {
+                    max_new_tokens: 8,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         if let Some(first) = free.text.chars().next() {
             let cut = model
-                .generate("memory", &GenerationOptions { max_new_tokens: 8, stop_strings: vec![first.to_string()], ..Default::default() })
+                .generate(
+                    "memory",
+                    &GenerationOptions {
+                        max_new_tokens: 8,
+                        stop_strings: vec![first.to_string()],
+                        ..Default::default()
+                    },
+                )
                 .unwrap();
             assert_eq!(cut.stop, StopReason::StopString);
             assert_eq!(cut.text, "");
@@ -193,7 +269,10 @@ mod tests {
     fn q8_0_greedy_matches_f32_on_the_fixture() {
         let (_a, mut dense) = fixture_model(false);
         let (_b, mut quantized) = fixture_model(true);
-        let options = GenerationOptions { max_new_tokens: 6, ..Default::default() };
+        let options = GenerationOptions {
+            max_new_tokens: 6,
+            ..Default::default()
+        };
         let x = dense.generate("the CPU", &options).unwrap();
         let y = quantized.generate("the CPU", &options).unwrap();
         assert_eq!(x.token_ids.first(), y.token_ids.first());

@@ -23,14 +23,21 @@ pub struct ModelPlaces {
 impl ModelPlaces {
     /// HF_HUB_CACHE, then HUGGINGFACE_HUB_CACHE, then HF_HOME/hub, then ~/.cache/huggingface/hub.
     pub fn from_env(home_models: Option<PathBuf>) -> ModelPlaces {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let mut hub_caches = Vec::new();
         hub_caches.extend(var("HF_HUB_CACHE"));
         hub_caches.extend(var("HUGGINGFACE_HUB_CACHE"));
         hub_caches.extend(var("HF_HOME").map(|h| h.join("hub")));
         hub_caches.extend(var("HOME").map(|h| h.join(".cache/huggingface/hub")));
         hub_caches.dedup();
-        ModelPlaces { home_models, hub_caches }
+        ModelPlaces {
+            home_models,
+            hub_caches,
+        }
     }
 }
 
@@ -67,7 +74,8 @@ fn is_repo_id(id: &str) -> bool {
         && parts.iter().all(|p| {
             !p.is_empty()
                 && !p.starts_with('.')
-                && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         })
 }
 
@@ -85,7 +93,14 @@ fn cached_snapshot(repo_dir: &Path) -> Option<PathBuf> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| p.join("config.json").is_file())
-        .map(|p| (p.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), p))
+        .map(|p| {
+            (
+                p.metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH),
+                p,
+            )
+        })
         .collect();
     candidates.sort();
     candidates.pop().map(|(_, p)| p)
@@ -99,7 +114,10 @@ pub fn resolve(spec: &str, default_id: &str, places: &ModelPlaces) -> Result<Mod
     if let Some(location) = as_location(direct) {
         return Ok(location);
     }
-    tried.push(format!("  - {} (as a folder with config.json, or a .gguf file)", direct.display()));
+    tried.push(format!(
+        "  - {} (as a folder with config.json, or a .gguf file)",
+        direct.display()
+    ));
     if is_repo_id(id) {
         if let Some(models) = &places.home_models {
             let flat = id.replace('/', "--");
@@ -116,10 +134,16 @@ pub fn resolve(spec: &str, default_id: &str, places: &ModelPlaces) -> Result<Mod
             if let Some(snapshot) = cached_snapshot(&repo_dir) {
                 return Ok(ModelLocation::Folder(snapshot));
             }
-            tried.push(format!("  - {} (Hugging Face cache)", repo_dir.join("snapshots").display()));
+            tried.push(format!(
+                "  - {} (Hugging Face cache)",
+                repo_dir.join("snapshots").display()
+            ));
         }
     }
-    Err(LlmError::NotFound { model: id.to_owned(), tried: tried.join("\n") })
+    Err(LlmError::NotFound {
+        model: id.to_owned(),
+        tried: tried.join("\n"),
+    })
 }
 
 #[cfg(test)]
@@ -133,10 +157,16 @@ mod tests {
         std::fs::create_dir_all(&folder).unwrap();
         std::fs::write(folder.join("config.json"), "{}").unwrap();
         let places = ModelPlaces::default();
-        assert_eq!(resolve(folder.to_str().unwrap(), "x", &places).unwrap(), ModelLocation::Folder(folder.clone()));
+        assert_eq!(
+            resolve(folder.to_str().unwrap(), "x", &places).unwrap(),
+            ModelLocation::Folder(folder.clone())
+        );
         let gguf = tmp.path().join("small.gguf");
         std::fs::write(&gguf, b"GGUF").unwrap();
-        assert_eq!(resolve(gguf.to_str().unwrap(), "x", &places).unwrap(), ModelLocation::Gguf(gguf));
+        assert_eq!(
+            resolve(gguf.to_str().unwrap(), "x", &places).unwrap(),
+            ModelLocation::Gguf(gguf)
+        );
     }
 
     #[test]
@@ -149,22 +179,43 @@ mod tests {
         std::fs::write(snapshot.join("config.json"), "{}").unwrap();
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::write(repo.join("refs/main"), "abc123").unwrap();
-        let places = ModelPlaces { home_models: None, hub_caches: vec![tmp.path().join("empty"), cache] };
-        assert_eq!(resolve("default", DEFAULT_NANO_MODEL, &places).unwrap(), ModelLocation::Folder(snapshot));
+        let places = ModelPlaces {
+            home_models: None,
+            hub_caches: vec![tmp.path().join("empty"), cache],
+        };
+        assert_eq!(
+            resolve("default", DEFAULT_NANO_MODEL, &places).unwrap(),
+            ModelLocation::Folder(snapshot)
+        );
     }
 
     #[test]
     fn a_miss_lists_every_place_tried_and_is_fast() {
         let tmp = tempfile::tempdir().unwrap();
-        let places = ModelPlaces { home_models: Some(tmp.path().join("models")), hub_caches: vec![tmp.path().join("hub")] };
+        let places = ModelPlaces {
+            home_models: Some(tmp.path().join("models")),
+            hub_caches: vec![tmp.path().join("hub")],
+        };
         let started = std::time::Instant::now();
-        let message = resolve("default", DEFAULT_MAIN_MODEL, &places).unwrap_err().to_string();
+        let message = resolve("default", DEFAULT_MAIN_MODEL, &places)
+            .unwrap_err()
+            .to_string();
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
         assert!(message.contains("distilgpt2"), "{message}");
         assert!(message.contains("models--distilgpt2"), "{message}");
-        assert!(message.contains(&tmp.path().join("models").display().to_string()), "{message}");
+        assert!(
+            message.contains(&tmp.path().join("models").display().to_string()),
+            "{message}"
+        );
         assert!(message.contains("n0m1ctl model pull"), "{message}");
         // Path-like or malformed ids are not looked up in caches.
-        assert!(resolve("../../etc", "x", &places).unwrap_err().to_string().matches("  - ").count() == 1);
+        assert!(
+            resolve("../../etc", "x", &places)
+                .unwrap_err()
+                .to_string()
+                .matches("  - ")
+                .count()
+                == 1
+        );
     }
 }

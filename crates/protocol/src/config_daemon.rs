@@ -1,0 +1,100 @@
+//! `llm_config_daemon`: every `llm_io_config` row with `needs_reload = 1` becomes a
+//! CONFIG_RELOAD notification for its llm_id, and the flag is cleared in the same
+//! transaction, so a reload is announced exactly once.
+
+use std::time::Duration;
+
+use n0m1_core::access_log::AccessKind;
+use n0m1_core::lifecycle::LifecycleEvent;
+use n0m1_core::schema::{LLM_IO_CONFIG, LLM_NOTIFICATIONS};
+use rusqlite::Connection;
+
+use crate::runtime::{Runtime, Wake};
+
+pub const CONFIG_RELOAD: &str = "CONFIG_RELOAD";
+
+/// Announces every pending reload; returns the llm_ids notified.
+pub fn process_reloads(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let transaction = conn.unchecked_transaction()?;
+    let ids: Vec<String> = transaction
+        .prepare(&format!(
+            "SELECT llm_id FROM {LLM_IO_CONFIG} WHERE needs_reload = 1 ORDER BY llm_id"
+        ))?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in &ids {
+        transaction.execute(
+            &format!("INSERT INTO {LLM_NOTIFICATIONS} (llm_id, notification_type, payload) VALUES (?1, ?2, NULL)"),
+            [id.as_str(), CONFIG_RELOAD],
+        )?;
+        transaction.execute(
+            &format!("UPDATE {LLM_IO_CONFIG} SET needs_reload = 0 WHERE llm_id = ?1"),
+            [id],
+        )?;
+    }
+    transaction.commit()?;
+    Ok(ids)
+}
+
+pub fn run(mut runtime: Runtime) -> anyhow::Result<()> {
+    runtime.event(
+        LifecycleEvent::StartedSuccessfully,
+        "watching llm_io_config for needs_reload",
+    );
+    runtime.access(LLM_IO_CONFIG, AccessKind::Read);
+    runtime.access(LLM_NOTIFICATIONS, AccessKind::Write);
+    loop {
+        match process_reloads(&runtime.conn) {
+            Ok(ids) if !ids.is_empty() => tracing::info!(?ids, "CONFIG_RELOAD notified"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot process reloads now; trying again"),
+        }
+        // A periodic pass as well as change-driven ones, in case a change was missed.
+        if runtime.wait(Duration::from_secs(5)) == Wake::Shutdown {
+            break;
+        }
+    }
+    runtime.event(LifecycleEvent::Stopped, "stopped on signal");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clears_the_flag_and_notifies_once_for_any_llm() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        n0m1_core::schema::migrations()
+            .to_latest(&mut conn)
+            .unwrap();
+        n0m1_core::schema::insert_defaults(&conn).unwrap();
+        conn.execute_batch(
+            "INSERT INTO llm_io_config (llm_id, read_tables, output_table, needs_reload) VALUES ('other', 'cpu_usage_summary', 'llm_outputs', 1);
+             UPDATE llm_io_config SET needs_reload = 1 WHERE llm_id = 'main_llm_processor';",
+        )
+        .unwrap();
+        assert_eq!(
+            process_reloads(&conn).unwrap(),
+            ["main_llm_processor", "other"]
+        );
+        assert!(process_reloads(&conn).unwrap().is_empty());
+        let rows: Vec<(String, String, Option<String>)> = conn
+            .prepare("SELECT llm_id, notification_type, payload FROM llm_notifications ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|r| r.1 == "CONFIG_RELOAD" && r.2.is_none()));
+        let pending: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM llm_io_config WHERE needs_reload = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(pending, 0);
+    }
+}

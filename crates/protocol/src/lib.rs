@@ -1,0 +1,9 @@
+//! n0m1-protocol: the components that talk through the LLM tables — `config_daemon`,
+//! `command_daemon`, and (behind the `Generator` trait, so this crate never compiles candle)
+//! the processor and nano instance loops. `tables` guards every table name that comes from
+//! data.
+
+pub mod command_daemon;
+pub mod config_daemon;
+pub mod runtime;
+pub mod tables;

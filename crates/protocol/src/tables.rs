@@ -1,0 +1,178 @@
+//! Table names that come from rows or payloads are identifiers, never SQL: accepted only when
+//! they match `[A-Za-z_][A-Za-z0-9_]*`, name a table that exists, and are not SQLite's own;
+//! then always quoted.
+
+use rusqlite::Connection;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    #[error(
+        "{name:?} is not a table name (letters, digits and '_' only, not starting with a digit)"
+    )]
+    NotAnIdentifier { name: String },
+    #[error("table {name:?} does not exist")]
+    Missing { name: String },
+    #[error("table {name:?} is internal to SQLite")]
+    Internal { name: String },
+    #[error("table {name:?} lacks the column {column:?}")]
+    MissingColumn { name: String, column: &'static str },
+}
+
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 128
+}
+
+/// A validated table name; `quoted()` is the only way it reaches SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName(String);
+
+impl TableName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn quoted(&self) -> String {
+        format!("\"{}\"", self.0)
+    }
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Checks `name` against the rules and the database.
+pub fn validate(conn: &Connection, name: &str) -> Result<TableName, TableError> {
+    let name = name.trim();
+    if !is_identifier(name) {
+        return Err(TableError::NotAnIdentifier {
+            name: name.to_owned(),
+        });
+    }
+    if name.to_ascii_lowercase().starts_with("sqlite_") {
+        return Err(TableError::Internal {
+            name: name.to_owned(),
+        });
+    }
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .unwrap_or(false);
+    if !exists {
+        return Err(TableError::Missing {
+            name: name.to_owned(),
+        });
+    }
+    Ok(TableName(name.to_owned()))
+}
+
+/// Like `validate`, and the table must have each of `columns`.
+pub fn validate_with_columns(
+    conn: &Connection,
+    name: &str,
+    columns: &[&'static str],
+) -> Result<TableName, TableError> {
+    let table = validate(conn, name)?;
+    let present = column_names(conn, &table);
+    for column in columns {
+        if !present.iter().any(|c| c == column) {
+            return Err(TableError::MissingColumn {
+                name: table.0.clone(),
+                column,
+            });
+        }
+    }
+    Ok(table)
+}
+
+pub fn column_names(conn: &Connection, table: &TableName) -> Vec<String> {
+    conn.prepare(&format!(
+        "SELECT name FROM pragma_table_info('{}')",
+        table.as_str()
+    ))
+    .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect())
+    .unwrap_or_default()
+}
+
+/// Splits a comma-separated list (`read_tables`, a PUSH payload) and validates each entry;
+/// returns the good ones and an error per bad one.
+pub fn validate_list(conn: &Connection, list: &str) -> (Vec<TableName>, Vec<TableError>) {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        match validate(conn, entry) {
+            Ok(table) if !good.contains(&table) => good.push(table),
+            Ok(_) => {}
+            Err(error) => bad.push(error),
+        }
+    }
+    (good, bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        n0m1_core::schema::migrations()
+            .to_latest(&mut conn)
+            .unwrap();
+        conn
+    }
+
+    #[test]
+    fn identifiers_only() {
+        for good in ["cpu_usage_log", "_x", "T1"] {
+            assert!(is_identifier(good), "{good}");
+        }
+        for bad in [
+            "",
+            "1x",
+            "x; DROP TABLE autorun_components",
+            "a-b",
+            "\"x\"",
+            "x y",
+            "é",
+        ] {
+            assert!(!is_identifier(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hostile_and_missing_tables_are_rejected() {
+        let conn = db();
+        assert!(validate(&conn, "cpu_usage_summary").is_ok());
+        assert!(matches!(
+            validate(&conn, "x; DROP TABLE autorun_components"),
+            Err(TableError::NotAnIdentifier { .. })
+        ));
+        assert!(matches!(
+            validate(&conn, "nope"),
+            Err(TableError::Missing { .. })
+        ));
+        assert!(matches!(
+            validate(&conn, "sqlite_master"),
+            Err(TableError::Internal { .. })
+        ));
+        assert!(matches!(
+            validate(&conn, "o'brien"),
+            Err(TableError::NotAnIdentifier { .. })
+        ));
+        let (good, bad) = validate_list(&conn, "cpu_temp_summary, nope ,cpu_temp_summary,x;y");
+        assert_eq!(good.len(), 1);
+        assert_eq!(bad.len(), 2);
+        assert!(matches!(
+            validate_with_columns(&conn, "cpu_usage_log", &["llm_id", "content"]),
+            Err(TableError::MissingColumn { .. })
+        ));
+        assert!(validate_with_columns(&conn, "llm_outputs", &["llm_id", "content"]).is_ok());
+    }
+}
