@@ -1,0 +1,27 @@
+//! The seam between the protocol and the model engine: the processor and nano instances ask a
+//! `Generator` for text, and work without one (digest or statistics only) when no model loads.
+
+/// Something that completes prompts.
+pub trait Generator {
+    /// What model this is, for messages.
+    fn describe(&self) -> String;
+    /// Completes `prompt` (with an optional system instruction); errors are messages.
+    fn complete(&mut self, system: Option<&str>, prompt: &str) -> Result<String, String>;
+}
+
+/// A 64-bit FNV-1a hash: the digest mode's fingerprint of the rows it read, stable across
+/// runs and platforms.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fnv1a_known_values() {
+        assert_eq!(super::fnv1a(b""), 0xcbf29ce484222325);
+        assert_eq!(super::fnv1a(b"a"), 0xaf63dc4c8601ec8c);
+    }
+}

@@ -1,0 +1,450 @@
+//! `llm_processor`: the main model, driven by `llm_notifications`.
+//!
+//! Notifications for its llm_id are handled in id order, each exactly once even across a
+//! crash: the outputs and the `processed = 1` mark are written in one transaction, after the
+//! (slow) generation. A crash before that commit leaves the notification unprocessed, to be
+//! handled again; nothing is written twice.
+
+use std::time::Duration;
+
+use n0m1_core::access_log::AccessKind;
+use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::schema::{LLM_IO_CONFIG, LLM_NOTIFICATIONS};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::generator::{Generator, fnv1a};
+use crate::runtime::{Runtime, Wake};
+use crate::tables::{self, TableName};
+
+/// Rows of each table given to the model (newest first).
+pub const ROWS_PER_TABLE: usize = 10;
+const SYSTEM_PROMPT: &str =
+    "You watch a computer's own metrics. Say in one or two plain sentences what the rows show.";
+
+/// `llm_io_config` for one llm_id, validated.
+#[derive(Debug, Clone)]
+pub struct IoConfig {
+    pub read_tables: String,
+    pub output_table: TableName,
+}
+
+pub fn load_config(conn: &Connection, llm_id: &str) -> Result<IoConfig, String> {
+    let row: Option<(String, String)> = conn
+        .query_row(
+            &format!("SELECT read_tables, output_table FROM {LLM_IO_CONFIG} WHERE llm_id = ?1"),
+            [llm_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|e| format!("cannot read {LLM_IO_CONFIG}: {e}"))?;
+    let (read_tables, output) =
+        row.ok_or_else(|| format!("no {LLM_IO_CONFIG} row for llm_id {llm_id:?}"))?;
+    let output_table = tables::validate_with_columns(conn, &output, &["llm_id", "content"])
+        .map_err(|e| format!("output_table of {llm_id}: {e}"))?;
+    Ok(IoConfig {
+        read_tables,
+        output_table,
+    })
+}
+
+/// The rows of `table` as text lines, newest first.
+fn read_rows(conn: &Connection, table: &TableName, limit: usize) -> rusqlite::Result<Vec<String>> {
+    let mut statement = conn.prepare(&format!(
+        "SELECT * FROM {} ORDER BY rowid DESC LIMIT ?1",
+        table.quoted()
+    ))?;
+    let names: Vec<String> = statement
+        .column_names()
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let rows = statement.query_map([limit as i64], |row| {
+        let mut fields = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let value = match row.get_ref(i)? {
+                rusqlite::types::ValueRef::Null => "NULL".to_owned(),
+                rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                rusqlite::types::ValueRef::Real(v) => format!("{v:.2}"),
+                rusqlite::types::ValueRef::Text(t) => {
+                    String::from_utf8_lossy(t).chars().take(200).collect()
+                }
+                rusqlite::types::ValueRef::Blob(b) => format!("<{} bytes>", b.len()),
+            };
+            fields.push(format!("{name}={value}"));
+        }
+        Ok(fields.join(", "))
+    })?;
+    rows.collect()
+}
+
+/// The processor's state between notifications.
+pub struct Processor {
+    pub llm_id: String,
+    pub component_id: String,
+    pub config: Result<IoConfig, String>,
+    pub generator: Option<Box<dyn Generator>>,
+}
+
+/// What handling one notification produced, before it is committed.
+#[derive(Debug, Default)]
+struct Handled {
+    outputs: Vec<String>,
+    events: Vec<(LifecycleEvent, String)>,
+}
+
+impl Processor {
+    pub fn new(
+        conn: &Connection,
+        llm_id: &str,
+        component_id: &str,
+        generator: Option<Box<dyn Generator>>,
+    ) -> Processor {
+        Processor {
+            llm_id: llm_id.to_owned(),
+            component_id: component_id.to_owned(),
+            config: load_config(conn, llm_id),
+            generator,
+        }
+    }
+
+    fn summarise(&mut self, conn: &Connection, tables_list: &str, handled: &mut Handled) {
+        let (good, bad) = tables::validate_list(conn, tables_list);
+        for error in bad {
+            handled
+                .events
+                .push((LifecycleEvent::Error, format!("skipping a table: {error}")));
+        }
+        for table in good {
+            let rows = match read_rows(conn, &table, ROWS_PER_TABLE) {
+                Ok(rows) => rows,
+                Err(error) => {
+                    handled.events.push((
+                        LifecycleEvent::Error,
+                        format!("cannot read {table}: {error}"),
+                    ));
+                    continue;
+                }
+            };
+            let _ = n0m1_core::access_log::record_access(
+                conn,
+                &self.component_id,
+                table.as_str(),
+                AccessKind::Read,
+            );
+            let digest = format!(
+                "{table} rows={} digest={:016x}",
+                rows.len(),
+                fnv1a(rows.join("\n").as_bytes())
+            );
+            let content = match &mut self.generator {
+                Some(generator) => {
+                    let prompt = format!(
+                        "Table {table}, latest {} rows (newest first):\n{}\nSummary:",
+                        rows.len(),
+                        rows.join("\n")
+                    );
+                    match generator.complete(Some(SYSTEM_PROMPT), &prompt) {
+                        Ok(text) => format!("{table}: {}", text.trim()),
+                        Err(error) => {
+                            handled.events.push((
+                                LifecycleEvent::Error,
+                                format!("generation failed for {table}: {error}; wrote a digest"),
+                            ));
+                            digest
+                        }
+                    }
+                }
+                None => digest,
+            };
+            handled.outputs.push(content);
+        }
+    }
+
+    fn handle(&mut self, conn: &Connection, kind: &str, payload: Option<&str>) -> Handled {
+        let mut handled = Handled::default();
+        match (kind, payload) {
+            ("CONFIG_RELOAD", _) => {
+                self.config = load_config(conn, &self.llm_id);
+                match &self.config {
+                    Ok(config) => handled.events.push((
+                        LifecycleEvent::ConfigReloaded,
+                        format!(
+                            "reads {}, writes {}",
+                            config.read_tables, config.output_table
+                        ),
+                    )),
+                    Err(error) => handled.events.push((LifecycleEvent::Error, error.clone())),
+                }
+            }
+            ("RUN" | "PUSH", Some(payload)) if !payload.trim().is_empty() => {
+                self.summarise(conn, payload, &mut handled)
+            }
+            ("RUN", _) => match &self.config {
+                Ok(config) => {
+                    let list = config.read_tables.clone();
+                    self.summarise(conn, &list, &mut handled);
+                }
+                Err(error) => handled.events.push((
+                    LifecycleEvent::Error,
+                    format!("RUN without a usable config: {error}"),
+                )),
+            },
+            ("PUSH", _) => handled.events.push((
+                LifecycleEvent::Error,
+                "PUSH without a payload naming tables".into(),
+            )),
+            ("PULL_REQUEST", payload) => handled
+                .outputs
+                .push(format!("REQUEST:{}", payload.unwrap_or(""))),
+            (other, _) => handled.events.push((
+                LifecycleEvent::Error,
+                format!("unknown notification type {other:?}; marked processed"),
+            )),
+        }
+        handled
+    }
+
+    /// Handles every unprocessed notification of this llm, oldest first; returns how many.
+    pub fn handle_pending(&mut self, conn: &Connection) -> rusqlite::Result<usize> {
+        let pending: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = conn
+            .prepare(&format!(
+                "SELECT id, CAST(notification_type AS BLOB), CAST(substr(payload, 1, 4096) AS BLOB) FROM {LLM_NOTIFICATIONS}
+                 WHERE llm_id = ?1 AND COALESCE(processed, 0) = 0 ORDER BY id LIMIT 100"
+            ))?
+            .query_map([&self.llm_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut count = 0;
+        for (id, kind, payload) in pending {
+            let kind = String::from_utf8_lossy(&kind).into_owned();
+            let payload = payload.map(|p| String::from_utf8_lossy(&p).into_owned());
+            let mut handled = self.handle(conn, &kind, payload.as_deref());
+            let output_table = self.config.as_ref().map(|c| c.output_table.clone());
+            if !handled.outputs.is_empty() && output_table.is_err() {
+                handled.events.push((
+                    LifecycleEvent::Error,
+                    "no valid output_table; output dropped".into(),
+                ));
+                handled.outputs.clear();
+            }
+            let transaction = conn.unchecked_transaction()?;
+            let claimed = transaction.execute(
+                &format!("UPDATE {LLM_NOTIFICATIONS} SET processed = 1 WHERE id = ?1 AND COALESCE(processed, 0) = 0"),
+                [id],
+            )?;
+            if claimed == 0 {
+                continue; // handled meanwhile by another instance
+            }
+            if let Ok(table) = &output_table {
+                for content in &handled.outputs {
+                    transaction.execute(
+                        &format!(
+                            "INSERT INTO {} (llm_id, content) VALUES (?1, ?2)",
+                            table.quoted()
+                        ),
+                        params![self.llm_id, content],
+                    )?;
+                }
+            }
+            for (event, message) in &handled.events {
+                let message = format!("notification {id} ({kind}): {message}");
+                LifecycleRecord::new(&self.component_id, *event)
+                    .pid(std::process::id() as i32)
+                    .message(&message)
+                    .write(&transaction)?;
+            }
+            transaction.commit()?;
+            count += 1;
+        }
+        Ok(count)
+    }
+}
+
+pub fn run(
+    mut runtime: Runtime,
+    llm_id: &str,
+    generator: Result<Box<dyn Generator>, String>,
+) -> anyhow::Result<()> {
+    let generator = match generator {
+        Ok(generator) => {
+            runtime.event(
+                LifecycleEvent::StartedSuccessfully,
+                &format!("serving {llm_id} with {}", generator.describe()),
+            );
+            Some(generator)
+        }
+        Err(reason) => {
+            runtime.event(
+                LifecycleEvent::StartedSuccessfully,
+                &format!("serving {llm_id} in digest mode"),
+            );
+            runtime.event(
+                LifecycleEvent::ModelUnavailable,
+                &format!("{reason}; serving in digest mode (outputs are digests of the rows read)"),
+            );
+            None
+        }
+    };
+    let mut processor = Processor::new(&runtime.conn, llm_id, &runtime.component_id, generator);
+    if let Err(error) = &processor.config {
+        runtime.event(LifecycleEvent::Error, error);
+    }
+    runtime.access(LLM_NOTIFICATIONS, AccessKind::Write);
+    loop {
+        if let Err(error) = processor.handle_pending(&runtime.conn) {
+            tracing::warn!(%error, "cannot handle notifications now; trying again");
+        }
+        if runtime.wait(Duration::from_secs(5)) == Wake::Shutdown {
+            break;
+        }
+    }
+    runtime.event(LifecycleEvent::Stopped, "stopped on signal");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo;
+    impl Generator for Echo {
+        fn describe(&self) -> String {
+            "echo".into()
+        }
+        fn complete(&mut self, _: Option<&str>, prompt: &str) -> Result<String, String> {
+            Ok(format!("saw {} lines", prompt.lines().count()))
+        }
+    }
+
+    fn db() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        n0m1_core::schema::migrations()
+            .to_latest(&mut conn)
+            .unwrap();
+        n0m1_core::schema::insert_defaults(&conn).unwrap();
+        conn.execute_batch(
+            "INSERT INTO cpu_usage_summary (nano_id, content) VALUES ('cpu_usage', 'busy'), ('cpu_usage', 'calm');
+             INSERT INTO memory_usage_summary (nano_id, content) VALUES ('mem_usage', 'fine');",
+        )
+        .unwrap();
+        conn
+    }
+
+    fn notify(conn: &Connection, kind: &str, payload: Option<&str>) {
+        conn.execute(
+            "INSERT INTO llm_notifications (llm_id, notification_type, payload) VALUES ('main_llm_processor', ?1, ?2)",
+            params![kind, payload],
+        )
+        .unwrap();
+    }
+
+    fn outputs(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT content FROM llm_outputs ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn each_notification_type_is_handled_once() {
+        let conn = db();
+        let mut processor = Processor::new(
+            &conn,
+            "main_llm_processor",
+            "main_llm_processor",
+            Some(Box::new(Echo)),
+        );
+        notify(&conn, "RUN", None);
+        notify(&conn, "PUSH", Some("cpu_usage_summary"));
+        notify(&conn, "PULL_REQUEST", Some("metrics"));
+        notify(&conn, "BOGUS", None);
+        assert_eq!(processor.handle_pending(&conn).unwrap(), 4);
+        assert_eq!(
+            processor.handle_pending(&conn).unwrap(),
+            0,
+            "nothing is handled twice"
+        );
+        let out = outputs(&conn);
+        // RUN: one row per read table (three default summaries); PUSH: its payload only.
+        assert_eq!(out.len(), 3 + 1 + 1, "{out:?}");
+        assert!(out[0].starts_with("cpu_temp_summary: saw"), "{out:?}");
+        assert!(
+            out[3].starts_with("cpu_usage_summary: saw 4 lines"),
+            "{out:?}"
+        );
+        assert_eq!(out[4], "REQUEST:metrics");
+        let unprocessed: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM llm_notifications WHERE processed = 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(unprocessed, 0);
+        let errors: i64 = conn.query_row("SELECT count(*) FROM component_lifecycle_log WHERE event_type = 'ERROR' AND message LIKE '%BOGUS%'", [], |r| r.get(0)).unwrap();
+        assert_eq!(errors, 1);
+    }
+
+    #[test]
+    fn digest_mode_and_config_reload() {
+        let conn = db();
+        let mut processor = Processor::new(&conn, "main_llm_processor", "main_llm_processor", None);
+        conn.execute("UPDATE llm_io_config SET read_tables = 'memory_usage_summary' WHERE llm_id = 'main_llm_processor'", []).unwrap();
+        notify(&conn, "CONFIG_RELOAD", None);
+        notify(&conn, "RUN", None);
+        processor.handle_pending(&conn).unwrap();
+        let out = outputs(&conn);
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].starts_with("memory_usage_summary rows=1 digest="),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn hostile_tables_leave_the_database_intact() {
+        let conn = db();
+        conn.execute(
+            "UPDATE llm_io_config SET read_tables = 'x; DROP TABLE autorun_components, cpu_usage_summary' WHERE llm_id = 'main_llm_processor'",
+            [],
+        )
+        .unwrap();
+        let mut processor = Processor::new(&conn, "main_llm_processor", "main_llm_processor", None);
+        notify(&conn, "RUN", None);
+        notify(&conn, "PUSH", Some("missing_table"));
+        notify(&conn, "PUSH", Some("sqlite_master"));
+        notify(&conn, "PUSH", Some("\"autorun_components\"; --"));
+        processor.handle_pending(&conn).unwrap();
+        let components: i64 = conn
+            .query_row("SELECT count(*) FROM autorun_components", [], |r| r.get(0))
+            .unwrap();
+        assert!(components > 0, "autorun_components survives");
+        assert_eq!(
+            outputs(&conn).len(),
+            1,
+            "only the valid table of RUN was read"
+        );
+        let errors: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM component_lifecycle_log WHERE event_type = 'ERROR'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(errors, 4);
+        // A bad output table: notifications still end processed, with an error.
+        conn.execute("UPDATE llm_io_config SET output_table = 'autorun_components' WHERE llm_id = 'main_llm_processor'", []).unwrap();
+        notify(&conn, "CONFIG_RELOAD", None);
+        notify(&conn, "PULL_REQUEST", Some("x"));
+        processor.handle_pending(&conn).unwrap();
+        let unprocessed: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM llm_notifications WHERE processed = 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(unprocessed, 0);
+    }
+}
