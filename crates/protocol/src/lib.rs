@@ -6,6 +6,7 @@
 pub mod command_daemon;
 pub mod config_daemon;
 pub mod generator;
+pub mod nano;
 pub mod processor;
 pub mod runtime;
 pub mod tables;

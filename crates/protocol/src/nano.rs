@@ -1,0 +1,495 @@
+//! `nano_instance`: a small model watching one metric table.
+//!
+//! Every pull it takes the table's newest row into a window of the last N rows. Threshold
+//! alerts are written at once; every summary interval it writes exact statistics of the
+//! window followed by the model's reading of them (statistics only without a model).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use n0m1_core::access_log::AccessKind;
+use n0m1_core::lifecycle::LifecycleEvent;
+use n0m1_core::schema::NANO_PROMPTS;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::generator::Generator;
+use crate::runtime::{Runtime, Wake};
+use crate::tables::{self, TableName};
+
+#[derive(Debug, Clone)]
+pub struct NanoOptions {
+    pub instance_id: String,
+    pub metrics_table: String,
+    pub summary_table: String,
+    pub pull_interval: Duration,
+    pub summary_interval: Duration,
+    pub context_window: usize,
+    pub system_prompt_file: Option<PathBuf>,
+    pub mode: Option<String>,
+}
+
+/// The original's alert thresholds, by column.
+const THRESHOLDS: &[(&str, f64, &str)] = &[
+    ("temperature_celsius", 80.0, "CPU temperature"),
+    ("cpu_temp", 80.0, "CPU temperature"),
+    ("cpu_usage", 90.0, "CPU usage"),
+    ("mem_usage", 90.0, "memory usage"),
+];
+
+const DEFAULT_PROMPT: &str =
+    "You watch one metric of a computer. In one sentence, say what the numbers show.";
+
+/// One numeric sample: the row id and its numeric columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricRow {
+    pub id: i64,
+    pub values: Vec<(String, f64)>,
+}
+
+/// Exact statistics of one column over the window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnStats {
+    pub column: String,
+    pub count: usize,
+    pub min: f64,
+    pub mean: f64,
+    pub max: f64,
+    pub last: f64,
+    pub trend: &'static str,
+}
+
+impl ColumnStats {
+    pub fn describe(&self) -> String {
+        format!(
+            "{}: count={} min={:.2} mean={:.2} max={:.2} last={:.2} trend={}",
+            self.column, self.count, self.min, self.mean, self.max, self.last, self.trend
+        )
+    }
+}
+
+/// Statistics per numeric column, in the order columns appear.
+pub fn window_stats(window: &VecDeque<MetricRow>) -> Vec<ColumnStats> {
+    let mut columns: Vec<String> = Vec::new();
+    for row in window {
+        for (column, _) in &row.values {
+            if !columns.contains(column) {
+                columns.push(column.clone());
+            }
+        }
+    }
+    columns
+        .into_iter()
+        .filter_map(|column| {
+            let values: Vec<f64> = window
+                .iter()
+                .filter_map(|r| r.values.iter().find(|(c, _)| *c == column).map(|(_, v)| *v))
+                .collect();
+            let (first, last) = (*values.first()?, *values.last()?);
+            let count = values.len();
+            let mean = values.iter().sum::<f64>() / count as f64;
+            let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            // A change of more than 5 % of the window's scale counts as a trend.
+            let scale = (max - min).max(mean.abs() * 0.01).max(1e-9);
+            let trend = if count < 2 || (last - first).abs() <= 0.05 * scale.max(mean.abs() * 0.05)
+            {
+                "flat"
+            } else if last > first {
+                "rising"
+            } else {
+                "falling"
+            };
+            Some(ColumnStats {
+                column,
+                count,
+                min,
+                mean,
+                max,
+                last,
+                trend,
+            })
+        })
+        .collect()
+}
+
+/// Alerts a row raises (the original's thresholds).
+pub fn alerts(row: &MetricRow, table: &str) -> Vec<String> {
+    row.values
+        .iter()
+        .filter_map(|(column, value)| {
+            let (_, limit, what) = THRESHOLDS.iter().find(|(c, _, _)| c == column)?;
+            (*value > *limit).then(|| {
+                format!(
+                    "ALERT: {what} {value:.1} > {limit:.0} ({table} row {})",
+                    row.id
+                )
+            })
+        })
+        .collect()
+}
+
+fn newest_row(conn: &Connection, table: &TableName) -> rusqlite::Result<Option<MetricRow>> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT * FROM {} ORDER BY rowid DESC LIMIT 1",
+        table.quoted()
+    ))?;
+    let names: Vec<String> = statement
+        .column_names()
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    statement
+        .query_row([], |row| {
+            let mut id = 0;
+            let mut values = Vec::new();
+            for (i, name) in names.iter().enumerate() {
+                match row.get_ref(i)? {
+                    rusqlite::types::ValueRef::Integer(v) if name == "id" => id = v,
+                    rusqlite::types::ValueRef::Integer(v) => values.push((name.clone(), v as f64)),
+                    rusqlite::types::ValueRef::Real(v) => values.push((name.clone(), v)),
+                    _ => {}
+                }
+            }
+            Ok(MetricRow { id, values })
+        })
+        .optional()
+}
+
+pub struct NanoInstance {
+    pub options: NanoOptions,
+    metrics: TableName,
+    summary: TableName,
+    window: VecDeque<MetricRow>,
+    last_id: Option<i64>,
+    prompt: String,
+    file_prompt: Option<String>,
+    generator: Option<Box<dyn Generator>>,
+}
+
+impl NanoInstance {
+    /// Validates the tables and reads the system prompt file; errors name what is wrong.
+    pub fn new(
+        conn: &Connection,
+        options: NanoOptions,
+        generator: Option<Box<dyn Generator>>,
+    ) -> Result<(NanoInstance, Vec<String>), String> {
+        let metrics = tables::validate(conn, &options.metrics_table)
+            .map_err(|e| format!("--metrics_table: {e}"))?;
+        let summary =
+            tables::validate_with_columns(conn, &options.summary_table, &["nano_id", "content"])
+                .map_err(|e| format!("--summary_table: {e}"))?;
+        let mut warnings = Vec::new();
+        let file_prompt = match &options.system_prompt_file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => Some(text.trim().to_owned()),
+                Err(error) => {
+                    warnings.push(format!(
+                        "--system_prompt {}: {error}; using the built-in prompt",
+                        path.display()
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
+        Ok((
+            NanoInstance {
+                options,
+                metrics,
+                summary,
+                window: VecDeque::new(),
+                last_id: None,
+                prompt: String::new(),
+                file_prompt,
+                generator,
+            },
+            warnings,
+        ))
+    }
+
+    /// The prompt in use: the `nano_prompts` row (re-read when flagged), else the file, else
+    /// the built-in one.
+    pub fn refresh_prompt(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        let transaction = conn.unchecked_transaction()?;
+        let row: Option<(String, i64)> = transaction
+            .query_row(
+                &format!("SELECT prompt, COALESCE(needs_reload, 0) FROM {NANO_PROMPTS} WHERE nano_id = ?1"),
+                [&self.options.instance_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((prompt, needs_reload)) = row
+            && (needs_reload != 0 || self.prompt.is_empty())
+        {
+            self.prompt = prompt;
+            if needs_reload != 0 {
+                transaction.execute(
+                    &format!("UPDATE {NANO_PROMPTS} SET needs_reload = 0 WHERE nano_id = ?1"),
+                    [&self.options.instance_id],
+                )?;
+            }
+        }
+        transaction.commit()
+    }
+
+    fn effective_prompt(&self) -> &str {
+        if !self.prompt.trim().is_empty() {
+            return &self.prompt;
+        }
+        self.file_prompt
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .unwrap_or(DEFAULT_PROMPT)
+    }
+
+    fn write(&self, conn: &Connection, content: &str) -> rusqlite::Result<()> {
+        conn.execute(
+            &format!(
+                "INSERT INTO {} (nano_id, content) VALUES (?1, ?2)",
+                self.summary.quoted()
+            ),
+            params![self.options.instance_id, content],
+        )?;
+        Ok(())
+    }
+
+    /// One pull: the newest row into the window, and its alerts written at once.
+    pub fn pull(&mut self, conn: &Connection) -> rusqlite::Result<Vec<String>> {
+        let Some(row) = newest_row(conn, &self.metrics)? else {
+            return Ok(Vec::new());
+        };
+        if self.last_id == Some(row.id) {
+            return Ok(Vec::new());
+        }
+        self.last_id = Some(row.id);
+        let raised = alerts(&row, self.metrics.as_str());
+        for alert in &raised {
+            self.write(conn, alert)?;
+        }
+        self.window.push_back(row);
+        while self.window.len() > self.options.context_window.max(1) {
+            self.window.pop_front();
+        }
+        Ok(raised)
+    }
+
+    /// Statistics of the window, then the model's text; `None` with an empty window.
+    pub fn summarise(&mut self, conn: &Connection) -> rusqlite::Result<Option<String>> {
+        let stats = window_stats(&self.window);
+        if stats.is_empty() {
+            return Ok(None);
+        }
+        let facts: Vec<String> = stats.iter().map(ColumnStats::describe).collect();
+        let mut content = format!("{} window: {}", self.metrics, facts.join("; "));
+        let prompt = self.effective_prompt().to_owned();
+        if let Some(generator) = &mut self.generator {
+            let recent: Vec<String> = self
+                .window
+                .iter()
+                .map(|r| {
+                    r.values
+                        .iter()
+                        .map(|(c, v)| format!("{c}={v:.1}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect();
+            let request = format!(
+                "Metric table {} ({} mode). Statistics: {}.\nRecent values, oldest first: {}\nReading:",
+                self.metrics,
+                self.options.mode.as_deref().unwrap_or("summary"),
+                facts.join("; "),
+                recent.join(", ")
+            );
+            match generator.complete(Some(&prompt), &request) {
+                Ok(text) if !text.trim().is_empty() => {
+                    content.push_str(&format!(" | model: {}", text.trim()))
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "generation failed; statistics only"),
+            }
+        }
+        self.write(conn, &content)?;
+        Ok(Some(content))
+    }
+}
+
+pub fn run(
+    mut runtime: Runtime,
+    options: NanoOptions,
+    generator: Result<Box<dyn Generator>, String>,
+) -> anyhow::Result<()> {
+    let generator = match generator {
+        Ok(generator) => Some(generator),
+        Err(reason) => {
+            if reason != "--model none" {
+                runtime.event(
+                    LifecycleEvent::ModelUnavailable,
+                    &format!("{reason}; writing statistics only"),
+                );
+            }
+            None
+        }
+    };
+    let description = generator
+        .as_ref()
+        .map_or_else(|| "no model".to_owned(), |g| g.describe());
+    let (mut nano, warnings) = match NanoInstance::new(&runtime.conn, options, generator) {
+        Ok(created) => created,
+        Err(error) => {
+            // A configuration error: say so and idle, rather than exit into a crash loop.
+            runtime.event(
+                LifecycleEvent::CriticalError,
+                &format!("{error}; idle until reconfigured"),
+            );
+            while runtime.wait(Duration::from_secs(3600)) != Wake::Shutdown {}
+            runtime.event(LifecycleEvent::Stopped, "stopped on signal");
+            return Ok(());
+        }
+    };
+    for warning in warnings {
+        runtime.event(LifecycleEvent::Error, &warning);
+    }
+    runtime.event(
+        LifecycleEvent::StartedSuccessfully,
+        &format!(
+            "watching {} into {} with {description}",
+            nano.metrics, nano.summary
+        ),
+    );
+    runtime.access(nano.metrics.as_str(), AccessKind::Read);
+    runtime.access(nano.summary.as_str(), AccessKind::Write);
+    let mut next_summary = Instant::now() + nano.options.summary_interval;
+    loop {
+        let step = (|| -> rusqlite::Result<()> {
+            nano.refresh_prompt(&runtime.conn)?;
+            nano.pull(&runtime.conn)?;
+            if Instant::now() >= next_summary {
+                nano.summarise(&runtime.conn)?;
+                next_summary = Instant::now() + nano.options.summary_interval;
+            }
+            Ok(())
+        })();
+        if let Err(error) = step {
+            tracing::warn!(%error, "pull failed; trying again next interval");
+        }
+        if runtime.wait(nano.options.pull_interval) == Wake::Shutdown {
+            break;
+        }
+    }
+    runtime.event(LifecycleEvent::Stopped, "stopped on signal");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        n0m1_core::schema::migrations()
+            .to_latest(&mut conn)
+            .unwrap();
+        n0m1_core::schema::insert_defaults(&conn).unwrap();
+        conn
+    }
+
+    fn options() -> NanoOptions {
+        NanoOptions {
+            instance_id: "cpu_usage".into(),
+            metrics_table: "cpu_usage_log".into(),
+            summary_table: "cpu_usage_summary".into(),
+            pull_interval: Duration::from_millis(10),
+            summary_interval: Duration::from_secs(60),
+            context_window: 3,
+            system_prompt_file: None,
+            mode: None,
+        }
+    }
+
+    fn summaries(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT content FROM cpu_usage_summary ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_95_percent_cpu_row_is_alerted_and_needs_reload_cleared() {
+        let conn = db();
+        conn.execute_batch(
+            "UPDATE nano_prompts SET prompt = 'Watch the CPU', needs_reload = 1 WHERE nano_id = 'cpu_usage';
+             INSERT INTO cpu_usage_log (cpu_usage) VALUES (95.0);",
+        )
+        .unwrap();
+        let (mut nano, _) = NanoInstance::new(&conn, options(), None).unwrap();
+        nano.refresh_prompt(&conn).unwrap();
+        assert_eq!(nano.pull(&conn).unwrap().len(), 1);
+        assert_eq!(
+            nano.pull(&conn).unwrap().len(),
+            0,
+            "the same row is not alerted twice"
+        );
+        let rows = summaries(&conn);
+        assert_eq!(rows, ["ALERT: CPU usage 95.0 > 90 (cpu_usage_log row 1)"]);
+        let flag: i64 = conn
+            .query_row(
+                "SELECT needs_reload FROM nano_prompts WHERE nano_id = 'cpu_usage'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(flag, 0);
+        assert_eq!(nano.effective_prompt(), "Watch the CPU");
+    }
+
+    #[test]
+    fn the_window_summary_has_exact_statistics() {
+        let conn = db();
+        let (mut nano, _) = NanoInstance::new(&conn, options(), None).unwrap();
+        for value in [10.0, 20.0, 30.0, 60.0] {
+            conn.execute("INSERT INTO cpu_usage_log (cpu_usage) VALUES (?1)", [value])
+                .unwrap();
+            nano.pull(&conn).unwrap();
+        }
+        let text = nano.summarise(&conn).unwrap().unwrap();
+        // The window keeps the last 3 rows: 20, 30, 60.
+        assert_eq!(
+            text,
+            "cpu_usage_log window: cpu_usage: count=3 min=20.00 mean=36.67 max=60.00 last=60.00 trend=rising"
+        );
+    }
+
+    #[test]
+    fn bad_tables_and_a_missing_prompt_file_are_errors_not_crashes() {
+        let conn = db();
+        let mut bad = options();
+        bad.metrics_table = "x; DROP TABLE autorun_components".into();
+        assert!(NanoInstance::new(&conn, bad, None).is_err());
+        let mut no_file = options();
+        no_file.system_prompt_file = Some("/nonexistent/prompt.txt".into());
+        let (nano, warnings) = NanoInstance::new(&conn, no_file, None).unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(nano.effective_prompt(), DEFAULT_PROMPT);
+    }
+
+    #[test]
+    fn trends() {
+        let window = |values: &[f64]| -> VecDeque<MetricRow> {
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| MetricRow {
+                    id: i as i64,
+                    values: vec![("m".into(), *v)],
+                })
+                .collect()
+        };
+        assert_eq!(window_stats(&window(&[50.0, 50.1, 50.0]))[0].trend, "flat");
+        assert_eq!(window_stats(&window(&[10.0, 30.0]))[0].trend, "rising");
+        assert_eq!(window_stats(&window(&[30.0, 10.0]))[0].trend, "falling");
+    }
+}
