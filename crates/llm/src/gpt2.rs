@@ -54,7 +54,7 @@ impl Projection {
     /// dimension allows.
     fn new(weight_out_in: Tensor, bias: Option<Tensor>, quantize: bool) -> Result<Projection> {
         let inner = weight_out_in.dim(1)?;
-        if quantize && inner % GgmlDType::Q8_0.block_size() == 0 {
+        if quantize && inner.is_multiple_of(GgmlDType::Q8_0.block_size()) {
             let qtensor = QTensor::quantize(&weight_out_in, GgmlDType::Q8_0)?;
             return Ok(Projection::Quantized {
                 matmul: QMatMul::from_qtensor(qtensor)?,
@@ -174,7 +174,7 @@ impl Gpt2 {
         device: &Device,
     ) -> Result<Gpt2> {
         let c = config.n_embd;
-        if config.n_head == 0 || c % config.n_head != 0 {
+        if config.n_head == 0 || !c.is_multiple_of(config.n_head) {
             return Err(LlmError::Invalid(format!(
                 "n_embd {c} is not divisible by n_head {}",
                 config.n_head

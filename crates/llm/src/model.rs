@@ -28,13 +28,15 @@ pub struct LoadOptions {
     pub lora: Option<PathBuf>,
 }
 
+struct LlamaParts {
+    model: candle_llama::Llama,
+    config: candle_llama::Config,
+    cache: candle_llama::Cache,
+}
+
 enum Network {
     Gpt2(Box<Gpt2>),
-    Llama {
-        model: Box<candle_llama::Llama>,
-        config: candle_llama::Config,
-        cache: candle_llama::Cache,
-    },
+    Llama(Box<LlamaParts>),
     QuantizedLlama(Box<quantized_llama::ModelWeights>),
 }
 
@@ -161,11 +163,11 @@ impl LoadedModel {
                 let chat_template = tokenizer.token_to_id("<|im_start|>").is_some();
                 Ok(LoadedModel {
                     context_length: config.max_position_embeddings,
-                    network: Network::Llama {
-                        model: Box::new(model),
+                    network: Network::Llama(Box::new(LlamaParts {
+                        model,
                         config,
                         cache,
-                    },
+                    })),
                     tokenizer,
                     eos_ids,
                     chat_template,
@@ -219,9 +221,10 @@ impl LoadedModel {
         let input = || Tensor::new(ids, &self.device)?.unsqueeze(0);
         Ok(match &mut self.network {
             Network::Gpt2(model) => model.forward(ids, position)?,
-            Network::Llama { model, cache, .. } => {
-                model.forward(&input()?, position, cache)?.squeeze(0)?
-            }
+            Network::Llama(parts) => parts
+                .model
+                .forward(&input()?, position, &mut parts.cache)?
+                .squeeze(0)?,
             Network::QuantizedLlama(model) => model.forward(&input()?, position)?.squeeze(0)?,
         })
     }
@@ -230,8 +233,9 @@ impl LoadedModel {
     pub fn clear_cache(&mut self) -> Result<()> {
         match &mut self.network {
             Network::Gpt2(model) => model.clear_cache(),
-            Network::Llama { config, cache, .. } => {
-                *cache = candle_llama::Cache::new(true, DType::F32, config, &self.device)?
+            Network::Llama(parts) => {
+                parts.cache =
+                    candle_llama::Cache::new(true, DType::F32, &parts.config, &self.device)?
             }
             // Position 0 replaces the quantized model's cache.
             Network::QuantizedLlama(_) => {}
@@ -283,7 +287,7 @@ fn requantize_slow_formats(
         } else {
             let dense = tensor.dequantize(&Device::Cpu)?;
             let inner = dense.dims().last().copied().unwrap_or(0);
-            let target = if inner % GgmlDType::Q8_0.block_size() == 0 {
+            let target = if inner.is_multiple_of(GgmlDType::Q8_0.block_size()) {
                 GgmlDType::Q8_0
             } else {
                 GgmlDType::F32

@@ -137,6 +137,8 @@ impl Processor {
                 fnv1a(rows.join("\n").as_bytes())
             );
             let content = match &mut self.generator {
+                // Nothing to read is said plainly rather than asked of the model.
+                Some(_) if rows.is_empty() => format!("{table}: no rows yet"),
                 Some(generator) => {
                     let prompt = format!(
                         "Table {table}, latest {} rows (newest first):\n{}\nSummary:",
@@ -368,7 +370,11 @@ mod tests {
         let out = outputs(&conn);
         // RUN: one row per read table (three default summaries); PUSH: its payload only.
         assert_eq!(out.len(), 3 + 1 + 1, "{out:?}");
-        assert!(out[0].starts_with("cpu_temp_summary: saw"), "{out:?}");
+        assert_eq!(
+            out[0], "cpu_temp_summary: no rows yet",
+            "an empty table is not sent to the model"
+        );
+        assert!(out[1].starts_with("cpu_usage_summary: saw"), "{out:?}");
         assert!(
             out[3].starts_with("cpu_usage_summary: saw 4 lines"),
             "{out:?}"

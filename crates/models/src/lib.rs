@@ -1,0 +1,321 @@
+//! n0m1-models: the model components (`llm_processor`, `nano_instance`) wired to the candle
+//! engine, and the `n0m1_model` tool (fixtures, listing, one-off generation).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use n0m1_core::Home;
+use n0m1_llm::generate::{Decoding, GenerationOptions};
+use n0m1_llm::model::{LoadOptions, LoadedModel};
+use n0m1_llm::resolve::{DEFAULT_MAIN_MODEL, DEFAULT_NANO_MODEL, ModelPlaces, resolve};
+use n0m1_protocol::cli::{CommonArgs, exit_code};
+use n0m1_protocol::generator::Generator;
+use n0m1_protocol::nano::NanoOptions;
+use n0m1_protocol::runtime::{Runtime, component_id_or};
+
+/// The engine as the protocol's `Generator`.
+pub struct EngineGenerator {
+    model: LoadedModel,
+    options: GenerationOptions,
+}
+
+impl Generator for EngineGenerator {
+    fn describe(&self) -> String {
+        self.model.description.clone()
+    }
+    fn complete(&mut self, system: Option<&str>, prompt: &str) -> Result<String, String> {
+        let text = self.model.format_prompt(system, prompt);
+        self.model
+            .generate(&text, &self.options)
+            .map(|c| c.text)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Flags of the model and how it runs, shared by the processor, nano instances and the tool.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// A model folder, a .gguf file, a Hugging Face id in the cache, `default`, or `none`.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// CPU threads for the model (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// `q8_0` quantizes the big matrices at load (faster, smaller).
+    #[arg(long, value_parser = ["none", "q8_0"], default_value = "none")]
+    pub quantize: String,
+    /// A PEFT LoRA adapter folder merged into the weights at load.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// Most tokens one completion may have.
+    #[arg(
+        long = "max_new_tokens",
+        alias = "max-new-tokens",
+        default_value_t = 48
+    )]
+    pub max_new_tokens: usize,
+}
+
+/// Applies `--threads` before the first tensor operation: candle sizes its thread pool from
+/// RAYON_NUM_THREADS when it first runs, and never again.
+#[allow(unsafe_code)]
+pub fn set_threads(threads: Option<usize>) {
+    if let Some(threads) = threads.filter(|t| *t > 0) {
+        // SAFETY: called from main before any other thread of this process exists, so no
+        // thread can be reading the environment concurrently.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    }
+}
+
+/// Resolves and loads the model; `Err` carries the reason and how to fix it.
+pub fn load_generator(
+    args: &ModelArgs,
+    default_id: &str,
+    home: &Home,
+) -> Result<Box<dyn Generator>, String> {
+    if args.model == "none" {
+        return Err("--model none".into());
+    }
+    let places = ModelPlaces::from_env(Some(home.models_dir()));
+    let location = resolve(&args.model, default_id, &places).map_err(|e| e.to_string())?;
+    let options = LoadOptions {
+        quantize: args.quantize == "q8_0",
+        lora: args.lora.clone(),
+    };
+    let model = LoadedModel::load(location.path(), &options).map_err(|e| e.to_string())?;
+    Ok(Box::new(EngineGenerator {
+        model,
+        options: GenerationOptions {
+            max_new_tokens: args.max_new_tokens,
+            ..Default::default()
+        },
+    }))
+}
+
+#[derive(Debug, Parser)]
+#[command(version, about = "The main model of n0m1, driven by llm_notifications")]
+struct ProcessorArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The llm_io_config row and notifications this processor serves.
+    #[arg(long = "llm_id", alias = "llm-id", default_value = n0m1_core::schema::MAIN_LLM_ID)]
+    llm_id: String,
+}
+
+pub fn processor_main() -> ExitCode {
+    let args = ProcessorArgs::parse();
+    set_threads(args.model.threads);
+    n0m1_core::logging::init("llm_processor", "info");
+    exit_code((|| {
+        let home = args.common.home()?;
+        let runtime = Runtime::start(
+            &home.db_path(),
+            &component_id_or(&args.llm_id),
+            &args.common.run_type,
+        )?;
+        let generator = load_generator(&args.model, DEFAULT_MAIN_MODEL, &home);
+        n0m1_protocol::processor::run(runtime, &args.llm_id, generator)
+    })())
+}
+
+#[derive(Debug, Parser)]
+#[command(version, about = "A small model summarising one metric table")]
+struct NanoArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long = "instance_id", alias = "instance-id", default_value = "default")]
+    instance_id: String,
+    /// The database file (default: the home's n0m1_agi.db).
+    #[arg(long = "db_path", alias = "db-path")]
+    db_path: Option<PathBuf>,
+    #[arg(long = "metrics_table", alias = "metrics-table", default_value = n0m1_core::schema::SYSTEM_METRICS_LOG)]
+    metrics_table: String,
+    #[arg(long = "summary_table", alias = "summary-table", default_value = n0m1_core::schema::NANO_OUTPUTS)]
+    summary_table: String,
+    /// Seconds between pulls of the newest metric row.
+    #[arg(long = "pull_interval", alias = "pull-interval", default_value_t = 5.0)]
+    pull_interval: f64,
+    /// Seconds between window summaries.
+    #[arg(
+        long = "summary_interval",
+        alias = "summary-interval",
+        default_value_t = 60.0
+    )]
+    summary_interval: f64,
+    /// A text file with the system prompt, used when nano_prompts has none.
+    #[arg(long = "system_prompt", alias = "system-prompt")]
+    system_prompt: Option<PathBuf>,
+    /// Rows kept in the window.
+    #[arg(
+        long = "context_window",
+        alias = "context-window",
+        default_value_t = 10
+    )]
+    context_window: usize,
+    #[arg(long)]
+    mode: Option<String>,
+}
+
+fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    anyhow::ensure!(
+        value.is_finite() && value > 0.0 && value <= 86_400.0,
+        "{flag} must be between 0 and 86400 seconds, got {value}"
+    );
+    Ok(Duration::from_secs_f64(value))
+}
+
+pub fn nano_main() -> ExitCode {
+    let args = NanoArgs::parse();
+    set_threads(args.model.threads);
+    n0m1_core::logging::init("nano_instance", "info");
+    exit_code((|| {
+        let home = args.common.home()?;
+        let db_path = args.db_path.clone().unwrap_or_else(|| home.db_path());
+        let component_id = format!("nano_instance_{}", args.instance_id);
+        let runtime = Runtime::start(&db_path, &component_id, &args.common.run_type)?;
+        let options = NanoOptions {
+            instance_id: args.instance_id.clone(),
+            metrics_table: args.metrics_table.clone(),
+            summary_table: args.summary_table.clone(),
+            pull_interval: seconds(args.pull_interval, "--pull_interval")?,
+            summary_interval: seconds(args.summary_interval, "--summary_interval")?,
+            context_window: args.context_window,
+            system_prompt_file: args.system_prompt.clone(),
+            mode: args.mode.clone(),
+        };
+        let generator = load_generator(&args.model, DEFAULT_NANO_MODEL, &home);
+        n0m1_protocol::nano::run(runtime, options, generator)
+    })())
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "n0m1_model",
+    version,
+    about = "n0m1's models: test fixtures, what is installed, one-off generation"
+)]
+struct ToolArgs {
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: ToolCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ToolCommand {
+    /// Write a tiny test model (seeded weights, byte-level BPE tokenizer) into DIR.
+    Fixture {
+        dir: PathBuf,
+        #[arg(long, value_parser = ["gpt2"], default_value = "gpt2")]
+        arch: String,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// List the models in the home's models/ folder and in the Hugging Face cache.
+    List,
+    /// Complete a prompt with a model.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        prompt: String,
+        /// Sample with this temperature instead of greedy decoding.
+        #[arg(long)]
+        temperature: Option<f64>,
+        #[arg(long)]
+        top_p: Option<f64>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+fn list(home: &Home) {
+    let places = ModelPlaces::from_env(Some(home.models_dir()));
+    let mut dirs = vec![home.models_dir()];
+    dirs.extend(places.hub_caches.iter().cloned());
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            println!("{}: (none)", dir.display());
+            continue;
+        };
+        println!("{}:", dir.display());
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .map(|n| {
+                n.strip_prefix("models--")
+                    .map_or(n.clone(), |id| id.replacen("--", "/", 1))
+            })
+            .collect();
+        names.sort();
+        for name in names {
+            println!("  {name}");
+        }
+    }
+}
+
+pub fn tool_main() -> ExitCode {
+    let args = ToolArgs::parse();
+    if let ToolCommand::Generate { model, .. } = &args.command {
+        set_threads(model.threads);
+    }
+    n0m1_core::logging::init("n0m1_model", "warn");
+    exit_code((|| {
+        let home = Home::resolve(args.home.as_deref())?;
+        match &args.command {
+            ToolCommand::Fixture { dir, seed, .. } => {
+                n0m1_llm::fixture::write_tiny_gpt2(dir, *seed)?;
+                println!("wrote a tiny GPT-2 (seed {seed}) to {}", dir.display());
+            }
+            ToolCommand::List => list(&home),
+            ToolCommand::Generate {
+                model,
+                prompt,
+                temperature,
+                top_p,
+                seed,
+            } => {
+                let places = ModelPlaces::from_env(Some(home.models_dir()));
+                let location = resolve(&model.model, DEFAULT_MAIN_MODEL, &places)?;
+                let options = LoadOptions {
+                    quantize: model.quantize == "q8_0",
+                    lora: model.lora.clone(),
+                };
+                let mut loaded = LoadedModel::load(location.path(), &options)?;
+                let decoding = match temperature {
+                    Some(t) => Decoding::Sample {
+                        temperature: *t,
+                        top_p: *top_p,
+                        seed: *seed,
+                    },
+                    None => Decoding::Greedy,
+                };
+                let text = loaded.format_prompt(None, prompt);
+                let completion = loaded.generate(
+                    &text,
+                    &GenerationOptions {
+                        max_new_tokens: model.max_new_tokens,
+                        decoding,
+                        ..Default::default()
+                    },
+                )?;
+                println!("{}", completion.text);
+                eprintln!(
+                    "{} prompt tokens, {} generated ({:?}); ids {:?}",
+                    completion.prompt_tokens,
+                    completion.token_ids.len(),
+                    completion.stop,
+                    completion.token_ids
+                );
+            }
+        }
+        Ok(())
+    })())
+}

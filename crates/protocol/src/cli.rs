@@ -1,0 +1,60 @@
+//! Command lines of the protocol components, with the original's underscore flags.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser};
+
+use crate::runtime::{Runtime, component_id_or};
+
+/// Flags every component takes.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// The n0m1 home folder (default: $N0M1_HOME, else ~/n0m1_agi).
+    #[arg(long, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// The run type the manager passes (PRIMARY_RUN, ONESHOT, …); recorded in events.
+    #[arg(long = "run_type", alias = "run-type", default_value = "PRIMARY_RUN")]
+    pub run_type: String,
+}
+
+impl CommonArgs {
+    pub fn home(&self) -> anyhow::Result<n0m1_core::Home> {
+        Ok(n0m1_core::Home::resolve(self.home.as_deref())?)
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Turn llm_io_config reload flags into CONFIG_RELOAD notifications"
+)]
+struct DaemonArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Prints an error once and turns it into the exit code.
+pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `main` of `llm_config_daemon` and `llm_command_daemon`.
+pub fn daemon_main(name: &str, run: fn(Runtime) -> anyhow::Result<()>) -> ExitCode {
+    n0m1_core::logging::init(name, "info");
+    let args = DaemonArgs::parse();
+    exit_code((|| {
+        let home = args.common.home()?;
+        run(Runtime::start(
+            &home.db_path(),
+            &component_id_or(name),
+            &args.common.run_type,
+        )?)
+    })())
+}
