@@ -1,0 +1,393 @@
+//! The model components as real processes against a temporary home and a real SQLite file,
+//! with the engine's generated test model.
+
+#![allow(clippy::disallowed_methods)] // tests start the binaries under test directly
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use rusqlite::Connection;
+
+fn kill(pid: u32, signal: Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+}
+
+const T: Duration = Duration::from_secs(20);
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    home: PathBuf,
+    model: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let model = tmp.path().join("tiny");
+        n0m1_llm::fixture::write_tiny_gpt2(&model, 42).unwrap();
+        n0m1_core::Home::new(&home).ensure().unwrap();
+        n0m1_core::db::initialise(&home.join("n0m1_agi.db")).unwrap();
+        Env {
+            _tmp: tmp,
+            home,
+            model,
+            children: Vec::new(),
+        }
+    }
+    fn db(&self) -> Connection {
+        let conn = Connection::open(self.home.join("n0m1_agi.db")).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn
+    }
+    fn sql(&self, sql: &str) {
+        self.db().execute_batch(sql).unwrap();
+    }
+    fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+    fn texts(&self, sql: &str) -> Vec<String> {
+        self.db()
+            .prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+    fn spawn(&mut self, binary: &str, args: &[&str]) -> u32 {
+        let child = Command::new(binary)
+            .arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+    fn stop(&mut self, pid: u32) {
+        kill(pid, Signal::SIGTERM);
+        let child = self.children.iter_mut().find(|c| c.id() == pid).unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "a component stopped by SIGTERM exits 0, got {status:?}"
+        );
+    }
+    fn model(&self) -> &str {
+        self.model.to_str().unwrap()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+const PROCESSOR: &str = env!("CARGO_BIN_EXE_llm_processor");
+const NANO: &str = env!("CARGO_BIN_EXE_nano_instance");
+
+fn root_bin(name: &str) -> PathBuf {
+    // The root package's binaries land in the same folder as ours (`cargo test --workspace`
+    // builds them).
+    let path = Path::new(PROCESSOR).with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn every_notification_type_end_to_end() {
+    let mut env = Env::new();
+    env.sql(
+        "INSERT INTO cpu_usage_summary (nano_id, content) VALUES ('cpu_usage', 'cpu is calm');
+         INSERT INTO memory_usage_summary (nano_id, content) VALUES ('mem_usage', 'memory is fine');",
+    );
+    let model = env.model().to_owned();
+    let processor = env.spawn(
+        PROCESSOR,
+        &["--model", &model, "--max_new_tokens", "8", "--threads", "1"],
+    );
+    wait_until("the processor to start", || {
+        env.count("SELECT count(*) FROM component_lifecycle_log WHERE component_id = 'main_llm_processor' AND event_type = 'STARTED_SUCCESSFULLY'") == 1
+    });
+    env.sql(
+        "INSERT INTO llm_notifications (llm_id, notification_type, payload) VALUES
+           ('main_llm_processor', 'RUN', NULL),
+           ('main_llm_processor', 'PUSH', 'memory_usage_summary'),
+           ('main_llm_processor', 'PULL_REQUEST', 'metrics'),
+           ('main_llm_processor', 'WHATEVER', NULL),
+           ('someone_else', 'RUN', NULL);",
+    );
+    wait_until("four notifications processed", || {
+        env.count("SELECT count(*) FROM llm_notifications WHERE llm_id = 'main_llm_processor' AND processed = 1") == 4
+    });
+    let outputs = env.texts("SELECT content FROM llm_outputs ORDER BY id");
+    assert_eq!(outputs.len(), 3 + 1 + 1, "{outputs:?}");
+    assert_eq!(outputs[0], "cpu_temp_summary: no rows yet");
+    assert!(outputs[1].starts_with("cpu_usage_summary: "));
+    assert!(
+        outputs[3].starts_with("memory_usage_summary: "),
+        "PUSH reads its payload's tables"
+    );
+    assert_eq!(outputs[4], "REQUEST:metrics");
+    assert_eq!(
+        env.count("SELECT processed FROM llm_notifications WHERE llm_id = 'someone_else'"),
+        0,
+        "other llms' notifications are not ours"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM component_lifecycle_log WHERE event_type = 'ERROR' AND message LIKE '%WHATEVER%'"), 1);
+
+    // llm_config_daemon: needs_reload becomes one CONFIG_RELOAD, which the processor applies.
+    let config_daemon = env.spawn(root_bin("llm_config_daemon").to_str().unwrap(), &[]);
+    env.sql("UPDATE llm_io_config SET read_tables = 'memory_usage_summary', needs_reload = 1 WHERE llm_id = 'main_llm_processor'");
+    wait_until("the reload to be applied", || {
+        env.count(
+            "SELECT count(*) FROM component_lifecycle_log WHERE event_type = 'CONFIG_RELOADED'",
+        ) == 1
+    });
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM llm_notifications WHERE notification_type = 'CONFIG_RELOAD'"
+        ),
+        1
+    );
+    assert_eq!(
+        env.count("SELECT needs_reload FROM llm_io_config WHERE llm_id = 'main_llm_processor'"),
+        0
+    );
+    env.sql("INSERT INTO llm_notifications (llm_id, notification_type) VALUES ('main_llm_processor', 'RUN')");
+    wait_until("the RUN after the reload", || {
+        env.count("SELECT count(*) FROM llm_outputs") == 6
+    });
+    assert!(
+        env.texts("SELECT content FROM llm_outputs ORDER BY id DESC LIMIT 1")[0]
+            .starts_with("memory_usage_summary: ")
+    );
+    env.stop(config_daemon);
+    env.stop(processor);
+}
+
+#[test]
+fn a_processor_killed_mid_notification_neither_loses_nor_repeats_it() {
+    let mut env = Env::new();
+    env.sql(
+        "INSERT INTO cpu_usage_summary (nano_id, content) VALUES ('cpu_usage', 'a'), ('cpu_usage', 'b');
+         INSERT INTO memory_usage_summary (nano_id, content) VALUES ('mem_usage', 'c');
+         INSERT INTO cpu_temp_summary (nano_id, content) VALUES ('cpu_temp', 'd');",
+    );
+    let model = env.model().to_owned();
+    let args = [
+        "--model",
+        &model,
+        "--max_new_tokens",
+        "100",
+        "--threads",
+        "1",
+    ];
+    let first = env.spawn(PROCESSOR, &args);
+    wait_until("the processor to start", || {
+        env.count("SELECT count(*) FROM component_lifecycle_log WHERE event_type = 'STARTED_SUCCESSFULLY'") == 1
+    });
+    env.sql("INSERT INTO llm_notifications (llm_id, notification_type) VALUES ('main_llm_processor', 'RUN')");
+    // Its first table is read before the (slow) generation; kill it right then.
+    wait_until("the first read", || {
+        env.count("SELECT count(*) FROM db_access_log WHERE access_type = 'READ'") >= 1
+    });
+    kill(first, Signal::SIGKILL);
+    let _ = env
+        .children
+        .iter_mut()
+        .find(|c| c.id() == first)
+        .unwrap()
+        .wait();
+    let second = env.spawn(PROCESSOR, &args);
+    wait_until("the notification to be processed", || {
+        env.count("SELECT count(*) FROM llm_notifications WHERE processed = 1") == 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        env.count("SELECT count(*) FROM llm_outputs"),
+        3,
+        "exactly one output per table, none twice"
+    );
+    env.stop(second);
+}
+
+#[test]
+fn without_a_model_the_processor_serves_digests() {
+    let mut env = Env::new();
+    env.sql("INSERT INTO cpu_usage_summary (nano_id, content) VALUES ('cpu_usage', 'x')");
+    let missing = env.home.join("no-such-model");
+    let processor = env.spawn(PROCESSOR, &["--model", missing.to_str().unwrap()]);
+    wait_until("MODEL_UNAVAILABLE", || {
+        env.count("SELECT count(*) FROM component_lifecycle_log WHERE event_type = 'MODEL_UNAVAILABLE' AND message LIKE '%no-such-model%'") == 1
+    });
+    env.sql("INSERT INTO llm_notifications (llm_id, notification_type, payload) VALUES ('main_llm_processor', 'PUSH', 'cpu_usage_summary')");
+    wait_until("a digest row", || {
+        env.count("SELECT count(*) FROM llm_outputs") == 1
+    });
+    let content = env.texts("SELECT content FROM llm_outputs")[0].clone();
+    assert!(
+        content.starts_with("cpu_usage_summary rows=1 digest="),
+        "{content}"
+    );
+    env.stop(processor);
+}
+
+#[test]
+fn hostile_tables_and_commands_leave_the_database_intact() {
+    let mut env = Env::new();
+    env.sql(
+        "UPDATE llm_io_config SET read_tables = 'x; DROP TABLE autorun_components' WHERE llm_id = 'main_llm_processor';
+         INSERT INTO llm_outputs (llm_id, content) VALUES ('main_llm_processor', 'CMD:START ../../bin/sh'),
+                                                         ('main_llm_processor', 'CMD:START nano_extra'),
+                                                         ('main_llm_processor', 'CMD:STOP daemon_manager');",
+    );
+    let processor = env.spawn(PROCESSOR, &["--model", "none"]);
+    let commands = env.spawn(root_bin("llm_command_daemon").to_str().unwrap(), &[]);
+    env.sql(
+        "INSERT INTO llm_notifications (llm_id, notification_type, payload) VALUES
+           ('main_llm_processor', 'RUN', NULL), ('main_llm_processor', 'PUSH', 'no_such_table');",
+    );
+    wait_until("both notifications processed", || {
+        env.count("SELECT count(*) FROM llm_notifications WHERE processed = 1") == 2
+    });
+    wait_until("the commands handled", || {
+        env.count("SELECT count(*) FROM llm_command_cursor") == 1
+            && env.count("SELECT last_output_id FROM llm_command_cursor") == 3
+    });
+    assert_eq!(
+        env.count("SELECT count(*) FROM sqlite_master WHERE name = 'autorun_components'"),
+        1
+    );
+    assert_eq!(env.count("SELECT count(*) FROM autorun_components WHERE component_id = 'nano_extra' AND base_script_name = 'nano_instance' AND desired_state = 'active'"), 1);
+    assert_eq!(
+        env.count("SELECT count(*) FROM autorun_components WHERE base_script_name LIKE '%sh%'"),
+        0
+    );
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM component_lifecycle_log WHERE event_type = 'COMMAND_REJECTED'"
+        ),
+        2
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM llm_outputs WHERE content LIKE 'CMD:%'"),
+        3,
+        "model output is kept"
+    );
+    assert_eq!(env.texts("PRAGMA integrity_check")[0], "ok");
+    env.stop(commands);
+    env.stop(processor);
+}
+
+#[test]
+fn a_nano_instance_alerts_summarises_and_clears_needs_reload() {
+    let mut env = Env::new();
+    env.sql(
+        "UPDATE nano_prompts SET prompt = 'Watch the CPU closely', needs_reload = 1 WHERE nano_id = 'cpu_usage';
+         INSERT INTO cpu_usage_log (cpu_usage) VALUES (40.0), (95.0);",
+    );
+    let model = env.model().to_owned();
+    let nano = env.spawn(
+        NANO,
+        &[
+            "--instance_id",
+            "cpu_usage",
+            "--model",
+            &model,
+            "--metrics_table",
+            "cpu_usage_log",
+            "--summary_table",
+            "cpu_usage_summary",
+            "--pull_interval",
+            "0.1",
+            "--summary_interval",
+            "0.5",
+            "--max_new_tokens",
+            "6",
+            "--threads",
+            "1",
+        ],
+    );
+    wait_until("the alert", || {
+        env.count("SELECT count(*) FROM cpu_usage_summary WHERE content LIKE 'ALERT: CPU usage 95.0 > 90%'") == 1
+    });
+    wait_until("needs_reload cleared", || {
+        env.count("SELECT needs_reload FROM nano_prompts WHERE nano_id = 'cpu_usage'") == 0
+    });
+    wait_until("a window summary", || {
+        env.count("SELECT count(*) FROM cpu_usage_summary WHERE content LIKE 'cpu_usage_log window:%| model:%'") >= 1
+    });
+    let summary = env
+        .texts("SELECT content FROM cpu_usage_summary WHERE content LIKE '%window%' LIMIT 1")[0]
+        .clone();
+    assert!(
+        summary.contains("cpu_usage: count=1 min=95.00 mean=95.00 max=95.00 last=95.00"),
+        "{summary}"
+    );
+    assert_eq!(
+        env.texts("SELECT DISTINCT nano_id FROM cpu_usage_summary"),
+        ["cpu_usage"]
+    );
+    assert_eq!(env.count("SELECT count(*) FROM component_lifecycle_log WHERE component_id = 'nano_instance_cpu_usage' AND event_type = 'STARTED_SUCCESSFULLY'"), 1);
+    env.stop(nano);
+}
+
+#[test]
+fn a_nano_instance_with_bad_flags_says_so_and_idles() {
+    let mut env = Env::new();
+    let nano = env.spawn(
+        NANO,
+        &[
+            "--instance_id",
+            "x",
+            "--model",
+            "none",
+            "--metrics_table",
+            "x; DROP TABLE autorun_components",
+            "--system_prompt",
+            "/nonexistent",
+        ],
+    );
+    wait_until("CRITICAL_ERROR", || {
+        env.count("SELECT count(*) FROM component_lifecycle_log WHERE component_id = 'nano_instance_x' AND event_type = 'CRITICAL_ERROR' AND message LIKE '%--metrics_table%'") == 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        env.children
+            .iter_mut()
+            .find(|c| c.id() == nano)
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none(),
+        "no crash loop: it idles"
+    );
+    env.stop(nano);
+}
