@@ -213,6 +213,23 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     Ok(Spawned { pid, start_ticks })
 }
 
+/// Runs a helper program in the foreground with this process's stdin, stdout and stderr, and
+/// returns its exit code (128 + signal when killed).
+pub fn run_foreground(program: &Path, args: &[OsString]) -> Result<i32, SpawnError> {
+    #[allow(clippy::disallowed_methods)] // the one door, for a foreground helper
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .map_err(|source| SpawnError::Exec {
+            program: program.to_path_buf(),
+            source,
+        })?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
 /// The folder of the running executable: bundled binaries are looked up beside it.
 pub fn own_bin_dir() -> Option<PathBuf> {
     std::env::current_exe()

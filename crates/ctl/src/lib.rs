@@ -71,6 +71,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Models: `fixture DIR`, `list`, `generate`, `bench` (runs n0m1_model, which links the
+    /// model engine, so n0m1ctl itself stays small).
+    Model {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Check config.json and print the resolved configuration.
     Config {
         #[command(subcommand)]
@@ -106,6 +116,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             components::set_desired(&home, &component_id, false).map(|()| ExitCode::SUCCESS)
         }
         Command::Logs(args) => logs::run(&home, &args).map(|()| ExitCode::SUCCESS),
+        Command::Model { args } => {
+            let tool = n0m1_core::process::own_bin_dir()
+                .map(|dir| dir.join("n0m1_model"))
+                .filter(|p| p.is_file())
+                .ok_or_else(|| anyhow::anyhow!("n0m1_model is not installed beside n0m1ctl: build it with `cargo build --release -p n0m1-models`"))?;
+            let mut forwarded: Vec<std::ffi::OsString> =
+                vec!["--home".into(), home.root().as_os_str().to_owned()];
+            forwarded.extend(args);
+            let code = n0m1_core::process::run_foreground(&tool, &forwarded)?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
         Command::Metrics { limit, json } => {
             metrics::run(&home, limit, json).map(|()| ExitCode::SUCCESS)
         }

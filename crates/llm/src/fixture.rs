@@ -168,10 +168,31 @@ pub fn tiny_gpt2_weights(config: &Gpt2Config, seed: u64) -> Result<HashMap<Strin
     Ok(weights)
 }
 
+/// distilgpt2's shape (6 layers of 768, 12 heads, 50,257 tokens), for benchmarks with random
+/// weights; it shares the fixture tokenizer, which only ever produces the first ids.
+pub fn distilgpt2_config() -> Gpt2Config {
+    Gpt2Config {
+        vocab_size: 50257,
+        n_positions: 1024,
+        n_embd: 768,
+        n_layer: 6,
+        n_head: 12,
+        layer_norm_epsilon: 1e-5,
+        activation_function: "gelu_new".to_owned(),
+        bos_token_id: Some(50256),
+        eos_token_id: Some(50256),
+    }
+}
+
 /// Writes a tiny GPT-2 folder: `config.json`, `model.safetensors`, `tokenizer.json`.
 pub fn write_tiny_gpt2(dir: &Path, seed: u64) -> Result<()> {
+    write_gpt2(dir, &tiny_gpt2_config(), seed)
+}
+
+/// Writes a GPT-2 folder of any shape with seeded weights.
+pub fn write_gpt2(dir: &Path, config: &Gpt2Config, seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let config = tiny_gpt2_config();
+    let config = config.clone();
     let mut json = serde_json::to_value(&config).map_err(|e| LlmError::Invalid(e.to_string()))?;
     let object = json
         .as_object_mut()
@@ -201,6 +222,192 @@ pub fn write_tiny_gpt2(dir: &Path, seed: u64) -> Result<()> {
             path: tokenizer_path.clone(),
             message: e.to_string(),
         })?;
+    Ok(())
+}
+
+/// The tiny Llama's shape (grouped-query attention: 4 heads sharing 2 key/value heads).
+pub const LLAMA_HIDDEN: usize = 64;
+pub const LLAMA_INTERMEDIATE: usize = 128;
+pub const LLAMA_LAYERS: usize = 2;
+pub const LLAMA_HEADS: usize = 4;
+pub const LLAMA_KV_HEADS: usize = 2;
+pub const LLAMA_CONTEXT: usize = 128;
+
+/// Tiny Llama weights, named as Hugging Face's `LlamaForCausalLM` saves them.
+pub fn tiny_llama_weights(seed: u64) -> Result<Vec<(String, Tensor)>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let vocab = tiny_gpt2_config().vocab_size;
+    let (h, i) = (LLAMA_HIDDEN, LLAMA_INTERMEDIATE);
+    let kv = h / LLAMA_HEADS * LLAMA_KV_HEADS;
+    let mut weights = vec![(
+        "model.embed_tokens.weight".to_owned(),
+        random_tensor(&mut rng, &[vocab, h], 0.5)?,
+    )];
+    for layer in 0..LLAMA_LAYERS {
+        let p = format!("model.layers.{layer}");
+        for (name, shape) in [
+            ("self_attn.q_proj", [h, h]),
+            ("self_attn.k_proj", [kv, h]),
+            ("self_attn.v_proj", [kv, h]),
+            ("self_attn.o_proj", [h, h]),
+            ("mlp.gate_proj", [i, h]),
+            ("mlp.up_proj", [i, h]),
+            ("mlp.down_proj", [h, i]),
+        ] {
+            weights.push((
+                format!("{p}.{name}.weight"),
+                random_tensor(&mut rng, &shape, 0.15)?,
+            ));
+        }
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            weights.push((
+                format!("{p}.{norm}.weight"),
+                Tensor::ones(h, candle_core::DType::F32, &Device::Cpu)?,
+            ));
+        }
+    }
+    weights.push((
+        "model.norm.weight".to_owned(),
+        Tensor::ones(h, candle_core::DType::F32, &Device::Cpu)?,
+    ));
+    weights.push((
+        "lm_head.weight".to_owned(),
+        random_tensor(&mut rng, &[vocab, h], 0.5)?,
+    ));
+    Ok(weights)
+}
+
+/// Writes a tiny Llama folder: `config.json`, `model.safetensors`, `tokenizer.json`.
+pub fn write_tiny_llama(dir: &Path, seed: u64) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let eos = tiny_gpt2_config().eos_token_id;
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": LLAMA_HIDDEN,
+        "intermediate_size": LLAMA_INTERMEDIATE,
+        "num_hidden_layers": LLAMA_LAYERS,
+        "num_attention_heads": LLAMA_HEADS,
+        "num_key_value_heads": LLAMA_KV_HEADS,
+        "vocab_size": tiny_gpt2_config().vocab_size,
+        "max_position_embeddings": LLAMA_CONTEXT,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "tie_word_embeddings": false,
+        "hidden_act": "silu",
+    });
+    let config_path = dir.join("config.json");
+    let text =
+        serde_json::to_string_pretty(&config).map_err(|e| LlmError::Invalid(e.to_string()))?;
+    std::fs::write(&config_path, text + "\n").map_err(io(&config_path))?;
+    let weights: HashMap<String, Tensor> = tiny_llama_weights(seed)?.into_iter().collect();
+    candle_core::safetensors::save(&weights, dir.join("model.safetensors"))?;
+    let tokenizer_path = dir.join("tokenizer.json");
+    tiny_tokenizer()?
+        .save(&tokenizer_path, false)
+        .map_err(|e| LlmError::Tokenizer {
+            path: tokenizer_path.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(())
+}
+
+/// Writes the tiny Llama as a GGUF file, its matrices in Q4_1 (a format without fast
+/// kernels, so loading exercises the requantization to Q8_0) and its tokenizer in the
+/// metadata, as llama.cpp's converters write them.
+pub fn write_tiny_llama_gguf(path: &Path, seed: u64) -> Result<()> {
+    use candle_core::quantized::{GgmlDType, QTensor, gguf_file::Value};
+    let rename = |name: &str| -> String {
+        let name = name.strip_suffix(".weight").unwrap_or(name);
+        let gguf = match name {
+            "model.embed_tokens" => "token_embd".to_owned(),
+            "model.norm" => "output_norm".to_owned(),
+            "lm_head" => "output".to_owned(),
+            other => {
+                let rest = other.strip_prefix("model.layers.").unwrap_or(other);
+                let (layer, module) = rest.split_once('.').unwrap_or((rest, ""));
+                let short = match module {
+                    "self_attn.q_proj" => "attn_q",
+                    "self_attn.k_proj" => "attn_k",
+                    "self_attn.v_proj" => "attn_v",
+                    "self_attn.o_proj" => "attn_output",
+                    "mlp.gate_proj" => "ffn_gate",
+                    "mlp.up_proj" => "ffn_up",
+                    "mlp.down_proj" => "ffn_down",
+                    "input_layernorm" => "attn_norm",
+                    "post_attention_layernorm" => "ffn_norm",
+                    other => other,
+                };
+                format!("blk.{layer}.{short}")
+            }
+        };
+        format!("{gguf}.weight")
+    };
+    let mut tensors = Vec::new();
+    for (name, tensor) in tiny_llama_weights(seed)? {
+        let dtype = if tensor.rank() == 2 {
+            GgmlDType::Q4_1
+        } else {
+            GgmlDType::F32
+        };
+        tensors.push((rename(&name), QTensor::quantize(&tensor, dtype)?));
+    }
+    let tokenizer = tiny_tokenizer()?;
+    let mut vocab: Vec<(String, u32)> = tokenizer.get_vocab(true).into_iter().collect();
+    vocab.sort_by_key(|(_, id)| *id);
+    let eos = tiny_gpt2_config()
+        .eos_token_id
+        .expect("the fixture has an eos token");
+    let tokens = Value::Array(
+        vocab
+            .iter()
+            .map(|(t, _)| Value::String(t.clone()))
+            .collect(),
+    );
+    let types = Value::Array(
+        vocab
+            .iter()
+            .map(|(_, id)| Value::I32(if *id == eos { 3 } else { 1 }))
+            .collect(),
+    );
+    let merges = Value::Array(
+        MERGES
+            .iter()
+            .map(|(a, b)| Value::String(format!("{a} {b}")))
+            .collect(),
+    );
+    let u32v = |v: usize| Value::U32(v as u32);
+    let metadata: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        (
+            "general.name",
+            Value::String("n0m1 tiny llama fixture".into()),
+        ),
+        ("llama.context_length", u32v(LLAMA_CONTEXT)),
+        ("llama.embedding_length", u32v(LLAMA_HIDDEN)),
+        ("llama.block_count", u32v(LLAMA_LAYERS)),
+        ("llama.feed_forward_length", u32v(LLAMA_INTERMEDIATE)),
+        ("llama.attention.head_count", u32v(LLAMA_HEADS)),
+        ("llama.attention.head_count_kv", u32v(LLAMA_KV_HEADS)),
+        (
+            "llama.rope.dimension_count",
+            u32v(LLAMA_HIDDEN / LLAMA_HEADS),
+        ),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre", Value::String("smollm".into())),
+        ("tokenizer.ggml.tokens", tokens),
+        ("tokenizer.ggml.token_type", types),
+        ("tokenizer.ggml.merges", merges),
+        ("tokenizer.ggml.bos_token_id", Value::U32(eos)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(eos)),
+    ];
+    let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut file = std::fs::File::create(path).map_err(io(path))?;
+    candle_core::quantized::gguf_file::write(&mut file, &metadata_refs, &tensor_refs)?;
     Ok(())
 }
 

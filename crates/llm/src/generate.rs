@@ -266,6 +266,34 @@ mod tests {
     }
 
     #[test]
+    fn llama_safetensors_and_gguf_fixtures_load_and_generate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = tmp.path().join("llama");
+        crate::fixture::write_tiny_llama(&folder, 3).unwrap();
+        let gguf = tmp.path().join("llama.gguf");
+        crate::fixture::write_tiny_llama_gguf(&gguf, 3).unwrap();
+        let options = GenerationOptions {
+            max_new_tokens: 6,
+            ..Default::default()
+        };
+        for path in [&folder, &gguf] {
+            let mut model = LoadedModel::load(path, &LoadOptions::default()).unwrap();
+            let a = model.generate("the memory usage", &options).unwrap();
+            let b = model.generate("the memory usage", &options).unwrap();
+            assert_eq!(a.token_ids, b.token_ids, "{}", path.display());
+            assert!(!a.token_ids.is_empty() || a.stop == StopReason::EndOfSequence);
+        }
+        // The tokenizer rebuilt from GGUF metadata encodes like the original one.
+        let model = LoadedModel::load(&gguf, &LoadOptions::default()).unwrap();
+        let reference = crate::fixture::tiny_tokenizer().unwrap();
+        let text = "the CPU usage is high <|endoftext|>";
+        assert_eq!(
+            model.encode(text).unwrap(),
+            reference.encode(text, true).unwrap().get_ids()
+        );
+    }
+
+    #[test]
     fn q8_0_greedy_matches_f32_on_the_fixture() {
         let (_a, mut dense) = fixture_model(false);
         let (_b, mut quantized) = fixture_model(true);

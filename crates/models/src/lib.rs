@@ -209,13 +209,27 @@ struct ToolArgs {
 
 #[derive(Debug, Subcommand)]
 enum ToolCommand {
-    /// Write a tiny test model (seeded weights, byte-level BPE tokenizer) into DIR.
+    /// Write a test model (seeded weights, byte-level BPE tokenizer) into DIR (a .gguf path
+    /// for `--arch llama-gguf`).
     Fixture {
         dir: PathBuf,
-        #[arg(long, value_parser = ["gpt2"], default_value = "gpt2")]
+        #[arg(long, value_parser = ["gpt2", "llama", "llama-gguf"], default_value = "gpt2")]
         arch: String,
+        /// `distilgpt2` writes a GPT-2 of distilgpt2's size, for benchmarks.
+        #[arg(long, value_parser = ["tiny", "distilgpt2"], default_value = "tiny")]
+        shape: String,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+    },
+    /// Time loading, prompt processing and greedy decoding; prints one JSON line.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt length in tokens (ids 0.. of the fixture vocabulary, repeated).
+        #[arg(long, default_value_t = 64)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
     },
     /// List the models in the home's models/ folder and in the Hugging Face cache.
     List,
@@ -261,19 +275,89 @@ fn list(home: &Home) {
     }
 }
 
+/// Peak resident memory of this process (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn bench(
+    home: &Home,
+    args: &ModelArgs,
+    prompt_tokens: usize,
+    new_tokens: usize,
+) -> anyhow::Result<()> {
+    let places = ModelPlaces::from_env(Some(home.models_dir()));
+    let location = resolve(&args.model, DEFAULT_MAIN_MODEL, &places)?;
+    let started = std::time::Instant::now();
+    let mut model = LoadedModel::load(
+        location.path(),
+        &LoadOptions {
+            quantize: args.quantize == "q8_0",
+            lora: args.lora.clone(),
+        },
+    )?;
+    let load_secs = started.elapsed().as_secs_f64();
+    let prompt: Vec<u32> = (0..prompt_tokens as u32).map(|i| i % 256).collect();
+    let started = std::time::Instant::now();
+    let mut logits = model.forward(&prompt, 0)?;
+    let prompt_secs = started.elapsed().as_secs_f64();
+    let mut ids = Vec::with_capacity(new_tokens);
+    let started = std::time::Instant::now();
+    for step in 0..new_tokens {
+        let next = n0m1_llm::gpt2::argmax(&logits)?;
+        ids.push(next);
+        if step + 1 < new_tokens {
+            logits = model.forward(&[next], prompt_tokens + step)?;
+        }
+    }
+    let decode_secs = started.elapsed().as_secs_f64();
+    println!(
+        "{{\"load_s\": {load_secs:.3}, \"prompt_tok_s\": {:.1}, \"decode_tok_s\": {:.1}, \"peak_rss_mib\": {:.0}, \"ids\": {:?}}}",
+        prompt_tokens as f64 / prompt_secs,
+        (new_tokens.saturating_sub(1)) as f64 / decode_secs.max(1e-9),
+        peak_rss_mib(),
+        ids
+    );
+    Ok(())
+}
+
 pub fn tool_main() -> ExitCode {
     let args = ToolArgs::parse();
-    if let ToolCommand::Generate { model, .. } = &args.command {
+    if let ToolCommand::Generate { model, .. } | ToolCommand::Bench { model, .. } = &args.command {
         set_threads(model.threads);
     }
     n0m1_core::logging::init("n0m1_model", "warn");
     exit_code((|| {
         let home = Home::resolve(args.home.as_deref())?;
         match &args.command {
-            ToolCommand::Fixture { dir, seed, .. } => {
-                n0m1_llm::fixture::write_tiny_gpt2(dir, *seed)?;
-                println!("wrote a tiny GPT-2 (seed {seed}) to {}", dir.display());
+            ToolCommand::Fixture {
+                dir,
+                arch,
+                shape,
+                seed,
+            } => {
+                match (arch.as_str(), shape.as_str()) {
+                    ("gpt2", "distilgpt2") => n0m1_llm::fixture::write_gpt2(
+                        dir,
+                        &n0m1_llm::fixture::distilgpt2_config(),
+                        *seed,
+                    )?,
+                    ("gpt2", _) => n0m1_llm::fixture::write_tiny_gpt2(dir, *seed)?,
+                    ("llama", _) => n0m1_llm::fixture::write_tiny_llama(dir, *seed)?,
+                    _ => n0m1_llm::fixture::write_tiny_llama_gguf(dir, *seed)?,
+                }
+                println!("wrote a {shape} {arch} (seed {seed}) to {}", dir.display());
             }
+            ToolCommand::Bench {
+                model,
+                prompt_tokens,
+                new_tokens,
+            } => bench(&home, model, *prompt_tokens, *new_tokens)?,
             ToolCommand::List => list(&home),
             ToolCommand::Generate {
                 model,

@@ -391,3 +391,107 @@ fn a_nano_instance_with_bad_flags_says_so_and_idles() {
     );
     env.stop(nano);
 }
+
+#[test]
+fn the_whole_loop_runs_under_the_managers() {
+    let env = Env::new();
+    let model = env.model().to_owned();
+    std::fs::write(
+        env.home.join("config.json"),
+        r#"{"managers": {"daemon_manager.py": {"startup_delay": 0}, "nano_manager.py": {"startup_delay": 0},
+            "main_llm_manager.py": {"startup_delay": 0}}}"#,
+    )
+    .unwrap();
+    let nano_args = |id: &str, metrics: &str, summary: &str| {
+        serde_json::json!({
+            "--instance_id": id, "--metrics_table": metrics, "--summary_table": summary, "--model": model,
+            "--pull_interval": "0.2", "--summary_interval": "1", "--max_new_tokens": "6", "--threads": "1"
+        })
+        .to_string()
+    };
+    let conn = env.db();
+    conn.execute(
+        "UPDATE autorun_components SET desired_state = 'inactive'",
+        [],
+    )
+    .unwrap();
+    for (row, id, metrics, summary) in [
+        (
+            "nano_cpu_usage",
+            "cpu_usage",
+            "cpu_usage_log",
+            "cpu_usage_summary",
+        ),
+        (
+            "nano_mem_usage",
+            "mem_usage",
+            "memory_usage_log",
+            "memory_usage_summary",
+        ),
+    ] {
+        conn.execute(
+            "UPDATE autorun_components SET desired_state = 'active', launch_args_json = ?1 WHERE component_id = ?2",
+            [nano_args(id, metrics, summary), row.to_owned()],
+        )
+        .unwrap();
+    }
+    let processor_args =
+        serde_json::json!({"--model": model, "--threads": "1", "--max_new_tokens": "6"})
+            .to_string();
+    conn.execute(
+        "UPDATE autorun_components SET desired_state = 'active', launch_args_json = ?1 WHERE component_id = 'main_llm_processor'",
+        [processor_args],
+    )
+    .unwrap();
+    conn.execute_batch(
+        "UPDATE autorun_components SET desired_state = 'active', launch_args_json = '{\"--interval\": \"0.2\"}'
+         WHERE component_id IN ('cpu_usage_daemon', 'mem_usage_daemon');
+         UPDATE autorun_components SET desired_state = 'active' WHERE component_id IN ('llm_config_daemon', 'llm_command_daemon');",
+    )
+    .unwrap();
+    let ctl = |args: &[&str]| {
+        Command::new(root_bin("n0m1ctl"))
+            .arg("--home")
+            .arg(&env.home)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let started = ctl(&["start"]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    wait_until("summaries from both nano instances", || {
+        env.count("SELECT count(*) FROM cpu_usage_summary WHERE content LIKE '%| model:%'") >= 1
+            && env
+                .count("SELECT count(*) FROM memory_usage_summary WHERE content LIKE '%| model:%'")
+                >= 1
+    });
+    env.sql("INSERT INTO llm_notifications (llm_id, notification_type) VALUES ('main_llm_processor', 'RUN')");
+    wait_until("the RUN's outputs", || {
+        env.count("SELECT count(*) FROM llm_outputs") >= 3
+    });
+    let outputs = env.texts("SELECT content FROM llm_outputs ORDER BY id");
+    assert!(
+        outputs.iter().any(|o| o.starts_with("cpu_usage_summary: ")),
+        "{outputs:?}"
+    );
+    // A model asking for another nano instance gets it started by the nano manager.
+    env.sql("INSERT INTO llm_outputs (llm_id, content) VALUES ('main_llm_processor', 'CMD:START nano_extra')");
+    wait_until("nano_extra to run", || {
+        env.count("SELECT count(*) FROM component_state WHERE component_id = 'nano_extra' AND state = 'running'") == 1
+    });
+    let stopped = ctl(&["stop"]);
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    let left: Vec<String> = std::fs::read_dir(env.home.join("pids"))
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .collect();
+    assert!(left.is_empty(), "PID files left: {left:?}");
+}
