@@ -12,3 +12,5 @@ mod supervision;
 mod boot;
 // Metric daemons: rows, SIGTERM, held locks, no sensor, n0m1ctl metrics.
 mod metrics;
+// Fault injection: kills, stops, locks, garbage, permissions; end states asserted.
+mod faults;

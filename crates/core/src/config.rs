@@ -396,4 +396,26 @@ mod tests {
         let secs: Vec<f64> = (1..=9).map(|n| policy.backoff(n).as_secs_f64()).collect();
         assert_eq!(secs, [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_a_config_or_a_named_error(text in "\\PC{0,200}") {
+            if let Err(error) = Config::parse(&text, Path::new("config.json")) {
+                proptest::prop_assert!(error.to_string().starts_with("config config.json: "));
+            }
+        }
+
+        #[test]
+        fn any_number_for_a_duration_is_accepted_or_rejected_by_name(value in proptest::num::f64::ANY) {
+            let text = format!(r#"{{"supervisor": {{"stop_timeout": {value}}}}}"#);
+            match Config::parse(&text, Path::new("config.json")) {
+                Ok(config) => proptest::prop_assert!(config.supervisor.stop_timeout.0 >= 0.0),
+                // Finite negatives name the key; NaN and infinities are not JSON at all.
+                Err(error) => proptest::prop_assert!(
+                    error.to_string().contains("supervisor.stop_timeout") || !value.is_finite(),
+                    "{}", error
+                ),
+            }
+        }
+    }
 }

@@ -292,4 +292,19 @@ mod tests {
             "old rows are not replayed"
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics(content in "\\PC{0,300}") {
+            let _ = parse_command(&content);
+        }
+
+        #[test]
+        fn accepted_commands_name_safe_ids(content in "CMD:(START|STOP|start|[A-Z]{0,5}) [ -~]{0,40}") {
+            if let Some(Ok(Command::Start(id) | Command::Stop(id))) = parse_command(&content) {
+                proptest::prop_assert!(validate_component_id(&id).is_ok());
+                proptest::prop_assert!(!id.starts_with("boot") && !MANAGERS.contains(&id.as_str()));
+            }
+        }
+    }
 }

@@ -175,4 +175,16 @@ mod tests {
         ));
         assert!(validate_with_columns(&conn, "llm_outputs", &["llm_id", "content"]).is_ok());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn only_plain_identifiers_pass(name in "\\PC{0,40}") {
+            let conn = db();
+            if let Ok(table) = validate(&conn, &name) {
+                proptest::prop_assert!(table.as_str().chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                proptest::prop_assert!(n0m1_core::schema::ORIGINAL_TABLES.contains(&table.as_str())
+                    || table.as_str().starts_with("llm_") || table.as_str().starts_with("component_"));
+            }
+        }
+    }
 }

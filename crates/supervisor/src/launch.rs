@@ -358,4 +358,28 @@ mod tests {
             Err(LaunchError::OutsideComponents { .. })
         ));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_args_or_an_error(text in "\\PC{0,200}") {
+            let _ = launch_args(Some(&text), "PRIMARY_RUN");
+        }
+
+        #[test]
+        fn string_objects_become_key_value_pairs_in_order(
+            pairs in proptest::collection::vec(("--[a-z_]{1,12}", "[ -~]{0,20}"), 0..8)
+        ) {
+            let mut seen = std::collections::HashSet::new();
+            let pairs: Vec<(String, String)> =
+                pairs.into_iter().filter(|(k, _)| k != "--run_type" && seen.insert(k.clone())).collect();
+            let mut object = serde_json::Map::new();
+            for (k, v) in &pairs {
+                object.insert(k.clone(), serde_json::Value::String(v.clone()));
+            }
+            let json = serde_json::Value::Object(object).to_string();
+            let mut expected: Vec<String> = pairs.iter().flat_map(|(k, v)| [k.clone(), v.clone()]).collect();
+            expected.extend(["--run_type".to_owned(), "R".to_owned()]);
+            proptest::prop_assert_eq!(launch_args(Some(&json), "R").unwrap(), expected);
+        }
+    }
 }

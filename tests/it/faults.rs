@@ -1,0 +1,278 @@
+//! Fault injection: each case breaks something on purpose and asserts the end state — no
+//! orphan, no zombie left by us, no duplicate, no stale PID file, no lost row, an intact
+//! database — not merely that nothing panicked.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use predicates::str::contains;
+
+use crate::support::{TestEnv, alive, wait_until};
+
+const T: Duration = Duration::from_secs(20);
+
+fn signal(pid: i32, signal: Signal) {
+    let _ = kill(Pid::from_raw(pid), signal);
+}
+
+fn integrity_ok(env: &TestEnv) {
+    let result: String = env
+        .db()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(result, "ok");
+}
+
+/// Live processes whose environment names component `id` of this home.
+fn processes_of(env: &TestEnv, id: &str) -> Vec<i32> {
+    n0m1_core::process::all_processes()
+        .into_iter()
+        .filter(|p| p.is_alive())
+        .filter(|p| {
+            let environ = std::fs::read(format!("/proc/{}/environ", p.pid)).unwrap_or_default();
+            let text = String::from_utf8_lossy(&environ);
+            text.contains(&format!("N0M1_COMPONENT_ID={id}\0")) && text.contains(env.root())
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+#[test]
+fn a_sigstopped_component_is_still_stopped() {
+    let mut env = TestEnv::new();
+    env.add_component("frozen", "sleeper.sh", "daemon_manager", "{}");
+    env.spawn("daemon_manager");
+    let pid = env.wait_pid("frozen", "frozen to run");
+    signal(pid, Signal::SIGSTOP);
+    env.ctl(&["disable", "frozen"]).success();
+    wait_until(T, "the stopped process to be killed", || !alive(pid));
+    wait_until(T, "STOPPED_FORCEFULLY", || {
+        env.count_events("frozen", "STOPPED_FORCEFULLY") == 1
+    });
+    assert!(!env.pid_files().contains(&"frozen.pid".to_owned()));
+}
+
+#[test]
+fn what_a_dead_leader_left_in_its_group_goes_with_it() {
+    let mut env = TestEnv::new();
+    // Forks a long-lived child, then dies after min_uptime: restarted at once each time.
+    env.script("forker.sh", "#!/bin/sh\nsleep 1000 &\nsleep 0.7\nexit 1\n");
+    env.add_component("forker", "forker.sh", "daemon_manager", "{}");
+    env.spawn("daemon_manager");
+    wait_until(T, "three generations", || {
+        env.count_events("forker", "CRASHED") >= 3
+    });
+    // One generation alive at a time: the leader and its own sleeps, never an old sleep 1000.
+    let live = processes_of(&env, "forker");
+    assert!(
+        live.len() <= 3,
+        "left behind by earlier generations: {live:?}"
+    );
+    env.ctl(&["disable", "forker"]).success();
+    wait_until(T, "nothing of forker left", || {
+        processes_of(&env, "forker").is_empty()
+    });
+}
+
+#[test]
+fn two_hundred_components_start_and_stop_cleanly() {
+    let env = TestEnv::new();
+    let mut sql = String::from("BEGIN;");
+    for i in 0..200 {
+        sql.push_str(&format!(
+            "INSERT INTO autorun_components (component_id, base_script_name, manager_affinity, desired_state)
+             VALUES ('many_{i}', 'sleeper.sh', 'nano_manager', 'active');"
+        ));
+    }
+    sql.push_str("COMMIT;");
+    env.sql(&sql);
+    env.ctl(&["start"]).success();
+    wait_until(Duration::from_secs(60), "200 components running", || {
+        env.db()
+            .query_row(
+                "SELECT count(*) FROM component_state WHERE state = 'running'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+            == 200
+    });
+    let output = env
+        .ctl(&["status", "--json"])
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let view: serde_json::Value = serde_json::from_slice(&output).unwrap();
+    let running = view["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["actual"] == "running")
+        .count();
+    assert_eq!(running, 200);
+    env.ctl(&["stop"]).success();
+    assert!(
+        env.live_processes().is_empty(),
+        "left: {:?}",
+        env.live_processes().len()
+    );
+    assert!(env.pid_files().is_empty(), "{:?}", env.pid_files());
+    integrity_ok(&env);
+}
+
+#[test]
+fn killing_n0m1ctl_in_the_middle_of_stop_leaves_a_stoppable_system() {
+    let env = TestEnv::new();
+    env.add_component("stubborn", "stubborn.sh", "daemon_manager", "{}");
+    env.add_component("sleepy", "sleeper.sh", "nano_manager", "{}");
+    env.ctl(&["start"]).success();
+    env.wait_pid("stubborn", "stubborn to run");
+    #[allow(clippy::disallowed_methods)] // the test drives the binary under test
+    let mut stopper = std::process::Command::new(crate::support::bin("n0m1ctl"))
+        .args(["--home", env.root(), "stop"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stopper.kill().unwrap();
+    stopper.wait().unwrap();
+    // Boot got its SIGTERM and finishes the shutdown without n0m1ctl; a second stop confirms.
+    wait_until(T, "the system to finish stopping", || {
+        env.live_processes().is_empty()
+    });
+    env.ctl(&["stop"]).success();
+    assert!(env.pid_files().is_empty(), "{:?}", env.pid_files());
+    env.ctl(&["status"]).code(3);
+}
+
+#[test]
+fn every_manager_killed_is_restarted_and_duplicates_nothing() {
+    let mut env = TestEnv::new();
+    for manager in ["daemon_manager", "nano_manager", "main_llm_manager"] {
+        env.add_component(&format!("under_{manager}"), "sleeper.sh", manager, "{}");
+    }
+    env.spawn("boot_system");
+    for manager in ["daemon_manager", "nano_manager", "main_llm_manager"] {
+        let id = format!("under_{manager}");
+        let component = env.wait_pid(&id, "its component");
+        let old = env.wait_pid(manager, "the manager");
+        signal(old, Signal::SIGKILL);
+        wait_until(T, "a new manager", || {
+            env.pid_of(manager).is_some_and(|p| p != old && alive(p))
+        });
+        wait_until(T, "adoption", || env.count_events(&id, "ADOPTED") == 1);
+        assert_eq!(
+            processes_of(&env, &id),
+            vec![component],
+            "{manager}: same process, no duplicate"
+        );
+    }
+}
+
+#[test]
+fn a_write_lock_held_for_ten_seconds_loses_nothing_and_stops_no_restart() {
+    let mut env = TestEnv::new();
+    env.add_component("sleepy", "sleeper.sh", "daemon_manager", "{}");
+    env.sql(
+        "UPDATE autorun_components SET desired_state = 'active', launch_args_json = '{\"--interval\": \"0.2\"}'
+         WHERE component_id = 'mem_usage_daemon'",
+    );
+    let manager = env.spawn("daemon_manager");
+    let first = env.wait_pid("sleepy", "sleepy to run");
+    wait_until(T, "memory rows", || env.count_rows("memory_usage_log") > 0);
+    std::thread::sleep(Duration::from_millis(600));
+    let blocker = env.db();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let locked_at = n0m1_core::state::unix_now() as i64;
+    // The restart path writes nothing, so a crash is answered while the lock is held.
+    signal(first, Signal::SIGKILL);
+    let started = Instant::now();
+    wait_until(T, "a restart during the lock", || {
+        env.pid_of("sleepy").is_some_and(|p| p != first && alive(p))
+    });
+    assert!(started.elapsed() < Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
+    let unlocked_at = n0m1_core::state::unix_now() as i64;
+    blocker.execute_batch("COMMIT").unwrap();
+    drop(blocker);
+    assert!(alive(manager));
+    let daemon = env.pid_of("mem_usage_daemon").unwrap();
+    assert!(alive(daemon), "the daemon survived the lock");
+    wait_until(T, "the queued CRASHED event", || {
+        env.count_events("sleepy", "CRASHED") == 1
+    });
+    let during: i64 = env
+        .db()
+        .query_row(
+            "SELECT count(*) FROM memory_usage_log WHERE timestamp > datetime(?1, 'unixepoch') AND timestamp < datetime(?2, 'unixepoch')",
+            [locked_at, unlocked_at],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        during >= 20,
+        "only {during} samples from the locked ten seconds"
+    );
+    integrity_ok(&env);
+}
+
+#[test]
+fn a_dropped_table_is_an_error_not_a_crash_and_init_repairs_it() {
+    let mut env = TestEnv::new();
+    let mem = env.spawn_with("mem_usage_daemon", &["--interval", "0.1"], &[]);
+    wait_until(T, "rows", || env.count_rows("memory_usage_log") > 0);
+    env.sql("DROP TABLE memory_usage_log");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(alive(mem), "a missing table does not kill the daemon");
+    env.ctl(&["init", "--quiet"]).success();
+    wait_until(T, "rows again after init recreated the table", || {
+        env.count_rows("memory_usage_log") > 0
+    });
+    integrity_ok(&env);
+}
+
+#[test]
+fn a_database_replaced_by_garbage_is_named_and_stop_still_works() {
+    let env = TestEnv::new();
+    env.add_component("sleepy", "sleeper.sh", "daemon_manager", "{}");
+    env.ctl(&["start"]).success();
+    env.wait_pid("sleepy", "sleepy to run");
+    let db = env.home.db_path();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::remove_file(&db).unwrap();
+    std::fs::write(&db, vec![0x42u8; 65536]).unwrap();
+    env.ctl(&["status"])
+        .failure()
+        .stderr(contains("n0m1_agi.db"))
+        .stderr(contains("not an SQLite database"));
+    let boot = env.pid_of("boot_system").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(alive(boot), "boot carries on");
+    env.ctl(&["stop"]).success();
+    wait_until(T, "nothing left", || env.live_processes().is_empty());
+    assert!(env.pid_files().is_empty(), "{:?}", env.pid_files());
+}
+
+#[test]
+fn pid_files_and_logs_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = TestEnv::new();
+    env.add_component("sleepy", "sleeper.sh", "daemon_manager", "{}");
+    env.spawn("daemon_manager");
+    env.wait_pid("sleepy", "sleepy to run");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for path in [
+        env.home.pid_file("sleepy"),
+        env.home.pid_file("daemon_manager"),
+        env.home.component_logs("sleepy").0,
+        env.home.component_logs("sleepy").1,
+        env.home.db_path(),
+    ] {
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    assert_eq!(mode(env.home.root()), 0o700);
+}
