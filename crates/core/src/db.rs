@@ -168,6 +168,8 @@ pub struct InitReport {
     pub from_version: usize,
     pub to_version: usize,
     pub default_rows_inserted: usize,
+    /// Tables that were missing from a current database and were recreated.
+    pub tables_repaired: usize,
 }
 
 /// Creates or upgrades the database at `path` and inserts missing default rows. Safe to run
@@ -228,6 +230,7 @@ pub fn initialise(path: &Path) -> Result<(Connection, InitReport), DbError> {
             path: path.to_path_buf(),
             source,
         })?;
+    let tables_repaired = schema::repair(&conn).map_err(sqlite(path))?;
     let default_rows_inserted = schema::insert_defaults(&conn).map_err(sqlite(path))?;
     let to_version = user_version(&conn, path)?;
     Ok((
@@ -237,6 +240,7 @@ pub fn initialise(path: &Path) -> Result<(Connection, InitReport), DbError> {
             from_version,
             to_version,
             default_rows_inserted,
+            tables_repaired,
         },
     ))
 }
