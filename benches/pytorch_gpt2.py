@@ -6,12 +6,20 @@ same thread count, greedy decoding with the KV cache; prints one JSON line like
 Usage: pytorch_gpt2.py MODEL_DIR THREADS PROMPT_TOKENS NEW_TOKENS
 """
 import json
+import os
 import resource
 import sys
 import time
 
 import torch
 from transformers import GPT2LMHeadModel
+
+
+def seconds_since_exec():
+    """From the process's start (exec) to now, from /proc: includes importing torch."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    start = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19]) / ticks
+    return float(open("/proc/uptime").read().split()[0]) - start
 
 
 def main():
@@ -21,6 +29,7 @@ def main():
     model = GPT2LMHeadModel.from_pretrained(folder, torch_dtype=torch.float32)
     model.eval()
     load_s = time.perf_counter() - started
+    ready_s = seconds_since_exec()
     prompt = torch.tensor([[i % 256 for i in range(prompt_tokens)]])
     ids = []
     with torch.inference_mode():
@@ -39,6 +48,7 @@ def main():
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({
         "load_s": round(load_s, 3),
+        "ready_s": round(ready_s, 2),
         "prompt_tok_s": round(prompt_tokens / prompt_s, 1),
         "decode_tok_s": round((new_tokens - 1) / decode_s, 1),
         "peak_rss_mib": round(peak),

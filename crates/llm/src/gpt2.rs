@@ -39,10 +39,15 @@ fn default_activation() -> String {
     "gelu_new".to_owned()
 }
 
-/// A dense or Q8_0-quantized projection `y = x Wᵀ + b` with W stored [out, in].
+/// A projection: dense with W stored [out, in] (`y = x Wᵀ + b`), dense with a Conv1D's W
+/// kept as stored, [in, out] (`y = x W + b`, no transposed copy at load), or Q8_0.
 #[derive(Debug, Clone)]
 enum Projection {
     Dense(candle_nn::Linear),
+    InOut {
+        weight: Tensor,
+        bias: Tensor,
+    },
     Quantized {
         matmul: QMatMul,
         bias: Option<Tensor>,
@@ -72,6 +77,7 @@ impl Module for Projection {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Projection::Dense(linear) => linear.forward(x),
+            Projection::InOut { weight, bias } => x.broadcast_matmul(weight)?.broadcast_add(bias),
             Projection::Quantized { matmul, bias } => {
                 let y = matmul.forward(x)?;
                 match bias {
@@ -150,7 +156,13 @@ impl Gpt2Weights {
             )));
         }
         let bias = self.get(&format!("{prefix}.bias"))?.clone();
-        Projection::new(weight.t()?.contiguous()?, Some(bias), quantize)
+        if quantize {
+            return Projection::new(weight.t()?.contiguous()?, Some(bias), true);
+        }
+        Ok(Projection::InOut {
+            weight: weight.clone(),
+            bias,
+        })
     }
 }
 

@@ -9,5 +9,6 @@ pub mod gpt2;
 pub mod lora;
 pub mod model;
 pub mod resolve;
+pub mod weights;
 
 pub use error::{LlmError, Result};

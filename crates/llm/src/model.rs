@@ -86,12 +86,7 @@ fn load_safetensors(dir: &Path, device: &Device) -> Result<HashMap<String, Tenso
     }
     let mut tensors = HashMap::new();
     for file in files {
-        tensors.extend(candle_core::safetensors::load(&file, device).map_err(|e| {
-            LlmError::Format {
-                path: file.clone(),
-                message: e.to_string(),
-            }
-        })?);
+        tensors.extend(crate::weights::read_safetensors(&file, device)?);
     }
     Ok(tensors)
 }
