@@ -128,6 +128,14 @@ impl Gpt2Weights {
             .ok_or_else(|| LlmError::Invalid(format!("GPT-2 weights lack tensor {name:?}")))
     }
 
+    /// Removes a tensor: consumed weights are freed as the model is built, so a quantizing
+    /// load never holds every F32 matrix and every quantized one at once.
+    fn take(&mut self, name: &str) -> Result<Tensor> {
+        self.0
+            .remove(name)
+            .ok_or_else(|| LlmError::Invalid(format!("GPT-2 weights lack tensor {name:?}")))
+    }
+
     pub fn tensors_mut(&mut self) -> &mut HashMap<String, Tensor> {
         &mut self.0
     }
@@ -142,13 +150,13 @@ impl Gpt2Weights {
 
     /// A Conv1D (weight [in, out]) as a `Projection`.
     fn conv1d(
-        &self,
+        &mut self,
         prefix: &str,
         expect_in: usize,
         expect_out: usize,
         quantize: bool,
     ) -> Result<Projection> {
-        let weight = self.get(&format!("{prefix}.weight"))?;
+        let weight = self.take(&format!("{prefix}.weight"))?;
         if weight.dims() != [expect_in, expect_out] {
             return Err(LlmError::Invalid(format!(
                 "{prefix}.weight has shape {:?}, expected [{expect_in}, {expect_out}]",
@@ -159,10 +167,7 @@ impl Gpt2Weights {
         if quantize {
             return Projection::new(weight.t()?.contiguous()?, Some(bias), true);
         }
-        Ok(Projection::InOut {
-            weight: weight.clone(),
-            bias,
-        })
+        Ok(Projection::InOut { weight, bias })
     }
 }
 
@@ -181,7 +186,7 @@ pub struct Gpt2 {
 impl Gpt2 {
     pub fn load(
         config: Gpt2Config,
-        weights: &Gpt2Weights,
+        mut weights: Gpt2Weights,
         quantize: bool,
         device: &Device,
     ) -> Result<Gpt2> {
@@ -361,7 +366,7 @@ mod tests {
     fn fixture(quantize: bool) -> Gpt2 {
         let config = tiny_gpt2_config();
         let weights = Gpt2Weights::new(tiny_gpt2_weights(&config, 42).unwrap()).unwrap();
-        Gpt2::load(config, &weights, quantize, &Device::Cpu).unwrap()
+        Gpt2::load(config, weights, quantize, &Device::Cpu).unwrap()
     }
 
     #[test]
@@ -434,7 +439,7 @@ mod tests {
             "h.0.mlp.c_fc.weight".into(),
             Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap(),
         );
-        let error = Gpt2::load(config, &weights, false, &Device::Cpu)
+        let error = Gpt2::load(config, weights, false, &Device::Cpu)
             .err()
             .unwrap()
             .to_string();

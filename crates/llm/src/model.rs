@@ -122,7 +122,7 @@ impl LoadedModel {
                 }
                 let eos_ids = gpt2_config.eos_token_id.into_iter().collect();
                 let context_length = gpt2_config.n_positions;
-                let model = Gpt2::load(gpt2_config, &weights, options.quantize, &device)?;
+                let model = Gpt2::load(gpt2_config, weights, options.quantize, &device)?;
                 Ok(LoadedModel {
                     network: Network::Gpt2(Box::new(model)),
                     tokenizer,
