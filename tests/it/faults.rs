@@ -203,18 +203,36 @@ fn a_write_lock_held_for_ten_seconds_loses_nothing_and_stops_no_restart() {
     wait_until(T, "the queued CRASHED event", || {
         env.count_events("sleepy", "CRASHED") == 1
     });
-    let during: i64 = env
-        .db()
-        .query_row(
-            "SELECT count(*) FROM memory_usage_log WHERE timestamp > datetime(?1, 'unixepoch') AND timestamp < datetime(?2, 'unixepoch')",
-            [locked_at, unlocked_at],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert!(
-        during >= 20,
-        "only {during} samples from the locked ten seconds"
-    );
+    // The samples queued during the lock are written at the daemon's next round.
+    let during = || -> i64 {
+        env.db()
+            .query_row(
+                "SELECT count(*) FROM memory_usage_log WHERE timestamp > datetime(?1, 'unixepoch') AND timestamp < datetime(?2, 'unixepoch')",
+                [locked_at, unlocked_at],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let deadline = Instant::now() + T;
+    while during() < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if during() < 20 {
+        let err = std::fs::read_to_string(env.home.component_logs("mem_usage_daemon").1)
+            .unwrap_or_default();
+        let rows: Vec<String> = env
+            .db()
+            .prepare("SELECT id || ' ' || timestamp FROM memory_usage_log ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        panic!(
+            "only {} samples in {locked_at}..{unlocked_at}; rows {rows:?}; daemon stderr {err}",
+            during()
+        );
+    }
     integrity_ok(&env);
 }
 
@@ -275,4 +293,63 @@ fn pid_files_and_logs_are_private() {
         assert_eq!(mode(&path), 0o600, "{}", path.display());
     }
     assert_eq!(mode(env.home.root()), 0o700);
+}
+
+/// Unmounts the test's tmpfs however the test ends.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        #[allow(clippy::disallowed_methods)] // test plumbing, not a supervised process
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_corrupts_nothing_and_loses_nothing_once_space_returns() {
+    let tmp = tempfile::Builder::new()
+        .prefix("n0m1-full-")
+        .tempdir()
+        .unwrap();
+    let mount_point = tmp.path().join("disk");
+    std::fs::create_dir_all(&mount_point).unwrap();
+    #[allow(clippy::disallowed_methods)] // test plumbing, not a supervised process
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&mount_point)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root in a sandbox that allows it)");
+        return;
+    }
+    let _mount = Mount(mount_point.clone());
+    let mut env = TestEnv::with_home(tmp, mount_point.join("home"));
+    let daemon = env.spawn_with("mem_usage_daemon", &["--interval", "0.02"], &[]);
+    wait_until(T, "rows", || env.count_rows("memory_usage_log") > 5);
+    // Fill the disk to the last byte.
+    let filler_path = mount_point.join("filler");
+    {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(&filler_path).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while filler.write_all(&block).is_ok() {}
+        let small = vec![0u8; 512];
+        while filler.write_all(&small).is_ok() {}
+        let _ = filler.flush();
+    }
+    let before = env.count_rows("memory_usage_log");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(alive(daemon), "a full disk does not kill the daemon");
+    integrity_ok(&env);
+    std::fs::remove_file(&filler_path).unwrap();
+    // The samples taken while the disk was full are written once there is room.
+    wait_until(T, "the queued samples", || {
+        env.count_rows("memory_usage_log") >= before + 50
+    });
+    integrity_ok(&env);
 }

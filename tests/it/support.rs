@@ -86,7 +86,13 @@ impl TestEnv {
             .prefix("n0m1-it-")
             .tempdir()
             .unwrap();
-        let home = Home::new(tmp.path().join("home"));
+        let root = tmp.path().join("home");
+        TestEnv::with_home(tmp, root)
+    }
+
+    /// A test home at `root` (inside `tmp`, which is removed with the env).
+    pub fn with_home(tmp: tempfile::TempDir, root: PathBuf) -> TestEnv {
+        let home = Home::new(root);
         home.ensure().unwrap();
         std::fs::write(home.config_path(), FAST_CONFIG).unwrap();
         let env = TestEnv {

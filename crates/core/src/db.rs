@@ -73,6 +73,12 @@ impl DbError {
     }
 }
 
+/// True for errors that go away by themselves (another writer's lock, a full disk): a write
+/// that fails with one is kept and tried again, never dropped.
+pub fn is_transient(error: &rusqlite::Error) -> bool {
+    is_busy(error) || error.sqlite_error_code() == Some(ErrorCode::DiskFull)
+}
+
 /// True for SQLITE_BUSY / SQLITE_LOCKED.
 pub fn is_busy(error: &rusqlite::Error) -> bool {
     matches!(

@@ -19,6 +19,9 @@ pub fn init(process_name: &str, default_level: &str) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(false)
+        // On a full disk a failed log write would be reported with eprintln!, which panics
+        // when stderr itself cannot be written: a log line must never kill a daemon.
+        .log_internal_errors(false)
         .try_init();
     tracing::debug!(process_name, "logging initialised");
 }

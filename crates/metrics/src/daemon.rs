@@ -94,6 +94,8 @@ const MAX_QUEUED: usize = 10_000;
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 /// Rows deleted per statement when pruning, so no delete holds the write lock for long.
 const PRUNE_BATCH: usize = 1_000;
+/// How long a prune waits for another writer's lock before it skips the round.
+const PRUNE_PATIENCE: Duration = Duration::from_millis(100);
 /// Other daemons' values older than this are not combined into `system_metrics_log`.
 const COMBINE_WINDOW_SECS: u32 = 60;
 
@@ -343,6 +345,14 @@ impl MetricDaemon {
     /// Deletes rows older than the retention age, in id order and small batches. Each daemon
     /// prunes its own table; the CPU daemon also prunes the shared logs.
     fn prune(&self) {
+        // Pruning can wait for another day; sampling cannot. A held lock skips this round
+        // instead of stalling the loop (and the samples due meanwhile).
+        let _ = self.conn.busy_timeout(PRUNE_PATIENCE);
+        self.prune_tables();
+        let _ = self.conn.busy_timeout(db::BUSY_TIMEOUT);
+    }
+
+    fn prune_tables(&self) {
         let kind = self.options.kind;
         let mut tables = vec![(kind.table(), "timestamp")];
         if kind == MetricKind::CpuUsage {

@@ -4,7 +4,7 @@
 //! done. A flush that fails because another writer holds the lock keeps every row for the next
 //! turn, so a locked database delays the log but loses nothing.
 
-use n0m1_core::db::is_busy;
+use n0m1_core::db::is_transient;
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::state::{self, ComponentState};
 use rusqlite::Connection;
@@ -119,8 +119,9 @@ impl Journal {
         self.pending.is_empty()
     }
 
-    /// Writes everything queued in one transaction. On a busy database the rows stay queued;
-    /// on any other error they are logged to stderr and dropped, since retrying cannot help.
+    /// Writes everything queued in one transaction. On a busy database or a full disk the rows
+    /// stay queued; on any other error they are logged to stderr and dropped, since retrying
+    /// cannot help.
     pub fn flush(&mut self, conn: &Connection) {
         if self.pending.is_empty() {
             return;
@@ -140,8 +141,8 @@ impl Journal {
         })();
         match result {
             Ok(()) => self.pending.clear(),
-            Err(error) if is_busy(&error) => {
-                tracing::warn!(%error, queued = self.pending.len(), "database busy; keeping rows for the next turn");
+            Err(error) if is_transient(&error) => {
+                tracing::warn!(%error, queued = self.pending.len(), "database busy or disk full; keeping rows for the next turn");
             }
             Err(error) => {
                 tracing::error!(%error, dropped = self.pending.len(), "cannot write supervision rows");
