@@ -2,6 +2,7 @@
 //! makes itself (`fixture`). Only the model binaries link this crate, so the supervisor and
 //! n0m1ctl never compile candle.
 
+pub mod download;
 pub mod error;
 pub mod fixture;
 pub mod generate;

@@ -18,6 +18,8 @@ pub struct ModelPlaces {
     pub home_models: Option<PathBuf>,
     /// Hugging Face hub caches, in precedence order.
     pub hub_caches: Vec<PathBuf>,
+    /// Download a cache miss into the first cache (false with `HF_HUB_OFFLINE=1`).
+    pub download: bool,
 }
 
 impl ModelPlaces {
@@ -37,6 +39,7 @@ impl ModelPlaces {
         ModelPlaces {
             home_models,
             hub_caches,
+            download: !crate::download::offline(),
         }
     }
 }
@@ -139,6 +142,17 @@ pub fn resolve(spec: &str, default_id: &str, places: &ModelPlaces) -> Result<Mod
                 repo_dir.join("snapshots").display()
             ));
         }
+        match (places.download, places.hub_caches.first()) {
+            (true, Some(cache)) => match crate::download::download(id, cache) {
+                Ok(snapshot) => return Ok(ModelLocation::Folder(snapshot)),
+                Err(reason) => {
+                    tried.push(format!("  - download into {}: {reason}", cache.display()))
+                }
+            },
+            _ => {
+                tried.push("  - no download (HF_HUB_OFFLINE is set, or no cache folder)".to_owned())
+            }
+        }
     }
     Err(LlmError::NotFound {
         model: id.to_owned(),
@@ -182,6 +196,7 @@ mod tests {
         let places = ModelPlaces {
             home_models: None,
             hub_caches: vec![tmp.path().join("empty"), cache],
+            download: false,
         };
         assert_eq!(
             resolve("default", DEFAULT_NANO_MODEL, &places).unwrap(),
@@ -195,6 +210,7 @@ mod tests {
         let places = ModelPlaces {
             home_models: Some(tmp.path().join("models")),
             hub_caches: vec![tmp.path().join("hub")],
+            download: false,
         };
         let started = std::time::Instant::now();
         let message = resolve("default", DEFAULT_MAIN_MODEL, &places)

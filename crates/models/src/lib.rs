@@ -233,6 +233,8 @@ enum ToolCommand {
     },
     /// List the models in the home's models/ folder and in the Hugging Face cache.
     List,
+    /// Download a model (config, tokenizer, safetensors weights) into the Hugging Face cache.
+    Pull { id: String },
     /// Complete a prompt with a model.
     Generate {
         #[command(flatten)]
@@ -365,6 +367,15 @@ pub fn tool_main() -> ExitCode {
                 new_tokens,
             } => bench(&home, model, *prompt_tokens, *new_tokens)?,
             ToolCommand::List => list(&home),
+            ToolCommand::Pull { id } => {
+                let places = ModelPlaces::from_env(Some(home.models_dir()));
+                let cache = places.hub_caches.first().ok_or_else(|| {
+                    anyhow::anyhow!("no Hugging Face cache folder: set HF_HUB_CACHE or HOME")
+                })?;
+                let snapshot = n0m1_llm::download::download(id, cache)
+                    .map_err(|reason| anyhow::anyhow!("cannot pull {id}: {reason}"))?;
+                println!("{id} is in {}", snapshot.display());
+            }
             ToolCommand::Generate {
                 model,
                 prompt,

@@ -495,3 +495,30 @@ fn the_whole_loop_runs_under_the_managers() {
         .collect();
     assert!(left.is_empty(), "PID files left: {left:?}");
 }
+
+#[test]
+fn n0m1ctl_model_forwards_to_the_model_tool() {
+    let env = Env::new();
+    let dir = env.home.join("fixture");
+    let output = Command::new(root_bin("n0m1ctl"))
+        .arg("--home")
+        .arg(&env.home)
+        .args(["model", "fixture"])
+        .arg(&dir)
+        .args(["--arch", "llama"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(dir.join(file).is_file(), "{file}");
+    }
+    let offline = Command::new(root_bin("n0m1ctl"))
+        .arg("--home")
+        .arg(&env.home)
+        .args(["model", "pull", "distilgpt2"])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(!offline.status.success());
+    assert!(String::from_utf8_lossy(&offline.stderr).contains("HF_HUB_OFFLINE"));
+}
