@@ -508,7 +508,11 @@ fn n0m1ctl_model_forwards_to_the_model_tool() {
         .args(["--arch", "llama"])
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     for file in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert!(dir.join(file).is_file(), "{file}");
     }

@@ -1,6 +1,6 @@
 //! Opt-in: a real model. `scripts/fetch_smollm2.sh` puts SmolLM2-135M-Instruct (GGUF) into a
-//! home's models/; point N0M1_SMOLLM2 at the file (or leave it in ~/n0m1_agi/models). Without
-//! the file this test says it is skipped and passes.
+//! home's models/; point N0M1_SMOLLM2 at the file. Without it this test says it is skipped
+//! and passes (tests never look into a user's real home).
 
 #![allow(clippy::disallowed_methods)] // the test starts the binary under test directly
 
@@ -11,12 +11,9 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 fn model_file() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("N0M1_SMOLLM2").map(PathBuf::from),
-        std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join("n0m1_agi/models/SmolLM2-135M-Instruct.Q4_1.gguf")),
-    ];
-    candidates.into_iter().flatten().find(|p| p.is_file())
+    std::env::var_os("N0M1_SMOLLM2")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
 }
 
 #[test]
