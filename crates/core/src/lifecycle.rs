@@ -114,50 +114,55 @@ impl fmt::Display for LifecycleEvent {
     }
 }
 
-/// One row of `component_lifecycle_log`.
-#[derive(Debug, Clone, Default)]
-pub struct LifecycleRecord<'a> {
-    pub component_id: &'a str,
+/// One row of `component_lifecycle_log`, owned, so a supervisor can queue it and write it
+/// after the work it describes.
+#[derive(Debug, Clone)]
+pub struct LifecycleRecord {
+    pub component_id: String,
+    pub event: LifecycleEvent,
     pub pid: Option<i32>,
-    pub event: Option<LifecycleEvent>,
-    pub run_type: Option<&'a str>,
-    pub message: Option<&'a str>,
-    pub manager_script: Option<&'a str>,
-    pub script_path: Option<&'a str>,
+    pub run_type: Option<String>,
+    pub message: Option<String>,
+    pub manager_script: Option<String>,
+    pub script_path: Option<String>,
 }
 
-impl<'a> LifecycleRecord<'a> {
-    pub fn new(component_id: &'a str, event: LifecycleEvent) -> Self {
+impl LifecycleRecord {
+    pub fn new(component_id: impl Into<String>, event: LifecycleEvent) -> Self {
         LifecycleRecord {
-            component_id,
-            event: Some(event),
-            ..Default::default()
+            component_id: component_id.into(),
+            event,
+            pid: None,
+            run_type: None,
+            message: None,
+            manager_script: None,
+            script_path: None,
         }
     }
     pub fn pid(mut self, pid: i32) -> Self {
         self.pid = Some(pid);
         self
     }
-    pub fn message(mut self, message: &'a str) -> Self {
-        self.message = Some(message);
+    pub fn message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
         self
     }
-    pub fn run_type(mut self, run_type: &'a str) -> Self {
-        self.run_type = Some(run_type);
+    pub fn run_type(mut self, run_type: impl Into<String>) -> Self {
+        self.run_type = Some(run_type.into());
         self
     }
-    pub fn manager(mut self, manager_script: &'a str) -> Self {
-        self.manager_script = Some(manager_script);
+    pub fn manager(mut self, manager_script: impl Into<String>) -> Self {
+        self.manager_script = Some(manager_script.into());
         self
     }
-    pub fn script_path(mut self, script_path: &'a str) -> Self {
-        self.script_path = Some(script_path);
+    pub fn script_path(mut self, script_path: impl Into<String>) -> Self {
+        self.script_path = Some(script_path.into());
         self
     }
 
     /// Writes the row; returns its id.
     pub fn write(&self, conn: &Connection) -> rusqlite::Result<i64> {
-        let event = self.event.map(LifecycleEvent::as_str).unwrap_or("ERROR");
+        let event = self.event.as_str();
         let mut statement = conn.prepare_cached(&format!(
             "INSERT INTO {COMPONENT_LIFECYCLE_LOG}
              (component_id, process_pid, event_type, run_type, message, manager_script, script_path)

@@ -236,15 +236,10 @@ pub fn run(options: DaemonOptions) -> Result<(), MetricsError> {
 impl MetricDaemon {
     fn event(&self, event: LifecycleEvent, pid: Option<i32>, message: &str) {
         tracing::info!(event = %event, message);
-        let record = LifecycleRecord {
-            component_id: &self.options.component_id,
-            pid,
-            event: Some(event),
-            run_type: Some(&self.options.run_type),
-            message: Some(message),
-            manager_script: None,
-            script_path: None,
-        };
+        let mut record = LifecycleRecord::new(self.options.component_id.as_str(), event)
+            .run_type(self.options.run_type.as_str())
+            .message(message);
+        record.pid = pid;
         if let Err(error) = db::retry_busy(3, || record.write(&self.conn)) {
             tracing::error!(%error, "cannot write lifecycle event {event}");
         }

@@ -16,7 +16,7 @@ use n0m1_core::schema::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::runtime::{Runtime, Wake};
+use crate::runtime::Runtime;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -158,8 +158,9 @@ pub fn run(mut runtime: Runtime) -> anyhow::Result<()> {
     );
     runtime.access(LLM_OUTPUTS, AccessKind::Read);
     runtime.access(AUTORUN_COMPONENTS, AccessKind::Write);
-    loop {
-        match process_new_outputs(&runtime.conn, &runtime.component_id) {
+    let daemon_id = runtime.component_id.clone();
+    runtime.serve(Duration::from_secs(5), |conn| {
+        match process_new_outputs(conn, &daemon_id) {
             Ok(outcomes) => {
                 for outcome in outcomes {
                     tracing::info!(?outcome, "command handled");
@@ -167,26 +168,14 @@ pub fn run(mut runtime: Runtime) -> anyhow::Result<()> {
             }
             Err(error) => tracing::warn!(%error, "cannot read llm_outputs now; trying again"),
         }
-        if runtime.wait(Duration::from_secs(5)) == Wake::Shutdown {
-            break;
-        }
-    }
-    runtime.event(LifecycleEvent::Stopped, "stopped on signal");
+    });
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn db() -> Connection {
-        let mut conn = Connection::open_in_memory().unwrap();
-        n0m1_core::schema::migrations()
-            .to_latest(&mut conn)
-            .unwrap();
-        n0m1_core::schema::insert_defaults(&conn).unwrap();
-        conn
-    }
+    use crate::testing::db;
 
     fn output(conn: &Connection, content: &[u8]) {
         conn.execute(

@@ -9,7 +9,7 @@ use n0m1_core::lifecycle::LifecycleEvent;
 use n0m1_core::schema::{LLM_IO_CONFIG, LLM_NOTIFICATIONS};
 use rusqlite::Connection;
 
-use crate::runtime::{Runtime, Wake};
+use crate::runtime::Runtime;
 
 pub const CONFIG_RELOAD: &str = "CONFIG_RELOAD";
 
@@ -43,18 +43,12 @@ pub fn run(mut runtime: Runtime) -> anyhow::Result<()> {
     );
     runtime.access(LLM_IO_CONFIG, AccessKind::Read);
     runtime.access(LLM_NOTIFICATIONS, AccessKind::Write);
-    loop {
-        match process_reloads(&runtime.conn) {
-            Ok(ids) if !ids.is_empty() => tracing::info!(?ids, "CONFIG_RELOAD notified"),
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "cannot process reloads now; trying again"),
-        }
-        // A periodic pass as well as change-driven ones, in case a change was missed.
-        if runtime.wait(Duration::from_secs(5)) == Wake::Shutdown {
-            break;
-        }
-    }
-    runtime.event(LifecycleEvent::Stopped, "stopped on signal");
+    // A periodic pass as well as change-driven ones, in case a change was missed.
+    runtime.serve(Duration::from_secs(5), |conn| match process_reloads(conn) {
+        Ok(ids) if !ids.is_empty() => tracing::info!(?ids, "CONFIG_RELOAD notified"),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot process reloads now; trying again"),
+    });
     Ok(())
 }
 

@@ -11,3 +11,28 @@ pub mod nano;
 pub mod processor;
 pub mod runtime;
 pub mod tables;
+
+/// What the unit tests of this crate share: a migrated in-memory database with the default
+/// rows, and reading a column of text.
+#[cfg(test)]
+pub(crate) mod testing {
+    use rusqlite::Connection;
+
+    pub fn db() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        n0m1_core::schema::migrations()
+            .to_latest(&mut conn)
+            .unwrap();
+        n0m1_core::schema::insert_defaults(&conn).unwrap();
+        conn
+    }
+
+    pub fn texts(conn: &Connection, sql: &str) -> Vec<String> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+}

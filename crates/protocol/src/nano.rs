@@ -361,12 +361,13 @@ pub fn run(
     runtime.access(nano.metrics.as_str(), AccessKind::Read);
     runtime.access(nano.summary.as_str(), AccessKind::Write);
     let mut next_summary = Instant::now() + nano.options.summary_interval;
-    loop {
+    let pull_interval = nano.options.pull_interval;
+    runtime.serve(pull_interval, |conn| {
         let step = (|| -> rusqlite::Result<()> {
-            nano.refresh_prompt(&runtime.conn)?;
-            nano.pull(&runtime.conn)?;
+            nano.refresh_prompt(conn)?;
+            nano.pull(conn)?;
             if Instant::now() >= next_summary {
-                nano.summarise(&runtime.conn)?;
+                nano.summarise(conn)?;
                 next_summary = Instant::now() + nano.options.summary_interval;
             }
             Ok(())
@@ -374,26 +375,14 @@ pub fn run(
         if let Err(error) = step {
             tracing::warn!(%error, "pull failed; trying again next interval");
         }
-        if runtime.wait(nano.options.pull_interval) == Wake::Shutdown {
-            break;
-        }
-    }
-    runtime.event(LifecycleEvent::Stopped, "stopped on signal");
+    });
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn db() -> Connection {
-        let mut conn = Connection::open_in_memory().unwrap();
-        n0m1_core::schema::migrations()
-            .to_latest(&mut conn)
-            .unwrap();
-        n0m1_core::schema::insert_defaults(&conn).unwrap();
-        conn
-    }
+    use crate::testing::db;
 
     fn options() -> NanoOptions {
         NanoOptions {
@@ -406,15 +395,6 @@ mod tests {
             system_prompt_file: None,
             mode: None,
         }
-    }
-
-    fn summaries(conn: &Connection) -> Vec<String> {
-        conn.prepare("SELECT content FROM cpu_usage_summary ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
     }
 
     #[test]
@@ -433,7 +413,8 @@ mod tests {
             0,
             "the same row is not alerted twice"
         );
-        let rows = summaries(&conn);
+        let rows =
+            crate::testing::texts(&conn, "SELECT content FROM cpu_usage_summary ORDER BY id");
         assert_eq!(rows, ["ALERT: CPU usage 95.0 > 90 (cpu_usage_log row 1)"]);
         let flag: i64 = conn
             .query_row(

@@ -13,7 +13,7 @@ use n0m1_core::schema::{LLM_IO_CONFIG, LLM_NOTIFICATIONS};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::generator::{Generator, fnv1a};
-use crate::runtime::{Runtime, Wake};
+use crate::runtime::Runtime;
 use crate::tables::{self, TableName};
 
 /// Rows of each table given to the model (newest first).
@@ -291,15 +291,11 @@ pub fn run(
         runtime.event(LifecycleEvent::Error, error);
     }
     runtime.access(LLM_NOTIFICATIONS, AccessKind::Write);
-    loop {
-        if let Err(error) = processor.handle_pending(&runtime.conn) {
+    runtime.serve(Duration::from_secs(5), |conn| {
+        if let Err(error) = processor.handle_pending(conn) {
             tracing::warn!(%error, "cannot handle notifications now; trying again");
         }
-        if runtime.wait(Duration::from_secs(5)) == Wake::Shutdown {
-            break;
-        }
-    }
-    runtime.event(LifecycleEvent::Stopped, "stopped on signal");
+    });
     Ok(())
 }
 
@@ -318,11 +314,7 @@ mod tests {
     }
 
     fn db() -> Connection {
-        let mut conn = Connection::open_in_memory().unwrap();
-        n0m1_core::schema::migrations()
-            .to_latest(&mut conn)
-            .unwrap();
-        n0m1_core::schema::insert_defaults(&conn).unwrap();
+        let conn = crate::testing::db();
         conn.execute_batch(
             "INSERT INTO cpu_usage_summary (nano_id, content) VALUES ('cpu_usage', 'busy'), ('cpu_usage', 'calm');
              INSERT INTO memory_usage_summary (nano_id, content) VALUES ('mem_usage', 'fine');",
@@ -337,15 +329,6 @@ mod tests {
             params![kind, payload],
         )
         .unwrap();
-    }
-
-    fn outputs(conn: &Connection) -> Vec<String> {
-        conn.prepare("SELECT content FROM llm_outputs ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
     }
 
     #[test]
@@ -367,7 +350,7 @@ mod tests {
             0,
             "nothing is handled twice"
         );
-        let out = outputs(&conn);
+        let out = crate::testing::texts(&conn, "SELECT content FROM llm_outputs ORDER BY id");
         // RUN: one row per read table (three default summaries); PUSH: its payload only.
         assert_eq!(out.len(), 3 + 1 + 1, "{out:?}");
         assert_eq!(
@@ -400,7 +383,7 @@ mod tests {
         notify(&conn, "CONFIG_RELOAD", None);
         notify(&conn, "RUN", None);
         processor.handle_pending(&conn).unwrap();
-        let out = outputs(&conn);
+        let out = crate::testing::texts(&conn, "SELECT content FROM llm_outputs ORDER BY id");
         assert_eq!(out.len(), 1);
         assert!(
             out[0].starts_with("memory_usage_summary rows=1 digest="),
@@ -427,7 +410,7 @@ mod tests {
             .unwrap();
         assert!(components > 0, "autorun_components survives");
         assert_eq!(
-            outputs(&conn).len(),
+            crate::testing::texts(&conn, "SELECT content FROM llm_outputs ORDER BY id").len(),
             1,
             "only the valid table of RUN was read"
         );

@@ -59,15 +59,10 @@ impl Runtime {
     /// Writes a lifecycle event under this component's id; a failure is logged, not fatal.
     pub fn event(&self, event: LifecycleEvent, message: &str) {
         tracing::info!(event = %event, message);
-        let record = LifecycleRecord {
-            component_id: &self.component_id,
-            pid: Some(std::process::id() as i32),
-            event: Some(event),
-            run_type: Some(&self.run_type),
-            message: Some(message),
-            manager_script: None,
-            script_path: None,
-        };
+        let record = LifecycleRecord::new(self.component_id.as_str(), event)
+            .pid(std::process::id() as i32)
+            .run_type(self.run_type.as_str())
+            .message(message);
         if let Err(error) = retry_busy(3, || record.write(&self.conn)) {
             tracing::error!(%error, "cannot write lifecycle event {event}");
         }
@@ -84,6 +79,18 @@ impl Runtime {
     /// True once SIGTERM or SIGINT arrived.
     pub fn stop_requested(&self) -> bool {
         !matches!(self.shutdown.try_recv(), Err(mpsc::TryRecvError::Empty))
+    }
+
+    /// Runs `work` now, again after every commit by another writer, and at least every
+    /// `period`, until SIGTERM or SIGINT; then records STOPPED.
+    pub fn serve(&mut self, period: Duration, mut work: impl FnMut(&Connection)) {
+        loop {
+            work(&self.conn);
+            if self.wait(period) == Wake::Shutdown {
+                break;
+            }
+        }
+        self.event(LifecycleEvent::Stopped, "stopped on signal");
     }
 
     /// Sleeps until another connection commits, a stop is asked for, or `timeout` passes.

@@ -119,14 +119,7 @@ pub fn validate_list(conn: &Connection, list: &str) -> (Vec<TableName>, Vec<Tabl
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn db() -> Connection {
-        let mut conn = Connection::open_in_memory().unwrap();
-        n0m1_core::schema::migrations()
-            .to_latest(&mut conn)
-            .unwrap();
-        conn
-    }
+    use crate::testing::db;
 
     #[test]
     fn identifiers_only() {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use n0m1_core::config::{Config, ConfigError, ManagerSpec};
 use n0m1_core::db::{self, DbError};
 use n0m1_core::home::{ENV_BOOT_PID, ENV_HOME, Home, HomeError};
-use n0m1_core::lifecycle::LifecycleEvent;
+use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::pidfile::{PidError, PidFile, PidStatus};
 use n0m1_core::process::{self, SpawnSpec};
 use nix::sys::signal::Signal;
@@ -19,7 +19,7 @@ use nix::unistd::Pid;
 use rusqlite::Connection;
 
 use crate::events::{self, Event};
-use crate::journal::{EventRow, Journal, SUPERVISOR_BUSY_TIMEOUT};
+use crate::journal::{Journal, SUPERVISOR_BUSY_TIMEOUT};
 use crate::manager::become_subreaper;
 
 /// The component id boot's own events are logged under.
@@ -134,7 +134,7 @@ impl Boot {
             config: Config::default(),
         };
         boot.journal.event(
-            EventRow::new(BOOT_COMPONENT_ID, LifecycleEvent::StartedSuccessfully)
+            LifecycleRecord::new(BOOT_COMPONENT_ID, LifecycleEvent::StartedSuccessfully)
                 .pid(std::process::id() as i32)
                 .message(format!("boot starting {} managers", config.managers.len())),
         );
@@ -156,7 +156,7 @@ impl Boot {
         }
         boot.sweep_leftovers();
         boot.journal.event(
-            EventRow::new(BOOT_COMPONENT_ID, LifecycleEvent::Stopped)
+            LifecycleRecord::new(BOOT_COMPONENT_ID, LifecycleEvent::Stopped)
                 .pid(std::process::id() as i32)
                 .message("all managers stopped".to_owned()),
         );
@@ -217,7 +217,7 @@ impl Boot {
         match Config::load(&self.options.home.config_path()) {
             Ok(config) => {
                 self.journal.event(
-                    EventRow::new(BOOT_COMPONENT_ID, LifecycleEvent::ConfigReloaded)
+                    LifecycleRecord::new(BOOT_COMPONENT_ID, LifecycleEvent::ConfigReloaded)
                         .pid(std::process::id() as i32)
                         .message(format!("{} managers configured", config.managers.len())),
                 );
@@ -225,7 +225,7 @@ impl Boot {
             }
             Err(error) => {
                 self.journal.event(
-                    EventRow::new(BOOT_COMPONENT_ID, LifecycleEvent::Error)
+                    LifecycleRecord::new(BOOT_COMPONENT_ID, LifecycleEvent::Error)
                         .pid(std::process::id() as i32)
                         .message(format!("{error}; keeping the running configuration")),
                 );
@@ -263,7 +263,7 @@ impl Boot {
                         + HEALTH_GRACE.max(supervised.spec.health_check_interval.duration()),
                 };
                 self.journal.event(
-                    EventRow::new(&event_id, LifecycleEvent::ManagerStarted)
+                    LifecycleRecord::new(&event_id, LifecycleEvent::ManagerStarted)
                         .pid(spawned.pid)
                         .manager(BOOT_COMPONENT_ID.to_owned())
                         .script_path(spec.program.display().to_string())
@@ -272,7 +272,7 @@ impl Boot {
             }
             Err(error) => {
                 self.journal.event(
-                    EventRow::new(&event_id, LifecycleEvent::CriticalError)
+                    LifecycleRecord::new(&event_id, LifecycleEvent::CriticalError)
                         .manager(BOOT_COMPONENT_ID.to_owned())
                         .message(format!("cannot start {}: {error}", supervised.spec.name)),
                 );
@@ -318,7 +318,7 @@ impl Boot {
         supervised.phase = Phase::Down;
         if was_stopping || shutting_down {
             self.journal.event(
-                EventRow::new(&event_id, LifecycleEvent::ManagerStopped)
+                LifecycleRecord::new(&event_id, LifecycleEvent::ManagerStopped)
                     .pid(pid)
                     .manager(BOOT_COMPONENT_ID.to_owned())
                     .message(how),
@@ -351,7 +351,7 @@ impl Boot {
             message.push_str("; not critical, left down");
         }
         self.journal.event(
-            EventRow::new(&event_id, LifecycleEvent::ManagerCrashed)
+            LifecycleRecord::new(&event_id, LifecycleEvent::ManagerCrashed)
                 .pid(pid)
                 .manager(BOOT_COMPONENT_ID.to_owned())
                 .message(message),
@@ -425,8 +425,8 @@ impl Boot {
             "not critical, leaving it"
         };
         self.journal.event(
-            EventRow::new(
-                &boot_event_id(&supervised.spec.binary),
+            LifecycleRecord::new(
+                boot_event_id(&supervised.spec.binary),
                 LifecycleEvent::ManagerUnhealthy,
             )
             .pid(pid)
@@ -488,7 +488,7 @@ impl Boot {
             }
         }
         self.journal.event(
-            EventRow::new(BOOT_COMPONENT_ID, LifecycleEvent::Error)
+            LifecycleRecord::new(BOOT_COMPONENT_ID, LifecycleEvent::Error)
                 .pid(me)
                 .message(format!(
                     "{} processes outlived their managers and were stopped by boot",
@@ -515,8 +515,8 @@ fn stop_manager(supervised: &mut Supervised, journal: &mut Journal, reason: &str
         Phase::Running { pid, .. } => {
             process::signal_process(pid, Signal::SIGTERM);
             journal.event(
-                EventRow::new(
-                    &boot_event_id(&supervised.spec.binary),
+                LifecycleRecord::new(
+                    boot_event_id(&supervised.spec.binary),
                     LifecycleEvent::ManagerShutdownRequested,
                 )
                 .pid(pid)

@@ -5,72 +5,13 @@
 //! turn, so a locked database delays the log but loses nothing.
 
 use n0m1_core::db::is_transient;
-use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::lifecycle::LifecycleRecord;
 use n0m1_core::state::{self, ComponentState};
 use rusqlite::Connection;
 
-/// An owned lifecycle row.
-#[derive(Debug, Clone)]
-pub struct EventRow {
-    pub component_id: String,
-    pub event: LifecycleEvent,
-    pub pid: Option<i32>,
-    pub run_type: Option<String>,
-    pub message: Option<String>,
-    pub manager_script: Option<String>,
-    pub script_path: Option<String>,
-}
-
-impl EventRow {
-    pub fn new(component_id: &str, event: LifecycleEvent) -> EventRow {
-        EventRow {
-            component_id: component_id.to_owned(),
-            event,
-            pid: None,
-            run_type: None,
-            message: None,
-            manager_script: None,
-            script_path: None,
-        }
-    }
-    pub fn pid(mut self, pid: i32) -> Self {
-        self.pid = Some(pid);
-        self
-    }
-    pub fn message(mut self, message: String) -> Self {
-        self.message = Some(message);
-        self
-    }
-    pub fn manager(mut self, manager: String) -> Self {
-        self.manager_script = Some(manager);
-        self
-    }
-    pub fn run_type(mut self, run_type: String) -> Self {
-        self.run_type = Some(run_type);
-        self
-    }
-    pub fn script_path(mut self, script_path: String) -> Self {
-        self.script_path = Some(script_path);
-        self
-    }
-
-    fn write(&self, conn: &Connection) -> rusqlite::Result<i64> {
-        LifecycleRecord {
-            component_id: &self.component_id,
-            pid: self.pid,
-            event: Some(self.event),
-            run_type: self.run_type.as_deref(),
-            message: self.message.as_deref(),
-            manager_script: self.manager_script.as_deref(),
-            script_path: self.script_path.as_deref(),
-        }
-        .write(conn)
-    }
-}
-
 #[derive(Debug)]
 enum Pending {
-    Event(EventRow),
+    Event(LifecycleRecord),
     State(ComponentState),
     ClearReset(String),
 }
@@ -90,7 +31,7 @@ pub struct Journal {
 }
 
 impl Journal {
-    pub fn event(&mut self, row: EventRow) {
+    pub fn event(&mut self, row: LifecycleRecord) {
         tracing::info!(component = %row.component_id, event = %row.event, pid = ?row.pid, message = ?row.message);
         self.push(Pending::Event(row));
     }
@@ -155,6 +96,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use n0m1_core::lifecycle::LifecycleEvent;
 
     #[test]
     fn busy_database_keeps_rows_until_free() {
@@ -168,7 +110,7 @@ mod tests {
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
 
         let mut journal = Journal::default();
-        journal.event(EventRow::new("x", LifecycleEvent::Crashed).message("exit code 1".into()));
+        journal.event(LifecycleRecord::new("x", LifecycleEvent::Crashed).message("exit code 1"));
         journal.flush(&conn);
         assert!(
             !journal.is_empty(),

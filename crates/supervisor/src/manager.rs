@@ -17,7 +17,7 @@ use n0m1_core::db::{self, DbError};
 use n0m1_core::home::{
     ENV_BOOT_PID, ENV_COMPONENT_ID, ENV_HOME, Home, HomeError, validate_component_id,
 };
-use n0m1_core::lifecycle::LifecycleEvent;
+use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::pidfile::{PidError, PidFile, PidStatus};
 use n0m1_core::process::{self, ProcStat, SpawnSpec};
 use n0m1_core::schema::AUTORUN_COMPONENTS;
@@ -28,7 +28,7 @@ use nix::unistd::Pid;
 use rusqlite::Connection;
 
 use crate::events::{self, Event};
-use crate::journal::{EventRow, Journal, SUPERVISOR_BUSY_TIMEOUT};
+use crate::journal::{Journal, SUPERVISOR_BUSY_TIMEOUT};
 use crate::launch::{LaunchError, RUN_TYPE_ONESHOT, ScriptResolver, launch_args};
 
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +239,7 @@ impl Manager {
         };
         manager.load_policy();
         manager.journal.event(
-            EventRow::new(
+            LifecycleRecord::new(
                 &manager.options.manager,
                 LifecycleEvent::StartedSuccessfully,
             )
@@ -254,7 +254,7 @@ impl Manager {
         manager.flush();
         manager.event_loop(receiver, &own_pid_file);
         manager.journal.event(
-            EventRow::new(&manager.options.manager, LifecycleEvent::Stopped)
+            LifecycleRecord::new(&manager.options.manager, LifecycleEvent::Stopped)
                 .pid(std::process::id() as i32)
                 .message("all components stopped".to_owned()),
         );
@@ -320,7 +320,7 @@ impl Manager {
             Err(error) => {
                 tracing::error!(%error, "keeping the previous supervisor policy");
                 self.journal.event(
-                    EventRow::new(&self.options.manager, LifecycleEvent::Error)
+                    LifecycleRecord::new(&self.options.manager, LifecycleEvent::Error)
                         .message(format!("{error}; keeping the previous supervisor policy")),
                 );
             }
@@ -429,7 +429,7 @@ impl Manager {
                 },
             );
             self.journal.event(
-                EventRow::new(&id, LifecycleEvent::Adopted)
+                LifecycleRecord::new(&id, LifecycleEvent::Adopted)
                     .pid(pid)
                     .manager(self.manager_name())
                     .message(format!(
@@ -467,7 +467,7 @@ impl Manager {
             if let Err(error) = validate_component_id(&id) {
                 if !self.components.contains_key(&id) {
                     self.journal.event(
-                        EventRow::new(&id, LifecycleEvent::StartFailed)
+                        LifecycleRecord::new(&id, LifecycleEvent::StartFailed)
                             .manager(self.manager_name())
                             .message(error.to_string()),
                     );
@@ -532,7 +532,7 @@ impl Manager {
                 component.quick_deaths = 0;
                 component.settled_row = None;
                 self.journal.event(
-                    EventRow::new(id, LifecycleEvent::Reset)
+                    LifecycleRecord::new(id, LifecycleEvent::Reset)
                         .manager(self.manager_name())
                         .message("reset by an operator; starting again".to_owned()),
                 );
@@ -565,7 +565,7 @@ impl Manager {
 
     /// Spawns a component. `cause` (say, the CRASHED event that led here) is journalled first,
     /// but only after the spawn, so nothing slows the restart.
-    fn start(&mut self, id: &str, cause: Option<EventRow>) {
+    fn start(&mut self, id: &str, cause: Option<LifecycleRecord>) {
         let manager = self.manager_name();
         let Some(component) = self.components.get_mut(id) else {
             return;
@@ -612,7 +612,7 @@ impl Manager {
             Ok(spawned) => spawned,
             Err(error) => {
                 self.journal.event(
-                    EventRow::new(id, LifecycleEvent::StartFailed)
+                    LifecycleRecord::new(id, LifecycleEvent::StartFailed)
                         .manager(manager)
                         .run_type(row.run_type.clone())
                         .script_path(script_path)
@@ -643,7 +643,7 @@ impl Manager {
             launch_key: row.launch_key(),
         });
         self.journal.event(
-            EventRow::new(id, LifecycleEvent::StartAttempt)
+            LifecycleRecord::new(id, LifecycleEvent::StartAttempt)
                 .pid(spawned.pid)
                 .manager(manager)
                 .run_type(row.run_type)
@@ -684,7 +684,7 @@ impl Manager {
             process::signal_process(*pid, Signal::SIGTERM);
         }
         self.journal.event(
-            EventRow::new(id, LifecycleEvent::StopRequested)
+            LifecycleRecord::new(id, LifecycleEvent::StopRequested)
                 .pid(proc.pid)
                 .manager(manager)
                 .message(format!(
@@ -791,7 +791,7 @@ impl Manager {
                 } else {
                     LifecycleEvent::Crashed
                 };
-                let record = EventRow::new(id, event)
+                let record = LifecycleRecord::new(id, event)
                     .pid(proc.pid)
                     .manager(manager.clone())
                     .message(format!(
@@ -803,7 +803,7 @@ impl Manager {
                     component.phase = Phase::Completed;
                     component.settled_row = Some(component.row.clone());
                     self.journal.event(
-                        EventRow::new(id, LifecycleEvent::Stopped)
+                        LifecycleRecord::new(id, LifecycleEvent::Stopped)
                             .pid(proc.pid)
                             .manager(manager)
                             .message("one-shot run completed".to_owned()),
@@ -847,7 +847,7 @@ impl Manager {
         };
         component.restarts += 1;
         self.journal.event(
-            EventRow::new(id, LifecycleEvent::RestartScheduled)
+            LifecycleRecord::new(id, LifecycleEvent::RestartScheduled)
                 .manager(self.options.manager.clone())
                 .message(format!(
                     "quick death {} of {} ({what}); restarting in {:.1} s",
@@ -868,7 +868,7 @@ impl Manager {
         component.settled_row = Some(component.row.clone());
         component.last_exit = Some(message.to_owned());
         self.journal.event(
-            EventRow::new(id, event)
+            LifecycleRecord::new(id, event)
                 .manager(manager)
                 .run_type(component.row.run_type.clone())
                 .message(message.to_owned()),
@@ -932,7 +932,7 @@ impl Manager {
         };
         let how = leader_exit.map_or_else(|| "gone".to_owned(), ExitCause::describe);
         self.journal.event(
-            EventRow::new(id, event)
+            LifecycleRecord::new(id, event)
                 .pid(proc.pid)
                 .manager(manager)
                 .message(format!(
@@ -1018,7 +1018,7 @@ impl Manager {
         }
         let pid = proc.pid;
         self.journal.event(
-            EventRow::new(id, LifecycleEvent::StopFailed)
+            LifecycleRecord::new(id, LifecycleEvent::StopFailed)
                 .pid(pid)
                 .manager(manager)
                 .message(format!(
