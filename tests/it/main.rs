@@ -14,3 +14,5 @@ mod boot;
 mod metrics;
 // Fault injection: kills, stops, locks, garbage, permissions; end states asserted.
 mod faults;
+// n0m1ctl without a running system: logs -f across truncation and rotation, config check.
+mod ctl;

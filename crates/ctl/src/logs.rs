@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -41,15 +41,14 @@ pub fn files_of(home: &Home, id: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-fn last_lines(path: &Path, n: usize) -> anyhow::Result<String> {
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let size = file.metadata()?.len();
+/// The last `n` lines of the file's first `size` bytes.
+fn last_lines(file: &mut File, size: u64, n: usize) -> anyhow::Result<String> {
     // Read only the end of big files.
     let window = (n as u64 + 1) * 512;
     let start = size.saturating_sub(window.max(64 * 1024));
     file.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
+    file.take(size - start).read_to_end(&mut bytes)?;
     let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     Ok(lines[lines.len().saturating_sub(n)..].join("\n"))
@@ -68,15 +67,28 @@ pub fn run(home: &Home, args: &LogsArgs) -> anyhow::Result<()> {
             home.manager_logs_dir().display()
         );
     }
+    // Each file is measured once: the tail is printed up to that size and following starts
+    // there, so a line written in between is neither lost nor printed twice.
+    let mut followed = Vec::with_capacity(files.len());
     for path in &files {
+        let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("reading {}", path.display()))?;
         println!("==> {} <==", path.display());
-        let text = last_lines(path, args.lines)?;
+        let text = last_lines(&mut file, meta.len(), args.lines)?;
         if !text.is_empty() {
             println!("{text}");
         }
+        followed.push(Followed {
+            path: path.clone(),
+            inode: meta.ino(),
+            offset: meta.len(),
+            file: Some(file),
+        });
     }
     if args.follow {
-        follow(&files)?;
+        follow(followed)?;
     }
     Ok(())
 }
@@ -113,20 +125,7 @@ struct Followed {
     offset: u64,
 }
 
-fn follow(paths: &[PathBuf]) -> anyhow::Result<()> {
-    let mut followed: Vec<Followed> = paths
-        .iter()
-        .map(|path| {
-            let file = File::open(path).ok();
-            let meta = file.as_ref().and_then(|f| f.metadata().ok());
-            Followed {
-                path: path.clone(),
-                inode: meta.as_ref().map_or(0, |m| m.ino()),
-                offset: meta.map_or(0, |m| m.len()),
-                file,
-            }
-        })
-        .collect();
+fn follow(mut followed: Vec<Followed>) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     loop {
         for f in &mut followed {
