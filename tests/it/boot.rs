@@ -10,20 +10,6 @@ use crate::support::{TestEnv, alive, wait_until};
 
 const T: Duration = Duration::from_secs(15);
 
-fn sleepers_of(env: &TestEnv, id: &str) -> Vec<i32> {
-    // A sleeper's environment names its component; count the live ones.
-    n0m1_core::process::all_processes()
-        .into_iter()
-        .filter(|p| p.is_alive())
-        .filter(|p| {
-            let environ = std::fs::read(format!("/proc/{}/environ", p.pid)).unwrap_or_default();
-            let text = String::from_utf8_lossy(&environ);
-            text.contains(&format!("N0M1_COMPONENT_ID={id}\0")) && text.contains(env.root())
-        })
-        .map(|p| p.pid)
-        .collect()
-}
-
 #[test]
 fn start_status_stop_leave_nothing_behind() {
     let env = TestEnv::new();
@@ -130,7 +116,7 @@ fn a_killed_manager_is_restarted_and_adopts_its_components() {
         Some(component),
         "the same process, not a new one"
     );
-    assert_eq!(sleepers_of(&env, "sleepy"), vec![component], "no duplicate");
+    assert_eq!(env.processes_of("sleepy"), vec![component], "no duplicate");
     assert_eq!(
         env.count_events("boot_daemon_manager", "MANAGER_CRASHED"),
         1
@@ -145,12 +131,12 @@ fn a_killed_manager_is_restarted_and_adopts_its_components() {
         next != 0 && next != component && alive(next)
     });
     wait_until(T, "exactly one sleeper", || {
-        sleepers_of(&env, "sleepy") == vec![next]
+        env.processes_of("sleepy") == vec![next]
     });
     // And disabling it still works.
     env.ctl(&["disable", "sleepy"]).success();
     wait_until(T, "disable to stop it", || {
-        sleepers_of(&env, "sleepy").is_empty()
+        env.processes_of("sleepy").is_empty()
     });
 }
 

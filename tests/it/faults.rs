@@ -24,20 +24,6 @@ fn integrity_ok(env: &TestEnv) {
     assert_eq!(result, "ok");
 }
 
-/// Live processes whose environment names component `id` of this home.
-fn processes_of(env: &TestEnv, id: &str) -> Vec<i32> {
-    n0m1_core::process::all_processes()
-        .into_iter()
-        .filter(|p| p.is_alive())
-        .filter(|p| {
-            let environ = std::fs::read(format!("/proc/{}/environ", p.pid)).unwrap_or_default();
-            let text = String::from_utf8_lossy(&environ);
-            text.contains(&format!("N0M1_COMPONENT_ID={id}\0")) && text.contains(env.root())
-        })
-        .map(|p| p.pid)
-        .collect()
-}
-
 #[test]
 fn a_sigstopped_component_is_still_stopped() {
     let mut env = TestEnv::new();
@@ -64,14 +50,14 @@ fn what_a_dead_leader_left_in_its_group_goes_with_it() {
         env.count_events("forker", "CRASHED") >= 3
     });
     // One generation alive at a time: the leader and its own sleeps, never an old sleep 1000.
-    let live = processes_of(&env, "forker");
+    let live = env.processes_of("forker");
     assert!(
         live.len() <= 3,
         "left behind by earlier generations: {live:?}"
     );
     env.ctl(&["disable", "forker"]).success();
     wait_until(T, "nothing of forker left", || {
-        processes_of(&env, "forker").is_empty()
+        env.processes_of("forker").is_empty()
     });
 }
 
@@ -164,7 +150,7 @@ fn every_manager_killed_is_restarted_and_duplicates_nothing() {
         });
         wait_until(T, "adoption", || env.count_events(&id, "ADOPTED") == 1);
         assert_eq!(
-            processes_of(&env, &id),
+            env.processes_of(&id),
             vec![component],
             "{manager}: same process, no duplicate"
         );

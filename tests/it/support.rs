@@ -272,6 +272,21 @@ impl TestEnv {
         names
     }
 
+    /// Live processes whose environment names component `id` of this home (a component's
+    /// children inherit it, so this counts the whole tree).
+    pub fn processes_of(&self, id: &str) -> Vec<i32> {
+        n0m1_core::process::all_processes()
+            .into_iter()
+            .filter(|p| p.is_alive())
+            .filter(|p| {
+                let environ = std::fs::read(format!("/proc/{}/environ", p.pid)).unwrap_or_default();
+                let text = String::from_utf8_lossy(&environ);
+                text.contains(&format!("N0M1_COMPONENT_ID={id}\0")) && text.contains(self.root())
+            })
+            .map(|p| p.pid)
+            .collect()
+    }
+
     /// Live processes that belong to this home.
     pub fn live_processes(&self) -> Vec<(i32, String)> {
         live_processes_mentioning(self.root())

@@ -73,6 +73,18 @@ pub fn is_same_process(pid: i32, start_ticks: u64) -> bool {
     ProcStat::read(pid).is_some_and(|stat| stat.is_alive() && stat.start_ticks == start_ticks)
 }
 
+/// True when `pid`'s environment has `key=value` (/proc/<pid>/environ; readable for our own
+/// user's processes).
+pub fn environ_has(pid: i32, key: &str, value: &str) -> bool {
+    let Ok(environ) = fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let wanted = format!("{key}={value}");
+    environ
+        .split(|b| *b == 0)
+        .any(|entry| entry == wanted.as_bytes())
+}
+
 /// Every process /proc lists now.
 pub fn all_processes() -> Vec<ProcStat> {
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -272,6 +284,16 @@ mod tests {
         let stat = ProcStat::read(me).unwrap();
         assert!(is_same_process(me, stat.start_ticks));
         assert!(!is_same_process(me, stat.start_ticks + 1));
+    }
+
+    #[test]
+    fn environment_lookup() {
+        let me = std::process::id() as i32;
+        let (key, value) = std::env::vars()
+            .next()
+            .expect("tests run with an environment");
+        assert!(environ_has(me, &key, &value));
+        assert!(!environ_has(me, &key, "surely-not-this-value-n0m1"));
     }
 
     #[test]

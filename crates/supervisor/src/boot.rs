@@ -104,6 +104,12 @@ pub struct Boot {
 
 impl Boot {
     pub fn run(options: BootOptions) -> Result<(), BootError> {
+        // Handlers first: a SIGTERM during start-up waits in the channel for a clean stop.
+        let (sender, receiver) = mpsc::channel();
+        events::watch_signals(sender).map_err(|source| BootError::Os {
+            what: "cannot install signal handlers",
+            source,
+        })?;
         become_subreaper().map_err(|error| BootError::Os {
             what: "cannot become a child subreaper",
             source: std::io::Error::other(error.to_string()),
@@ -119,11 +125,6 @@ impl Boot {
                 path: options.home.db_path(),
                 source,
             })?;
-        let (sender, receiver) = mpsc::channel();
-        events::watch_signals(sender).map_err(|source| BootError::Os {
-            what: "cannot install signal handlers",
-            source,
-        })?;
 
         let mut boot = Boot {
             options,

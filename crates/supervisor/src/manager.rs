@@ -205,6 +205,13 @@ impl Manager {
     /// Runs the manager until SIGTERM/SIGINT (or boot's death) and all its components are
     /// stopped.
     pub fn run(options: ManagerOptions) -> Result<(), ManagerError> {
+        // Handlers first: a SIGTERM that arrives while we start up must still mean a clean
+        // stop (it waits in the channel), not death with a half-initialised PID file.
+        let (sender, receiver) = mpsc::channel();
+        events::watch_signals(sender.clone()).map_err(|source| ManagerError::Os {
+            what: "cannot install signal handlers",
+            source,
+        })?;
         become_subreaper()?;
         die_with_boot(&options.manager)?;
         raise_open_file_limit();
@@ -216,11 +223,6 @@ impl Manager {
                 path: options.home.db_path(),
                 source,
             })?;
-        let (sender, receiver) = mpsc::channel();
-        events::watch_signals(sender.clone()).map_err(|source| ManagerError::Os {
-            what: "cannot install signal handlers",
-            source,
-        })?;
         events::watch_database(
             options.home.db_path(),
             options.watch_interval,
@@ -376,58 +378,61 @@ impl Manager {
     /// Takes back components that are still running from a previous life of this manager
     /// (it was SIGKILLed and boot restarted it), instead of starting duplicates.
     fn adopt_survivors(&mut self) {
-        let rows = match state::load_all(&self.conn, Some(&self.options.manager)) {
-            Ok(rows) => rows,
-            Err(error) => {
-                tracing::error!(%error, "cannot read component_state; adopting nothing");
-                return;
+        let saved_rows = state::load_all(&self.conn, Some(&self.options.manager)).unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot read component_state; identifying survivors by environment only");
+            Vec::new()
+        });
+        for row in self.load_rows().unwrap_or_default() {
+            let id = row.component_id.clone();
+            if validate_component_id(&id).is_err() {
+                continue;
             }
-        };
-        let table_rows = self.load_rows().unwrap_or_default();
-        for saved in rows {
-            let id = saved.component_id.clone();
             let pid_path = self.options.home.pid_file(&id);
-            let (Some(pid), Some(start_ticks)) = (saved.pid, saved.pid_start_ticks) else {
+            let Ok(PidStatus::Stale { pid: Some(pid) }) = PidFile::inspect(&pid_path) else {
                 continue;
             };
-            let pid_file_pid = match PidFile::inspect(&pid_path) {
-                Ok(PidStatus::Stale { pid }) => pid,
-                _ => None,
+            let saved = saved_rows.iter().find(|s| s.component_id == id);
+            // The process must be the one we started: by the start time recorded with its pid,
+            // or, when the manager died before recording it, by the environment every
+            // component gets (its id and this home), never by the pid alone.
+            let identified = match saved.and_then(|s| Some((s.pid?, s.pid_start_ticks?))) {
+                Some((saved_pid, ticks)) if saved_pid == pid => {
+                    process::is_same_process(pid, ticks)
+                }
+                _ => {
+                    process::is_alive(pid)
+                        && process::environ_has(pid, ENV_COMPONENT_ID, &id)
+                        && process::environ_has(
+                            pid,
+                            ENV_HOME,
+                            &self.options.home.root().to_string_lossy(),
+                        )
+                }
             };
-            let Some(row) = table_rows.iter().find(|r| r.component_id == id) else {
-                continue;
-            };
-            if pid_file_pid != Some(pid) || !process::is_same_process(pid, start_ticks) {
+            let Some(stat) = ProcStat::read(pid).filter(|_| identified) else {
                 let _ = std::fs::remove_file(&pid_path);
                 continue;
-            }
+            };
             let pid_file = PidFile::acquire_for(&pid_path, pid).ok();
             if let Err(error) = events::watch_pid(pid, self.sender.clone()) {
                 tracing::error!(%error, component = %id, "cannot watch adopted process");
                 continue;
             }
-            let started_unix = saved.started_at.unwrap_or_else(unix_now);
+            let started_unix = saved.and_then(|s| s.started_at).unwrap_or_else(unix_now);
             let age = Duration::from_secs_f64((unix_now() - started_unix).max(0.0));
             let proc = Proc {
                 pid,
-                start_ticks,
+                start_ticks: stat.start_ticks,
                 started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
                 started_unix,
                 pid_file,
                 adopted: true,
                 launch_key: row.launch_key(),
             };
-            self.components.insert(
-                id.clone(),
-                Component {
-                    row: row.clone(),
-                    phase: Phase::Running(proc),
-                    restarts: saved.restarts,
-                    quick_deaths: 0,
-                    last_exit: saved.last_exit,
-                    settled_row: None,
-                },
-            );
+            let mut component = Component::new(row, Phase::Running(proc));
+            component.restarts = saved.map_or(0, |s| s.restarts);
+            component.last_exit = saved.and_then(|s| s.last_exit.clone());
+            self.components.insert(id.clone(), component);
             self.journal.event(
                 LifecycleRecord::new(&id, LifecycleEvent::Adopted)
                     .pid(pid)
