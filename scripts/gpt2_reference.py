@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """An independent GPT-2 forward pass in numpy, to check n0m1-llm's logits.
 
-Usage: python3 scripts/gpt2_reference.py MODEL_DIR TOKEN_ID...
+Usage: python3 scripts/gpt2_reference.py MODEL_DIR TOKEN_ID...   (make a folder with `n0m1ctl model fixture DIR`)
 Prints the logits of the last position (first 8 values) and the greedy next token.
 Needs: pip install numpy safetensors
 """

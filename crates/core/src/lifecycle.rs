@@ -232,25 +232,6 @@ pub fn recent(
     rows.collect()
 }
 
-/// Events of one component, oldest first.
-pub fn events_of(conn: &Connection, component_id: &str) -> rusqlite::Result<Vec<LoggedEvent>> {
-    let mut statement = conn.prepare(&format!(
-        "SELECT id, event_timestamp, component_id, process_pid, event_type, message
-         FROM {COMPONENT_LIFECYCLE_LOG} WHERE component_id = ?1 ORDER BY id"
-    ))?;
-    let rows = statement.query_map([component_id], |row| {
-        Ok(LoggedEvent {
-            id: row.get(0)?,
-            timestamp: row.get(1)?,
-            component_id: row.get(2)?,
-            pid: row.get(3)?,
-            event_type: row.get(4)?,
-            message: row.get(5)?,
-        })
-    })?;
-    rows.collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,10 +271,14 @@ mod tests {
             .manager("daemon_manager")
             .write(&conn)
             .unwrap();
-        let all = events_of(&conn, "cpu_usage_daemon").unwrap();
+        let all = recent(&conn, 10, false).unwrap();
         assert_eq!(all.len(), 2);
-        assert_eq!(all[1].event(), Some(LifecycleEvent::Crashed));
-        assert_eq!(all[1].pid, Some(42));
+        assert_eq!(
+            all[0].event(),
+            Some(LifecycleEvent::Crashed),
+            "newest first"
+        );
+        assert_eq!(all[0].pid, Some(42));
         let errors = recent(&conn, 10, true).unwrap();
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].message.as_deref(), Some("exit code 3"));
