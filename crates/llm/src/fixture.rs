@@ -191,7 +191,6 @@ pub fn write_tiny_gpt2(dir: &Path, seed: u64) -> Result<()> {
 
 /// Writes a GPT-2 folder of any shape with seeded weights.
 pub fn write_gpt2(dir: &Path, config: &Gpt2Config, seed: u64) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let config = config.clone();
     let mut json = serde_json::to_value(&config).map_err(|e| LlmError::Invalid(e.to_string()))?;
     let object = json
@@ -207,14 +206,23 @@ pub fn write_gpt2(dir: &Path, config: &Gpt2Config, seed: u64) -> Result<()> {
     for dropout in ["resid_pdrop", "embd_pdrop", "attn_pdrop"] {
         object.insert(dropout.into(), 0.0.into());
     }
-    let config_path = dir.join("config.json");
-    let text = serde_json::to_string_pretty(&json).map_err(|e| LlmError::Invalid(e.to_string()))?;
-    std::fs::write(&config_path, text + "\n").map_err(io(&config_path))?;
-
     let weights = tiny_gpt2_weights(&config, seed)?;
-    let model_path = dir.join("model.safetensors");
-    candle_core::safetensors::save(&weights, &model_path)?;
+    write_folder(dir, &json, &weights)
+}
 
+/// Writes a model folder as transformers saves one: `config.json`, `model.safetensors` and
+/// the fixture tokenizer's `tokenizer.json`.
+fn write_folder(
+    dir: &Path,
+    config: &serde_json::Value,
+    weights: &HashMap<String, Tensor>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let config_path = dir.join("config.json");
+    let text =
+        serde_json::to_string_pretty(config).map_err(|e| LlmError::Invalid(e.to_string()))?;
+    std::fs::write(&config_path, text + "\n").map_err(io(&config_path))?;
+    candle_core::safetensors::save(weights, dir.join("model.safetensors"))?;
     let tokenizer_path = dir.join("tokenizer.json");
     tiny_tokenizer()?
         .save(&tokenizer_path, false)
@@ -279,7 +287,6 @@ pub fn tiny_llama_weights(seed: u64) -> Result<Vec<(String, Tensor)>> {
 
 /// Writes a tiny Llama folder: `config.json`, `model.safetensors`, `tokenizer.json`.
 pub fn write_tiny_llama(dir: &Path, seed: u64) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let eos = tiny_gpt2_config().eos_token_id;
     let config = serde_json::json!({
         "architectures": ["LlamaForCausalLM"],
@@ -298,20 +305,8 @@ pub fn write_tiny_llama(dir: &Path, seed: u64) -> Result<()> {
         "tie_word_embeddings": false,
         "hidden_act": "silu",
     });
-    let config_path = dir.join("config.json");
-    let text =
-        serde_json::to_string_pretty(&config).map_err(|e| LlmError::Invalid(e.to_string()))?;
-    std::fs::write(&config_path, text + "\n").map_err(io(&config_path))?;
     let weights: HashMap<String, Tensor> = tiny_llama_weights(seed)?.into_iter().collect();
-    candle_core::safetensors::save(&weights, dir.join("model.safetensors"))?;
-    let tokenizer_path = dir.join("tokenizer.json");
-    tiny_tokenizer()?
-        .save(&tokenizer_path, false)
-        .map_err(|e| LlmError::Tokenizer {
-            path: tokenizer_path.clone(),
-            message: e.to_string(),
-        })?;
-    Ok(())
+    write_folder(dir, &config, &weights)
 }
 
 /// Writes the tiny Llama as a GGUF file, its matrices in Q4_1 (a format without fast

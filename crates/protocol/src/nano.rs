@@ -130,30 +130,20 @@ pub fn alerts(row: &MetricRow, table: &str) -> Vec<String> {
 }
 
 fn newest_row(conn: &Connection, table: &TableName) -> rusqlite::Result<Option<MetricRow>> {
-    let mut statement = conn.prepare_cached(&format!(
-        "SELECT * FROM {} ORDER BY rowid DESC LIMIT 1",
-        table.quoted()
-    ))?;
-    let names: Vec<String> = statement
-        .column_names()
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    statement
-        .query_row([], |row| {
-            let mut id = 0;
-            let mut values = Vec::new();
-            for (i, name) in names.iter().enumerate() {
-                match row.get_ref(i)? {
-                    rusqlite::types::ValueRef::Integer(v) if name == "id" => id = v,
-                    rusqlite::types::ValueRef::Integer(v) => values.push((name.clone(), v as f64)),
-                    rusqlite::types::ValueRef::Real(v) => values.push((name.clone(), v)),
-                    _ => {}
-                }
+    let mut rows = tables::latest_rows(conn, table, 1, |names, row| {
+        let mut id = 0;
+        let mut values = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            match row.get_ref(i)? {
+                rusqlite::types::ValueRef::Integer(v) if name == "id" => id = v,
+                rusqlite::types::ValueRef::Integer(v) => values.push((name.clone(), v as f64)),
+                rusqlite::types::ValueRef::Real(v) => values.push((name.clone(), v)),
+                _ => {}
             }
-            Ok(MetricRow { id, values })
-        })
-        .optional()
+        }
+        Ok(MetricRow { id, values })
+    })?;
+    Ok(rows.pop())
 }
 
 pub struct NanoInstance {

@@ -49,16 +49,7 @@ pub fn load_config(conn: &Connection, llm_id: &str) -> Result<IoConfig, String> 
 
 /// The rows of `table` as text lines, newest first.
 fn read_rows(conn: &Connection, table: &TableName, limit: usize) -> rusqlite::Result<Vec<String>> {
-    let mut statement = conn.prepare(&format!(
-        "SELECT * FROM {} ORDER BY rowid DESC LIMIT ?1",
-        table.quoted()
-    ))?;
-    let names: Vec<String> = statement
-        .column_names()
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    let rows = statement.query_map([limit as i64], |row| {
+    tables::latest_rows(conn, table, limit, |names, row| {
         let mut fields = Vec::with_capacity(names.len());
         for (i, name) in names.iter().enumerate() {
             let value = match row.get_ref(i)? {
@@ -73,8 +64,7 @@ fn read_rows(conn: &Connection, table: &TableName, limit: usize) -> rusqlite::Re
             fields.push(format!("{name}={value}"));
         }
         Ok(fields.join(", "))
-    })?;
-    rows.collect()
+    })
 }
 
 /// The processor's state between notifications.

@@ -101,6 +101,27 @@ pub fn column_names(conn: &Connection, table: &TableName) -> Vec<String> {
     .unwrap_or_default()
 }
 
+/// The newest `limit` rows of `table` (by rowid, newest first), each mapped by `map`, which is
+/// given the column names and the row: the one place a data-named table is read.
+pub fn latest_rows<T>(
+    conn: &Connection,
+    table: &TableName,
+    limit: usize,
+    mut map: impl FnMut(&[String], &rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT * FROM {} ORDER BY rowid DESC LIMIT ?1",
+        table.quoted()
+    ))?;
+    let names: Vec<String> = statement
+        .column_names()
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let rows = statement.query_map([limit as i64], |row| map(&names, row))?;
+    rows.collect()
+}
+
 /// Splits a comma-separated list (`read_tables`, a PUSH payload) and validates each entry;
 /// returns the good ones and an error per bad one.
 pub fn validate_list(conn: &Connection, list: &str) -> (Vec<TableName>, Vec<TableError>) {
