@@ -29,11 +29,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     n0m1_core::logging::init("boot_system", "info");
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    n0m1_core::exit_code(run(Args::parse()))
 }

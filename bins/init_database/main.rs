@@ -25,11 +25,5 @@ fn main() -> ExitCode {
     let result = n0m1_core::Home::resolve(args.home.as_deref())
         .map_err(anyhow::Error::from)
         .and_then(|home| n0m1_ctl::init::run(&home, &args.init));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    n0m1_core::exit_code(result)
 }

@@ -18,3 +18,15 @@ pub use config::Config;
 pub use home::Home;
 pub use lifecycle::{LifecycleEvent, LifecycleRecord};
 pub use pidfile::{PidFile, PidStatus};
+
+/// The end of every binary's `main`: success, or the error printed once (`{:#}` shows an
+/// anyhow chain in full) and exit code 1.
+pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -61,11 +61,5 @@ pub fn daemon_main(kind: MetricKind) -> ExitCode {
             })
             .map_err(anyhow::Error::from)
         });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    n0m1_core::exit_code(result)
 }

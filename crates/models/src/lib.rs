@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use n0m1_core::Home;
+use n0m1_core::exit_code;
 use n0m1_llm::generate::{Decoding, GenerationOptions};
 use n0m1_llm::model::{LoadOptions, LoadedModel};
 use n0m1_llm::resolve::{DEFAULT_MAIN_MODEL, DEFAULT_NANO_MODEL, ModelPlaces, resolve};
-use n0m1_protocol::cli::{CommonArgs, exit_code};
+use n0m1_protocol::cli::CommonArgs;
 use n0m1_protocol::generator::Generator;
 use n0m1_protocol::nano::NanoOptions;
 use n0m1_protocol::runtime::{Runtime, component_id_or};
@@ -110,7 +111,7 @@ pub fn processor_main() -> ExitCode {
     let args = ProcessorArgs::parse();
     set_threads(args.model.threads);
     n0m1_core::logging::init("llm_processor", "info");
-    exit_code((|| {
+    exit_code::<anyhow::Error>((|| {
         let home = args.common.home()?;
         let runtime = Runtime::start(
             &home.db_path(),
@@ -174,7 +175,7 @@ pub fn nano_main() -> ExitCode {
     let args = NanoArgs::parse();
     set_threads(args.model.threads);
     n0m1_core::logging::init("nano_instance", "info");
-    exit_code((|| {
+    exit_code::<anyhow::Error>((|| {
         let home = args.common.home()?;
         let db_path = args.db_path.clone().unwrap_or_else(|| home.db_path());
         let component_id = format!("nano_instance_{}", args.instance_id);
@@ -340,7 +341,7 @@ pub fn tool_main() -> ExitCode {
         set_threads(model.threads);
     }
     n0m1_core::logging::init("n0m1_model", "warn");
-    exit_code((|| {
+    exit_code::<anyhow::Error>((|| {
         let home = Home::resolve(args.home.as_deref())?;
         match &args.command {
             ToolCommand::Fixture {

@@ -34,22 +34,11 @@ struct DaemonArgs {
     common: CommonArgs,
 }
 
-/// Prints an error once and turns it into the exit code.
-pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 /// `main` of `llm_config_daemon` and `llm_command_daemon`.
 pub fn daemon_main(name: &str, run: fn(Runtime) -> anyhow::Result<()>) -> ExitCode {
     n0m1_core::logging::init(name, "info");
     let args = DaemonArgs::parse();
-    exit_code((|| {
+    n0m1_core::exit_code::<anyhow::Error>((|| {
         let home = args.common.home()?;
         run(Runtime::start(
             &home.db_path(),

@@ -40,11 +40,5 @@ fn run(manager: &str, args: ManagerArgs) -> anyhow::Result<()> {
 pub fn manager_main(manager: &str) -> ExitCode {
     n0m1_core::logging::init(manager, "info");
     let args = ManagerArgs::parse_from(std::env::args_os());
-    match run(manager, args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    n0m1_core::exit_code(run(manager, args))
 }
