@@ -4,6 +4,7 @@
 //! and process inspection. It knows nothing about supervision policy or models.
 
 pub mod access_log;
+pub mod components;
 pub mod config;
 pub mod db;
 pub mod home;
@@ -11,8 +12,10 @@ pub mod lifecycle;
 pub mod logging;
 pub mod pidfile;
 pub mod process;
+pub mod runtime;
 pub mod schema;
 pub mod state;
+pub mod writer;
 
 pub use config::Config;
 pub use home::Home;

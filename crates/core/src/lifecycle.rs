@@ -116,7 +116,7 @@ impl fmt::Display for LifecycleEvent {
 
 /// One row of `component_lifecycle_log`, owned, so a supervisor can queue it and write it
 /// after the work it describes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LifecycleRecord {
     pub component_id: String,
     pub event: LifecycleEvent,

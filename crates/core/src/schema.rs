@@ -203,21 +203,8 @@ pub const MAIN_LLM_READ_TABLES: &str = "cpu_temp_summary,cpu_usage_summary,memor
 /// operator made to them) are left alone. Returns how many rows were inserted.
 pub fn insert_defaults(conn: &Connection) -> rusqlite::Result<usize> {
     let mut inserted = 0;
-    let mut component = conn.prepare(
-        "INSERT OR IGNORE INTO autorun_components
-         (component_id, base_script_name, manager_affinity, desired_state, launch_args_json,
-          run_type_on_boot, description)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'PRIMARY_RUN', ?6)",
-    )?;
     for row in DEFAULT_COMPONENTS {
-        inserted += component.execute(params![
-            row.component_id,
-            row.base_script_name,
-            row.manager_affinity,
-            row.desired_state,
-            row.launch_args_json,
-            row.description
-        ])?;
+        inserted += usize::from(crate::components::insert_if_missing(conn, row.into())?);
     }
     let mut prompt =
         conn.prepare("INSERT OR IGNORE INTO nano_prompts (nano_id, prompt) VALUES (?1, '')")?;

@@ -14,9 +14,8 @@ use crate::schema::COMPONENT_STATE;
 /// What a supervised component is doing, as its manager sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RunState {
-    /// Spawned, not yet confirmed running.
-    Starting,
-    /// Running under its manager.
+    /// Running under its manager (a spawn in flight counts: the manager answers it in the
+    /// same turn).
     Running,
     /// SIGTERM sent, waiting for it to exit.
     Stopping,
@@ -28,18 +27,25 @@ pub enum RunState {
     Failed,
     /// A one-shot run that finished cleanly.
     Completed,
+    /// Shown by `status`, never written by a manager: the recorded process is alive but no
+    /// manager of its affinity is running.
+    Unsupervised,
+    /// Shown by `status`, never written by a manager: the recorded process is gone and no
+    /// manager noticed (its manager is down).
+    Dead,
 }
 
 impl RunState {
     pub fn as_str(self) -> &'static str {
         match self {
-            RunState::Starting => "starting",
             RunState::Running => "running",
             RunState::Stopping => "stopping",
             RunState::Stopped => "stopped",
             RunState::Backoff => "backoff",
             RunState::Failed => "failed",
             RunState::Completed => "completed",
+            RunState::Unsupervised => "unsupervised",
+            RunState::Dead => "dead",
         }
     }
 }
@@ -54,13 +60,14 @@ impl FromStr for RunState {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
         Ok(match text {
-            "starting" => RunState::Starting,
             "running" => RunState::Running,
             "stopping" => RunState::Stopping,
             "stopped" => RunState::Stopped,
             "backoff" => RunState::Backoff,
             "failed" => RunState::Failed,
             "completed" => RunState::Completed,
+            "unsupervised" => RunState::Unsupervised,
+            "dead" => RunState::Dead,
             other => return Err(format!("unknown run state {other:?}")),
         })
     }
@@ -207,13 +214,14 @@ mod tests {
     #[test]
     fn states_round_trip() {
         for state in [
-            RunState::Starting,
             RunState::Running,
             RunState::Stopping,
             RunState::Stopped,
             RunState::Backoff,
             RunState::Failed,
             RunState::Completed,
+            RunState::Unsupervised,
+            RunState::Dead,
         ] {
             assert_eq!(state.as_str().parse::<RunState>().unwrap(), state);
         }

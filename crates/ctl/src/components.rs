@@ -2,24 +2,19 @@
 
 use anyhow::{Context, bail};
 use n0m1_core::schema::AUTORUN_COMPONENTS;
-use n0m1_core::{Home, PidFile, db, state};
+use n0m1_core::{Home, PidFile, components, db, state};
 
 pub fn set_desired(home: &Home, component_id: &str, active: bool) -> anyhow::Result<()> {
     let conn = db::open(&home.db_path())?;
-    let desired = if active { "active" } else { "inactive" };
-    let changed = conn
-        .execute(
-            &format!("UPDATE {AUTORUN_COMPONENTS} SET desired_state = ?1 WHERE component_id = ?2"),
-            [desired, component_id],
-        )
+    let changed = components::set_desired(&conn, component_id, active)
         .with_context(|| format!("updating {component_id} in {AUTORUN_COMPONENTS}"))?;
-    if changed == 0 {
-        let known: Vec<String> = conn
-            .prepare(&format!(
-                "SELECT component_id FROM {AUTORUN_COMPONENTS} ORDER BY component_id"
-            ))?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+    if !changed {
+        let mut known: Vec<String> = components::all(&conn)
+            .with_context(|| format!("reading {AUTORUN_COMPONENTS}"))?
+            .into_iter()
+            .map(|row| row.component_id)
+            .collect();
+        known.sort();
         bail!(
             "unknown component {component_id:?}; known components: {}",
             known.join(", ")

@@ -5,6 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use n0m1_core::components;
 use n0m1_core::schema::{AUTORUN_COMPONENTS, MANAGERS};
 use n0m1_core::{Home, PidFile, db};
 use rusqlite::Connection;
@@ -83,19 +84,20 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 
 /// Components grouped by manager: state, id, script and arguments.
 pub fn print_configuration(conn: &Connection) -> anyhow::Result<()> {
-    let mut statement = conn
-        .prepare(&format!(
-            "SELECT manager_affinity, component_id, desired_state, base_script_name,
-                    COALESCE(launch_args_json, '{{}}')
-             FROM {AUTORUN_COMPONENTS} ORDER BY manager_affinity, component_id"
-        ))
-        .with_context(|| format!("reading {AUTORUN_COMPONENTS}"))?;
-    let rows: Vec<(String, String, String, String, String)> = statement
-        .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("reading {AUTORUN_COMPONENTS}"))?;
+    let rows: Vec<(String, String, String, String, String)> = components::all(conn)
+        .with_context(|| format!("reading {AUTORUN_COMPONENTS}"))?
+        .into_iter()
+        .map(|row| {
+            let desired = row.desired_state().to_owned();
+            (
+                row.manager_affinity,
+                row.component_id,
+                desired,
+                row.base_script_name,
+                row.launch_args_json.unwrap_or_else(|| "{}".to_owned()),
+            )
+        })
+        .collect();
     let mut managers: Vec<&str> = MANAGERS.to_vec();
     for (manager, ..) in &rows {
         if !managers.contains(&manager.as_str()) {

@@ -81,6 +81,11 @@ pub enum Command {
         )]
         args: Vec<std::ffi::OsString>,
     },
+    /// Print shell completions for n0m1ctl (`n0m1ctl completions bash > ~/.local/share/bash-completion/completions/n0m1ctl`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Check config.json and print the resolved configuration.
     Config {
         #[command(subcommand)]
@@ -99,8 +104,22 @@ pub enum ConfigAction {
 
 /// Runs one parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let command = match cli.command {
+        // Completions need no home (a machine without $HOME can still print them).
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "n0m1ctl",
+                &mut std::io::stdout(),
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        command => command,
+    };
     let home = Home::resolve(cli.home.as_deref())?;
-    match cli.command {
+    match command {
         Command::Init(args) => init::run(&home, &args).map(|()| ExitCode::SUCCESS),
         Command::Start => control::start(&home).map(|()| ExitCode::SUCCESS),
         Command::Stop { force } => control::stop(&home, force).map(|()| ExitCode::SUCCESS),
@@ -133,5 +152,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config {
             action: ConfigAction::Check { json },
         } => control::config_check(&home, json).map(|()| ExitCode::SUCCESS),
+        Command::Completions { .. } => Ok(ExitCode::SUCCESS),
     }
 }

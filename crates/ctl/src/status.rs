@@ -1,6 +1,7 @@
 //! `status`: boot, each manager and each component as they really are. PID files count only
 //! when locked, and a component's pid only when /proc shows the same process (start time).
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -8,9 +9,16 @@ use n0m1_core::lifecycle;
 use n0m1_core::pidfile::PidStatus;
 use n0m1_core::process::{self, ProcStat};
 use n0m1_core::schema::{AUTORUN_COMPONENTS, COMPONENT_STATE, MANAGERS};
-use n0m1_core::state::{RunState, unix_now};
-use n0m1_core::{Config, Home, PidFile, db};
+use n0m1_core::state::{self, ComponentState, RunState, unix_now};
+use n0m1_core::{Config, Home, PidFile, components, db};
 use serde::Serialize;
+
+fn run_state_text<S: serde::Serializer>(
+    state: &RunState,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(state.as_str())
+}
 
 use crate::EXIT_NOT_RUNNING;
 
@@ -34,9 +42,11 @@ pub struct ComponentView {
     pub component_id: String,
     pub manager: String,
     pub desired: String,
-    /// running, stopped, stopping, backoff, failed, completed, dead (the recorded process
-    /// is gone and no manager noticed) or unsupervised (alive, its manager is not).
-    pub actual: String,
+    /// One of `RunState`: running, stopped, stopping, backoff, failed, completed, dead (the
+    /// recorded process is gone and no manager noticed) or unsupervised (alive, its manager
+    /// is not).
+    #[serde(serialize_with = "run_state_text")]
+    pub actual: RunState,
     pub pid: Option<i32>,
     pub uptime_secs: Option<f64>,
     pub restarts: u32,
@@ -139,93 +149,58 @@ pub fn collect(home: &Home, detailed: bool) -> anyhow::Result<SystemView> {
             .any(|m| m.name == name && m.state == "running")
     };
 
-    let mut statement = conn
-        .prepare(&format!(
-            "SELECT a.component_id, a.manager_affinity, a.desired_state, s.state, s.pid,
-                    s.pid_start_ticks, s.started_at, COALESCE(s.restarts, 0), s.last_exit
-             FROM {AUTORUN_COMPONENTS} a LEFT JOIN {COMPONENT_STATE} s USING (component_id)
-             ORDER BY a.manager_affinity, a.component_id"
-        ))
-        .with_context(|| format!("reading {AUTORUN_COMPONENTS} and {COMPONENT_STATE}"))?;
-    type Row = (
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<i32>,
-        Option<i64>,
-        Option<f64>,
-        i64,
-        Option<String>,
-    );
-    let rows: Vec<Row> = statement
-        .query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
+    let rows = components::all(&conn).with_context(|| format!("reading {AUTORUN_COMPONENTS}"))?;
+    let saved: HashMap<String, ComponentState> = state::load_all(&conn, None)
+        .with_context(|| format!("reading {COMPONENT_STATE}"))?
+        .into_iter()
+        .map(|s| (s.component_id.clone(), s))
+        .collect();
     let now = unix_now();
     let components = rows
         .into_iter()
-        .map(
-            |(
-                component_id,
-                manager,
-                desired,
-                state,
-                pid,
-                ticks,
-                started_at,
-                restarts,
-                last_exit,
-            )| {
-                let recorded: Option<RunState> = state.as_deref().and_then(|s| s.parse().ok());
-                let stat = match (pid, ticks) {
-                    (Some(pid), Some(ticks)) => ProcStat::read(pid)
-                        .filter(|s| s.is_alive() && s.start_ticks == ticks as u64),
-                    _ => None,
-                };
-                let supervised = manager_alive(&manager);
-                let actual = match (recorded, &stat) {
-                    (_, Some(_)) if !supervised => "unsupervised".to_owned(),
-                    (Some(RunState::Running | RunState::Starting | RunState::Stopping), None) => {
-                        "dead".to_owned()
-                    }
-                    (Some(state), _) => state.as_str().to_owned(),
-                    (None, Some(_)) => "running".to_owned(),
-                    (None, None) => "stopped".to_owned(),
-                };
-                let alive = stat.is_some();
-                let (rss_kib, cpu_percent) = match (&stat, detailed) {
-                    (Some(stat), true) => {
-                        let (rss, cpu) = usage(stat);
-                        (Some(rss), Some(cpu))
-                    }
-                    _ => (None, None),
-                };
-                ComponentView {
-                    component_id,
-                    manager,
-                    desired,
-                    actual,
-                    pid: pid.filter(|_| alive),
-                    uptime_secs: started_at.filter(|_| alive).map(|t| (now - t).max(0.0)),
-                    restarts: restarts.max(0) as u32,
-                    last_exit: last_exit.filter(|s| !s.is_empty()),
-                    rss_kib,
-                    cpu_percent,
+        .map(|row| {
+            let saved = saved.get(&row.component_id);
+            let recorded = saved.map(|s| s.state);
+            let stat = match saved.and_then(|s| Some((s.pid?, s.pid_start_ticks?))) {
+                Some((pid, ticks)) => {
+                    ProcStat::read(pid).filter(|s| s.is_alive() && s.start_ticks == ticks)
                 }
-            },
-        )
+                None => None,
+            };
+            let supervised = manager_alive(&row.manager_affinity);
+            let actual = match (recorded, &stat) {
+                (_, Some(_)) if !supervised => RunState::Unsupervised,
+                (Some(RunState::Running | RunState::Stopping), None) => RunState::Dead,
+                (Some(state), _) => state,
+                (None, Some(_)) => RunState::Running,
+                (None, None) => RunState::Stopped,
+            };
+            let alive = stat.is_some();
+            let (rss_kib, cpu_percent) = match (&stat, detailed) {
+                (Some(stat), true) => {
+                    let (rss, cpu) = usage(stat);
+                    (Some(rss), Some(cpu))
+                }
+                _ => (None, None),
+            };
+            ComponentView {
+                desired: row.desired_state().to_owned(),
+                component_id: row.component_id,
+                manager: row.manager_affinity,
+                actual,
+                pid: saved.and_then(|s| s.pid).filter(|_| alive),
+                uptime_secs: saved
+                    .and_then(|s| s.started_at)
+                    .filter(|_| alive)
+                    .map(|t| (now - t).max(0.0)),
+                restarts: saved.map_or(0, |s| s.restarts),
+                last_exit: saved
+                    .and_then(|s| s.last_exit.clone())
+                    .filter(|s| !s.is_empty()),
+                rss_kib,
+                cpu_percent,
+            }
+        })
         .collect();
     let recent_errors = if detailed {
         lifecycle::recent(&conn, 10, true)?
@@ -311,7 +286,7 @@ pub fn run(home: &Home, detailed: bool, json: bool) -> anyhow::Result<ExitCode> 
             c.component_id,
             c.manager,
             c.desired,
-            c.actual,
+            c.actual.as_str(),
             opt(c.pid),
             duration(c.uptime_secs),
             c.restarts,

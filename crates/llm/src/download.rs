@@ -8,6 +8,31 @@ use std::time::Duration;
 
 use hf_hub::api::sync::ApiBuilder;
 
+/// Why a model was not downloaded.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("HF_HUB_OFFLINE is set, so nothing is downloaded")]
+    Offline,
+    #[error("the hub is unreachable ({reason})")]
+    Unreachable { reason: String },
+    #[error("cannot set up the download into {cache}: {message}")]
+    Setup { cache: PathBuf, message: String },
+    #[error("cannot fetch {model}/{file}: {message}")]
+    File {
+        model: String,
+        file: String,
+        message: String,
+    },
+    #[error("{model} has neither model.safetensors nor an index of shards: {message}")]
+    NoWeights { model: String, message: String },
+    #[error("cannot read the shard index {path}: {message}")]
+    Index { path: PathBuf, message: String },
+}
+
+fn unreachable(reason: String) -> DownloadError {
+    DownloadError::Unreachable { reason }
+}
+
 /// How long the reachability check may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -33,15 +58,15 @@ fn endpoint_of(url: &str) -> (String, u16) {
 }
 
 /// Fails fast, with the reason, when the hub cannot be reached.
-pub fn check_reachable() -> Result<(), String> {
+pub fn check_reachable() -> Result<(), DownloadError> {
     let (host, port) = endpoint();
     reachable(&host, port)
 }
 
-fn reachable(host: &str, port: u16) -> Result<(), String> {
+fn reachable(host: &str, port: u16) -> Result<(), DownloadError> {
     let addresses = (host, port)
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+        .map_err(|e| unreachable(format!("cannot resolve {host}: {e}")))?;
     let mut last = format!("{host} has no address");
     for address in addresses {
         match TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
@@ -49,36 +74,49 @@ fn reachable(host: &str, port: u16) -> Result<(), String> {
             Err(error) => last = format!("cannot connect to {host} ({address}): {error}"),
         }
     }
-    Err(last)
+    Err(unreachable(last))
 }
 
 /// Downloads `config.json`, `tokenizer.json` and the safetensors weights of `id` into
 /// `cache` (the standard `models--org--name/snapshots/<rev>/` layout); returns the snapshot.
-pub fn download(id: &str, cache: &Path) -> Result<PathBuf, String> {
+pub fn download(id: &str, cache: &Path) -> Result<PathBuf, DownloadError> {
     if offline() {
-        return Err("HF_HUB_OFFLINE is set, so nothing is downloaded".to_owned());
+        return Err(DownloadError::Offline);
     }
-    check_reachable().map_err(|reason| format!("the hub is unreachable ({reason})"))?;
+    check_reachable()?;
     let api = ApiBuilder::new()
         .with_cache_dir(cache.to_path_buf())
         .with_progress(true)
         .build()
-        .map_err(|e| format!("cannot set up the download: {e}"))?;
+        .map_err(|e| DownloadError::Setup {
+            cache: cache.to_path_buf(),
+            message: e.to_string(),
+        })?;
     let repo = api.model(id.to_owned());
-    let config = repo
-        .get("config.json")
-        .map_err(|e| format!("{id}/config.json: {e}"))?;
-    repo.get("tokenizer.json")
-        .map_err(|e| format!("{id}/tokenizer.json: {e}"))?;
+    let fetch = |file: &str| {
+        repo.get(file).map_err(|e| DownloadError::File {
+            model: id.to_owned(),
+            file: file.to_owned(),
+            message: e.to_string(),
+        })
+    };
+    let config = fetch("config.json")?;
+    fetch("tokenizer.json")?;
     if repo.get("model.safetensors").is_err() {
         // Sharded checkpoints list their files in an index.
-        let index = repo.get("model.safetensors.index.json").map_err(|e| {
-            format!("{id} has neither model.safetensors nor an index of shards: {e}")
-        })?;
-        let text =
-            std::fs::read_to_string(&index).map_err(|e| format!("{}: {e}", index.display()))?;
+        let index =
+            repo.get("model.safetensors.index.json")
+                .map_err(|e| DownloadError::NoWeights {
+                    model: id.to_owned(),
+                    message: e.to_string(),
+                })?;
+        let bad_index = |message: String| DownloadError::Index {
+            path: index.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&index).map_err(|e| bad_index(e.to_string()))?;
         let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", index.display()))?;
+            serde_json::from_str(&text).map_err(|e| bad_index(e.to_string()))?;
         let mut shards: Vec<String> = json["weight_map"]
             .as_object()
             .map(|m| {
@@ -90,13 +128,17 @@ pub fn download(id: &str, cache: &Path) -> Result<PathBuf, String> {
         shards.sort();
         shards.dedup();
         for shard in shards {
-            repo.get(&shard).map_err(|e| format!("{id}/{shard}: {e}"))?;
+            fetch(&shard)?;
         }
     }
     config
         .parent()
         .map(Path::to_path_buf)
-        .ok_or_else(|| "downloaded config.json has no folder".to_owned())
+        .ok_or_else(|| DownloadError::File {
+            model: id.to_owned(),
+            file: "config.json".to_owned(),
+            message: "the downloaded file has no folder".to_owned(),
+        })
 }
 
 #[cfg(test)]
@@ -112,6 +154,8 @@ mod tests {
             "took {:?}",
             started.elapsed()
         );
+        assert!(matches!(error, DownloadError::Unreachable { .. }));
+        let error = error.to_string();
         assert!(error.contains("n0m1-no-such-host.invalid"), "{error}");
     }
 

@@ -1,4 +1,5 @@
-//! Errors of the model engine; each names the file or model involved and what to do.
+//! Errors of the model engine; each names the file, tensor or model involved and what to do.
+//! Callers match on them: a missing model is not a broken file, and a full context is neither.
 
 use std::path::PathBuf;
 
@@ -18,12 +19,60 @@ pub enum LlmError {
     Format { path: PathBuf, message: String },
     #[error("tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    GgufTokenizer {
+        path: PathBuf,
+        #[source]
+        source: crate::model::GgufTokenizerError,
+    },
     #[error("LoRA adapter {path}: {message}")]
     Lora { path: PathBuf, message: String },
+    #[error(
+        "{architecture} weights lack tensor {name:?}: the checkpoint is incomplete or of another architecture"
+    )]
+    MissingTensor {
+        architecture: &'static str,
+        name: String,
+    },
+    #[error(
+        "tensor {name} has shape {found:?}, expected {expected:?}: the weights do not match config.json"
+    )]
+    BadShape {
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("{setting} is {value}, which n0m1 cannot run ({supported})")]
+    Unsupported {
+        setting: &'static str,
+        value: String,
+        supported: &'static str,
+    },
+    #[error(
+        "positions {start}..{end} exceed the model's context of {limit} tokens: shorten the prompt or lower --max_new_tokens"
+    )]
+    ContextFull {
+        start: usize,
+        end: usize,
+        limit: usize,
+    },
+    #[error("the prompt encodes to no tokens")]
+    EmptyPrompt,
+    #[error("cannot {action}: {message}")]
+    Text {
+        action: &'static str,
+        message: String,
+    },
+    #[error(
+        "{path}: a LoRA adapter cannot be merged into a quantized GGUF model; use a safetensors folder"
+    )]
+    LoraOnQuantized { path: PathBuf },
+    #[error("cannot write the fixture model: {0}")]
+    Fixture(String),
+    #[error(transparent)]
+    Download(#[from] crate::download::DownloadError),
     #[error("model computation failed: {0}")]
     Candle(#[from] candle_core::Error),
-    #[error("{0}")]
-    Invalid(String),
 }
 
 pub type Result<T> = std::result::Result<T, LlmError>;

@@ -96,7 +96,7 @@ pub fn tiny_tokenizer() -> Result<Tokenizer> {
             merges,
         )
         .build()
-        .map_err(|e| LlmError::Invalid(format!("cannot build the fixture tokenizer: {e}")))?;
+        .map_err(|e| LlmError::Fixture(format!("cannot build its tokenizer: {e}")))?;
     let mut tokenizer = Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
     tokenizer.with_decoder(Some(ByteLevel::default()));
@@ -192,7 +192,7 @@ pub fn write_tiny_gpt2(dir: &Path, seed: u64) -> Result<()> {
 /// Writes a GPT-2 folder of any shape with seeded weights.
 pub fn write_gpt2(dir: &Path, config: &Gpt2Config, seed: u64) -> Result<()> {
     let config = config.clone();
-    let mut json = serde_json::to_value(&config).map_err(|e| LlmError::Invalid(e.to_string()))?;
+    let mut json = serde_json::to_value(&config).map_err(|e| LlmError::Fixture(e.to_string()))?;
     let object = json
         .as_object_mut()
         .expect("a struct serialises to an object");
@@ -220,7 +220,7 @@ fn write_folder(
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let config_path = dir.join("config.json");
     let text =
-        serde_json::to_string_pretty(config).map_err(|e| LlmError::Invalid(e.to_string()))?;
+        serde_json::to_string_pretty(config).map_err(|e| LlmError::Fixture(e.to_string()))?;
     std::fs::write(&config_path, text + "\n").map_err(io(&config_path))?;
     candle_core::safetensors::save(weights, dir.join("model.safetensors"))?;
     let tokenizer_path = dir.join("tokenizer.json");

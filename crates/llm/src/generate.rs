@@ -79,21 +79,27 @@ impl LoadedModel {
         let encoding = self
             .tokenizer
             .encode(text, true)
-            .map_err(|e| LlmError::Invalid(format!("cannot tokenize the prompt: {e}")))?;
+            .map_err(|e| LlmError::Text {
+                action: "tokenize the prompt",
+                message: e.to_string(),
+            })?;
         Ok(encoding.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer
             .decode(ids, true)
-            .map_err(|e| LlmError::Invalid(format!("cannot decode tokens: {e}")))
+            .map_err(|e| LlmError::Text {
+                action: "decode tokens",
+                message: e.to_string(),
+            })
     }
 
     /// Generates a completion of `prompt` (already formatted).
     pub fn generate(&mut self, prompt: &str, options: &GenerationOptions) -> Result<Completion> {
         let mut prompt_ids = self.encode(prompt)?;
         if prompt_ids.is_empty() {
-            return Err(LlmError::Invalid("the prompt encodes to no tokens".into()));
+            return Err(LlmError::EmptyPrompt);
         }
         let room_for_prompt = self
             .context_length

@@ -123,17 +123,19 @@ impl Gpt2Weights {
     }
 
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.0
-            .get(name)
-            .ok_or_else(|| LlmError::Invalid(format!("GPT-2 weights lack tensor {name:?}")))
+        self.0.get(name).ok_or_else(|| LlmError::MissingTensor {
+            architecture: "GPT-2",
+            name: name.to_owned(),
+        })
     }
 
     /// Removes a tensor: consumed weights are freed as the model is built, so a quantizing
     /// load never holds every F32 matrix and every quantized one at once.
     fn take(&mut self, name: &str) -> Result<Tensor> {
-        self.0
-            .remove(name)
-            .ok_or_else(|| LlmError::Invalid(format!("GPT-2 weights lack tensor {name:?}")))
+        self.0.remove(name).ok_or_else(|| LlmError::MissingTensor {
+            architecture: "GPT-2",
+            name: name.to_owned(),
+        })
     }
 
     pub fn tensors_mut(&mut self) -> &mut HashMap<String, Tensor> {
@@ -158,10 +160,11 @@ impl Gpt2Weights {
     ) -> Result<Projection> {
         let weight = self.take(&format!("{prefix}.weight"))?;
         if weight.dims() != [expect_in, expect_out] {
-            return Err(LlmError::Invalid(format!(
-                "{prefix}.weight has shape {:?}, expected [{expect_in}, {expect_out}]",
-                weight.dims()
-            )));
+            return Err(LlmError::BadShape {
+                name: format!("{prefix}.weight"),
+                found: weight.dims().to_vec(),
+                expected: vec![expect_in, expect_out],
+            });
         }
         let bias = self.get(&format!("{prefix}.bias"))?.clone();
         if quantize {
@@ -192,27 +195,30 @@ impl Gpt2 {
     ) -> Result<Gpt2> {
         let c = config.n_embd;
         if config.n_head == 0 || !c.is_multiple_of(config.n_head) {
-            return Err(LlmError::Invalid(format!(
-                "n_embd {c} is not divisible by n_head {}",
-                config.n_head
-            )));
+            return Err(LlmError::Unsupported {
+                setting: "n_head",
+                value: format!("{} with n_embd {c}", config.n_head),
+                supported: "n_embd must be a multiple of n_head",
+            });
         }
         let exact_gelu = match config.activation_function.as_str() {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => false,
             "gelu" => true,
             other => {
-                return Err(LlmError::Invalid(format!(
-                    "unsupported activation_function {other:?}"
-                )));
+                return Err(LlmError::Unsupported {
+                    setting: "activation_function",
+                    value: format!("{other:?}"),
+                    supported: "gelu, gelu_new, gelu_pytorch_tanh or gelu_fast",
+                });
             }
         };
         let wte_weight = weights.get("wte.weight")?.clone();
         if wte_weight.dims() != [config.vocab_size, c] {
-            return Err(LlmError::Invalid(format!(
-                "wte.weight has shape {:?}, expected [{}, {c}]",
-                wte_weight.dims(),
-                config.vocab_size
-            )));
+            return Err(LlmError::BadShape {
+                name: "wte.weight".into(),
+                found: wte_weight.dims().to_vec(),
+                expected: vec![config.vocab_size, c],
+            });
         }
         let wte = Embedding::new(wte_weight.clone(), c);
         let wpe = Embedding::new(weights.get("wpe.weight")?.clone(), c);
@@ -259,14 +265,14 @@ impl Gpt2 {
     pub fn forward_all(&mut self, ids: &[u32], position: usize) -> Result<Tensor> {
         let len = ids.len();
         if len == 0 {
-            return Err(LlmError::Invalid("empty input".into()));
+            return Err(LlmError::EmptyPrompt);
         }
         if position + len > self.config.n_positions {
-            return Err(LlmError::Invalid(format!(
-                "positions {position}..{} exceed the model's context of {}",
-                position + len,
-                self.config.n_positions
-            )));
+            return Err(LlmError::ContextFull {
+                start: position,
+                end: position + len,
+                limit: self.config.n_positions,
+            });
         }
         let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
         let positions =

@@ -97,7 +97,9 @@ impl LoadedModel {
         let device = Device::Cpu;
         if path.extension().is_some_and(|x| x == "gguf") {
             if options.lora.is_some() {
-                return Err(LlmError::Invalid("a LoRA adapter cannot be merged into a quantized GGUF model; use a safetensors folder".into()));
+                return Err(LlmError::LoraOnQuantized {
+                    path: path.to_path_buf(),
+                });
             }
             return Self::load_gguf(path, &device);
         }
@@ -170,9 +172,10 @@ impl LoadedModel {
                     device,
                 })
             }
-            other => Err(LlmError::Format {
-                path: config_path,
-                message: format!("model_type {other:?} is not supported (gpt2 and llama are)"),
+            other => Err(LlmError::Unsupported {
+                setting: "model_type",
+                value: format!("{other:?} in {}", config_path.display()),
+                supported: "gpt2 and llama are",
             }),
         }
     }
@@ -185,7 +188,11 @@ impl LoadedModel {
         };
         let content = gguf_file::Content::read(&mut Cursor::new(&bytes))
             .map_err(|e| format(e.to_string()))?;
-        let tokenizer = tokenizer_from_gguf(&content).map_err(format)?;
+        let tokenizer =
+            tokenizer_from_gguf(&content).map_err(|source| LlmError::GgufTokenizer {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let metadata_u32 = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
         let eos_ids = metadata_u32("tokenizer.ggml.eos_token_id")
             .into_iter()
@@ -306,40 +313,63 @@ fn requantize_slow_formats(
     Ok((content, bytes))
 }
 
+/// What is wrong with the tokenizer a GGUF file describes.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufTokenizerError {
+    #[error("no {key} in the GGUF metadata: the file carries no tokenizer")]
+    Missing { key: &'static str },
+    #[error("GGUF metadata {key} is malformed: {problem}")]
+    Malformed { key: &'static str, problem: String },
+    #[error("tokenizer.ggml.model {model:?} is not supported (only byte-level BPE, \"gpt2\")")]
+    UnsupportedModel { model: String },
+}
+
 /// Builds the byte-level BPE tokenizer a GGUF file describes in its metadata.
-pub fn tokenizer_from_gguf(content: &gguf_file::Content) -> std::result::Result<Tokenizer, String> {
-    let get = |key: &str| {
+pub fn tokenizer_from_gguf(
+    content: &gguf_file::Content,
+) -> std::result::Result<Tokenizer, GgufTokenizerError> {
+    let get = |key: &'static str| {
         content
             .metadata
             .get(key)
-            .ok_or_else(|| format!("no {key} in the GGUF metadata"))
+            .ok_or(GgufTokenizerError::Missing { key })
     };
-    let model = get("tokenizer.ggml.model")?
-        .to_string()
-        .map_err(|e| e.to_string())?;
+    let malformed = |key: &'static str| {
+        move |e: candle_core::Error| GgufTokenizerError::Malformed {
+            key,
+            problem: e.to_string(),
+        }
+    };
+    const MODEL: &str = "tokenizer.ggml.model";
+    const TOKENS: &str = "tokenizer.ggml.tokens";
+    const MERGES: &str = "tokenizer.ggml.merges";
+    let model = get(MODEL)?.to_string().map_err(malformed(MODEL))?;
     if model != "gpt2" {
-        return Err(format!(
-            "tokenizer.ggml.model {model:?} is not supported (only byte-level BPE, \"gpt2\")"
-        ));
+        return Err(GgufTokenizerError::UnsupportedModel {
+            model: model.clone(),
+        });
     }
-    let tokens: Vec<String> = get("tokenizer.ggml.tokens")?
+    let tokens: Vec<String> = get(TOKENS)?
         .to_vec()
-        .map_err(|e| e.to_string())?
+        .map_err(malformed(TOKENS))?
         .iter()
-        .map(|v| v.to_string().cloned().map_err(|e| e.to_string()))
+        .map(|v| v.to_string().cloned().map_err(malformed(TOKENS)))
         .collect::<std::result::Result<_, _>>()?;
-    let merges: Vec<(String, String)> = get("tokenizer.ggml.merges")?
+    let merges: Vec<(String, String)> = get(MERGES)?
         .to_vec()
-        .map_err(|e| e.to_string())?
+        .map_err(malformed(MERGES))?
         .iter()
         .map(|v| {
-            let text = v.to_string().map_err(|e| e.to_string())?;
+            let text = v.to_string().map_err(malformed(MERGES))?;
             let (a, b) = text
                 .split_once(' ')
-                .ok_or_else(|| format!("malformed merge {text:?}"))?;
+                .ok_or_else(|| GgufTokenizerError::Malformed {
+                    key: MERGES,
+                    problem: format!("merge {text:?} is not two tokens"),
+                })?;
             Ok((a.to_owned(), b.to_owned()))
         })
-        .collect::<std::result::Result<_, String>>()?;
+        .collect::<std::result::Result<_, GgufTokenizerError>>()?;
     let token_types: Vec<i32> = content
         .metadata
         .get("tokenizer.ggml.token_type")
@@ -354,7 +384,10 @@ pub fn tokenizer_from_gguf(content: &gguf_file::Content) -> std::result::Result<
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| GgufTokenizerError::Malformed {
+            key: MERGES,
+            problem: e.to_string(),
+        })?;
     let mut tokenizer = Tokenizer::new(bpe);
     // Digits one by one, then byte-level without a prefix space: what SmolLM-style ("smollm")
     // and GPT-2-style files expect. A prefix space would change every prompt's first token.

@@ -7,22 +7,21 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use n0m1_core::access_log::{AccessKind, record_access};
 use n0m1_core::config::Retention;
 use n0m1_core::db::{self, DbError, is_busy};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::runtime::{Event, Runtime, SignalSet};
 use n0m1_core::schema::{
     COMPONENT_LIFECYCLE_LOG, CPU_TEMPERATURE_LOG, CPU_USAGE_LOG, DB_ACCESS_LOG, MEMORY_USAGE_LOG,
     SYSTEM_METRICS_LOG,
 };
 use n0m1_core::state::unix_now;
+use n0m1_core::writer::Writer;
 use n0m1_core::{Config, Home};
 use rusqlite::Connection;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 use crate::sample::{CpuSampler, TemperatureSensor, read_memory_percent};
 
@@ -107,33 +106,27 @@ struct Sample {
 struct MetricDaemon {
     options: DaemonOptions,
     conn: Connection,
+    writer: Writer,
     retention: Retention,
     queue: VecDeque<Sample>,
     last_access_logged: Option<Instant>,
 }
 
 pub fn run(options: DaemonOptions) -> Result<(), MetricsError> {
+    // Handlers first: a SIGTERM during start-up is a clean stop, not death.
+    let runtime = Runtime::start(SignalSet::Component).map_err(MetricsError::Signals)?;
     let conn = db::open(&options.home.db_path())?;
+    let writer = Writer::start(&options.home.db_path())?;
     let retention = Config::load(&options.home.config_path())
         .map(|c| c.retention)
         .unwrap_or_else(|error| {
             tracing::error!(%error, "using the default retention");
             Retention::default()
         });
-    let (sender, receiver) = mpsc::channel::<()>();
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(MetricsError::Signals)?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if signals.forever().next().is_some() {
-                let _ = sender.send(());
-            }
-        })
-        .map_err(MetricsError::Signals)?;
-
     let mut daemon = MetricDaemon {
         options,
         conn,
+        writer,
         retention,
         queue: VecDeque::new(),
         last_access_logged: None,
@@ -162,7 +155,7 @@ pub fn run(options: DaemonOptions) -> Result<(), MetricsError> {
                 );
                 daemon.event(LifecycleEvent::NoSensor, Some(pid), &message);
                 // Idle, not exiting: exiting would only make the manager restart us forever.
-                let _ = receiver.recv();
+                while runtime.next(None).is_some_and(|e| e != Event::Shutdown) {}
                 daemon.event(LifecycleEvent::Stopped, Some(pid), "stopped on signal");
                 return Ok(());
             }
@@ -180,11 +173,9 @@ pub fn run(options: DaemonOptions) -> Result<(), MetricsError> {
     // The first prune runs soon after start, then every prune interval.
     let mut next_prune = started + Duration::from_secs(5);
     loop {
-        let now = Instant::now();
         let wake = next_sample.min(next_prune);
-        match receiver.recv_timeout(wake.saturating_duration_since(now)) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {}
+        if runtime.next(Some(wake)) == Some(Event::Shutdown) {
+            break;
         }
         let now = Instant::now();
         if now >= next_sample {
@@ -235,13 +226,14 @@ pub fn run(options: DaemonOptions) -> Result<(), MetricsError> {
 
 impl MetricDaemon {
     fn event(&self, event: LifecycleEvent, pid: Option<i32>, message: &str) {
-        tracing::info!(event = %event, message);
         let mut record = LifecycleRecord::new(self.options.component_id.as_str(), event)
             .run_type(self.options.run_type.as_str())
             .message(message);
         record.pid = pid;
-        if let Err(error) = db::retry_busy(3, || record.write(&self.conn)) {
-            tracing::error!(%error, "cannot write lifecycle event {event}");
+        self.writer.event(record);
+        // Written before sampling goes on: the event is the daemon's word that it is up.
+        if !self.writer.sync(db::BUSY_TIMEOUT) {
+            tracing::warn!("lifecycle event {event} is still queued: the database stays busy");
         }
     }
 

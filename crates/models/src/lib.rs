@@ -8,11 +8,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use n0m1_core::Home;
 use n0m1_core::exit_code;
+use n0m1_llm::LlmError;
 use n0m1_llm::generate::{Decoding, GenerationOptions};
 use n0m1_llm::model::{LoadOptions, LoadedModel};
 use n0m1_llm::resolve::{DEFAULT_MAIN_MODEL, DEFAULT_NANO_MODEL, ModelPlaces, resolve};
 use n0m1_protocol::cli::CommonArgs;
-use n0m1_protocol::generator::Generator;
+use n0m1_protocol::generator::{GenerateError, Generator, Loaded, Unavailable};
 use n0m1_protocol::nano::NanoOptions;
 use n0m1_protocol::runtime::{Runtime, component_id_or};
 
@@ -26,12 +27,15 @@ impl Generator for EngineGenerator {
     fn describe(&self) -> String {
         self.model.description.clone()
     }
-    fn complete(&mut self, system: Option<&str>, prompt: &str) -> Result<String, String> {
+    fn complete(&mut self, system: Option<&str>, prompt: &str) -> Result<String, GenerateError> {
         let text = self.model.format_prompt(system, prompt);
         self.model
             .generate(&text, &self.options)
             .map(|c| c.text)
-            .map_err(|e| e.to_string())
+            .map_err(|error| match error {
+                LlmError::ContextFull { limit, .. } => GenerateError::ContextFull { limit },
+                other => GenerateError::Engine(Box::new(other)),
+            })
     }
 }
 
@@ -70,22 +74,20 @@ pub fn set_threads(threads: Option<usize>) {
     }
 }
 
-/// Resolves and loads the model; `Err` carries the reason and how to fix it.
-pub fn load_generator(
-    args: &ModelArgs,
-    default_id: &str,
-    home: &Home,
-) -> Result<Box<dyn Generator>, String> {
+/// Resolves and loads the model; `Err` says why there is none (`--model none`, or the
+/// engine's `LlmError`, which names the model, the places tried and the fix).
+pub fn load_generator(args: &ModelArgs, default_id: &str, home: &Home) -> Loaded {
     if args.model == "none" {
-        return Err("--model none".into());
+        return Err(Unavailable::Disabled);
     }
+    let unavailable = |error: LlmError| Unavailable::Load(Box::new(error));
     let places = ModelPlaces::from_env(Some(home.models_dir()));
-    let location = resolve(&args.model, default_id, &places).map_err(|e| e.to_string())?;
+    let location = resolve(&args.model, default_id, &places).map_err(unavailable)?;
     let options = LoadOptions {
         quantize: args.quantize == "q8_0",
         lora: args.lora.clone(),
     };
-    let model = LoadedModel::load(location.path(), &options).map_err(|e| e.to_string())?;
+    let model = LoadedModel::load(location.path(), &options).map_err(unavailable)?;
     Ok(Box::new(EngineGenerator {
         model,
         options: GenerationOptions {

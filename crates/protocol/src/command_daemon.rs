@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use n0m1_core::access_log::AccessKind;
+use n0m1_core::components::{self, DESIRED_ACTIVE, DESIRED_INACTIVE, NewComponent};
 use n0m1_core::home::validate_component_id;
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::schema::{
@@ -68,18 +69,19 @@ pub enum Outcome {
 
 fn apply(conn: &Connection, command: &Command) -> Result<String, String> {
     let sql_error = |e: rusqlite::Error| e.to_string();
-    let (id, desired) = match command {
-        Command::Start(id) => (id, "active"),
-        Command::Stop(id) => (id, "inactive"),
+    let (id, active) = match command {
+        Command::Start(id) => (id, true),
+        Command::Stop(id) => (id, false),
     };
-    let changed = conn
-        .execute(
-            &format!("UPDATE {AUTORUN_COMPONENTS} SET desired_state = ?1 WHERE component_id = ?2"),
-            [desired, id],
-        )
-        .map_err(sql_error)?;
-    if changed > 0 {
-        return Ok(format!("{id} set {desired}"));
+    if components::set_desired(conn, id, active).map_err(sql_error)? {
+        return Ok(format!(
+            "{id} set {}",
+            if active {
+                DESIRED_ACTIVE
+            } else {
+                DESIRED_INACTIVE
+            }
+        ));
     }
     let Command::Start(id) = command else {
         return Err(format!("unknown component {id:?}"));
@@ -90,13 +92,16 @@ fn apply(conn: &Connection, command: &Command) -> Result<String, String> {
         ));
     };
     let args = serde_json::json!({ "--instance_id": name }).to_string();
-    conn.execute(
-        &format!(
-            "INSERT INTO {AUTORUN_COMPONENTS}
-             (component_id, base_script_name, manager_affinity, desired_state, launch_args_json, description)
-             VALUES (?1, 'nano_instance', ?2, 'active', ?3, 'created by CMD:START')"
-        ),
-        params![id, NANO_MANAGER, args],
+    components::insert_if_missing(
+        conn,
+        NewComponent {
+            component_id: id,
+            base_script_name: "nano_instance",
+            manager_affinity: NANO_MANAGER,
+            active: true,
+            launch_args_json: &args,
+            description: "created by CMD:START",
+        },
     )
     .map_err(sql_error)?;
     Ok(format!("{id} created as a nano instance and set active"))

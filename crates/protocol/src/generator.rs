@@ -5,9 +5,36 @@
 pub trait Generator {
     /// What model this is, for messages.
     fn describe(&self) -> String;
-    /// Completes `prompt` (with an optional system instruction); errors are messages.
-    fn complete(&mut self, system: Option<&str>, prompt: &str) -> Result<String, String>;
+    /// Completes `prompt` (with an optional system instruction).
+    fn complete(&mut self, system: Option<&str>, prompt: &str) -> Result<String, GenerateError>;
 }
+
+/// Why a completion failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    /// The prompt and the tokens asked for do not fit the model's context.
+    #[error("the prompt does not fit the model's context of {limit} tokens")]
+    ContextFull { limit: usize },
+    /// The engine failed; the source says how.
+    #[error("the model failed: {0}")]
+    Engine(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Why a component runs without a generator.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// `--model none`: the operator asked for no model.
+    #[error("--model none")]
+    Disabled,
+    /// The model could not be found or loaded; the source says which and why (for the
+    /// engine, an `n0m1_llm::LlmError`: not found with the places tried, unreadable,
+    /// unsupported architecture, bad tensor shape, …).
+    #[error(transparent)]
+    Load(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// What a model component starts with: a generator, or why it has none.
+pub type Loaded = Result<Box<dyn Generator>, Unavailable>;
 
 /// A 64-bit FNV-1a hash: the digest mode's fingerprint of the rows it read, stable across
 /// runs and platforms.

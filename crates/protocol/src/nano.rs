@@ -13,7 +13,7 @@ use n0m1_core::lifecycle::LifecycleEvent;
 use n0m1_core::schema::NANO_PROMPTS;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::generator::Generator;
+use crate::generator::{Generator, Loaded, Unavailable};
 use crate::runtime::{Runtime, Wake};
 use crate::tables::{self, TableName};
 
@@ -297,7 +297,7 @@ impl NanoInstance {
                     content.push_str(&format!(" | model: {}", text.trim()))
                 }
                 Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "generation failed; statistics only"),
+                Err(error) => tracing::warn!("generation failed ({error}); statistics only"),
             }
         }
         self.write(conn, &content)?;
@@ -305,20 +305,15 @@ impl NanoInstance {
     }
 }
 
-pub fn run(
-    mut runtime: Runtime,
-    options: NanoOptions,
-    generator: Result<Box<dyn Generator>, String>,
-) -> anyhow::Result<()> {
+pub fn run(mut runtime: Runtime, options: NanoOptions, generator: Loaded) -> anyhow::Result<()> {
     let generator = match generator {
         Ok(generator) => Some(generator),
+        Err(Unavailable::Disabled) => None,
         Err(reason) => {
-            if reason != "--model none" {
-                runtime.event(
-                    LifecycleEvent::ModelUnavailable,
-                    &format!("{reason}; writing statistics only"),
-                );
-            }
+            runtime.event(
+                LifecycleEvent::ModelUnavailable,
+                &format!("{reason}; writing statistics only"),
+            );
             None
         }
     };

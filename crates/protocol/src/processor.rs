@@ -12,7 +12,7 @@ use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::schema::{LLM_IO_CONFIG, LLM_NOTIFICATIONS};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::generator::{Generator, fnv1a};
+use crate::generator::{Generator, Loaded, fnv1a};
 use crate::runtime::Runtime;
 use crate::tables::{self, TableName};
 
@@ -251,11 +251,7 @@ impl Processor {
     }
 }
 
-pub fn run(
-    mut runtime: Runtime,
-    llm_id: &str,
-    generator: Result<Box<dyn Generator>, String>,
-) -> anyhow::Result<()> {
+pub fn run(mut runtime: Runtime, llm_id: &str, generator: Loaded) -> anyhow::Result<()> {
     let generator = match generator {
         Ok(generator) => {
             runtime.event(
@@ -292,13 +288,14 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generator::GenerateError;
 
     struct Echo;
     impl Generator for Echo {
         fn describe(&self) -> String {
             "echo".into()
         }
-        fn complete(&mut self, _: Option<&str>, prompt: &str) -> Result<String, String> {
+        fn complete(&mut self, _: Option<&str>, prompt: &str) -> Result<String, GenerateError> {
             Ok(format!("saw {} lines", prompt.lines().count()))
         }
     }

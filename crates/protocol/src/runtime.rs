@@ -1,16 +1,15 @@
-//! What every protocol component shares: its database connection, its lifecycle id, a clean
-//! stop on SIGTERM/SIGINT, and waiting for other writers' commits (`PRAGMA data_version`)
-//! instead of re-reading tables on a timer.
+//! What every protocol component shares, on top of `n0m1_core::runtime` and the lifecycle
+//! writer: its database connection, its lifecycle id, a clean stop on SIGTERM/SIGINT, and
+//! waiting for other writers' commits instead of re-reading tables on a timer.
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use n0m1_core::access_log::{AccessKind, record_access};
 use n0m1_core::db::{self, retry_busy};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::runtime::{self as core_runtime, Event, SignalSet};
+use n0m1_core::writer::Writer;
 use rusqlite::Connection;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 /// How often the database is checked for other writers' commits.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(100);
@@ -19,8 +18,11 @@ pub struct Runtime {
     pub conn: Connection,
     pub component_id: String,
     pub run_type: String,
-    shutdown: Receiver<()>,
-    data_version: i64,
+    events: core_runtime::Runtime,
+    writer: Writer,
+    stopping: bool,
+    /// A commit seen while looking for a stop request, kept for the next `wait`.
+    change_pending: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,35 +38,34 @@ impl Runtime {
         component_id: &str,
         run_type: &str,
     ) -> anyhow::Result<Runtime> {
+        // Handlers first: a SIGTERM during start-up is a clean stop, not death.
+        let events = core_runtime::Runtime::start(SignalSet::Component)?;
         let conn = db::open(db_path)?;
-        let (sender, shutdown) = mpsc::channel();
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                if signals.forever().next().is_some() {
-                    let _ = sender.send(());
-                }
-            })?;
-        let data_version = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let writer = Writer::start(db_path)?;
+        events.watch_database(db_path.to_path_buf(), WATCH_INTERVAL);
         Ok(Runtime {
             conn,
             component_id: component_id.to_owned(),
             run_type: run_type.to_owned(),
-            shutdown,
-            data_version,
+            events,
+            writer,
+            stopping: false,
+            change_pending: false,
         })
     }
 
-    /// Writes a lifecycle event under this component's id; a failure is logged, not fatal.
+    /// Writes a lifecycle event under this component's id and waits (up to the busy timeout)
+    /// until it is in the database, so what others read follows what this component did; a
+    /// failure is logged, not fatal.
     pub fn event(&self, event: LifecycleEvent, message: &str) {
-        tracing::info!(event = %event, message);
-        let record = LifecycleRecord::new(self.component_id.as_str(), event)
-            .pid(std::process::id() as i32)
-            .run_type(self.run_type.as_str())
-            .message(message);
-        if let Err(error) = retry_busy(3, || record.write(&self.conn)) {
-            tracing::error!(%error, "cannot write lifecycle event {event}");
+        self.writer.event(
+            LifecycleRecord::new(self.component_id.as_str(), event)
+                .pid(std::process::id() as i32)
+                .run_type(self.run_type.as_str())
+                .message(message),
+        );
+        if !self.writer.sync(db::BUSY_TIMEOUT) {
+            tracing::warn!("lifecycle event {event} is still queued: the database stays busy");
         }
     }
 
@@ -72,13 +73,16 @@ impl Runtime {
         if let Err(error) = retry_busy(3, || {
             record_access(&self.conn, &self.component_id, table, kind)
         }) {
-            tracing::warn!(%error, table, "cannot record access");
+            tracing::warn!("cannot record access to {table}: {error}");
         }
     }
 
-    /// True once SIGTERM or SIGINT arrived.
-    pub fn stop_requested(&self) -> bool {
-        !matches!(self.shutdown.try_recv(), Err(mpsc::TryRecvError::Empty))
+    fn note(&mut self, event: Event) {
+        match event {
+            Event::Shutdown => self.stopping = true,
+            Event::DatabaseChanged => self.change_pending = true,
+            Event::ChildExited | Event::Reload | Event::ProcessExited { .. } => {}
+        }
     }
 
     /// Runs `work` now, again after every commit by another writer, and at least every
@@ -97,24 +101,15 @@ impl Runtime {
     pub fn wait(&mut self, timeout: Duration) -> Wake {
         let deadline = Instant::now() + timeout;
         loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Wake::Timeout;
+            if self.stopping {
+                return Wake::Shutdown;
             }
-            match self
-                .shutdown
-                .recv_timeout(WATCH_INTERVAL.min(deadline - now))
-            {
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => return Wake::Shutdown,
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-            if let Ok(version) = self
-                .conn
-                .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
-                && version != self.data_version
-            {
-                self.data_version = version;
+            if std::mem::take(&mut self.change_pending) {
                 return Wake::Changed;
+            }
+            match self.events.next(Some(deadline)) {
+                Some(event) => self.note(event),
+                None => return Wake::Timeout,
             }
         }
     }

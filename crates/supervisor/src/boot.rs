@@ -4,7 +4,6 @@
 //! leaves nothing running.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use n0m1_core::config::{Config, ConfigError, ManagerSpec};
@@ -13,14 +12,12 @@ use n0m1_core::home::{ENV_BOOT_PID, ENV_HOME, Home, HomeError};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::pidfile::{PidError, PidFile, PidStatus};
 use n0m1_core::process::{self, SpawnSpec};
+use n0m1_core::runtime::{Event, Runtime, SignalSet};
+use n0m1_core::writer::Writer;
 use nix::sys::signal::Signal;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
-use rusqlite::Connection;
 
-use crate::events::{self, Event};
-use crate::journal::{Journal, SUPERVISOR_BUSY_TIMEOUT};
 use crate::manager::become_subreaper;
+use crate::reaper::{self, ExitCause};
 
 /// The component id boot's own events are logged under.
 pub const BOOT_COMPONENT_ID: &str = "boot_system";
@@ -97,16 +94,14 @@ pub struct Boot {
     options: BootOptions,
     config: Config,
     managers: Vec<Supervised>,
-    conn: Connection,
-    journal: Journal,
+    journal: Writer,
     shutdown_deadline: Option<Instant>,
 }
 
 impl Boot {
     pub fn run(options: BootOptions) -> Result<(), BootError> {
         // Handlers first: a SIGTERM during start-up waits in the channel for a clean stop.
-        let (sender, receiver) = mpsc::channel();
-        events::watch_signals(sender).map_err(|source| BootError::Os {
+        let runtime = Runtime::start(SignalSet::Supervisor).map_err(|source| BootError::Os {
             what: "cannot install signal handlers",
             source,
         })?;
@@ -119,18 +114,13 @@ impl Boot {
         let config = Config::load(&options.home.config_path())?;
         // Boot initialises the database (idempotent) so a systemd start on a fresh home works
         // and WAL is switched on before any other process opens the file.
-        let (conn, _) = db::initialise(&options.home.db_path())?;
-        conn.busy_timeout(SUPERVISOR_BUSY_TIMEOUT)
-            .map_err(|source| DbError::Sqlite {
-                path: options.home.db_path(),
-                source,
-            })?;
+        drop(db::initialise(&options.home.db_path())?);
+        let journal = Writer::start(&options.home.db_path())?;
 
         let mut boot = Boot {
             options,
             managers: Vec::new(),
-            conn,
-            journal: Journal::default(),
+            journal,
             shutdown_deadline: None,
             config: Config::default(),
         };
@@ -142,17 +132,15 @@ impl Boot {
         boot.apply_config(config);
         loop {
             boot.on_timers(Instant::now());
-            boot.journal.flush(&boot.conn);
             if boot.shutdown_deadline.is_some() && boot.managers.iter().all(|m| !m.is_alive()) {
                 break;
             }
             let wake = boot.next_deadline();
-            match receiver.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-                Ok(Event::ChildExited) => boot.reap(),
-                Ok(Event::Shutdown) | Err(RecvTimeoutError::Disconnected) => boot.begin_shutdown(),
-                Ok(Event::Reload) => boot.reload(),
-                Ok(Event::DatabaseChanged | Event::AdoptedExited { .. })
-                | Err(RecvTimeoutError::Timeout) => {}
+            match runtime.next(Some(wake)) {
+                Some(Event::ChildExited) => boot.reap(),
+                Some(Event::Shutdown) => boot.begin_shutdown(),
+                Some(Event::Reload) => boot.reload(),
+                Some(Event::DatabaseChanged | Event::ProcessExited { .. }) | None => {}
             }
         }
         boot.sweep_leftovers();
@@ -161,9 +149,8 @@ impl Boot {
                 .pid(std::process::id() as i32)
                 .message("all managers stopped".to_owned()),
         );
-        // The last flush may wait for a lock: nothing after it will retry.
-        let _ = boot.conn.busy_timeout(db::BUSY_TIMEOUT);
-        boot.journal.flush(&boot.conn);
+        // Everything queued is written (waiting for a lock if need be) before the PID file goes.
+        boot.journal.close();
         pid_file.remove();
         Ok(())
     }
@@ -204,7 +191,7 @@ impl Boot {
                 .any(|spec| spec.binary == supervised.spec.binary)
             {
                 supervised.removed = true;
-                stop_manager(supervised, &mut self.journal, "removed from config.json");
+                stop_manager(supervised, &self.journal, "removed from config.json");
             }
         }
         self.managers.retain(|m| !m.removed || m.is_alive());
@@ -287,26 +274,18 @@ impl Boot {
     }
 
     fn reap(&mut self) {
-        loop {
-            let (pid, how) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), format!("exit code {code}")),
-                Ok(WaitStatus::Signaled(pid, signal, _)) => (
-                    pid.as_raw(),
-                    format!("killed by signal {}", signal.as_str()),
-                ),
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => continue,
-            };
+        for (pid, cause) in reaper::reap_exited() {
             // Not a manager: a component re-parented to us after its manager died.
             let Some(index) = self.managers.iter().position(|m| m.pid() == Some(pid)) else {
                 continue;
             };
-            self.on_manager_exit(index, pid, how);
+            self.on_manager_exit(index, pid, cause);
         }
         self.managers.retain(|m| !m.removed || m.is_alive());
     }
 
-    fn on_manager_exit(&mut self, index: usize, pid: i32, how: String) {
+    fn on_manager_exit(&mut self, index: usize, pid: i32, cause: ExitCause) {
+        let how = cause.describe();
         let shutting_down = self.shutdown_deadline.is_some();
         let policy = self.config.supervisor.clone();
         let supervised = &mut self.managers[index];
@@ -367,7 +346,7 @@ impl Boot {
         let grace = self.config.supervisor.stop_timeout.duration() + Duration::from_secs(5);
         self.shutdown_deadline = Some(Instant::now() + grace);
         for supervised in &mut self.managers {
-            stop_manager(supervised, &mut self.journal, "boot shutting down");
+            stop_manager(supervised, &self.journal, "boot shutting down");
         }
     }
 
@@ -473,21 +452,18 @@ impl Boot {
         }
         let deadline = Instant::now() + SWEEP_GRACE;
         while Instant::now() < deadline && !process::descendants(me).is_empty() {
-            while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                if status == WaitStatus::StillAlive {
-                    break;
-                }
-            }
+            reaper::reap_exited();
             std::thread::sleep(Duration::from_millis(20));
         }
         for stat in process::descendants(me) {
             process::signal_process(stat.pid, Signal::SIGKILL);
         }
-        while let Ok(status) = waitpid(Pid::from_raw(-1), None) {
-            if status == WaitStatus::StillAlive {
-                break;
-            }
+        let deadline = Instant::now() + SWEEP_GRACE;
+        while Instant::now() < deadline && !process::descendants(me).is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+            reaper::reap_exited();
         }
+        reaper::reap_exited();
         self.journal.event(
             LifecycleRecord::new(BOOT_COMPONENT_ID, LifecycleEvent::Error)
                 .pid(me)
@@ -511,7 +487,7 @@ impl Supervised {
     }
 }
 
-fn stop_manager(supervised: &mut Supervised, journal: &mut Journal, reason: &str) {
+fn stop_manager(supervised: &mut Supervised, journal: &Writer, reason: &str) {
     match supervised.phase {
         Phase::Running { pid, .. } => {
             process::signal_process(pid, Signal::SIGTERM);

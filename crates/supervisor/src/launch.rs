@@ -19,9 +19,6 @@ pub const BUNDLED_COMPONENTS: &[&str] = &[
     "llm_command_daemon",
 ];
 
-/// The run type that runs once and is not restarted after a clean exit.
-pub const RUN_TYPE_ONESHOT: &str = "ONESHOT";
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LaunchError {
     #[error(
@@ -36,6 +33,10 @@ pub enum LaunchError {
         bundled: String,
         components: PathBuf,
     },
+    #[error(
+        "{name} is a bundled component but its binary {path} is missing: build every binary with `cargo build --release --workspace` (the model components are in the n0m1-models package)"
+    )]
+    BundledBinaryMissing { name: String, path: PathBuf },
     #[error(
         "script {path} resolves outside {components}: symlinks out of the components folder are refused"
     )]
@@ -117,6 +118,12 @@ impl ScriptResolver {
             }
         }
         let script = self.components_dir.join(name);
+        if BUNDLED_COMPONENTS.contains(&stem) && !script.exists() {
+            return Err(LaunchError::BundledBinaryMissing {
+                name: stem.to_owned(),
+                path: self.bin_dir.join(stem),
+            });
+        }
         if !script.exists() {
             return Err(LaunchError::UnknownScript {
                 name: name.to_owned(),
@@ -344,6 +351,15 @@ mod tests {
             r.resolve("nope.py"),
             Err(LaunchError::UnknownScript { .. })
         ));
+        // A bundled name whose binary was not built says which binary and how to build it.
+        let missing = r.resolve("nano_instance.py").unwrap_err();
+        assert!(matches!(missing, LaunchError::BundledBinaryMissing { .. }));
+        let message = missing.to_string();
+        assert!(message.contains("bin/nano_instance"), "{message}");
+        assert!(
+            message.contains("cargo build --release --workspace"),
+            "{message}"
+        );
         assert!(matches!(
             r.resolve("sh; rm -rf /"),
             Err(LaunchError::UnsafeScriptName { .. })

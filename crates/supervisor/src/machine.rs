@@ -1,0 +1,602 @@
+//! The supervision policy as a pure state machine, one per component:
+//! `(state, input) -> (state, effects)`.
+//!
+//! Nothing here makes a syscall, reads a clock or touches SQL: the time comes in the
+//! `Context`, what happened to processes comes in as `Input`, and what should happen goes out
+//! as `Effect`s, which the manager's executor performs in order (spawning first, so a restart
+//! never waits for anything it writes). Every rule of the README's supervision policy is a
+//! unit test of this file (`machine/tests.rs`).
+
+use std::time::{Duration, Instant};
+
+use n0m1_core::components::{ComponentRow, LaunchKey};
+use n0m1_core::config::SupervisorPolicy;
+use n0m1_core::home::validate_component_id;
+use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::state::RunState;
+
+use crate::reaper::ExitCause;
+
+/// How long after SIGKILL a process may take to vanish before the stop is called failed.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+/// While a stopped leader's group still has members, how often to look again.
+pub const GROUP_POLL: Duration = Duration::from_millis(20);
+
+/// What the machine may know of the world besides its input.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub now: Instant,
+    /// The same moment as Unix time, for `component_state.started_at`.
+    pub unix_now: f64,
+    pub policy: &'a SupervisorPolicy,
+    /// The manager is stopping: nothing starts or restarts any more.
+    pub shutting_down: bool,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// The component's row, as the latest pass over `autorun_components` read it.
+    Row {
+        row: ComponentRow,
+        reset_requested: bool,
+    },
+    /// The row was deleted or moved to another manager.
+    RowGone,
+    /// The executor performed `Effect::Spawn`.
+    Spawned {
+        pid: i32,
+        start_ticks: u64,
+        script_path: String,
+    },
+    /// The row cannot be run as written (unknown script, bad arguments): no retry helps.
+    LaunchFailed { reason: String },
+    /// The program could not be executed (fork/exec error): counted as a quick death.
+    SpawnFailed { reason: String },
+    /// A process of this component survived its manager's death and was identified.
+    Adopted {
+        pid: i32,
+        start_ticks: u64,
+        started_unix: f64,
+        age: Duration,
+        restarts: u32,
+        last_exit: Option<String>,
+    },
+    /// The component's leader exited.
+    Exited { pid: i32, cause: ExitCause },
+    /// After its leader exited, the stopping component's group and escaped descendants are
+    /// gone too.
+    TreeGone,
+    /// Time passed (backoff over, stop deadline reached).
+    Tick,
+    /// The manager is stopping.
+    Shutdown,
+}
+
+/// What to do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Resolve the row's script and arguments and spawn it; answer with `Spawned`,
+    /// `LaunchFailed` or `SpawnFailed`.
+    Spawn,
+    /// SIGTERM to the process group and to descendants that left it.
+    Terminate { pid: i32 },
+    /// SIGKILL to the process group and to descendants that left it.
+    Kill { pid: i32 },
+    /// Give up the component's PID file (its process is gone).
+    ReleasePidFile,
+    /// Queue a lifecycle row (the executor adds the manager's name).
+    Record(LifecycleRecord),
+    /// Queue the component's `component_state` row as it is after this input.
+    SaveState,
+    /// Drop the component: its row is gone and so is its process.
+    Forget,
+}
+
+/// A live process of a component.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proc {
+    pub pid: i32,
+    pub start_ticks: u64,
+    pub started: Instant,
+    /// Unix time of the start, for `component_state` and status's uptime.
+    pub started_unix: f64,
+    /// Adopted processes are not our children: their exit comes through a pidfd.
+    pub adopted: bool,
+    launch_key: LaunchKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterStop {
+    /// Stay down.
+    Stop,
+    /// Start again (the row changed while running).
+    Restart,
+    /// The row is gone: drop the component.
+    Forget,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Phase {
+    Idle,
+    /// `Effect::Spawn` is out; the executor answers within the same turn.
+    Starting,
+    Running(Proc),
+    Stopping {
+        proc: Proc,
+        deadline: Instant,
+        killed: bool,
+        then: AfterStop,
+        /// Set once the leader has exited; the stop completes when its tree is gone too.
+        leader_exit: Option<ExitCause>,
+    },
+    Backoff {
+        until: Instant,
+    },
+    Failed,
+    Completed,
+}
+
+/// One supervised component.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Component {
+    row: ComponentRow,
+    phase: Phase,
+    restarts: u32,
+    quick_deaths: u32,
+    last_exit: Option<String>,
+    /// The row as it was when the component failed or completed: any later edit of it (a
+    /// fixed argument, or any UPDATE, which moves `modified_timestamp`) gives it another go.
+    settled_row: Option<ComponentRow>,
+}
+
+impl Component {
+    pub fn new(row: ComponentRow) -> Component {
+        Component {
+            row,
+            phase: Phase::Idle,
+            restarts: 0,
+            quick_deaths: 0,
+            last_exit: None,
+            settled_row: None,
+        }
+    }
+
+    pub fn row(&self) -> &ComponentRow {
+        &self.row
+    }
+    pub fn restarts(&self) -> u32 {
+        self.restarts
+    }
+    pub fn last_exit(&self) -> Option<&str> {
+        self.last_exit.as_deref()
+    }
+
+    /// The state `component_state` and `status` show.
+    pub fn run_state(&self) -> RunState {
+        match self.phase {
+            Phase::Idle => RunState::Stopped,
+            Phase::Starting | Phase::Running(_) => RunState::Running,
+            Phase::Stopping { .. } => RunState::Stopping,
+            Phase::Backoff { .. } => RunState::Backoff,
+            Phase::Failed => RunState::Failed,
+            Phase::Completed => RunState::Completed,
+        }
+    }
+
+    /// The live process, if any.
+    pub fn proc(&self) -> Option<&Proc> {
+        match &self.phase {
+            Phase::Running(proc) | Phase::Stopping { proc, .. } => Some(proc),
+            _ => None,
+        }
+    }
+
+    /// When the machine next needs a `Tick`.
+    pub fn deadline(&self, now: Instant) -> Option<Instant> {
+        match &self.phase {
+            Phase::Backoff { until } => Some(*until),
+            Phase::Stopping {
+                deadline,
+                leader_exit: Some(_),
+                ..
+            } => Some((*deadline).min(now + GROUP_POLL)),
+            Phase::Stopping { deadline, .. } => Some(*deadline),
+            _ => None,
+        }
+    }
+
+    /// The leader's pid while a stop waits for the rest of its tree to go (`TreeGone`).
+    pub fn awaiting_tree(&self) -> Option<i32> {
+        match &self.phase {
+            Phase::Stopping {
+                proc,
+                leader_exit: Some(_),
+                ..
+            } => Some(proc.pid),
+            _ => None,
+        }
+    }
+
+    /// The transition function.
+    pub fn handle(&mut self, input: Input, cx: &Context<'_>) -> Vec<Effect> {
+        let mut out = Vec::new();
+        match input {
+            Input::Row {
+                row,
+                reset_requested,
+            } => self.on_row(row, reset_requested, cx, &mut out),
+            Input::RowGone => match &mut self.phase {
+                Phase::Running(_) => self.begin_stop(
+                    AfterStop::Forget,
+                    "row removed or moved to another manager",
+                    cx,
+                    &mut out,
+                ),
+                Phase::Stopping { then, .. } => *then = AfterStop::Forget,
+                _ => out.push(Effect::Forget),
+            },
+            Input::Spawned {
+                pid,
+                start_ticks,
+                script_path,
+            } => self.on_spawned(pid, start_ticks, script_path, cx, &mut out),
+            Input::LaunchFailed { reason } => self.settle_failed(
+                LifecycleEvent::StartFailed,
+                format!("cannot start: {reason}"),
+                &mut out,
+            ),
+            Input::SpawnFailed { reason } => {
+                out.push(Effect::Record(
+                    self.record(LifecycleEvent::StartFailed)
+                        .message(reason.clone()),
+                ));
+                self.phase = Phase::Idle;
+                self.quick_death(&reason, cx, &mut out);
+            }
+            Input::Adopted {
+                pid,
+                start_ticks,
+                started_unix,
+                age,
+                restarts,
+                last_exit,
+            } => {
+                self.restarts = restarts;
+                self.last_exit = last_exit;
+                self.phase = Phase::Running(Proc {
+                    pid,
+                    start_ticks,
+                    started: cx.now.checked_sub(age).unwrap_or(cx.now),
+                    started_unix,
+                    adopted: true,
+                    launch_key: self.row.launch_key(),
+                });
+                out.push(Effect::Record(
+                    LifecycleRecord::new(&self.row.component_id, LifecycleEvent::Adopted)
+                        .pid(pid)
+                        .message(format!(
+                            "still running after a manager restart; watching pid {pid}"
+                        )),
+                ));
+                out.push(Effect::SaveState);
+            }
+            Input::Exited { pid, cause } => self.on_exit(pid, cause, cx, &mut out),
+            Input::TreeGone => self.finish_stop(cx, &mut out),
+            Input::Tick => self.on_tick(cx, &mut out),
+            Input::Shutdown => match &mut self.phase {
+                Phase::Running(_) => {
+                    self.begin_stop(AfterStop::Stop, "manager shutting down", cx, &mut out)
+                }
+                Phase::Stopping { then, .. } => *then = AfterStop::Stop,
+                Phase::Backoff { .. } => {
+                    self.phase = Phase::Idle;
+                    out.push(Effect::SaveState);
+                }
+                _ => {}
+            },
+        }
+        out
+    }
+
+    fn record(&self, event: LifecycleEvent) -> LifecycleRecord {
+        LifecycleRecord::new(&self.row.component_id, event)
+    }
+
+    /// Moves the component toward its row's desired state.
+    fn on_row(
+        &mut self,
+        row: ComponentRow,
+        reset_requested: bool,
+        cx: &Context<'_>,
+        out: &mut Vec<Effect>,
+    ) {
+        if let Err(error) = validate_component_id(&row.component_id) {
+            // Refused once, when first seen; the row stays refused until it is deleted.
+            if self.phase == Phase::Idle && self.settled_row.is_none() {
+                self.row = row;
+                self.settle_failed(LifecycleEvent::StartFailed, error.to_string(), out);
+            }
+            return;
+        }
+        let reset = reset_requested
+            || self
+                .settled_row
+                .as_ref()
+                .is_some_and(|settled| *settled != row);
+        self.row = row;
+        let active = self.row.desired_active;
+        match (&mut self.phase, active) {
+            (Phase::Idle, true) => {
+                self.quick_deaths = 0;
+                self.spawn(out);
+            }
+            (Phase::Failed | Phase::Completed, true) if reset => {
+                self.quick_deaths = 0;
+                self.settled_row = None;
+                out.push(Effect::Record(
+                    self.record(LifecycleEvent::Reset)
+                        .message("reset by an operator; starting again"),
+                ));
+                self.spawn(out);
+            }
+            (Phase::Running(proc), true) if proc.launch_key != self.row.launch_key() => self
+                .begin_stop(
+                    AfterStop::Restart,
+                    "its row changed; restarting with the new settings",
+                    cx,
+                    out,
+                ),
+            (Phase::Stopping { then, .. }, true) if *then == AfterStop::Stop => {
+                *then = AfterStop::Restart
+            }
+            (Phase::Running(_), false) => {
+                self.begin_stop(AfterStop::Stop, "desired state is inactive", cx, out)
+            }
+            (Phase::Stopping { then, .. }, false) if *then == AfterStop::Restart => {
+                *then = AfterStop::Stop
+            }
+            (Phase::Backoff { .. } | Phase::Failed | Phase::Completed, false) => {
+                self.phase = Phase::Idle;
+                self.settled_row = None;
+                out.push(Effect::SaveState);
+            }
+            _ => {}
+        }
+    }
+
+    fn spawn(&mut self, out: &mut Vec<Effect>) {
+        self.phase = Phase::Starting;
+        out.push(Effect::Spawn);
+    }
+
+    fn on_spawned(
+        &mut self,
+        pid: i32,
+        start_ticks: u64,
+        script_path: String,
+        cx: &Context<'_>,
+        out: &mut Vec<Effect>,
+    ) {
+        self.phase = Phase::Running(Proc {
+            pid,
+            start_ticks,
+            started: cx.now,
+            started_unix: cx.unix_now,
+            adopted: false,
+            launch_key: self.row.launch_key(),
+        });
+        out.push(Effect::Record(
+            self.record(LifecycleEvent::StartAttempt)
+                .pid(pid)
+                .run_type(self.row.run_type.clone())
+                .script_path(script_path)
+                .message(format!("spawned as pid {pid} (process group leader)")),
+        ));
+        out.push(Effect::SaveState);
+    }
+
+    fn begin_stop(
+        &mut self,
+        then: AfterStop,
+        reason: &str,
+        cx: &Context<'_>,
+        out: &mut Vec<Effect>,
+    ) {
+        let Phase::Running(proc) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            return;
+        };
+        out.push(Effect::Terminate { pid: proc.pid });
+        out.push(Effect::Record(
+            self.record(LifecycleEvent::StopRequested)
+                .pid(proc.pid)
+                .message(format!(
+                    "{reason}; SIGTERM sent to process group {}",
+                    proc.pid
+                )),
+        ));
+        self.phase = Phase::Stopping {
+            proc,
+            deadline: cx.now + cx.policy.stop_timeout.duration(),
+            killed: false,
+            then,
+            leader_exit: None,
+        };
+        out.push(Effect::SaveState);
+    }
+
+    /// The leader exited.
+    fn on_exit(&mut self, pid: i32, cause: ExitCause, cx: &Context<'_>, out: &mut Vec<Effect>) {
+        if self.proc().is_none_or(|proc| proc.pid != pid) {
+            return;
+        }
+        self.last_exit = Some(cause.describe());
+        if let Phase::Stopping { leader_exit, .. } = &mut self.phase {
+            *leader_exit = Some(cause);
+            return;
+        }
+        let Phase::Running(proc) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            return;
+        };
+        // Whatever the leader left in its group goes with it, so the replacement never runs
+        // beside a half of its predecessor.
+        out.push(Effect::Kill { pid });
+        out.push(Effect::ReleasePidFile);
+        let uptime = cx.now.saturating_duration_since(proc.started);
+        let event = if cause.is_clean() {
+            LifecycleEvent::Exited
+        } else {
+            LifecycleEvent::Crashed
+        };
+        let exit_record = self.record(event).pid(pid).message(format!(
+            "{} after {:.3} s",
+            cause.describe(),
+            uptime.as_secs_f64()
+        ));
+        if self.row.is_oneshot() && cause.is_clean() {
+            self.phase = Phase::Completed;
+            self.settled_row = Some(self.row.clone());
+            out.push(Effect::Record(
+                self.record(LifecycleEvent::Stopped)
+                    .pid(pid)
+                    .message("one-shot run completed"),
+            ));
+            out.push(Effect::SaveState);
+        } else if cx.shutting_down || !self.row.desired_active {
+            out.push(Effect::Record(exit_record));
+            out.push(Effect::SaveState);
+        } else if uptime >= cx.policy.min_uptime.duration() {
+            self.quick_deaths = 0;
+            self.restarts += 1;
+            // Spawn first: the record is only queued after the replacement runs.
+            self.spawn(out);
+            out.push(Effect::Record(exit_record));
+        } else {
+            out.push(Effect::Record(exit_record));
+            self.quick_death(&cause.describe(), cx, out);
+        }
+    }
+
+    /// A death before `min_uptime`: back off, or give up after too many in a row.
+    fn quick_death(&mut self, what: &str, cx: &Context<'_>, out: &mut Vec<Effect>) {
+        let policy = cx.policy;
+        self.quick_deaths += 1;
+        if self.quick_deaths >= policy.max_quick_deaths {
+            let message = format!(
+                "{} quick deaths in a row (each within {} s of starting; last: {what}); \
+                 staying down until `n0m1ctl enable {}`",
+                self.quick_deaths, policy.min_uptime.0, self.row.component_id
+            );
+            self.settle_failed(LifecycleEvent::Failed, message, out);
+            return;
+        }
+        let delay = policy.backoff(self.quick_deaths);
+        self.phase = Phase::Backoff {
+            until: cx.now + delay,
+        };
+        self.restarts += 1;
+        out.push(Effect::Record(
+            self.record(LifecycleEvent::RestartScheduled)
+                .message(format!(
+                    "quick death {} of {} ({what}); restarting in {:.1} s",
+                    self.quick_deaths,
+                    policy.max_quick_deaths,
+                    delay.as_secs_f64()
+                )),
+        ));
+        out.push(Effect::SaveState);
+    }
+
+    fn settle_failed(&mut self, event: LifecycleEvent, message: String, out: &mut Vec<Effect>) {
+        self.phase = Phase::Failed;
+        self.settled_row = Some(self.row.clone());
+        self.last_exit = Some(message.clone());
+        out.push(Effect::Record(
+            self.record(event)
+                .run_type(self.row.run_type.clone())
+                .message(message),
+        ));
+        out.push(Effect::SaveState);
+    }
+
+    /// The stopped component's tree is gone: the stop is complete.
+    fn finish_stop(&mut self, cx: &Context<'_>, out: &mut Vec<Effect>) {
+        let Phase::Stopping {
+            proc,
+            killed,
+            then,
+            leader_exit: Some(cause),
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Idle)
+        else {
+            return;
+        };
+        let event = if killed {
+            LifecycleEvent::StoppedForcefully
+        } else {
+            LifecycleEvent::StoppedSuccessfully
+        };
+        let uptime = cx.now.saturating_duration_since(proc.started);
+        out.push(Effect::Record(self.record(event).pid(proc.pid).message(
+            format!("{} after {:.3} s", cause.describe(), uptime.as_secs_f64()),
+        )));
+        out.push(Effect::ReleasePidFile);
+        match then {
+            AfterStop::Restart if !cx.shutting_down && self.row.desired_active => {
+                self.restarts += 1;
+                self.spawn(out);
+            }
+            AfterStop::Forget => {
+                out.push(Effect::SaveState);
+                out.push(Effect::Forget);
+            }
+            _ => out.push(Effect::SaveState),
+        }
+    }
+
+    fn on_tick(&mut self, cx: &Context<'_>, out: &mut Vec<Effect>) {
+        match &mut self.phase {
+            Phase::Backoff { until } if *until <= cx.now => {
+                if cx.shutting_down {
+                    self.phase = Phase::Idle;
+                    out.push(Effect::SaveState);
+                } else {
+                    self.spawn(out);
+                }
+            }
+            Phase::Stopping {
+                proc,
+                deadline,
+                killed: killed @ false,
+                ..
+            } if *deadline <= cx.now => {
+                // The grace period is over.
+                out.push(Effect::Kill { pid: proc.pid });
+                *killed = true;
+                *deadline = cx.now + KILL_GRACE;
+            }
+            Phase::Stopping {
+                proc,
+                deadline,
+                killed: true,
+                ..
+            } if *deadline <= cx.now => {
+                let pid = proc.pid;
+                out.push(Effect::Record(self.record(LifecycleEvent::StopFailed).pid(pid).message(
+                    format!(
+                        "process group {pid} survived SIGKILL for {} s (uninterruptible sleep?); no longer waiting",
+                        KILL_GRACE.as_secs()
+                    ),
+                )));
+                out.push(Effect::ReleasePidFile);
+                self.phase = Phase::Idle;
+                self.last_exit = Some("stop failed: survived SIGKILL".to_owned());
+                out.push(Effect::SaveState);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

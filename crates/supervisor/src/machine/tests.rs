@@ -1,0 +1,489 @@
+//! The README's supervision policy, rule by rule, as tables of (time, input) → effects
+//! against the pure machine.
+
+use std::time::{Duration, Instant};
+
+use n0m1_core::components::{ComponentRow, RUN_TYPE_ONESHOT};
+use n0m1_core::config::{Seconds, SupervisorPolicy};
+use n0m1_core::state::RunState;
+use nix::sys::signal::Signal;
+
+use super::*;
+
+fn policy() -> SupervisorPolicy {
+    SupervisorPolicy {
+        min_uptime: Seconds(1.0),
+        backoff_initial: Seconds(0.5),
+        backoff_max: Seconds(60.0),
+        max_quick_deaths: 3,
+        stop_timeout: Seconds(10.0),
+        heartbeat_interval: Seconds(2.0),
+    }
+}
+
+fn row(active: bool) -> ComponentRow {
+    ComponentRow {
+        component_id: "c".into(),
+        base_script_name: "sleeper.sh".into(),
+        manager_affinity: "daemon_manager".into(),
+        desired_active: active,
+        launch_args_json: Some("{}".into()),
+        run_type: "PRIMARY_RUN".into(),
+        modified: Some("2026-12-01 00:00:00".into()),
+    }
+}
+
+fn active() -> Input {
+    Input::Row {
+        row: row(true),
+        reset_requested: false,
+    }
+}
+
+fn inactive() -> Input {
+    Input::Row {
+        row: row(false),
+        reset_requested: false,
+    }
+}
+
+fn spawned(pid: i32) -> Input {
+    Input::Spawned {
+        pid,
+        start_ticks: 1,
+        script_path: "/x/sleeper.sh".into(),
+    }
+}
+
+fn exited(pid: i32, cause: ExitCause) -> Input {
+    Input::Exited { pid, cause }
+}
+
+const KILLED: ExitCause = ExitCause::Signal(Signal::SIGKILL);
+
+/// Effects in short: `spawn`, `term 10`, `kill 10`, `release`, `save`, `forget`, and the
+/// event type of each record.
+fn short(effects: &[Effect]) -> Vec<String> {
+    effects
+        .iter()
+        .map(|effect| match effect {
+            Effect::Spawn => "spawn".to_owned(),
+            Effect::Terminate { pid } => format!("term {pid}"),
+            Effect::Kill { pid } => format!("kill {pid}"),
+            Effect::ReleasePidFile => "release".to_owned(),
+            Effect::Record(record) => record.event.as_str().to_owned(),
+            Effect::SaveState => "save".to_owned(),
+            Effect::Forget => "forget".to_owned(),
+        })
+        .collect()
+}
+
+/// Runs `steps` (milliseconds after the start, input, expected effects) against a new
+/// component, `shutting_down` from the step that has it on; returns the machine.
+fn check(steps: &[(u64, Input, &[&str])]) -> Component {
+    check_with(Component::new(row(true)), &policy(), steps)
+}
+
+fn check_with(
+    mut component: Component,
+    policy: &SupervisorPolicy,
+    steps: &[(u64, Input, &[&str])],
+) -> Component {
+    let start = Instant::now();
+    let mut shutting_down = false;
+    for (index, (at_ms, input, expected)) in steps.iter().enumerate() {
+        shutting_down |= *input == Input::Shutdown;
+        let cx = Context {
+            now: start + Duration::from_millis(*at_ms),
+            unix_now: 1_000.0 + *at_ms as f64 / 1000.0,
+            policy,
+            shutting_down,
+        };
+        let effects = component.handle(input.clone(), &cx);
+        assert_eq!(
+            short(&effects),
+            *expected,
+            "step {index} at {at_ms} ms: {input:?}"
+        );
+    }
+    component
+}
+
+#[test]
+fn an_active_row_is_started_and_an_inactive_one_is_not() {
+    let c = check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (50, active(), &[]),
+    ]);
+    assert_eq!(c.run_state(), RunState::Running);
+    assert_eq!(c.proc().unwrap().started_unix, 1_000.0);
+    let c = check(&[(0, inactive(), &[])]);
+    assert_eq!(c.run_state(), RunState::Stopped);
+}
+
+#[test]
+fn a_crash_after_min_uptime_restarts_at_once_spawning_before_any_record() {
+    let c = check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (
+            1_500,
+            exited(10, KILLED),
+            &["kill 10", "release", "spawn", "CRASHED"],
+        ),
+        (1_500, spawned(11), &["START_ATTEMPT", "save"]),
+        // A clean exit of a persistent component is restarted too.
+        (
+            3_000,
+            exited(11, ExitCause::Code(0)),
+            &["kill 11", "release", "spawn", "EXITED"],
+        ),
+    ]);
+    assert_eq!(c.restarts(), 2);
+    assert_eq!(c.last_exit(), Some("exit code 0"));
+}
+
+#[test]
+fn quick_deaths_back_off_doubling_then_fail_until_enabled() {
+    let c = check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (
+            100,
+            exited(10, ExitCause::Code(1)),
+            &["kill 10", "release", "CRASHED", "RESTART_SCHEDULED", "save"],
+        ),
+        // backoff_initial 0.5 s: not before.
+        (599, Input::Tick, &[]),
+        (600, Input::Tick, &["spawn"]),
+        (600, spawned(11), &["START_ATTEMPT", "save"]),
+        (
+            700,
+            exited(11, ExitCause::Code(1)),
+            &["kill 11", "release", "CRASHED", "RESTART_SCHEDULED", "save"],
+        ),
+        // Doubled: 1 s.
+        (1_699, Input::Tick, &[]),
+        (1_700, Input::Tick, &["spawn"]),
+        (1_700, spawned(12), &["START_ATTEMPT", "save"]),
+        // The third quick death is max_quick_deaths: FAILED, no more starts.
+        (
+            1_800,
+            exited(12, ExitCause::Code(1)),
+            &["kill 12", "release", "CRASHED", "FAILED", "save"],
+        ),
+        (60_000, Input::Tick, &[]),
+        (60_000, active(), &[]),
+    ]);
+    assert_eq!(c.run_state(), RunState::Failed);
+    assert!(c.last_exit().unwrap().contains("n0m1ctl enable c"));
+}
+
+fn failed() -> Component {
+    check(&[
+        (0, active(), &["spawn"]),
+        (
+            0,
+            Input::LaunchFailed {
+                reason: "no such script".into(),
+            },
+            &["START_FAILED", "save"],
+        ),
+    ])
+}
+
+#[test]
+fn enable_or_any_edit_of_the_row_resets_a_failed_component() {
+    let reset = Input::Row {
+        row: row(true),
+        reset_requested: true,
+    };
+    let c = check_with(failed(), &policy(), &[(0, reset, &["RESET", "spawn"])]);
+    assert_eq!(c.run_state(), RunState::Running);
+
+    let mut edited = row(true);
+    edited.modified = Some("2026-12-01 00:00:05".into());
+    let edit = Input::Row {
+        row: edited,
+        reset_requested: false,
+    };
+    check_with(failed(), &policy(), &[(0, edit, &["RESET", "spawn"])]);
+
+    // Disabling a failed component forgets the failure.
+    let c = check_with(failed(), &policy(), &[(0, inactive(), &["save"])]);
+    assert_eq!(c.run_state(), RunState::Stopped);
+}
+
+#[test]
+fn a_spawn_error_counts_as_a_quick_death() {
+    let c = check(&[
+        (0, active(), &["spawn"]),
+        (
+            0,
+            Input::SpawnFailed {
+                reason: "cannot start x: permission denied".into(),
+            },
+            &["START_FAILED", "RESTART_SCHEDULED", "save"],
+        ),
+    ]);
+    assert_eq!(c.run_state(), RunState::Backoff);
+}
+
+#[test]
+fn a_oneshot_runs_once_after_a_clean_exit_and_again_after_a_crash() {
+    let mut oneshot = row(true);
+    oneshot.run_type = RUN_TYPE_ONESHOT.into();
+    let c = check_with(
+        Component::new(oneshot.clone()),
+        &policy(),
+        &[
+            (
+                0,
+                Input::Row {
+                    row: oneshot.clone(),
+                    reset_requested: false,
+                },
+                &["spawn"],
+            ),
+            (0, spawned(10), &["START_ATTEMPT", "save"]),
+            (
+                2_000,
+                exited(10, ExitCause::Code(3)),
+                &["kill 10", "release", "spawn", "CRASHED"],
+            ),
+            (2_000, spawned(11), &["START_ATTEMPT", "save"]),
+            (
+                4_000,
+                exited(11, ExitCause::Code(0)),
+                &["kill 11", "release", "STOPPED", "save"],
+            ),
+            (
+                9_000,
+                Input::Row {
+                    row: oneshot,
+                    reset_requested: false,
+                },
+                &[],
+            ),
+        ],
+    );
+    assert_eq!(c.run_state(), RunState::Completed);
+}
+
+#[test]
+fn changed_launch_settings_restart_a_running_component() {
+    let mut changed = row(true);
+    changed.launch_args_json = Some(r#"{"--interval": "5"}"#.into());
+    let c = check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (
+            2_000,
+            Input::Row {
+                row: changed,
+                reset_requested: false,
+            },
+            &["term 10", "STOP_REQUESTED", "save"],
+        ),
+        (2_010, exited(10, ExitCause::Signal(Signal::SIGTERM)), &[]),
+        (
+            2_020,
+            Input::TreeGone,
+            &["STOPPED_SUCCESSFULLY", "release", "spawn"],
+        ),
+        (2_020, spawned(11), &["START_ATTEMPT", "save"]),
+    ]);
+    assert_eq!(c.restarts(), 1);
+}
+
+#[test]
+fn disabling_stops_and_enabling_during_the_stop_starts_it_again() {
+    check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (100, inactive(), &["term 10", "STOP_REQUESTED", "save"]),
+        (150, exited(10, ExitCause::Code(0)), &[]),
+        (
+            160,
+            Input::TreeGone,
+            &["STOPPED_SUCCESSFULLY", "release", "save"],
+        ),
+        (200, active(), &["spawn"]),
+        (200, spawned(11), &["START_ATTEMPT", "save"]),
+        (300, inactive(), &["term 11", "STOP_REQUESTED", "save"]),
+        (310, active(), &[]),
+        (320, exited(11, ExitCause::Code(0)), &[]),
+        (
+            330,
+            Input::TreeGone,
+            &["STOPPED_SUCCESSFULLY", "release", "spawn"],
+        ),
+    ]);
+}
+
+#[test]
+fn a_deleted_row_stops_the_component_and_forgets_it() {
+    check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (100, Input::RowGone, &["term 10", "STOP_REQUESTED", "save"]),
+        (150, exited(10, ExitCause::Code(0)), &[]),
+        (
+            160,
+            Input::TreeGone,
+            &["STOPPED_SUCCESSFULLY", "release", "save", "forget"],
+        ),
+    ]);
+    check_with(
+        Component::new(row(false)),
+        &policy(),
+        &[(0, inactive(), &[]), (10, Input::RowGone, &["forget"])],
+    );
+}
+
+#[test]
+fn the_stop_timeout_escalates_to_sigkill_then_gives_up_loudly() {
+    let c = check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (100, inactive(), &["term 10", "STOP_REQUESTED", "save"]),
+        (10_099, Input::Tick, &[]),
+        (10_100, Input::Tick, &["kill 10"]),
+        (15_099, Input::Tick, &[]),
+        (15_100, Input::Tick, &["STOP_FAILED", "release", "save"]),
+    ]);
+    assert_eq!(c.run_state(), RunState::Stopped);
+    assert!(c.proc().is_none());
+
+    // Killed in time: stopped forcefully.
+    check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (100, inactive(), &["term 10", "STOP_REQUESTED", "save"]),
+        (10_100, Input::Tick, &["kill 10"]),
+        (10_110, exited(10, KILLED), &[]),
+        (
+            10_120,
+            Input::TreeGone,
+            &["STOPPED_FORCEFULLY", "release", "save"],
+        ),
+    ]);
+}
+
+#[test]
+fn a_stop_waits_for_the_tree_not_just_the_leader() {
+    let mut c = check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (100, inactive(), &["term 10", "STOP_REQUESTED", "save"]),
+    ]);
+    let t0 = Instant::now();
+    assert_eq!(c.awaiting_tree(), None);
+    let cx = Context {
+        now: t0,
+        unix_now: 0.0,
+        policy: &policy(),
+        shutting_down: false,
+    };
+    assert!(c.handle(exited(10, ExitCause::Code(0)), &cx).is_empty());
+    assert_eq!(c.awaiting_tree(), Some(10));
+    assert_eq!(c.deadline(t0), Some(t0 + GROUP_POLL), "polls the group");
+    assert_eq!(c.run_state(), RunState::Stopping);
+}
+
+#[test]
+fn an_adopted_process_is_supervised_like_a_spawned_one() {
+    let adopted = Input::Adopted {
+        pid: 77,
+        start_ticks: 5,
+        started_unix: 900.0,
+        age: Duration::from_secs(100),
+        restarts: 4,
+        last_exit: Some("exit code 1".into()),
+    };
+    let c = check_with(
+        Component::new(row(true)),
+        &policy(),
+        &[
+            (0, adopted, &["ADOPTED", "save"]),
+            // Its age counts toward min_uptime: an immediate restart, not a backoff.
+            (
+                10,
+                exited(77, ExitCause::Unknown),
+                &["kill 77", "release", "spawn", "CRASHED"],
+            ),
+        ],
+    );
+    assert_eq!(c.restarts(), 5);
+}
+
+#[test]
+fn shutdown_stops_what_runs_and_restarts_nothing() {
+    check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (100, Input::Shutdown, &["term 10", "STOP_REQUESTED", "save"]),
+        (150, exited(10, ExitCause::Code(0)), &[]),
+        (
+            160,
+            Input::TreeGone,
+            &["STOPPED_SUCCESSFULLY", "release", "save"],
+        ),
+    ]);
+    // A crash during shutdown is recorded, not restarted; a backoff is cancelled.
+    check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (
+            2_000,
+            Input::Shutdown,
+            &["term 10", "STOP_REQUESTED", "save"],
+        ),
+    ]);
+    check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (
+            100,
+            exited(10, ExitCause::Code(1)),
+            &["kill 10", "release", "CRASHED", "RESTART_SCHEDULED", "save"],
+        ),
+        (200, Input::Shutdown, &["save"]),
+        (5_000, Input::Tick, &[]),
+    ]);
+}
+
+#[test]
+fn exits_of_other_pids_and_unsafe_ids_are_refused() {
+    check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (100, exited(99, KILLED), &[]),
+    ]);
+    let mut bad = row(true);
+    bad.component_id = "../etc".into();
+    let c = check_with(
+        Component::new(bad.clone()),
+        &policy(),
+        &[
+            (
+                0,
+                Input::Row {
+                    row: bad.clone(),
+                    reset_requested: false,
+                },
+                &["START_FAILED", "save"],
+            ),
+            (
+                10,
+                Input::Row {
+                    row: bad,
+                    reset_requested: true,
+                },
+                &[],
+            ),
+        ],
+    );
+    assert_eq!(c.run_state(), RunState::Failed);
+}

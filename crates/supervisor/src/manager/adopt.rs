@@ -1,0 +1,78 @@
+//! Adoption: a manager that was SIGKILLed and restarted by boot takes back its components
+//! that are still running, instead of starting duplicates.
+
+use std::time::Duration;
+
+use n0m1_core::components;
+use n0m1_core::home::{ENV_COMPONENT_ID, ENV_HOME, validate_component_id};
+use n0m1_core::pidfile::{PidFile, PidStatus};
+use n0m1_core::process::{self, ProcStat};
+use n0m1_core::state::{self, unix_now};
+
+use super::Manager;
+use crate::machine::{Component, Input};
+
+impl Manager {
+    pub(super) fn adopt_survivors(&mut self) {
+        let saved_rows = state::load_all(&self.conn, Some(&self.options.manager)).unwrap_or_else(|error| {
+            tracing::error!("cannot read component_state ({error}); identifying survivors by environment only");
+            Vec::new()
+        });
+        let rows = components::of_manager(&self.conn, &self.options.manager).unwrap_or_default();
+        for row in rows {
+            let id = row.component_id.clone();
+            if validate_component_id(&id).is_err() {
+                continue;
+            }
+            let pid_path = self.options.home.pid_file(&id);
+            let Ok(PidStatus::Stale { pid: Some(pid) }) = PidFile::inspect(&pid_path) else {
+                continue;
+            };
+            let saved = saved_rows.iter().find(|s| s.component_id == id);
+            // The process must be the one we started: by the start time recorded with its pid,
+            // or, when the manager died before recording it, by the environment every
+            // component gets (its id and this home), never by the pid alone.
+            let identified = match saved.and_then(|s| Some((s.pid?, s.pid_start_ticks?))) {
+                Some((saved_pid, ticks)) if saved_pid == pid => {
+                    process::is_same_process(pid, ticks)
+                }
+                _ => {
+                    process::is_alive(pid)
+                        && process::environ_has(pid, ENV_COMPONENT_ID, &id)
+                        && process::environ_has(
+                            pid,
+                            ENV_HOME,
+                            &self.options.home.root().to_string_lossy(),
+                        )
+                }
+            };
+            let Some(stat) = ProcStat::read(pid).filter(|_| identified) else {
+                let _ = std::fs::remove_file(&pid_path);
+                continue;
+            };
+            let watching = match &self.pid_watcher {
+                Some(watcher) => watcher.watch(pid),
+                None => Err(std::io::Error::other("no pidfd watcher")),
+            };
+            if let Err(error) = watching {
+                tracing::error!("{id}: cannot watch adopted pid {pid}: {error}");
+                continue;
+            }
+            if let Ok(file) = PidFile::acquire_for(&pid_path, pid) {
+                self.pid_files.insert(id.clone(), file);
+            }
+            let started_unix = saved.and_then(|s| s.started_at).unwrap_or_else(unix_now);
+            let input = Input::Adopted {
+                pid,
+                start_ticks: stat.start_ticks,
+                started_unix,
+                age: Duration::from_secs_f64((unix_now() - started_unix).max(0.0)),
+                restarts: saved.map_or(0, |s| s.restarts),
+                last_exit: saved.and_then(|s| s.last_exit.clone()),
+            };
+            self.by_pid.insert(pid, id.clone());
+            self.components.insert(id.clone(), Component::new(row));
+            self.dispatch(&id, input);
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The manager's executor: performs a machine's effects with syscalls, PID files and the
+//! lifecycle writer, and answers a spawn with the machine input it leads to.
+
+use n0m1_core::home::{ENV_COMPONENT_ID, ENV_HOME};
+use n0m1_core::pidfile::PidFile;
+use n0m1_core::process::{self, SpawnSpec};
+use n0m1_core::state::ComponentState;
+use nix::sys::signal::Signal;
+
+use super::Manager;
+use crate::launch::launch_args;
+use crate::machine::{Effect, Input};
+
+impl Manager {
+    /// Performs one effect of component `id`; a spawn returns its answer.
+    pub(super) fn perform(&mut self, id: &str, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::Spawn => return Some(self.spawn(id)),
+            Effect::Terminate { pid } => self.terminate(id, pid),
+            Effect::Kill { pid } => {
+                process::signal_group(pid, Signal::SIGKILL);
+                for (escaped, ticks) in self.escaped.get(id).into_iter().flatten() {
+                    if process::is_same_process(*escaped, *ticks) {
+                        process::signal_process(*escaped, Signal::SIGKILL);
+                    }
+                }
+            }
+            Effect::ReleasePidFile => {
+                if let Some(pid_file) = self.pid_files.remove(id) {
+                    pid_file.remove();
+                }
+                self.escaped.remove(id);
+            }
+            Effect::Record(record) => self
+                .writer
+                .event(record.manager(self.options.manager.clone())),
+            Effect::SaveState => self.save_state(id),
+            Effect::Forget => {
+                self.components.remove(id);
+            }
+        }
+        None
+    }
+
+    /// Resolves the row's program and arguments and spawns it as a process-group leader.
+    fn spawn(&mut self, id: &str) -> Input {
+        let Some(row) = self.components.get(id).map(|c| c.row().clone()) else {
+            return Input::LaunchFailed {
+                reason: format!("{id} is no longer supervised"),
+            };
+        };
+        let prepared = self
+            .resolver
+            .resolve(&row.base_script_name)
+            .and_then(|program| {
+                launch_args(row.launch_args_json.as_deref(), &row.run_type)
+                    .map(|args| (program, args))
+            });
+        let (program, args) = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                return Input::LaunchFailed {
+                    reason: error.to_string(),
+                };
+            }
+        };
+        let home = &self.options.home;
+        let (stdout, stderr) = home.component_logs(id);
+        let mut argv = program.leading_args.clone();
+        argv.extend(args.iter().map(Into::into));
+        let spec = SpawnSpec {
+            program: program.path.clone(),
+            args: argv,
+            env: vec![
+                (ENV_HOME.to_owned(), home.root().as_os_str().to_owned()),
+                (ENV_COMPONENT_ID.to_owned(), id.into()),
+            ],
+            stdout,
+            stderr,
+            current_dir: home.root().to_path_buf(),
+        };
+        let spawned = match process::spawn(&spec) {
+            Ok(spawned) => spawned,
+            Err(error) => {
+                return Input::SpawnFailed {
+                    reason: error.to_string(),
+                };
+            }
+        };
+        match PidFile::acquire_for(&home.pid_file(id), spawned.pid) {
+            Ok(file) => {
+                self.pid_files.insert(id.to_owned(), file);
+            }
+            Err(error) => tracing::error!("{id}: cannot write its PID file: {error}"),
+        }
+        self.by_pid.insert(spawned.pid, id.to_owned());
+        Input::Spawned {
+            pid: spawned.pid,
+            start_ticks: spawned.start_ticks,
+            script_path: program.describe(),
+        }
+    }
+
+    /// SIGTERM to the group, and to descendants that left it (setsid), found now while the
+    /// tree still links them to the leader.
+    fn terminate(&mut self, id: &str, pid: i32) {
+        let processes = self.snapshot.get_or_insert_with(process::all_processes);
+        let escaped: Vec<(i32, u64)> = process::descendants_in(processes, pid)
+            .into_iter()
+            .filter(|p| p.pgrp != pid)
+            .map(|p| (p.pid, p.start_ticks))
+            .collect();
+        process::signal_group(pid, Signal::SIGTERM);
+        for (escaped_pid, _) in &escaped {
+            process::signal_process(*escaped_pid, Signal::SIGTERM);
+        }
+        self.escaped.insert(id.to_owned(), escaped);
+    }
+
+    /// True when the group led by `pid` is empty and every escaped descendant is gone.
+    pub(super) fn tree_gone(&self, id: &str, pid: i32) -> bool {
+        !process::group_exists(pid)
+            && !self
+                .escaped
+                .get(id)
+                .into_iter()
+                .flatten()
+                .any(|(escaped, ticks)| process::is_same_process(*escaped, *ticks))
+    }
+
+    fn save_state(&self, id: &str) {
+        let Some(component) = self.components.get(id) else {
+            return;
+        };
+        let proc = component.proc();
+        self.writer.state(ComponentState {
+            component_id: id.to_owned(),
+            manager: self.options.manager.clone(),
+            state: component.run_state(),
+            pid: proc.map(|p| p.pid),
+            pid_start_ticks: proc.map(|p| p.start_ticks),
+            started_at: proc.map(|p| p.started_unix),
+            restarts: component.restarts(),
+            last_exit: component.last_exit().map(str::to_owned),
+            reset_requested: false,
+        });
+    }
+}

@@ -1,0 +1,423 @@
+//! The generic component manager behind the `daemon_manager`, `nano_manager` and
+//! `main_llm_manager` binaries: an executor around the pure `machine::Component`s.
+//!
+//! It owns the rows of `autorun_components` whose `manager_affinity` is its name. Its one
+//! thread turns runtime events (SIGCHLD, pidfd exits, row changes, timers, SIGTERM) into
+//! machine inputs and performs the effects that come back (`executor`). It never writes to
+//! the database itself: rows go to the lifecycle writer's thread, so a restart never waits
+//! for a flush or another process's lock. Survivors of a previous life are found by `adopt`.
+
+mod adopt;
+mod executor;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use n0m1_core::components::{self, ComponentRow};
+use n0m1_core::config::{Config, SupervisorPolicy};
+use n0m1_core::db::{self, DbError};
+use n0m1_core::home::{ENV_BOOT_PID, Home, HomeError};
+use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::pidfile::{PidError, PidFile};
+use n0m1_core::process::ProcStat;
+use n0m1_core::runtime::{Event, PidWatcher, Runtime, SignalSet};
+use n0m1_core::state::{self, unix_now};
+use n0m1_core::writer::Writer;
+use nix::sys::signal::Signal;
+use rusqlite::Connection;
+
+use crate::launch::ScriptResolver;
+use crate::machine::{Component, Context, Input};
+use crate::reaper::{self, ExitCause};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    #[error(transparent)]
+    Pid(#[from] PidError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{what}: {source}")]
+    Os {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("boot (pid {boot_pid}) is gone before {manager} could start; not running as an orphan")]
+    Orphaned { manager: String, boot_pid: i32 },
+}
+
+/// How a manager is set up; the binaries fill it from their flags.
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    pub home: Home,
+    /// The manager's name: its binary, PID file stem and `manager_affinity` value.
+    pub manager: String,
+    /// Where bundled component binaries live (beside the manager's own executable).
+    pub bin_dir: PathBuf,
+    /// How often the database is checked for changes.
+    pub watch_interval: Duration,
+}
+
+/// A full pass over the table happens at least this often, in case a change was missed.
+const PERIODIC_PASS: Duration = Duration::from_secs(5);
+/// How long the manager's own reads wait for a lock: short, the loop must get back to work.
+const READ_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
+
+pub struct Manager {
+    options: ManagerOptions,
+    policy: SupervisorPolicy,
+    resolver: ScriptResolver,
+    /// Reads only (rows, saved state); every write goes through `writer`.
+    conn: Connection,
+    runtime: Runtime,
+    writer: Writer,
+    pid_watcher: Option<PidWatcher>,
+    components: BTreeMap<String, Component>,
+    /// Live pid → component, so an exit finds its component in O(1).
+    by_pid: HashMap<i32, String>,
+    pid_files: HashMap<String, PidFile>,
+    /// Descendants that left a stopping component's group, found when the stop began.
+    escaped: HashMap<String, Vec<(i32, u64)>>,
+    /// One /proc snapshot per loop turn, taken only if a stop needs it.
+    snapshot: Option<Vec<ProcStat>>,
+    shutting_down: bool,
+}
+
+impl Manager {
+    /// Runs the manager until SIGTERM/SIGINT (or boot's death) and all its components are
+    /// stopped.
+    pub fn run(options: ManagerOptions) -> Result<(), ManagerError> {
+        // Handlers first: a SIGTERM that arrives while we start up must still mean a clean
+        // stop (it waits in the channel), not death with a half-initialised PID file.
+        let runtime = Runtime::start(SignalSet::Supervisor).map_err(|source| ManagerError::Os {
+            what: "cannot install signal handlers",
+            source,
+        })?;
+        become_subreaper()?;
+        die_with_boot(&options.manager)?;
+        raise_open_file_limit();
+        options.home.ensure()?;
+        let own_pid_file = PidFile::acquire(&options.home.pid_file(&options.manager))?;
+        let db_path = options.home.db_path();
+        let conn = db::open(&db_path)?;
+        conn.busy_timeout(READ_BUSY_TIMEOUT)
+            .map_err(|source| DbError::Sqlite {
+                path: db_path.clone(),
+                source,
+            })?;
+        let writer = Writer::start(&db_path)?;
+        let manager_name = options.manager.clone();
+        runtime.watch_database_with(db_path, options.watch_interval, move |conn| {
+            rows_fingerprint(conn, &manager_name)
+        });
+        let pid_watcher = runtime
+            .pid_watcher()
+            .map_err(|error| {
+                tracing::error!("cannot watch adopted processes ({error}); survivors will be stopped by boot, not adopted");
+            })
+            .ok();
+
+        let mut manager = Manager {
+            policy: SupervisorPolicy::default(),
+            resolver: ScriptResolver::new(&options.home, options.bin_dir.clone()),
+            conn,
+            runtime,
+            writer,
+            pid_watcher,
+            components: BTreeMap::new(),
+            by_pid: HashMap::new(),
+            pid_files: HashMap::new(),
+            escaped: HashMap::new(),
+            snapshot: None,
+            shutting_down: false,
+            options,
+        };
+        manager.load_policy();
+        let me = std::process::id() as i32;
+        manager.writer.event(
+            LifecycleRecord::new(
+                &manager.options.manager,
+                LifecycleEvent::StartedSuccessfully,
+            )
+            .pid(me)
+            .message(format!(
+                "{} supervising its components",
+                manager.options.manager
+            )),
+        );
+        manager.adopt_survivors();
+        manager.reconcile();
+        manager.event_loop(&own_pid_file);
+        manager.writer.event(
+            LifecycleRecord::new(&manager.options.manager, LifecycleEvent::Stopped)
+                .pid(me)
+                .message("all components stopped"),
+        );
+        // Everything queued is written (waiting for a lock if need be) before the PID file
+        // goes: `n0m1ctl stop` returns once it is gone.
+        manager.writer.close();
+        own_pid_file.remove();
+        Ok(())
+    }
+
+    fn event_loop(&mut self, own_pid_file: &PidFile) {
+        let heartbeat_every = self
+            .policy
+            .heartbeat_interval
+            .duration()
+            .max(Duration::from_millis(100));
+        let mut next_heartbeat = Instant::now();
+        let mut next_pass = Instant::now() + PERIODIC_PASS;
+        loop {
+            let now = Instant::now();
+            if now >= next_heartbeat {
+                if let Err(error) = own_pid_file.touch() {
+                    tracing::warn!("heartbeat failed: {error}");
+                }
+                next_heartbeat = now + heartbeat_every;
+            }
+            if now >= next_pass {
+                if !self.shutting_down {
+                    self.reconcile();
+                }
+                next_pass = now + PERIODIC_PASS;
+            }
+            let wake = self
+                .components
+                .values()
+                .filter_map(|c| c.deadline(now))
+                .fold(next_heartbeat.min(next_pass), Instant::min);
+            match self.runtime.next(Some(wake)) {
+                Some(Event::ChildExited) => self.reap(),
+                Some(Event::ProcessExited { pid }) => self.adopted_exited(pid),
+                Some(Event::DatabaseChanged) if !self.shutting_down => self.reconcile(),
+                Some(Event::Reload) => {
+                    self.load_policy();
+                    if !self.shutting_down {
+                        self.reconcile();
+                    }
+                }
+                Some(Event::Shutdown) => self.begin_shutdown(),
+                Some(Event::DatabaseChanged) | None => {}
+            }
+            self.on_timers(Instant::now());
+            self.check_trees();
+            self.snapshot = None;
+            if self.shutting_down && self.components.values().all(|c| c.proc().is_none()) {
+                return;
+            }
+        }
+    }
+
+    fn load_policy(&mut self) {
+        match Config::load(&self.options.home.config_path()) {
+            Ok(config) => self.policy = config.supervisor,
+            Err(error) => self.writer.event(
+                LifecycleRecord::new(&self.options.manager, LifecycleEvent::Error)
+                    .message(format!("{error}; keeping the previous supervisor policy")),
+            ),
+        }
+    }
+
+    /// Feeds `input` to a component and performs the effects, and the effects of what they
+    /// feed back, in order: a spawn's answer is handled after the rest of the batch, so the
+    /// record of a crash is queued before the record of its replacement.
+    fn dispatch(&mut self, id: &str, input: Input) {
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            let cx = Context {
+                now: Instant::now(),
+                unix_now: unix_now(),
+                policy: &self.policy,
+                shutting_down: self.shutting_down,
+            };
+            let Some(component) = self.components.get_mut(id) else {
+                return;
+            };
+            for effect in component.handle(input, &cx) {
+                if let Some(answer) = self.perform(id, effect) {
+                    queue.push_back(answer);
+                }
+            }
+        }
+    }
+
+    /// Makes the machines see the table.
+    fn reconcile(&mut self) {
+        let rows = match components::of_manager(&self.conn, &self.options.manager) {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::error!(
+                    "cannot read {}: {error}; will try again",
+                    n0m1_core::schema::AUTORUN_COMPONENTS
+                );
+                return;
+            }
+        };
+        let resets = reset_requests(&self.conn, &self.options.manager);
+        let mut seen = HashSet::new();
+        for row in rows {
+            let id = row.component_id.clone();
+            let reset_requested = resets.contains(&id);
+            if reset_requested {
+                self.writer.clear_reset(&id);
+            }
+            self.components
+                .entry(id.clone())
+                .or_insert_with(|| Component::new(row.clone()));
+            self.dispatch(
+                &id,
+                Input::Row {
+                    row,
+                    reset_requested,
+                },
+            );
+            seen.insert(id);
+        }
+        let gone: Vec<String> = self
+            .components
+            .keys()
+            .filter(|id| !seen.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.dispatch(&id, Input::RowGone);
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        // Every component is signalled in this one turn (one /proc snapshot for all); their
+        // exits are then collected by the same loop.
+        let ids: Vec<String> = self.components.keys().cloned().collect();
+        for id in ids {
+            self.dispatch(&id, Input::Shutdown);
+        }
+    }
+
+    /// Reaps every exited child; orphaned grandchildren are reaped here too (we are a
+    /// subreaper) and belong to no component.
+    fn reap(&mut self) {
+        for (pid, cause) in reaper::reap_exited() {
+            self.exited(pid, cause, false);
+        }
+    }
+
+    fn adopted_exited(&mut self, pid: i32) {
+        self.exited(pid, ExitCause::Unknown, true);
+    }
+
+    fn exited(&mut self, pid: i32, cause: ExitCause, adopted: bool) {
+        let Some(id) = self.by_pid.get(&pid).cloned() else {
+            return;
+        };
+        let ours = self
+            .components
+            .get(&id)
+            .and_then(Component::proc)
+            .is_some_and(|p| p.pid == pid && p.adopted == adopted);
+        if ours {
+            self.by_pid.remove(&pid);
+            self.dispatch(&id, Input::Exited { pid, cause });
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .components
+            .iter()
+            .filter(|(_, c)| c.deadline(now).is_some_and(|d| d <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.dispatch(&id, Input::Tick);
+        }
+    }
+
+    /// Completes stops whose leader has exited once its group and escaped descendants are
+    /// gone too.
+    fn check_trees(&mut self) {
+        let gone: Vec<String> = self
+            .components
+            .iter()
+            .filter_map(|(id, c)| Some((id, c.awaiting_tree()?)))
+            .filter(|(id, pid)| self.tree_gone(id, *pid))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.dispatch(&id, Input::TreeGone);
+        }
+    }
+}
+
+/// What the database watcher compares to decide whether this manager must look again: its
+/// rows and its pending reset requests, nothing else.
+fn rows_fingerprint(conn: &Connection, manager: &str) -> rusqlite::Result<u64> {
+    let rows: Vec<ComponentRow> = components::of_manager(conn, manager)?;
+    let mut resets: Vec<String> = reset_requests(conn, manager).into_iter().collect();
+    resets.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    rows.hash(&mut hasher);
+    resets.hash(&mut hasher);
+    Ok(hasher.finish())
+}
+
+fn reset_requests(conn: &Connection, manager: &str) -> HashSet<String> {
+    state::load_all(conn, Some(manager))
+        .map(|rows| {
+            rows.into_iter()
+                .filter(|r| r.reset_requested)
+                .map(|r| r.component_id)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Orphans of our components are re-parented to us, not to PID 1 (which does not reap here),
+/// so they can be reaped and nothing is left as a zombie.
+pub fn become_subreaper() -> Result<(), ManagerError> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(|errno| ManagerError::Os {
+        what: "cannot become a child subreaper",
+        source: errno.into(),
+    })
+}
+
+/// Started by boot: die with boot (SIGTERM on its death), and refuse to start if boot is
+/// already gone, so a manager never runs on as an orphan.
+fn die_with_boot(manager: &str) -> Result<(), ManagerError> {
+    let Some(boot_pid) = std::env::var(ENV_BOOT_PID)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(|errno| ManagerError::Os {
+        what: "cannot set the parent-death signal",
+        source: errno.into(),
+    })?;
+    if nix::unistd::getppid().as_raw() != boot_pid {
+        return Err(ManagerError::Orphaned {
+            manager: manager.to_owned(),
+            boot_pid,
+        });
+    }
+    Ok(())
+}
+
+/// Each supervised component holds a PID file open; 500 components need more than the
+/// usual soft limit of 1024 descriptors once logs and pidfds are counted.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
