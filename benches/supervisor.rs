@@ -1,7 +1,9 @@
 //! Supervisor benchmark: prints figures, asserts nothing about time.
 //!
-//! `cargo bench --bench supervisor` (release build). Set `BENCH_IDLE_SECS` to shorten the
-//! idle-CPU window (default 60 s) and `BENCH_MANY` for the large start (default 500).
+//! `cargo bench --bench supervisor` (release build). Set `BENCH_KILLS` for the number of
+//! SIGKILLs per restart scenario (default 200, 1.5 s apart: 5 minutes each), `BENCH_IDLE_SECS`
+//! to shorten the idle-CPU window (default 60 s), `BENCH_MANY` for the large start
+//! (default 500) and `BENCH_ONLY=restart` to measure restarts alone.
 
 #![allow(clippy::disallowed_methods)] // the benchmark starts the binaries under test
 
@@ -134,14 +136,53 @@ fn fast_config(min_uptime: f64) -> String {
     )
 }
 
-fn restart_latency() {
-    let mut bench = Bench::new(&fast_config(0.2));
-    bench.add_sleepers(1, "daemon_manager");
-    bench.spawn("daemon_manager");
+/// The value below which `q` of `values` fall (nearest rank).
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn summary(values: &[f64]) -> String {
+    let mut largest = values.to_vec();
+    largest.sort_by(|a, b| b.total_cmp(a));
+    largest.truncate(5);
+    let largest: Vec<String> = largest.iter().map(|v| format!("{v:.1}")).collect();
+    format!(
+        "median {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms (min {:.2}, n={}; largest {})",
+        quantile(values, 0.5),
+        quantile(values, 0.9),
+        quantile(values, 0.99),
+        values.iter().copied().fold(0.0, f64::max),
+        values.iter().copied().fold(f64::MAX, f64::min),
+        values.len(),
+        largest.join(", ")
+    )
+}
+
+/// Set in the environment of the bench's own copy that plays the second process holding the
+/// write lock: it holds `BEGIN IMMEDIATE` for 5 s, lets go for 0.5 s, and again, until killed.
+const LOCKER_ENV: &str = "N0M1_BENCH_LOCKER_DB";
+
+fn run_locker(db: &str) -> ! {
+    let conn = Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(30)).unwrap();
+    loop {
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+        conn.execute_batch("COMMIT").unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// SIGKILLs the component `kills` times, `every` apart, and returns each gap from the kill to
+/// the replacement's PID file.
+fn kill_gaps(bench: &Bench, kills: usize, every: Duration) -> Vec<f64> {
     let mut gaps = Vec::new();
     let mut current = wait_for(Duration::from_secs(10), || bench.pid("s0")).expect("component up");
-    for _ in 0..20 {
-        std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..kills {
+        std::thread::sleep(every);
         let killed_at = Instant::now();
         kill(Pid::from_raw(current), Signal::SIGKILL).unwrap();
         let next = wait_for(Duration::from_secs(10), || {
@@ -151,11 +192,59 @@ fn restart_latency() {
         gaps.push(killed_at.elapsed().as_secs_f64() * 1000.0);
         current = next;
     }
+    gaps
+}
+
+fn restart_latency() {
+    let kills: usize = std::env::var("BENCH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let every = Duration::from_millis(1500);
+    let mut bench = Bench::new(&fast_config(0.2));
+    bench.add_sleepers(1, "daemon_manager");
+    bench.spawn("daemon_manager");
+    let gaps = kill_gaps(&bench, kills, every);
     println!(
-        "restart after SIGKILL: median {:.2} ms (min {:.2}, max {:.2}, n=20)",
-        median(gaps.clone()),
-        gaps.iter().copied().fold(f64::MAX, f64::min),
-        gaps.iter().copied().fold(0.0, f64::max)
+        "restart after SIGKILL, {kills} kills 1.5 s apart: {}",
+        summary(&gaps)
+    );
+
+    let mut locker = Command::new(std::env::current_exe().unwrap())
+        .env(LOCKER_ENV, bench.home.db_path())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let gaps = kill_gaps(&bench, kills, every);
+    let _ = locker.kill();
+    let _ = locker.wait();
+    println!(
+        "restart after SIGKILL while another process holds the write lock 5 s of every 5.5 s: {}",
+        summary(&gaps)
+    );
+    // Every crash is recorded once the lock lets go: the rows were queued, never dropped.
+    let crashed = || -> i64 {
+        Connection::open(bench.home.db_path())
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM component_lifecycle_log WHERE component_id = 's0' AND event_type = 'CRASHED'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let written = wait_for(Duration::from_secs(15), || {
+        (crashed() == 2 * kills as i64).then_some(())
+    });
+    println!(
+        "CRASHED rows for the {} kills: {}{}",
+        2 * kills,
+        crashed(),
+        if written.is_some() {
+            ""
+        } else {
+            " (some still missing after 15 s)"
+        }
     );
 
     let mut gone = Vec::new();
@@ -284,6 +373,9 @@ fn start_many(count: usize) {
 }
 
 fn main() {
+    if let Some(db) = std::env::var_os(LOCKER_ENV) {
+        run_locker(db.to_str().unwrap());
+    }
     // `cargo bench` passes --bench; there are no filters here.
     println!(
         "machine: {} cores, {}",
@@ -291,6 +383,9 @@ fn main() {
         kernel()
     );
     restart_latency();
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "restart") {
+        return;
+    }
     start_many(10);
     let many: usize = std::env::var("BENCH_MANY")
         .ok()

@@ -174,3 +174,59 @@ fn sighup_applies_a_changed_config() {
     kill(Pid::from_raw(boot), Signal::SIGHUP).unwrap();
     env.wait_pid("main_llm_manager", "the re-added manager to start");
 }
+
+#[test]
+fn starts_and_stops_at_once_take_turns() {
+    let env = TestEnv::new();
+    env.add_component("sleepy", "sleeper.sh", "daemon_manager", "{}");
+    let ctl = |args: &'static [&'static str]| {
+        let root = env.root().to_owned();
+        std::thread::spawn(move || {
+            assert_cmd::Command::new(crate::support::bin("n0m1ctl"))
+                .arg("--home")
+                .arg(root)
+                .args(args)
+                .timeout(std::time::Duration::from_secs(60))
+                .output()
+                .unwrap()
+        })
+    };
+    // Four starts at once: one system, and every start says so and succeeds.
+    let starts: Vec<_> = (0..4).map(|_| ctl(&["start"])).collect();
+    for start in starts {
+        let output = start.join().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains("n0m1 started") || stdout.contains("already running"),
+            "{stdout}"
+        );
+    }
+    let sleepy = env.wait_pid("sleepy", "sleepy to run");
+    assert_eq!(env.processes_of("sleepy"), vec![sleepy], "one system");
+
+    // A start issued while a stop runs waits for it, then starts a fresh system. A component
+    // that ignores SIGTERM keeps the stop going for its stop_timeout.
+    env.add_component("stubborn", "stubborn.sh", "daemon_manager", "{}");
+    env.wait_pid("stubborn", "stubborn to run");
+    let boot = env.pid_of("boot_system").unwrap();
+    let stop = ctl(&["stop"]);
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the stop to begin",
+        || env.count_events("stubborn", "STOP_REQUESTED") == 1,
+    );
+    let start = ctl(&["start"]).join().unwrap();
+    assert!(stop.join().unwrap().status.success());
+    let stdout = String::from_utf8_lossy(&start.stdout);
+    assert!(start.status.success(), "{stdout}");
+    assert!(stdout.contains("n0m1 started"), "{stdout}");
+    let new_boot = env.wait_pid("boot_system", "the fresh boot");
+    assert_ne!(new_boot, boot);
+    env.wait_pid("sleepy", "sleepy to run again");
+    env.ctl(&["stop"]).success();
+}

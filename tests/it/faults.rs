@@ -8,7 +8,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use predicates::str::contains;
 
-use crate::support::{TestEnv, alive, wait_until};
+use crate::support::{
+    TestEnv, align_to_second_fraction, alive, assert_one_row_per_second, wait_until,
+};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -162,16 +164,32 @@ fn a_write_lock_held_for_ten_seconds_loses_nothing_and_stops_no_restart() {
     let mut env = TestEnv::new();
     env.add_component("sleepy", "sleeper.sh", "daemon_manager", "{}");
     env.sql(
-        "UPDATE autorun_components SET desired_state = 'active', launch_args_json = '{\"--interval\": \"0.2\"}'
+        "UPDATE autorun_components SET desired_state = 'active', launch_args_json = '{\"--interval\": \"1\"}'
          WHERE component_id = 'mem_usage_daemon'",
     );
+    // The daemon samples once a second from its start; started early in a second, each
+    // sample falls well inside the whole second its row's timestamp names.
+    align_to_second_fraction(0.05);
     let manager = env.spawn("daemon_manager");
     let first = env.wait_pid("sleepy", "sleepy to run");
     wait_until(T, "memory rows", || env.count_rows("memory_usage_log") > 0);
+    let started_at: f64 = env
+        .db()
+        .query_row(
+            "SELECT started_at FROM component_state WHERE component_id = 'mem_usage_daemon'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        (0.0..0.6).contains(&started_at.fract()),
+        "the daemon started {:.3} s into a second: too close to the next for whole-second rows",
+        started_at.fract()
+    );
+    let first_second = started_at as i64;
     std::thread::sleep(Duration::from_millis(600));
     let blocker = env.db();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let locked_at = n0m1_core::state::unix_now() as i64;
     // The restart path writes nothing, so a crash is answered while the lock is held.
     signal(first, Signal::SIGKILL);
     let started = Instant::now();
@@ -181,6 +199,11 @@ fn a_write_lock_held_for_ten_seconds_loses_nothing_and_stops_no_restart() {
     assert!(started.elapsed() < Duration::from_secs(5));
     std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
     let unlocked_at = n0m1_core::state::unix_now() as i64;
+    assert_eq!(
+        env.count_events("sleepy", "CRASHED"),
+        0,
+        "the lock was still held, so the crash is only queued"
+    );
     blocker.execute_batch("COMMIT").unwrap();
     drop(blocker);
     assert!(alive(manager));
@@ -189,36 +212,20 @@ fn a_write_lock_held_for_ten_seconds_loses_nothing_and_stops_no_restart() {
     wait_until(T, "the queued CRASHED event", || {
         env.count_events("sleepy", "CRASHED") == 1
     });
-    // The samples queued during the lock are written at the daemon's next round.
-    let during = || -> i64 {
+    // The samples queued during the lock are written at the daemon's next round: every second
+    // from its start to after the lock has its row.
+    let last_second = unlocked_at + 1;
+    wait_until(T, "the rows after the lock", || {
         env.db()
             .query_row(
-                "SELECT count(*) FROM memory_usage_log WHERE timestamp > datetime(?1, 'unixepoch') AND timestamp < datetime(?2, 'unixepoch')",
-                [locked_at, unlocked_at],
-                |r| r.get(0),
+                "SELECT count(*) FROM memory_usage_log WHERE timestamp >= datetime(?1, 'unixepoch')",
+                [last_second + 1],
+                |r| r.get::<_, i64>(0),
             )
             .unwrap()
-    };
-    let deadline = Instant::now() + T;
-    while during() < 20 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if during() < 20 {
-        let err = std::fs::read_to_string(env.home.component_logs("mem_usage_daemon").1)
-            .unwrap_or_default();
-        let rows: Vec<String> = env
-            .db()
-            .prepare("SELECT id || ' ' || timestamp FROM memory_usage_log ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        panic!(
-            "only {} samples in {locked_at}..{unlocked_at}; rows {rows:?}; daemon stderr {err}",
-            during()
-        );
-    }
+            > 0
+    });
+    assert_one_row_per_second(&env, "memory_usage_log", first_second, last_second);
     integrity_ok(&env);
 }
 
@@ -338,4 +345,60 @@ fn a_full_disk_corrupts_nothing_and_loses_nothing_once_space_returns() {
         env.count_rows("memory_usage_log") >= before + 50
     });
     integrity_ok(&env);
+}
+
+#[test]
+fn descendants_that_escaped_a_dead_leader_are_killed_with_it() {
+    let mut env = TestEnv::new();
+    // Each run leaves a sleep in a session of its own, orphaned to the manager, then dies.
+    env.script(
+        "escaper.sh",
+        "#!/bin/sh\n( setsid sh -c 'exec sleep 1000' & )\nsleep 0.1\nexit 1\n",
+    );
+    // This one keeps running beside its escaped sleep.
+    env.script(
+        "runner.sh",
+        "#!/bin/sh\n( setsid sh -c 'exec sleep 1000' & )\nexec sleep 1000\n",
+    );
+    env.add_component("escaper", "escaper.sh", "daemon_manager", "{}");
+    env.add_component("runner", "runner.sh", "daemon_manager", "{}");
+    env.spawn("daemon_manager");
+    wait_until(T, "the crash loop to end FAILED", || {
+        env.state_of("escaper").as_deref() == Some("failed")
+    });
+    wait_until(T, "nothing of escaper left", || {
+        env.processes_of("escaper").is_empty()
+    });
+    wait_until(T, "runner and its escaped sleep", || {
+        env.processes_of("runner").len() == 2
+    });
+    env.ctl(&["disable", "runner"]).success();
+    wait_until(T, "disable to take the escaped sleep too", || {
+        env.processes_of("runner").is_empty()
+    });
+}
+
+#[test]
+fn a_component_named_like_a_manager_cannot_take_its_pid_file() {
+    let mut env = TestEnv::new();
+    env.add_component("nano_manager", "sleeper.sh", "daemon_manager", "{}");
+    env.add_component("boot_system", "sleeper.sh", "daemon_manager", "{}");
+    env.spawn("boot_system");
+    wait_until(T, "both rows refused", || {
+        env.count_events("nano_manager", "START_FAILED") == 1
+            && env.count_events("boot_system", "START_FAILED") == 1
+    });
+    let manager = env.wait_pid("nano_manager", "the real nano_manager");
+    let cmdline = std::fs::read_to_string(format!("/proc/{manager}/cmdline")).unwrap();
+    assert!(cmdline.contains("nano_manager"), "{cmdline}");
+    assert!(
+        env.processes_of("nano_manager").is_empty(),
+        "no sleeper ran"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        env.count_events("boot_nano_manager", "MANAGER_CRASHED"),
+        0,
+        "the manager is not restarted over and over"
+    );
 }

@@ -16,3 +16,6 @@ mod metrics;
 mod faults;
 // n0m1ctl without a running system: logs -f across truncation and rotation, config check.
 mod ctl;
+// README rules: boot's health kill and backoff, non-critical managers, retention, stop
+// --force, restart, .py components, logs boot.
+mod policy;

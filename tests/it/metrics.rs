@@ -4,7 +4,11 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use predicates::str::contains;
 
-use crate::support::{TestEnv, alive, wait_until};
+use n0m1_core::state::unix_now;
+
+use crate::support::{
+    TestEnv, align_to_second_fraction, alive, assert_one_row_per_second, wait_until,
+};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -88,31 +92,47 @@ fn cpu_and_memory_daemons_write_rows_within_a_second_and_stop_cleanly() {
 #[test]
 fn a_writer_holding_the_lock_for_seconds_loses_no_sample() {
     let mut env = TestEnv::new();
-    let mem = env.spawn_with("mem_usage_daemon", &["--interval", "0.1"], &[]);
+    // One sample a second, taken near 0.3 s into each second (its row's timestamp is the whole
+    // second), so every second of the run must hold exactly one row.
+    align_to_second_fraction(0.3);
+    let mem = env.spawn_with("mem_usage_daemon", &["--interval", "1"], &[]);
     wait_until(T, "the first row", || {
         env.count_rows("memory_usage_log") > 0
     });
+    let first_second = unix_now() as i64;
     let blocker = env.db();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let locked_at = n0m1_core::state::unix_now() as i64;
-    std::thread::sleep(Duration::from_secs(3));
-    let unlocked_at = n0m1_core::state::unix_now() as i64;
+    let locked_at = unix_now() as i64;
+    std::thread::sleep(Duration::from_secs(5));
+    let unlocked_at = unix_now() as i64;
+    assert_eq!(
+        env.db()
+            .query_row(
+                "SELECT count(*) FROM memory_usage_log WHERE timestamp > datetime(?1, 'unixepoch')",
+                [locked_at],
+                |r| r.get::<_, i64>(0)
+            )
+            .unwrap(),
+        0,
+        "nothing could be written while the lock was held"
+    );
     blocker.execute_batch("COMMIT").unwrap();
     drop(blocker);
-    std::thread::sleep(Duration::from_millis(500));
+    let last_second = unlocked_at + 1;
+    wait_until(T, "the row of the second after the lock", || {
+        env.db()
+            .query_row(
+                "SELECT count(*) FROM memory_usage_log WHERE timestamp >= datetime(?1, 'unixepoch')",
+                [last_second + 1],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+            > 0
+    });
     assert!(alive(mem), "the daemon survives a held lock");
     term(&mut env, mem);
     // Samples taken while the lock was held were queued with their own time and written later.
-    let during: i64 = env
-        .db()
-        .query_row(
-            "SELECT count(*) FROM memory_usage_log
-             WHERE timestamp > datetime(?1, 'unixepoch') AND timestamp < datetime(?2, 'unixepoch')",
-            [locked_at, unlocked_at],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert!(during >= 5, "only {during} samples from the locked seconds");
+    assert_one_row_per_second(&env, "memory_usage_log", first_second, last_second);
     let errors = env.count_events("mem_usage_daemon", "ERROR");
     assert_eq!(errors, 0);
 }

@@ -319,3 +319,33 @@ impl Drop for TestEnv {
 pub fn file_contains(path: &Path, needle: &str) -> bool {
     std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle))
 }
+
+/// Sleeps until the fractional part of the Unix time is `fraction`: a metric daemon started
+/// then at a 1 s interval samples near that point of every second, far from the boundaries
+/// its rows' whole-second timestamps are cut at.
+pub fn align_to_second_fraction(fraction: f64) {
+    let now = n0m1_core::state::unix_now();
+    let wait = (fraction - now.fract()).rem_euclid(1.0);
+    std::thread::sleep(Duration::from_secs_f64(wait));
+}
+
+/// Checks that `table` has exactly one row for every whole second from `from` to `to` (Unix
+/// seconds, both included): a daemon sampling every second lost nothing in that span.
+pub fn assert_one_row_per_second(env: &TestEnv, table: &str, from: i64, to: i64) {
+    let per_second: Vec<(i64, i64)> = env
+        .db()
+        .prepare(&format!(
+            "SELECT CAST(strftime('%s', timestamp) AS INTEGER) AS s, count(*) FROM {table}
+             WHERE s BETWEEN ?1 AND ?2 GROUP BY s ORDER BY s"
+        ))
+        .unwrap()
+        .query_map([from, to], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let expected: Vec<(i64, i64)> = (from..=to).map(|s| (s, 1)).collect();
+    assert_eq!(
+        per_second, expected,
+        "rows of {table} per second from {from} to {to}"
+    );
+}

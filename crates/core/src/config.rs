@@ -23,6 +23,10 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("config {path} is {kind}, not a regular file: replace it with a JSON file")]
+    NotAFile { path: PathBuf, kind: &'static str },
+    #[error("config {path} is larger than {limit} bytes: a config.json is a few hundred bytes")]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("config {path}: {key}: {message}")]
     Invalid {
         path: PathBuf,
@@ -204,17 +208,73 @@ impl Default for Config {
     }
 }
 
+/// The largest config.json read.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+/// The longest manager `name`: it is written into lifecycle messages.
+pub const MAX_NAME_CHARS: usize = 200;
+
 impl Config {
-    /// Loads `path`; a missing file is the default configuration.
+    /// Loads `path`; a missing file is the default configuration. Only a regular file of at
+    /// most `MAX_CONFIG_BYTES` is read: a FIFO would block the reader (boot's SIGHUP handling
+    /// with it) and a link to /dev/zero would never end.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(&text, path),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-            Err(source) => Err(ConfigError::Read {
+        use std::io::Read;
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        let read_error = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        // O_NONBLOCK: opening a FIFO for reading must not wait for a writer.
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default());
+            }
+            Err(source) => return Err(read_error(source)),
+        };
+        let metadata = file.metadata().map_err(read_error)?;
+        let kind = metadata.file_type();
+        if !kind.is_file() {
+            let kind = if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_char_device() || kind.is_block_device() {
+                "a device"
+            } else if kind.is_dir() {
+                "a directory"
+            } else if kind.is_socket() {
+                "a socket"
+            } else {
+                "not a file"
+            };
+            return Err(ConfigError::NotAFile {
                 path: path.to_path_buf(),
-                source,
-            }),
+                kind,
+            });
         }
+        let too_large = || ConfigError::TooLarge {
+            path: path.to_path_buf(),
+            limit: MAX_CONFIG_BYTES,
+        };
+        if metadata.len() > MAX_CONFIG_BYTES {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_error)?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(too_large());
+        }
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: "(top level)".into(),
+            message: "the file is not UTF-8 text".into(),
+        })?;
+        Config::parse(&text, path)
     }
 
     /// Parses config text; `path` is only used in error messages.
@@ -265,6 +325,12 @@ impl Config {
                     ));
                 }
                 if let Some(name) = entry.name {
+                    if name.chars().count() > MAX_NAME_CHARS {
+                        return Err(invalid(
+                            format!("managers.{key}.name"),
+                            format!("longer than {MAX_NAME_CHARS} characters"),
+                        ));
+                    }
                     spec.name = name;
                 }
                 if let Some(delay) = entry.startup_delay {
@@ -329,6 +395,36 @@ mod tests {
                 main.critical
             ),
             (2.0, 60.0, false)
+        );
+    }
+
+    #[test]
+    fn only_a_small_regular_file_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // Returns at once (no writer is waited for) and names what it found.
+        let message = Config::load(&fifo).unwrap_err().to_string();
+        assert!(message.contains("a FIFO, not a regular file"), "{message}");
+        let zero = tmp.path().join("zero.json");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let message = Config::load(&zero).unwrap_err().to_string();
+        assert!(message.contains("a device"), "{message}");
+        let big = tmp.path().join("big.json");
+        std::fs::write(&big, format!("{{\"x\": \"{}\"}}", "y".repeat(2 << 20))).unwrap();
+        let message = Config::load(&big).unwrap_err().to_string();
+        assert!(message.contains("larger than 1048576 bytes"), "{message}");
+        let real = tmp.path().join("real.json");
+        std::fs::write(&real, "{}").unwrap();
+        let link = tmp.path().join("link.json");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert_eq!(Config::load(&link).unwrap(), Config::default());
+        check_error(
+            &format!(
+                "{{\"managers\": {{\"daemon_manager.py\": {{\"name\": \"{}\"}}}}}}",
+                "n".repeat(5000)
+            ),
+            "managers.daemon_manager.py.name: longer than 200 characters",
         );
     }
 

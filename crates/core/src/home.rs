@@ -25,6 +25,7 @@ pub const LOGS_DIR: &str = "logs";
 pub const MANAGER_LOGS_DIR: &str = "logs_managers";
 pub const PIDS_DIR: &str = "pids";
 pub const COMPONENTS_DIR: &str = "components";
+pub const CTL_LOCK_FILE: &str = ".n0m1ctl.lock";
 pub const MODELS_DIR: &str = "models";
 /// Boot's own log, as the original named it.
 pub const BOOT_LOG_STEM: &str = "boot_system_daemon";
@@ -142,6 +143,12 @@ impl Home {
     pub fn pids_dir(&self) -> PathBuf {
         self.root.join(PIDS_DIR)
     }
+    /// Held (flock) by `n0m1ctl start`, `stop` and `restart` for as long as they run, so they
+    /// take turns: a start issued during a stop waits for it, and racing starts see the
+    /// winner's system instead of failing.
+    pub fn ctl_lock(&self) -> PathBuf {
+        self.root.join(CTL_LOCK_FILE)
+    }
     pub fn components_dir(&self) -> PathBuf {
         self.root.join(COMPONENTS_DIR)
     }
@@ -197,6 +204,20 @@ pub fn validate_component_id(id: &str) -> Result<(), HomeError> {
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
     {
         return bad("only letters, digits, '_', '-' and '.' are allowed");
+    }
+    Ok(())
+}
+
+/// Checks an id a manager is asked to supervise: a valid component id that is not one of the
+/// names n0m1 uses for its own PID files (a component called `nano_manager` would take over
+/// that manager's PID file, and boot would restart the manager forever).
+pub fn validate_supervised_id(id: &str) -> Result<(), HomeError> {
+    validate_component_id(id)?;
+    if id == BOOT_PID_STEM || crate::schema::MANAGERS.contains(&id) {
+        return Err(HomeError::BadComponentId {
+            id: id.to_owned(),
+            reason: "it is reserved: n0m1 uses it for its own PID file; rename the row",
+        });
     }
     Ok(())
 }

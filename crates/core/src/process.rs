@@ -85,6 +85,32 @@ pub fn environ_has(pid: i32, key: &str, value: &str) -> bool {
         .any(|entry| entry == wanted.as_bytes())
 }
 
+/// Live processes started for the home at `home_root` by n0m1 and their descendants, found
+/// by environment: every spawn of boot and the managers sets `N0M1_HOME` together with
+/// `N0M1_COMPONENT_ID` (components) or `N0M1_BOOT_PID` (managers), and children inherit them,
+/// so this reaches descendants that left their group and were orphaned. A person's shell
+/// that merely exports `N0M1_HOME` is not one of them.
+pub fn home_processes(home_root: &Path) -> Vec<i32> {
+    let home = format!("{}={}", crate::home::ENV_HOME, home_root.display());
+    let component = format!("{}=", crate::home::ENV_COMPONENT_ID);
+    let manager = format!("{}=", crate::home::ENV_BOOT_PID);
+    let me = std::process::id() as i32;
+    all_processes()
+        .into_iter()
+        .filter(|p| p.is_alive() && p.pid != me)
+        .filter(|p| {
+            let Ok(environ) = fs::read(format!("/proc/{}/environ", p.pid)) else {
+                return false;
+            };
+            let entries: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+            let has = |wanted: &str| entries.contains(&wanted.as_bytes());
+            let has_key = |prefix: &str| entries.iter().any(|e| e.starts_with(prefix.as_bytes()));
+            has(&home) && (has_key(&component) || has_key(&manager))
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
 /// Every process /proc lists now.
 pub fn all_processes() -> Vec<ProcStat> {
     let Ok(entries) = fs::read_dir("/proc") else {

@@ -1,22 +1,26 @@
 //! The one runtime of every long-running n0m1 binary (boot, managers, metric and protocol
-//! daemons): signals turned into a typed event channel, a watcher of other writers' commits
+//! daemons): signals turned into typed events, a watcher of other writers' commits
 //! (`PRAGMA data_version`), and a watcher of processes that are not our children (pidfds).
 //!
-//! Everything arrives on one channel as an `Event`, so a binary's loop is a single `match`.
-//! Signal handlers only write to signal-hook's self-pipe; the work happens on the loop's
-//! thread. The lifecycle writer that goes with it is `crate::writer`.
+//! Everything arrives as an `Event` from `Runtime::next`, so a binary's loop is a single
+//! `match`. Each signal's handler (signal-hook's) only writes a byte to a self-pipe, and the
+//! loop's own thread polls those pipes: a SIGCHLD wakes the thread that restarts, with no
+//! thread in between. Signals are not blocked, so children start with a clean mask. Helper
+//! threads (the watchers) queue their events and wake the loop through another pipe. The
+//! lifecycle writer that goes with it is `crate::writer`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use rustix::event::{PollFd, PollFlags, poll};
+use rustix::pipe::PipeFlags;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 /// What wakes a long-running binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,54 +46,144 @@ pub enum SignalSet {
     Component,
 }
 
-/// The event channel of one process, with its signal handlers installed.
+/// What helper threads share with the loop: their queued events and the pipe that wakes it.
+struct Shared {
+    queue: Mutex<VecDeque<Event>>,
+    wake: OwnedFd,
+}
+
+/// A helper thread's handle for queuing events; fails once the runtime is gone.
+#[derive(Clone)]
+struct Notifier(Weak<Shared>);
+
+impl Notifier {
+    fn send(&self, event: Event) -> Result<(), ()> {
+        let shared = self.0.upgrade().ok_or(())?;
+        shared
+            .queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push_back(event);
+        // A full pipe already means "wake up"; nothing is lost, the queue holds the event.
+        let _ = rustix::io::write(&shared.wake, &[1]);
+        Ok(())
+    }
+}
+
+/// The events of one process: its signals' self-pipes and the helpers' queue.
 pub struct Runtime {
-    sender: Sender<Event>,
-    receiver: Receiver<Event>,
+    /// The read end of each signal's self-pipe, with the event it stands for.
+    signals: Vec<(OwnedFd, Event)>,
+    wake: OwnedFd,
+    shared: Arc<Shared>,
+    ready: VecDeque<Event>,
 }
 
 impl Runtime {
-    /// Installs the handlers now: call it first thing, so a SIGTERM during start-up waits in
-    /// the channel (a clean stop) and no SIGCHLD of an early child is missed.
+    /// Installs the handlers now: call it first thing, so a SIGTERM during start-up waits
+    /// as an event (a clean stop) and no SIGCHLD of an early child is missed.
     pub fn start(signals: SignalSet) -> std::io::Result<Runtime> {
-        let (sender, receiver) = mpsc::channel();
-        let set: &[i32] = match signals {
-            SignalSet::Supervisor => &[SIGCHLD, SIGTERM, SIGINT, SIGHUP],
-            SignalSet::Component => &[SIGTERM, SIGINT],
+        let wanted: &[(&[i32], Event)] = match signals {
+            SignalSet::Supervisor => &[
+                (&[SIGCHLD], Event::ChildExited),
+                (&[SIGTERM, SIGINT], Event::Shutdown),
+                (&[SIGHUP], Event::Reload),
+            ],
+            SignalSet::Component => &[(&[SIGTERM, SIGINT], Event::Shutdown)],
         };
-        let mut handle = Signals::new(set)?;
-        let signal_sender = sender.clone();
-        thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                for signal in handle.forever() {
-                    let event = match signal {
-                        SIGCHLD => Event::ChildExited,
-                        SIGHUP => Event::Reload,
-                        _ => Event::Shutdown,
-                    };
-                    if signal_sender.send(event).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        Ok(Runtime { sender, receiver })
+        let mut pipes = Vec::new();
+        for (numbers, event) in wanted {
+            let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+            for number in *numbers {
+                signal_hook::low_level::pipe::register(*number, write.try_clone()?)?;
+            }
+            pipes.push((read, *event));
+        }
+        let (wake, wake_write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        Ok(Runtime {
+            signals: pipes,
+            wake,
+            shared: Arc::new(Shared {
+                queue: Mutex::new(VecDeque::new()),
+                wake: wake_write,
+            }),
+            ready: VecDeque::new(),
+        })
+    }
+
+    fn notifier(&self) -> Notifier {
+        Notifier(Arc::downgrade(&self.shared))
+    }
+
+    /// Moves every pending signal and queued event into `ready`, without blocking.
+    fn collect(&mut self) {
+        let mut drain = [0u8; 64];
+        for (pipe, event) in &self.signals {
+            let mut seen = false;
+            while matches!(rustix::io::read(pipe, &mut drain), Ok(n) if n > 0) {
+                seen = true;
+            }
+            // Signals coalesce anyway: one reap collects every exit, one stop is enough.
+            if seen && !self.ready.contains(event) {
+                self.ready.push_back(*event);
+            }
+        }
+        while matches!(rustix::io::read(&self.wake, &mut drain), Ok(n) if n > 0) {}
+        let mut queue = self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.ready.extend(queue.drain(..));
     }
 
     /// The next event, or `None` once `deadline` passes (`None` waits without end).
-    pub fn next(&self, deadline: Option<Instant>) -> Option<Event> {
-        match deadline {
-            None => self.receiver.recv().ok(),
-            Some(deadline) => self
-                .receiver
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .ok(),
+    pub fn next(&mut self, deadline: Option<Instant>) -> Option<Event> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
+            }
+            self.collect();
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
+            }
+            let timeout = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    Some(rustix::event::Timespec::try_from(left).unwrap_or(
+                        rustix::event::Timespec {
+                            tv_sec: i64::MAX,
+                            tv_nsec: 0,
+                        },
+                    ))
+                }
+                None => None,
+            };
+            let mut fds: Vec<PollFd<'_>> = self
+                .signals
+                .iter()
+                .map(|(pipe, _)| PollFd::new(pipe, PollFlags::IN))
+                .collect();
+            fds.push(PollFd::new(&self.wake, PollFlags::IN));
+            match poll(&mut fds, timeout.as_ref()) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(error) => {
+                    tracing::error!("cannot wait for events: {error}");
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
         }
     }
 
     /// An event already waiting, if any.
-    pub fn try_next(&self) -> Option<Event> {
-        self.receiver.try_recv().ok()
+    pub fn try_next(&mut self) -> Option<Event> {
+        if self.ready.is_empty() {
+            self.collect();
+        }
+        self.ready.pop_front()
     }
 
     /// Reports `Event::DatabaseChanged` whenever another connection commits.
@@ -111,10 +205,10 @@ impl Runtime {
         interval: Duration,
         fingerprint: impl FnMut(&Connection) -> rusqlite::Result<u64> + Send + 'static,
     ) {
-        let sender = self.sender.clone();
+        let notifier = self.notifier();
         let spawned = thread::Builder::new()
             .name("db-watch".into())
-            .spawn(move || watch_loop(db_path, interval, fingerprint, sender));
+            .spawn(move || watch_loop(db_path, interval, fingerprint, notifier));
         if let Err(error) = spawned {
             tracing::error!(
                 "cannot start the database watcher ({error}); changes are noticed on the periodic pass only"
@@ -124,7 +218,7 @@ impl Runtime {
 
     /// A watcher of processes that are not our children, reporting `Event::ProcessExited`.
     pub fn pid_watcher(&self) -> std::io::Result<PidWatcher> {
-        PidWatcher::start(self.sender.clone())
+        PidWatcher::start(self.notifier())
     }
 }
 
@@ -135,7 +229,7 @@ fn watch_loop(
     db_path: PathBuf,
     interval: Duration,
     mut fingerprint: impl FnMut(&Connection) -> rusqlite::Result<u64>,
-    sender: Sender<Event>,
+    sender: Notifier,
 ) {
     let mut conn: Option<Connection> = None;
     let mut last_version: Option<i64> = None;
@@ -191,13 +285,13 @@ fn watch_loop(
 /// Watches processes that are not our children through pidfds, all on one thread: a pipe
 /// wakes its `poll` when a pid is added.
 pub struct PidWatcher {
-    add: Sender<(i32, OwnedFd)>,
+    add: mpsc::Sender<(i32, OwnedFd)>,
     wake: OwnedFd,
 }
 
 impl PidWatcher {
-    fn start(events: Sender<Event>) -> std::io::Result<PidWatcher> {
-        let (wake_read, wake_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    fn start(events: Notifier) -> std::io::Result<PidWatcher> {
+        let (wake_read, wake_write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
         let (add, added) = mpsc::channel::<(i32, OwnedFd)>();
         thread::Builder::new()
             .name("pidfds".into())
@@ -270,8 +364,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_signal_is_an_event_and_deadlines_are_kept() {
+        use nix::sys::pthread::{pthread_kill, pthread_self};
+        use nix::sys::signal::Signal;
+        let mut runtime = Runtime::start(SignalSet::Supervisor).unwrap();
+        // Handlers are process-wide and other tests here spawn children (SIGCHLD) or use
+        // SIGTERM-handling runtimes of their own, so only SIGHUP is sent, and SIGCHLD skipped.
+        pthread_kill(pthread_self(), Signal::SIGHUP).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut event = runtime.next(Some(deadline));
+        while event == Some(Event::ChildExited) {
+            event = runtime.next(Some(deadline));
+        }
+        assert_eq!(event, Some(Event::Reload));
+        while runtime.try_next() == Some(Event::ChildExited) {}
+        let started = Instant::now();
+        let waited = runtime.next(Some(started + Duration::from_millis(50)));
+        assert!(
+            matches!(waited, None | Some(Event::ChildExited)),
+            "{waited:?}"
+        );
+        if waited.is_none() {
+            assert!(
+                started.elapsed() >= Duration::from_millis(50),
+                "waits out the deadline"
+            );
+        }
+    }
+
+    #[test]
     fn pid_watcher_reports_each_exit_on_one_thread() {
-        let runtime = Runtime::start(SignalSet::Component).unwrap();
+        let mut runtime = Runtime::start(SignalSet::Component).unwrap();
         let watcher = runtime.pid_watcher().unwrap();
         #[allow(clippy::disallowed_methods)] // a test's own short-lived children
         let mut children: Vec<std::process::Child> = (0..3)
@@ -308,7 +431,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("n0m1_agi.db");
         crate::db::initialise(&path).unwrap();
-        let runtime = Runtime::start(SignalSet::Component).unwrap();
+        let mut runtime = Runtime::start(SignalSet::Component).unwrap();
         runtime.watch_database_with(path.clone(), Duration::from_millis(10), |conn| {
             conn.query_row("SELECT count(*) FROM cpu_usage_log", [], |r| {
                 r.get::<_, i64>(0)

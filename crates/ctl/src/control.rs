@@ -31,9 +31,41 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Takes the home's n0m1ctl lock, waiting (and saying so) while another start or stop holds it.
+fn take_turn(home: &Home) -> anyhow::Result<std::fs::File> {
+    let path = home.ctl_lock();
+    let file = n0m1_core::home::open_private_append(&path)?;
+    match file.try_lock() {
+        Ok(()) => return Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            eprintln!("waiting for another n0m1ctl start or stop in this home to finish");
+        }
+        Err(std::fs::TryLockError::Error(error)) => {
+            return Err(error).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
+}
+
 pub fn start(home: &Home) -> anyhow::Result<()> {
     home.ensure()
         .with_context(|| format!("preparing home {}", home.root().display()))?;
+    let _turn = take_turn(home)?;
+    start_locked(home)
+}
+
+/// `restart`: one turn for both halves, so no other start slips in between.
+pub fn restart(home: &Home) -> anyhow::Result<()> {
+    home.ensure()
+        .with_context(|| format!("preparing home {}", home.root().display()))?;
+    let _turn = take_turn(home)?;
+    stop_locked(home, false)?;
+    start_locked(home)
+}
+
+fn start_locked(home: &Home) -> anyhow::Result<()> {
     if let PidStatus::Live { pid } = PidFile::inspect(&home.boot_pid_file())? {
         println!(
             "n0m1 is already running (boot pid {})",
@@ -65,6 +97,11 @@ pub fn start(home: &Home) -> anyhow::Result<()> {
         if let Ok(WaitStatus::Exited(_, _) | WaitStatus::Signaled(..)) =
             waitpid(Pid::from_raw(boot.pid), Some(WaitPidFlag::WNOHANG))
         {
+            // Another boot (systemd's, say) won the PID file first: the system is running.
+            if let Some(pid) = PidFile::inspect(&home.boot_pid_file())?.live_pid() {
+                println!("n0m1 is already running (boot pid {pid})");
+                return Ok(());
+            }
             bail!(
                 "boot_system exited during start-up; see {}:\n{}",
                 stderr.display(),
@@ -140,6 +177,16 @@ fn live_components(home: &Home) -> Vec<(String, i32)> {
 }
 
 pub fn stop(home: &Home, force: bool) -> anyhow::Result<()> {
+    // A home that does not exist has nothing running and needs no lock file.
+    if !home.root().is_dir() {
+        println!("n0m1 is not running");
+        return Ok(());
+    }
+    let _turn = take_turn(home)?;
+    stop_locked(home, force)
+}
+
+fn stop_locked(home: &Home, force: bool) -> anyhow::Result<()> {
     let config = Config::load(&home.config_path()).unwrap_or_default();
     let boot = PidFile::inspect(&home.boot_pid_file())?;
     let was_running = boot.live_pid().is_some();
@@ -168,6 +215,13 @@ pub fn stop(home: &Home, force: bool) -> anyhow::Result<()> {
             .filter_map(|(name, pid)| Some((name, pid?)))
             .collect();
         pids.extend(live_components(home));
+        // Descendants that left their group and lost their manager (a forced stop, a killed
+        // manager) are found by the environment n0m1 gave them.
+        pids.extend(
+            process::home_processes(home.root())
+                .into_iter()
+                .map(|pid| ("descendant".to_owned(), pid)),
+        );
         pids.sort_by_key(|p| p.1);
         pids.dedup_by_key(|p| p.1);
         pids

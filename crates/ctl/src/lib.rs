@@ -123,10 +123,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => init::run(&home, &args).map(|()| ExitCode::SUCCESS),
         Command::Start => control::start(&home).map(|()| ExitCode::SUCCESS),
         Command::Stop { force } => control::stop(&home, force).map(|()| ExitCode::SUCCESS),
-        Command::Restart => {
-            control::stop(&home, false)?;
-            control::start(&home).map(|()| ExitCode::SUCCESS)
-        }
+        Command::Restart => control::restart(&home).map(|()| ExitCode::SUCCESS),
         Command::Status { detailed, json } => status::run(&home, detailed, json),
         Command::Enable { component_id } => {
             components::set_desired(&home, &component_id, true).map(|()| ExitCode::SUCCESS)

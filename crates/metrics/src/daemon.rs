@@ -114,7 +114,7 @@ struct MetricDaemon {
 
 pub fn run(options: DaemonOptions) -> Result<(), MetricsError> {
     // Handlers first: a SIGTERM during start-up is a clean stop, not death.
-    let runtime = Runtime::start(SignalSet::Component).map_err(MetricsError::Signals)?;
+    let mut runtime = Runtime::start(SignalSet::Component).map_err(MetricsError::Signals)?;
     let conn = db::open(&options.home.db_path())?;
     let writer = Writer::start(&options.home.db_path())?;
     let retention = Config::load(&options.home.config_path())

@@ -200,12 +200,17 @@ fn a_processor_killed_mid_notification_neither_loses_nor_repeats_it() {
          INSERT INTO memory_usage_summary (nano_id, content) VALUES ('mem_usage', 'c');
          INSERT INTO cpu_temp_summary (nano_id, content) VALUES ('cpu_temp', 'd');",
     );
-    let model = env.model().to_owned();
+    // distilgpt2's shape with random weights: its 50,257-token vocabulary makes an early end of
+    // text unlikely, and 3 tables x 30 tokens on one thread take seconds, so the kill lands
+    // inside the notification's transaction (checked below, not assumed).
+    let model = env.home.join("distil");
+    n0m1_llm::fixture::write_gpt2(&model, &n0m1_llm::fixture::distilgpt2_config(), 7).unwrap();
+    let model = model.to_str().unwrap().to_owned();
     let args = [
         "--model",
         &model,
         "--max_new_tokens",
-        "100",
+        "30",
         "--threads",
         "1",
     ];
@@ -214,10 +219,18 @@ fn a_processor_killed_mid_notification_neither_loses_nor_repeats_it() {
         env.count("SELECT count(*) FROM component_lifecycle_log WHERE event_type = 'STARTED_SUCCESSFULLY'") == 1
     });
     env.sql("INSERT INTO llm_notifications (llm_id, notification_type) VALUES ('main_llm_processor', 'RUN')");
-    // Its first table is read before the (slow) generation; kill it right then.
+    // Its first table is read before the (slow) generation: freeze it right then.
     wait_until("the first read", || {
         env.count("SELECT count(*) FROM db_access_log WHERE access_type = 'READ'") >= 1
     });
+    kill(first, Signal::SIGSTOP);
+    // Frozen, it can commit nothing more: this is the state the SIGKILL hits.
+    assert_eq!(
+        env.count("SELECT count(*) FROM llm_notifications WHERE processed = 0"),
+        1,
+        "the notification is still unprocessed when the processor is killed"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM llm_outputs"), 0);
     kill(first, Signal::SIGKILL);
     let _ = env
         .children
@@ -525,4 +538,69 @@ fn n0m1ctl_model_forwards_to_the_model_tool() {
         .unwrap();
     assert!(!offline.status.success());
     assert!(String::from_utf8_lossy(&offline.stderr).contains("HF_HUB_OFFLINE"));
+}
+
+#[test]
+fn n0m1ctl_model_list_generate_and_bench_use_a_model_in_the_home() {
+    let env = Env::new();
+    let ctl = |args: &[&str]| {
+        let output = Command::new(root_bin("n0m1ctl"))
+            .arg("--home")
+            .arg(&env.home)
+            .arg("model")
+            .args(args)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_HUB_CACHE", env.home.join("no-hub-cache"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "model {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let dir = env.home.join("models").join("tiny-fixture");
+    ctl(&["fixture", dir.to_str().unwrap()]);
+    let (listed, _) = ctl(&["list"]);
+    assert!(listed.contains("tiny-fixture"), "{listed}");
+
+    // By its name in the home's models/, as a component's --model would say it.
+    let (text, report) = ctl(&[
+        "generate",
+        "--model",
+        "tiny-fixture",
+        "--prompt",
+        "hello",
+        "--max_new_tokens",
+        "5",
+    ]);
+    assert!(report.contains("generated"), "{report}");
+    let (again, _) = ctl(&[
+        "generate",
+        "--model",
+        "tiny-fixture",
+        "--prompt",
+        "hello",
+        "--max_new_tokens",
+        "5",
+    ]);
+    assert_eq!(text, again, "greedy decoding is deterministic");
+
+    let (figures, _) = ctl(&[
+        "bench",
+        "--model",
+        "tiny-fixture",
+        "--prompt-tokens",
+        "8",
+        "--new-tokens",
+        "6",
+    ]);
+    let figures: serde_json::Value = serde_json::from_str(figures.trim()).unwrap();
+    assert!(figures["decode_tok_s"].as_f64().unwrap() > 0.0, "{figures}");
+    assert!(figures["peak_rss_mib"].as_f64().unwrap() > 0.0, "{figures}");
+    assert_eq!(figures["ids"].as_array().unwrap().len(), 6, "{figures}");
 }

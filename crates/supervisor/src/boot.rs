@@ -101,10 +101,11 @@ pub struct Boot {
 impl Boot {
     pub fn run(options: BootOptions) -> Result<(), BootError> {
         // Handlers first: a SIGTERM during start-up waits in the channel for a clean stop.
-        let runtime = Runtime::start(SignalSet::Supervisor).map_err(|source| BootError::Os {
-            what: "cannot install signal handlers",
-            source,
-        })?;
+        let mut runtime =
+            Runtime::start(SignalSet::Supervisor).map_err(|source| BootError::Os {
+                what: "cannot install signal handlers",
+                source,
+            })?;
         become_subreaper().map_err(|error| BootError::Os {
             what: "cannot become a child subreaper",
             source: std::io::Error::other(error.to_string()),

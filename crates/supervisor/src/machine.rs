@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use n0m1_core::components::{ComponentRow, LaunchKey};
 use n0m1_core::config::SupervisorPolicy;
-use n0m1_core::home::validate_component_id;
+use n0m1_core::home::validate_supervised_id;
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::state::RunState;
 
@@ -85,6 +85,9 @@ pub enum Effect {
     Kill { pid: i32 },
     /// Give up the component's PID file (its process is gone).
     ReleasePidFile,
+    /// SIGKILL the component's orphans: processes with its id in their environment that
+    /// were re-parented to the manager (a subreaper) after the process that forked them died.
+    KillOrphans,
     /// Queue a lifecycle row (the executor adds the manager's name).
     Record(LifecycleRecord),
     /// Queue the component's `component_state` row as it is after this input.
@@ -311,7 +314,7 @@ impl Component {
         cx: &Context<'_>,
         out: &mut Vec<Effect>,
     ) {
-        if let Err(error) = validate_component_id(&row.component_id) {
+        if let Err(error) = validate_supervised_id(&row.component_id) {
             // Refused once, when first seen; the row stays refused until it is deleted.
             if self.phase == Phase::Idle && self.settled_row.is_none() {
                 self.row = row;
@@ -424,179 +427,9 @@ impl Component {
         };
         out.push(Effect::SaveState);
     }
-
-    /// The leader exited.
-    fn on_exit(&mut self, pid: i32, cause: ExitCause, cx: &Context<'_>, out: &mut Vec<Effect>) {
-        if self.proc().is_none_or(|proc| proc.pid != pid) {
-            return;
-        }
-        self.last_exit = Some(cause.describe());
-        if let Phase::Stopping { leader_exit, .. } = &mut self.phase {
-            *leader_exit = Some(cause);
-            return;
-        }
-        let Phase::Running(proc) = std::mem::replace(&mut self.phase, Phase::Idle) else {
-            return;
-        };
-        // Whatever the leader left in its group goes with it, so the replacement never runs
-        // beside a half of its predecessor.
-        out.push(Effect::Kill { pid });
-        out.push(Effect::ReleasePidFile);
-        let uptime = cx.now.saturating_duration_since(proc.started);
-        let event = if cause.is_clean() {
-            LifecycleEvent::Exited
-        } else {
-            LifecycleEvent::Crashed
-        };
-        let exit_record = self.record(event).pid(pid).message(format!(
-            "{} after {:.3} s",
-            cause.describe(),
-            uptime.as_secs_f64()
-        ));
-        if self.row.is_oneshot() && cause.is_clean() {
-            self.phase = Phase::Completed;
-            self.settled_row = Some(self.row.clone());
-            out.push(Effect::Record(
-                self.record(LifecycleEvent::Stopped)
-                    .pid(pid)
-                    .message("one-shot run completed"),
-            ));
-            out.push(Effect::SaveState);
-        } else if cx.shutting_down || !self.row.desired_active {
-            out.push(Effect::Record(exit_record));
-            out.push(Effect::SaveState);
-        } else if uptime >= cx.policy.min_uptime.duration() {
-            self.quick_deaths = 0;
-            self.restarts += 1;
-            // Spawn first: the record is only queued after the replacement runs.
-            self.spawn(out);
-            out.push(Effect::Record(exit_record));
-        } else {
-            out.push(Effect::Record(exit_record));
-            self.quick_death(&cause.describe(), cx, out);
-        }
-    }
-
-    /// A death before `min_uptime`: back off, or give up after too many in a row.
-    fn quick_death(&mut self, what: &str, cx: &Context<'_>, out: &mut Vec<Effect>) {
-        let policy = cx.policy;
-        self.quick_deaths += 1;
-        if self.quick_deaths >= policy.max_quick_deaths {
-            let message = format!(
-                "{} quick deaths in a row (each within {} s of starting; last: {what}); \
-                 staying down until `n0m1ctl enable {}`",
-                self.quick_deaths, policy.min_uptime.0, self.row.component_id
-            );
-            self.settle_failed(LifecycleEvent::Failed, message, out);
-            return;
-        }
-        let delay = policy.backoff(self.quick_deaths);
-        self.phase = Phase::Backoff {
-            until: cx.now + delay,
-        };
-        self.restarts += 1;
-        out.push(Effect::Record(
-            self.record(LifecycleEvent::RestartScheduled)
-                .message(format!(
-                    "quick death {} of {} ({what}); restarting in {:.1} s",
-                    self.quick_deaths,
-                    policy.max_quick_deaths,
-                    delay.as_secs_f64()
-                )),
-        ));
-        out.push(Effect::SaveState);
-    }
-
-    fn settle_failed(&mut self, event: LifecycleEvent, message: String, out: &mut Vec<Effect>) {
-        self.phase = Phase::Failed;
-        self.settled_row = Some(self.row.clone());
-        self.last_exit = Some(message.clone());
-        out.push(Effect::Record(
-            self.record(event)
-                .run_type(self.row.run_type.clone())
-                .message(message),
-        ));
-        out.push(Effect::SaveState);
-    }
-
-    /// The stopped component's tree is gone: the stop is complete.
-    fn finish_stop(&mut self, cx: &Context<'_>, out: &mut Vec<Effect>) {
-        let Phase::Stopping {
-            proc,
-            killed,
-            then,
-            leader_exit: Some(cause),
-            ..
-        } = std::mem::replace(&mut self.phase, Phase::Idle)
-        else {
-            return;
-        };
-        let event = if killed {
-            LifecycleEvent::StoppedForcefully
-        } else {
-            LifecycleEvent::StoppedSuccessfully
-        };
-        let uptime = cx.now.saturating_duration_since(proc.started);
-        out.push(Effect::Record(self.record(event).pid(proc.pid).message(
-            format!("{} after {:.3} s", cause.describe(), uptime.as_secs_f64()),
-        )));
-        out.push(Effect::ReleasePidFile);
-        match then {
-            AfterStop::Restart if !cx.shutting_down && self.row.desired_active => {
-                self.restarts += 1;
-                self.spawn(out);
-            }
-            AfterStop::Forget => {
-                out.push(Effect::SaveState);
-                out.push(Effect::Forget);
-            }
-            _ => out.push(Effect::SaveState),
-        }
-    }
-
-    fn on_tick(&mut self, cx: &Context<'_>, out: &mut Vec<Effect>) {
-        match &mut self.phase {
-            Phase::Backoff { until } if *until <= cx.now => {
-                if cx.shutting_down {
-                    self.phase = Phase::Idle;
-                    out.push(Effect::SaveState);
-                } else {
-                    self.spawn(out);
-                }
-            }
-            Phase::Stopping {
-                proc,
-                deadline,
-                killed: killed @ false,
-                ..
-            } if *deadline <= cx.now => {
-                // The grace period is over.
-                out.push(Effect::Kill { pid: proc.pid });
-                *killed = true;
-                *deadline = cx.now + KILL_GRACE;
-            }
-            Phase::Stopping {
-                proc,
-                deadline,
-                killed: true,
-                ..
-            } if *deadline <= cx.now => {
-                let pid = proc.pid;
-                out.push(Effect::Record(self.record(LifecycleEvent::StopFailed).pid(pid).message(
-                    format!(
-                        "process group {pid} survived SIGKILL for {} s (uninterruptible sleep?); no longer waiting",
-                        KILL_GRACE.as_secs()
-                    ),
-                )));
-                out.push(Effect::ReleasePidFile);
-                self.phase = Phase::Idle;
-                self.last_exit = Some("stop failed: survived SIGKILL".to_owned());
-                out.push(Effect::SaveState);
-            }
-            _ => {}
-        }
-    }
 }
+
+mod exits;
 
 #[cfg(test)]
 mod tests;

@@ -71,6 +71,7 @@ fn short(effects: &[Effect]) -> Vec<String> {
             Effect::Terminate { pid } => format!("term {pid}"),
             Effect::Kill { pid } => format!("kill {pid}"),
             Effect::ReleasePidFile => "release".to_owned(),
+            Effect::KillOrphans => "orphans".to_owned(),
             Effect::Record(record) => record.event.as_str().to_owned(),
             Effect::SaveState => "save".to_owned(),
             Effect::Forget => "forget".to_owned(),
@@ -130,14 +131,14 @@ fn a_crash_after_min_uptime_restarts_at_once_spawning_before_any_record() {
         (
             1_500,
             exited(10, KILLED),
-            &["kill 10", "release", "spawn", "CRASHED"],
+            &["kill 10", "release", "spawn", "CRASHED", "orphans"],
         ),
         (1_500, spawned(11), &["START_ATTEMPT", "save"]),
         // A clean exit of a persistent component is restarted too.
         (
             3_000,
             exited(11, ExitCause::Code(0)),
-            &["kill 11", "release", "spawn", "EXITED"],
+            &["kill 11", "release", "spawn", "EXITED", "orphans"],
         ),
     ]);
     assert_eq!(c.restarts(), 2);
@@ -152,7 +153,14 @@ fn quick_deaths_back_off_doubling_then_fail_until_enabled() {
         (
             100,
             exited(10, ExitCause::Code(1)),
-            &["kill 10", "release", "CRASHED", "RESTART_SCHEDULED", "save"],
+            &[
+                "kill 10",
+                "release",
+                "CRASHED",
+                "RESTART_SCHEDULED",
+                "save",
+                "orphans",
+            ],
         ),
         // backoff_initial 0.5 s: not before.
         (599, Input::Tick, &[]),
@@ -161,7 +169,14 @@ fn quick_deaths_back_off_doubling_then_fail_until_enabled() {
         (
             700,
             exited(11, ExitCause::Code(1)),
-            &["kill 11", "release", "CRASHED", "RESTART_SCHEDULED", "save"],
+            &[
+                "kill 11",
+                "release",
+                "CRASHED",
+                "RESTART_SCHEDULED",
+                "save",
+                "orphans",
+            ],
         ),
         // Doubled: 1 s.
         (1_699, Input::Tick, &[]),
@@ -171,7 +186,7 @@ fn quick_deaths_back_off_doubling_then_fail_until_enabled() {
         (
             1_800,
             exited(12, ExitCause::Code(1)),
-            &["kill 12", "release", "CRASHED", "FAILED", "save"],
+            &["kill 12", "release", "CRASHED", "FAILED", "save", "orphans"],
         ),
         (60_000, Input::Tick, &[]),
         (60_000, active(), &[]),
@@ -250,13 +265,13 @@ fn a_oneshot_runs_once_after_a_clean_exit_and_again_after_a_crash() {
             (
                 2_000,
                 exited(10, ExitCause::Code(3)),
-                &["kill 10", "release", "spawn", "CRASHED"],
+                &["kill 10", "release", "spawn", "CRASHED", "orphans"],
             ),
             (2_000, spawned(11), &["START_ATTEMPT", "save"]),
             (
                 4_000,
                 exited(11, ExitCause::Code(0)),
-                &["kill 11", "release", "STOPPED", "save"],
+                &["kill 11", "release", "STOPPED", "save", "orphans"],
             ),
             (
                 9_000,
@@ -290,7 +305,7 @@ fn changed_launch_settings_restart_a_running_component() {
         (
             2_020,
             Input::TreeGone,
-            &["STOPPED_SUCCESSFULLY", "release", "spawn"],
+            &["STOPPED_SUCCESSFULLY", "release", "spawn", "orphans"],
         ),
         (2_020, spawned(11), &["START_ATTEMPT", "save"]),
     ]);
@@ -307,7 +322,7 @@ fn disabling_stops_and_enabling_during_the_stop_starts_it_again() {
         (
             160,
             Input::TreeGone,
-            &["STOPPED_SUCCESSFULLY", "release", "save"],
+            &["STOPPED_SUCCESSFULLY", "release", "save", "orphans"],
         ),
         (200, active(), &["spawn"]),
         (200, spawned(11), &["START_ATTEMPT", "save"]),
@@ -317,7 +332,7 @@ fn disabling_stops_and_enabling_during_the_stop_starts_it_again() {
         (
             330,
             Input::TreeGone,
-            &["STOPPED_SUCCESSFULLY", "release", "spawn"],
+            &["STOPPED_SUCCESSFULLY", "release", "spawn", "orphans"],
         ),
     ]);
 }
@@ -332,7 +347,13 @@ fn a_deleted_row_stops_the_component_and_forgets_it() {
         (
             160,
             Input::TreeGone,
-            &["STOPPED_SUCCESSFULLY", "release", "save", "forget"],
+            &[
+                "STOPPED_SUCCESSFULLY",
+                "release",
+                "save",
+                "forget",
+                "orphans",
+            ],
         ),
     ]);
     check_with(
@@ -351,7 +372,11 @@ fn the_stop_timeout_escalates_to_sigkill_then_gives_up_loudly() {
         (10_099, Input::Tick, &[]),
         (10_100, Input::Tick, &["kill 10"]),
         (15_099, Input::Tick, &[]),
-        (15_100, Input::Tick, &["STOP_FAILED", "release", "save"]),
+        (
+            15_100,
+            Input::Tick,
+            &["STOP_FAILED", "release", "orphans", "save"],
+        ),
     ]);
     assert_eq!(c.run_state(), RunState::Stopped);
     assert!(c.proc().is_none());
@@ -366,7 +391,7 @@ fn the_stop_timeout_escalates_to_sigkill_then_gives_up_loudly() {
         (
             10_120,
             Input::TreeGone,
-            &["STOPPED_FORCEFULLY", "release", "save"],
+            &["STOPPED_FORCEFULLY", "release", "save", "orphans"],
         ),
     ]);
 }
@@ -411,7 +436,7 @@ fn an_adopted_process_is_supervised_like_a_spawned_one() {
             (
                 10,
                 exited(77, ExitCause::Unknown),
-                &["kill 77", "release", "spawn", "CRASHED"],
+                &["kill 77", "release", "spawn", "CRASHED", "orphans"],
             ),
         ],
     );
@@ -428,7 +453,7 @@ fn shutdown_stops_what_runs_and_restarts_nothing() {
         (
             160,
             Input::TreeGone,
-            &["STOPPED_SUCCESSFULLY", "release", "save"],
+            &["STOPPED_SUCCESSFULLY", "release", "save", "orphans"],
         ),
     ]);
     // A crash during shutdown is recorded, not restarted; a backoff is cancelled.
@@ -447,7 +472,14 @@ fn shutdown_stops_what_runs_and_restarts_nothing() {
         (
             100,
             exited(10, ExitCause::Code(1)),
-            &["kill 10", "release", "CRASHED", "RESTART_SCHEDULED", "save"],
+            &[
+                "kill 10",
+                "release",
+                "CRASHED",
+                "RESTART_SCHEDULED",
+                "save",
+                "orphans",
+            ],
         ),
         (200, Input::Shutdown, &["save"]),
         (5_000, Input::Tick, &[]),
@@ -486,4 +518,28 @@ fn exits_of_other_pids_and_unsafe_ids_are_refused() {
         ],
     );
     assert_eq!(c.run_state(), RunState::Failed);
+
+    // n0m1's own PID-file names are not for components.
+    for reserved in ["nano_manager", "boot_system"] {
+        let mut hijack = row(true);
+        hijack.component_id = reserved.into();
+        let mut c = Component::new(hijack.clone());
+        let effects = c.handle(
+            Input::Row {
+                row: hijack,
+                reset_requested: false,
+            },
+            &Context {
+                now: Instant::now(),
+                unix_now: 0.0,
+                policy: &policy(),
+                shutting_down: false,
+            },
+        );
+        assert_eq!(short(&effects), ["START_FAILED", "save"]);
+        let Effect::Record(record) = &effects[0] else {
+            panic!("a record first: {effects:?}")
+        };
+        assert!(record.message.as_deref().unwrap().contains("reserved"));
+    }
 }

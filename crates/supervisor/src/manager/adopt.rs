@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use n0m1_core::components;
-use n0m1_core::home::{ENV_COMPONENT_ID, ENV_HOME, validate_component_id};
+use n0m1_core::home::{ENV_COMPONENT_ID, ENV_HOME, validate_supervised_id};
 use n0m1_core::pidfile::{PidFile, PidStatus};
 use n0m1_core::process::{self, ProcStat};
 use n0m1_core::state::{self, unix_now};
@@ -21,7 +21,7 @@ impl Manager {
         let rows = components::of_manager(&self.conn, &self.options.manager).unwrap_or_default();
         for row in rows {
             let id = row.component_id.clone();
-            if validate_component_id(&id).is_err() {
+            if validate_supervised_id(&id).is_err() {
                 continue;
             }
             let pid_path = self.options.home.pid_file(&id);

@@ -31,6 +31,7 @@ impl Manager {
                 }
                 self.escaped.remove(id);
             }
+            Effect::KillOrphans => self.kill_orphans(id),
             Effect::Record(record) => self
                 .writer
                 .event(record.manager(self.options.manager.clone())),
@@ -115,6 +116,40 @@ impl Manager {
             process::signal_process(*escaped_pid, Signal::SIGTERM);
         }
         self.escaped.insert(id.to_owned(), escaped);
+    }
+
+    /// Our children that are not a component's leader but carry component `id` of this home
+    /// in their environment: what a dead leader left outside its group (`setsid`, double
+    /// forks). They die with their subtree; the reaper collects them.
+    fn kill_orphans(&mut self, id: &str) {
+        let me = std::process::id() as i32;
+        let home = self.options.home.root().to_string_lossy().into_owned();
+        let processes = self.snapshot.get_or_insert_with(process::all_processes);
+        let mut doomed = Vec::new();
+        for orphan in processes
+            .iter()
+            .filter(|p| p.ppid == me && p.is_alive() && !self.by_pid.contains_key(&p.pid))
+        {
+            if process::environ_has(orphan.pid, ENV_COMPONENT_ID, id)
+                && process::environ_has(orphan.pid, ENV_HOME, &home)
+            {
+                doomed.push(orphan.pid);
+                doomed.extend(
+                    process::descendants_in(processes, orphan.pid)
+                        .iter()
+                        .map(|d| d.pid),
+                );
+            }
+        }
+        if !doomed.is_empty() {
+            tracing::info!(
+                "{id}: killing {} processes it left behind outside its group",
+                doomed.len()
+            );
+        }
+        for pid in doomed {
+            process::signal_process(pid, Signal::SIGKILL);
+        }
     }
 
     /// True when the group led by `pid` is empty and every escaped descendant is gone.

@@ -1,0 +1,196 @@
+//! The rules for what ends: a leader's exit (restart, backoff, FAILED, ONESHOT), a stop's
+//! completion, and the timers (backoff over, stop timeout to SIGKILL, SIGKILL that fails).
+
+use super::{AfterStop, Component, Context, Effect, KILL_GRACE, Phase};
+use crate::reaper::ExitCause;
+use n0m1_core::lifecycle::LifecycleEvent;
+
+impl Component {
+    /// The leader exited.
+    pub(super) fn on_exit(
+        &mut self,
+        pid: i32,
+        cause: ExitCause,
+        cx: &Context<'_>,
+        out: &mut Vec<Effect>,
+    ) {
+        if self.proc().is_none_or(|proc| proc.pid != pid) {
+            return;
+        }
+        self.last_exit = Some(cause.describe());
+        if let Phase::Stopping { leader_exit, .. } = &mut self.phase {
+            *leader_exit = Some(cause);
+            return;
+        }
+        let Phase::Running(proc) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            return;
+        };
+        // Whatever the leader left in its group goes with it, so the replacement never runs
+        // beside a half of its predecessor.
+        out.push(Effect::Kill { pid });
+        out.push(Effect::ReleasePidFile);
+        let uptime = cx.now.saturating_duration_since(proc.started);
+        let event = if cause.is_clean() {
+            LifecycleEvent::Exited
+        } else {
+            LifecycleEvent::Crashed
+        };
+        let exit_record = self.record(event).pid(pid).message(format!(
+            "{} after {:.3} s",
+            cause.describe(),
+            uptime.as_secs_f64()
+        ));
+        if self.row.is_oneshot() && cause.is_clean() {
+            self.phase = Phase::Completed;
+            self.settled_row = Some(self.row.clone());
+            out.push(Effect::Record(
+                self.record(LifecycleEvent::Stopped)
+                    .pid(pid)
+                    .message("one-shot run completed"),
+            ));
+            out.push(Effect::SaveState);
+        } else if cx.shutting_down || !self.row.desired_active {
+            out.push(Effect::Record(exit_record));
+            out.push(Effect::SaveState);
+        } else if uptime >= cx.policy.min_uptime.duration() {
+            self.quick_deaths = 0;
+            self.restarts += 1;
+            // Spawn first: the record is only queued after the replacement runs.
+            self.spawn(out);
+            out.push(Effect::Record(exit_record));
+        } else {
+            out.push(Effect::Record(exit_record));
+            self.quick_death(&cause.describe(), cx, out);
+        }
+        // Descendants that left the group and were orphaned to the manager go too; looked for
+        // after the replacement's spawn, so the search never delays a restart.
+        out.push(Effect::KillOrphans);
+    }
+
+    /// A death before `min_uptime`: back off, or give up after too many in a row.
+    pub(super) fn quick_death(&mut self, what: &str, cx: &Context<'_>, out: &mut Vec<Effect>) {
+        let policy = cx.policy;
+        self.quick_deaths += 1;
+        if self.quick_deaths >= policy.max_quick_deaths {
+            let message = format!(
+                "{} quick deaths in a row (each within {} s of starting; last: {what}); \
+                 staying down until `n0m1ctl enable {}`",
+                self.quick_deaths, policy.min_uptime.0, self.row.component_id
+            );
+            self.settle_failed(LifecycleEvent::Failed, message, out);
+            return;
+        }
+        let delay = policy.backoff(self.quick_deaths);
+        self.phase = Phase::Backoff {
+            until: cx.now + delay,
+        };
+        self.restarts += 1;
+        out.push(Effect::Record(
+            self.record(LifecycleEvent::RestartScheduled)
+                .message(format!(
+                    "quick death {} of {} ({what}); restarting in {:.1} s",
+                    self.quick_deaths,
+                    policy.max_quick_deaths,
+                    delay.as_secs_f64()
+                )),
+        ));
+        out.push(Effect::SaveState);
+    }
+
+    pub(super) fn settle_failed(
+        &mut self,
+        event: LifecycleEvent,
+        message: String,
+        out: &mut Vec<Effect>,
+    ) {
+        self.phase = Phase::Failed;
+        self.settled_row = Some(self.row.clone());
+        self.last_exit = Some(message.clone());
+        out.push(Effect::Record(
+            self.record(event)
+                .run_type(self.row.run_type.clone())
+                .message(message),
+        ));
+        out.push(Effect::SaveState);
+    }
+
+    /// The stopped component's tree is gone: the stop is complete.
+    pub(super) fn finish_stop(&mut self, cx: &Context<'_>, out: &mut Vec<Effect>) {
+        let Phase::Stopping {
+            proc,
+            killed,
+            then,
+            leader_exit: Some(cause),
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Idle)
+        else {
+            return;
+        };
+        let event = if killed {
+            LifecycleEvent::StoppedForcefully
+        } else {
+            LifecycleEvent::StoppedSuccessfully
+        };
+        let uptime = cx.now.saturating_duration_since(proc.started);
+        out.push(Effect::Record(self.record(event).pid(proc.pid).message(
+            format!("{} after {:.3} s", cause.describe(), uptime.as_secs_f64()),
+        )));
+        out.push(Effect::ReleasePidFile);
+        match then {
+            AfterStop::Restart if !cx.shutting_down && self.row.desired_active => {
+                self.restarts += 1;
+                self.spawn(out);
+            }
+            AfterStop::Forget => {
+                out.push(Effect::SaveState);
+                out.push(Effect::Forget);
+            }
+            _ => out.push(Effect::SaveState),
+        }
+        out.push(Effect::KillOrphans);
+    }
+
+    pub(super) fn on_tick(&mut self, cx: &Context<'_>, out: &mut Vec<Effect>) {
+        match &mut self.phase {
+            Phase::Backoff { until } if *until <= cx.now => {
+                if cx.shutting_down {
+                    self.phase = Phase::Idle;
+                    out.push(Effect::SaveState);
+                } else {
+                    self.spawn(out);
+                }
+            }
+            Phase::Stopping {
+                proc,
+                deadline,
+                killed: killed @ false,
+                ..
+            } if *deadline <= cx.now => {
+                // The grace period is over.
+                out.push(Effect::Kill { pid: proc.pid });
+                *killed = true;
+                *deadline = cx.now + KILL_GRACE;
+            }
+            Phase::Stopping {
+                proc,
+                deadline,
+                killed: true,
+                ..
+            } if *deadline <= cx.now => {
+                let pid = proc.pid;
+                out.push(Effect::Record(self.record(LifecycleEvent::StopFailed).pid(pid).message(
+                    format!(
+                        "process group {pid} survived SIGKILL for {} s (uninterruptible sleep?); no longer waiting",
+                        KILL_GRACE.as_secs()
+                    ),
+                )));
+                out.push(Effect::ReleasePidFile);
+                out.push(Effect::KillOrphans);
+                self.phase = Phase::Idle;
+                self.last_exit = Some("stop failed: survived SIGKILL".to_owned());
+                out.push(Effect::SaveState);
+            }
+            _ => {}
+        }
+    }
+}
