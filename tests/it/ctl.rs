@@ -83,3 +83,29 @@ fn logs_list_and_unknown_ids_and_config_check() {
         .failure()
         .stderr(contains("supervisor.stop_timeout"));
 }
+
+#[test]
+fn ids_with_control_characters_cannot_drive_the_terminal() {
+    let env = TestEnv::new();
+    env.db()
+        .execute(
+            "INSERT INTO autorun_components (component_id, base_script_name, manager_affinity, desired_state)
+             VALUES (?1, 'sleeper.sh', 'daemon_manager', 'inactive')",
+            ["evil\u{1b}]0;PWNED\u{7}\u{1b}[2J\nfake row"],
+        )
+        .unwrap();
+    let output = env.ctl(&["status"]).code(3).get_output().stdout.clone();
+    let text = String::from_utf8(output).unwrap();
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "{text:?}"
+    );
+    assert!(
+        text.contains("evil\\x1b]0;PWNED\\x07\\x1b[2J\\nfake row"),
+        "{text}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("fake row")),
+        "a newline in an id does not start a table row"
+    );
+}

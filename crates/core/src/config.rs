@@ -133,6 +133,10 @@ pub struct SupervisorPolicy {
     pub stop_timeout: Seconds,
     /// How often a manager proves it is alive (boot reads the heartbeat).
     pub heartbeat_interval: Seconds,
+    /// Exits counted for the crash-loop rule: this many within `crash_window` are treated as
+    /// quick deaths (backoff, then FAILED) however long each run lasted.
+    pub max_crashes_in_window: u32,
+    pub crash_window: Seconds,
 }
 
 impl Default for SupervisorPolicy {
@@ -144,6 +148,8 @@ impl Default for SupervisorPolicy {
             max_quick_deaths: 5,
             stop_timeout: Seconds(10.0),
             heartbeat_interval: Seconds(2.0),
+            max_crashes_in_window: 10,
+            crash_window: Seconds(60.0),
         }
     }
 }
@@ -300,6 +306,12 @@ impl Config {
             retention: file.retention,
             ..Config::default()
         };
+        if config.supervisor.max_crashes_in_window == 0 {
+            return Err(invalid(
+                "supervisor.max_crashes_in_window".into(),
+                "must be at least 1".into(),
+            ));
+        }
         if config.supervisor.max_quick_deaths == 0 {
             return Err(invalid(
                 "supervisor.max_quick_deaths".into(),

@@ -15,6 +15,7 @@ pub mod process;
 pub mod runtime;
 pub mod schema;
 pub mod state;
+pub mod text;
 pub mod writer;
 
 pub use config::Config;
@@ -28,7 +29,7 @@ pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> std::process::E
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", text::printable(&format!("{error:#}")));
             std::process::ExitCode::FAILURE
         }
     }

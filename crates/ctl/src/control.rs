@@ -301,8 +301,14 @@ pub fn config_check(home: &Home, json: bool) -> anyhow::Result<()> {
     }
     let p = &config.supervisor;
     println!(
-        "  supervisor: min_uptime {} s, backoff {}..{} s, FAILED after {} quick deaths, stop_timeout {} s",
-        p.min_uptime.0, p.backoff_initial.0, p.backoff_max.0, p.max_quick_deaths, p.stop_timeout.0
+        "  supervisor: min_uptime {} s, backoff {}..{} s, FAILED after {} quick deaths, a crash loop at {} exits in {} s, stop_timeout {} s",
+        p.min_uptime.0,
+        p.backoff_initial.0,
+        p.backoff_max.0,
+        p.max_quick_deaths,
+        p.max_crashes_in_window,
+        p.crash_window.0,
+        p.stop_timeout.0
     );
     Ok(())
 }

@@ -110,10 +110,16 @@ pub fn print_configuration(conn: &Connection) -> anyhow::Result<()> {
         if mine.is_empty() {
             continue;
         }
-        println!("\n{manager}:");
+        println!("\n{}:", n0m1_core::text::printable(manager));
         for (_, id, desired, script, args) in mine {
             let mark = if desired == "active" { "✓" } else { "✗" };
-            println!("  {mark} {id:<22} {desired:<8} {script} {args}");
+            use n0m1_core::text::printable;
+            println!(
+                "  {mark} {:<22} {desired:<8} {} {}",
+                printable(id),
+                printable(script),
+                printable(args)
+            );
         }
     }
     Ok(())

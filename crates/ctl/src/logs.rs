@@ -112,7 +112,10 @@ fn list(home: &Home) -> anyhow::Result<()> {
         rows.sort();
         println!("{}:", dir.display());
         for (name, size) in rows {
-            println!("  {name:<40} {size:>10} bytes");
+            println!(
+                "  {:<40} {size:>10} bytes",
+                n0m1_core::text::printable(&name)
+            );
         }
     }
     Ok(())

@@ -10,6 +10,7 @@ use n0m1_core::pidfile::PidStatus;
 use n0m1_core::process::{self, ProcStat};
 use n0m1_core::schema::{AUTORUN_COMPONENTS, COMPONENT_STATE, MANAGERS};
 use n0m1_core::state::{self, ComponentState, RunState, unix_now};
+use n0m1_core::text::printable;
 use n0m1_core::{Config, Home, PidFile, components, db};
 use serde::Serialize;
 
@@ -283,14 +284,14 @@ pub fn run(home: &Home, detailed: bool, json: bool) -> anyhow::Result<ExitCode> 
     for c in &view.components {
         let mut line = format!(
             "{:<22} {:<17} {:<8} {:<12} {:>8} {:>9} {:>8}  {}",
-            c.component_id,
-            c.manager,
-            c.desired,
+            printable(&c.component_id),
+            printable(&c.manager),
+            printable(&c.desired),
             c.actual.as_str(),
             opt(c.pid),
             duration(c.uptime_secs),
             c.restarts,
-            c.last_exit.as_deref().unwrap_or("-")
+            printable(c.last_exit.as_deref().unwrap_or("-"))
         );
         if detailed && c.pid.is_some() {
             line.push_str(&format!(
@@ -309,10 +310,10 @@ pub fn run(home: &Home, detailed: bool, json: bool) -> anyhow::Result<ExitCode> 
         for e in &view.recent_errors {
             println!(
                 "  {} {} {} {}",
-                e.timestamp,
-                e.component_id,
-                e.event_type,
-                e.message.as_deref().unwrap_or("")
+                printable(&e.timestamp),
+                printable(&e.component_id),
+                printable(&e.event_type),
+                printable(e.message.as_deref().unwrap_or(""))
             );
         }
     }

@@ -7,6 +7,7 @@
 //! never waits for anything it writes). Every rule of the README's supervision policy is a
 //! unit test of this file (`machine/tests.rs`).
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use n0m1_core::components::{ComponentRow, LaunchKey};
@@ -148,6 +149,8 @@ pub struct Component {
     restarts: u32,
     quick_deaths: u32,
     last_exit: Option<String>,
+    /// When its recent runs ended, for the crash-loop rule (oldest first, within the window).
+    recent_exits: VecDeque<Instant>,
     /// The row as it was when the component failed or completed: any later edit of it (a
     /// fixed argument, or any UPDATE, which moves `modified_timestamp`) gives it another go.
     settled_row: Option<ComponentRow>,
@@ -161,6 +164,7 @@ impl Component {
             restarts: 0,
             quick_deaths: 0,
             last_exit: None,
+            recent_exits: VecDeque::new(),
             settled_row: None,
         }
     }
@@ -336,6 +340,7 @@ impl Component {
             }
             (Phase::Failed | Phase::Completed, true) if reset => {
                 self.quick_deaths = 0;
+                self.recent_exits.clear();
                 self.settled_row = None;
                 out.push(Effect::Record(
                     self.record(LifecycleEvent::Reset)

@@ -52,7 +52,7 @@ impl Component {
         } else if cx.shutting_down || !self.row.desired_active {
             out.push(Effect::Record(exit_record));
             out.push(Effect::SaveState);
-        } else if uptime >= cx.policy.min_uptime.duration() {
+        } else if uptime >= cx.policy.min_uptime.duration() && !self.crash_looping(cx) {
             self.quick_deaths = 0;
             self.restarts += 1;
             // Spawn first: the record is only queued after the replacement runs.
@@ -60,11 +60,36 @@ impl Component {
             out.push(Effect::Record(exit_record));
         } else {
             out.push(Effect::Record(exit_record));
-            self.quick_death(&cause.describe(), cx, out);
+            let what = if uptime >= cx.policy.min_uptime.duration() {
+                format!(
+                    "{}; {} exits within {} s",
+                    cause.describe(),
+                    self.recent_exits.len(),
+                    cx.policy.crash_window.0
+                )
+            } else {
+                cause.describe()
+            };
+            self.quick_death(&what, cx, out);
         }
         // Descendants that left the group and were orphaned to the manager go too; looked for
         // after the replacement's spawn, so the search never delays a restart.
         out.push(Effect::KillOrphans);
+    }
+
+    /// Counts this exit; true when `max_crashes_in_window` exits fell within `crash_window`:
+    /// a component that always dies just after `min_uptime` is a crash loop too.
+    fn crash_looping(&mut self, cx: &Context<'_>) -> bool {
+        let window = cx.policy.crash_window.duration();
+        self.recent_exits.push_back(cx.now);
+        while self
+            .recent_exits
+            .front()
+            .is_some_and(|t| cx.now.saturating_duration_since(*t) > window)
+        {
+            self.recent_exits.pop_front();
+        }
+        self.recent_exits.len() >= cx.policy.max_crashes_in_window as usize
     }
 
     /// A death before `min_uptime`: back off, or give up after too many in a row.

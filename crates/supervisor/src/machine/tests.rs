@@ -18,6 +18,8 @@ fn policy() -> SupervisorPolicy {
         max_quick_deaths: 3,
         stop_timeout: Seconds(10.0),
         heartbeat_interval: Seconds(2.0),
+        max_crashes_in_window: 4,
+        crash_window: Seconds(60.0),
     }
 }
 
@@ -542,4 +544,114 @@ fn exits_of_other_pids_and_unsafe_ids_are_refused() {
         };
         assert!(record.message.as_deref().unwrap().contains("reserved"));
     }
+}
+
+#[test]
+fn exits_just_after_min_uptime_are_a_crash_loop_when_too_many_fall_in_the_window() {
+    // min_uptime 1 s and at most 4 exits in 60 s: runs of 1.2 s restart at once three times,
+    // then the 4th exit in the window backs off like a quick death, and so on to FAILED.
+    let c = check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (
+            1_200,
+            exited(10, ExitCause::Code(1)),
+            &["kill 10", "release", "spawn", "CRASHED", "orphans"],
+        ),
+        (1_200, spawned(11), &["START_ATTEMPT", "save"]),
+        (
+            2_400,
+            exited(11, ExitCause::Code(1)),
+            &["kill 11", "release", "spawn", "CRASHED", "orphans"],
+        ),
+        (2_400, spawned(12), &["START_ATTEMPT", "save"]),
+        (
+            3_600,
+            exited(12, ExitCause::Code(1)),
+            &["kill 12", "release", "spawn", "CRASHED", "orphans"],
+        ),
+        (3_600, spawned(13), &["START_ATTEMPT", "save"]),
+        (
+            4_800,
+            exited(13, ExitCause::Code(1)),
+            &[
+                "kill 13",
+                "release",
+                "CRASHED",
+                "RESTART_SCHEDULED",
+                "save",
+                "orphans",
+            ],
+        ),
+        (5_300, Input::Tick, &["spawn"]),
+        (5_300, spawned(14), &["START_ATTEMPT", "save"]),
+        (
+            6_500,
+            exited(14, ExitCause::Code(1)),
+            &[
+                "kill 14",
+                "release",
+                "CRASHED",
+                "RESTART_SCHEDULED",
+                "save",
+                "orphans",
+            ],
+        ),
+        (7_500, Input::Tick, &["spawn"]),
+        (7_500, spawned(15), &["START_ATTEMPT", "save"]),
+        (
+            8_700,
+            exited(15, ExitCause::Code(1)),
+            &["kill 15", "release", "CRASHED", "FAILED", "save", "orphans"],
+        ),
+    ]);
+    assert_eq!(c.run_state(), RunState::Failed);
+    assert!(
+        c.last_exit().unwrap().contains("exits within 60 s"),
+        "{:?}",
+        c.last_exit()
+    );
+
+    // Spread out (one exit every 21 s), the same runs are restarted at once forever.
+    let mut steps: Vec<(u64, Input, &[&str])> = vec![
+        (0, active(), &["spawn"]),
+        (0, spawned(100), &["START_ATTEMPT", "save"]),
+    ];
+    let restarted: &[&str] = &["kill", "release", "spawn", "CRASHED", "orphans"];
+    for run in 0..8u64 {
+        let pid = 100 + run as i32;
+        steps.push((
+            (run + 1) * 21_000,
+            exited(pid, ExitCause::Code(1)),
+            restarted,
+        ));
+        steps.push((
+            (run + 1) * 21_000,
+            spawned(pid + 1),
+            &["START_ATTEMPT", "save"],
+        ));
+    }
+    let mut component = Component::new(row(true));
+    let start = Instant::now();
+    let policy = policy();
+    for (at_ms, input, expected) in steps {
+        let cx = Context {
+            now: start + Duration::from_millis(at_ms),
+            unix_now: 0.0,
+            policy: &policy,
+            shutting_down: false,
+        };
+        let effects: Vec<String> = short(&component.handle(input, &cx))
+            .into_iter()
+            .map(|e| {
+                if e.starts_with("kill ") {
+                    "kill".to_owned()
+                } else {
+                    e
+                }
+            })
+            .collect();
+        assert_eq!(effects, expected, "at {at_ms} ms");
+    }
+    assert_eq!(component.run_state(), RunState::Running);
 }

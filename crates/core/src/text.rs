@@ -1,0 +1,40 @@
+//! Text from data (ids, messages, file names) on its way to a person's terminal.
+
+use std::borrow::Cow;
+
+/// `text` with every control character written as an escape (`\x1b`, `\n`), so an id or a
+/// message from the database can neither move the cursor, retitle the window nor break a
+/// table's lines.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(printable("cpu_usage_daemon"), "cpu_usage_daemon");
+        assert_eq!(
+            printable("evil\u{1b}]0;PWNED\u{7}\u{1b}[2J"),
+            "evil\\x1b]0;PWNED\\x07\\x1b[2J"
+        );
+        assert_eq!(printable("a\nb\tc"), "a\\nb\\tc");
+        assert_eq!(printable("température 80 °C"), "température 80 °C");
+        assert_eq!(printable("\u{9b}31m"), "\\x9b31m", "C1 controls too");
+    }
+}
