@@ -9,7 +9,8 @@ use nix::unistd::Pid;
 use predicates::str::contains;
 
 use crate::support::{
-    TestEnv, align_to_second_fraction, alive, assert_one_row_per_second, wait_until,
+    TestEnv, align_to_second_fraction, alive, assert_one_row_per_second, wait_for_a_row_from,
+    wait_until,
 };
 
 const T: Duration = Duration::from_secs(20);
@@ -215,16 +216,7 @@ fn a_write_lock_held_for_ten_seconds_loses_nothing_and_stops_no_restart() {
     // The samples queued during the lock are written at the daemon's next round: every second
     // from its start to after the lock has its row.
     let last_second = unlocked_at + 1;
-    wait_until(T, "the rows after the lock", || {
-        env.db()
-            .query_row(
-                "SELECT count(*) FROM memory_usage_log WHERE timestamp >= datetime(?1, 'unixepoch')",
-                [last_second + 1],
-                |r| r.get::<_, i64>(0),
-            )
-            .unwrap()
-            > 0
-    });
+    wait_for_a_row_from(&env, "memory_usage_log", last_second + 1);
     assert_one_row_per_second(&env, "memory_usage_log", first_second, last_second);
     integrity_ok(&env);
 }

@@ -7,7 +7,8 @@ use predicates::str::contains;
 use n0m1_core::state::unix_now;
 
 use crate::support::{
-    TestEnv, align_to_second_fraction, alive, assert_one_row_per_second, wait_until,
+    TestEnv, align_to_second_fraction, alive, assert_one_row_per_second, wait_for_a_row_from,
+    wait_until,
 };
 
 const T: Duration = Duration::from_secs(10);
@@ -119,16 +120,7 @@ fn a_writer_holding_the_lock_for_seconds_loses_no_sample() {
     blocker.execute_batch("COMMIT").unwrap();
     drop(blocker);
     let last_second = unlocked_at + 1;
-    wait_until(T, "the row of the second after the lock", || {
-        env.db()
-            .query_row(
-                "SELECT count(*) FROM memory_usage_log WHERE timestamp >= datetime(?1, 'unixepoch')",
-                [last_second + 1],
-                |r| r.get::<_, i64>(0),
-            )
-            .unwrap()
-            > 0
-    });
+    wait_for_a_row_from(&env, "memory_usage_log", last_second + 1);
     assert!(alive(mem), "the daemon survives a held lock");
     term(&mut env, mem);
     // Samples taken while the lock was held were queued with their own time and written later.

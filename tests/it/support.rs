@@ -349,3 +349,24 @@ pub fn assert_one_row_per_second(env: &TestEnv, table: &str, from: i64, to: i64)
         "rows of {table} per second from {from} to {to}"
     );
 }
+
+/// Waits until `table` has a row stamped at or after Unix second `second`: the rows before
+/// it are then all written (a daemon writes its queue in order).
+pub fn wait_for_a_row_from(env: &TestEnv, table: &str, second: i64) {
+    wait_until(
+        Duration::from_secs(20),
+        &format!("a row of {table} from second {second}"),
+        || {
+            env.db()
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM {table} WHERE timestamp >= datetime(?1, 'unixepoch')"
+                    ),
+                    [second],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap()
+                > 0
+        },
+    );
+}
