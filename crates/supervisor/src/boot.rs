@@ -10,7 +10,7 @@ use n0m1_core::config::{Config, ConfigError, ManagerSpec};
 use n0m1_core::db::{self, DbError};
 use n0m1_core::home::{ENV_BOOT_PID, ENV_HOME, Home, HomeError};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
-use n0m1_core::pidfile::{PidError, PidFile, PidStatus};
+use n0m1_core::pidfile::{PidError, PidFile};
 use n0m1_core::process::{self, SpawnSpec};
 use n0m1_core::runtime::{Event, Runtime, SignalSet};
 use n0m1_core::writer::Writer;
@@ -18,6 +18,9 @@ use nix::sys::signal::Signal;
 
 use crate::manager::become_subreaper;
 use crate::reaper::{self, ExitCause};
+
+mod rules;
+use rules::{ManagerVerdict, after_manager_death, health_problem};
 
 /// The component id boot's own events are logged under.
 pub const BOOT_COMPONENT_ID: &str = "boot_system";
@@ -311,25 +314,26 @@ impl Boot {
             supervised.spec.name,
             uptime.as_secs_f64()
         );
-        if supervised.spec.critical {
-            if uptime >= STABLE_UPTIME {
-                supervised.quick_deaths = 0;
+        match after_manager_death(
+            supervised.spec.critical,
+            uptime,
+            supervised.quick_deaths,
+            &policy,
+        ) {
+            ManagerVerdict::Restart {
+                delay,
+                quick_deaths,
+            } => {
+                supervised.quick_deaths = quick_deaths;
+                supervised.phase = Phase::Backoff {
+                    until: Instant::now() + delay,
+                };
+                message.push_str(&format!(
+                    "; critical, restarting in {:.1} s",
+                    delay.as_secs_f64()
+                ));
             }
-            let delay = if supervised.quick_deaths == 0 {
-                Duration::ZERO
-            } else {
-                policy.backoff(supervised.quick_deaths)
-            };
-            supervised.quick_deaths += 1;
-            supervised.phase = Phase::Backoff {
-                until: Instant::now() + delay,
-            };
-            message.push_str(&format!(
-                "; critical, restarting in {:.1} s",
-                delay.as_secs_f64()
-            ));
-        } else {
-            message.push_str("; not critical, left down");
+            ManagerVerdict::LeaveDown => message.push_str("; not critical, left down"),
         }
         self.journal.event(
             LifecycleRecord::new(&event_id, LifecycleEvent::ManagerCrashed)
@@ -388,14 +392,10 @@ impl Boot {
         let pid_path = home.pid_file(&supervised.spec.binary);
         let tolerance = interval.max(MIN_HEARTBEAT_TOLERANCE);
         let problem = match PidFile::inspect(&pid_path) {
-            Ok(PidStatus::Live { pid: Some(owner) }) if owner == pid => {
-                match PidFile::heartbeat(&pid_path).and_then(|t| t.elapsed().ok()) {
-                    Some(age) if age <= tolerance => None,
-                    Some(age) => Some(format!("heartbeat is {:.0} s old", age.as_secs_f64())),
-                    None => Some("no heartbeat".to_owned()),
-                }
+            Ok(status) => {
+                let age = PidFile::heartbeat(&pid_path).and_then(|t| t.elapsed().ok());
+                health_problem(pid, &status, age, tolerance, &pid_path)
             }
-            Ok(status) => Some(format!("its PID file {} is {status:?}", pid_path.display())),
             Err(error) => Some(error.to_string()),
         };
         let Some(problem) = problem else { return };
