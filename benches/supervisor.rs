@@ -198,6 +198,45 @@ fn kill_gaps(bench: &Bench, kills: usize, every: Duration) -> Vec<f64> {
     gaps
 }
 
+/// The anchor, measured the same way in the same run: runit's `runsv` supervising the same
+/// sleeper, its replacement seen in `supervise/pid`. Skipped (None) where runit is not
+/// installed (`apt-get install runit`).
+fn runit_gaps(kills: usize, every: Duration) -> Option<Vec<f64>> {
+    let runsv = ["/usr/bin/runsv", "/usr/sbin/runsv", "/bin/runsv"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())?;
+    let tmp = tempfile::tempdir().unwrap();
+    let service = tmp.path().join("sleeper");
+    std::fs::create_dir(&service).unwrap();
+    let run = service.join("run");
+    std::fs::write(&run, "#!/bin/sh\nexec sleep 100000\n").unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut supervisor = Command::new(runsv)
+        .arg(&service)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = service.join("supervise/pid");
+    let read = || -> Option<i32> { std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok() };
+    let mut gaps = Vec::new();
+    let mut current = wait_for(Duration::from_secs(10), read).expect("runit's service up");
+    for _ in 0..kills {
+        std::thread::sleep(every);
+        let killed_at = Instant::now();
+        kill(Pid::from_raw(current), Signal::SIGKILL).unwrap();
+        let next = wait_for(Duration::from_secs(10), || read().filter(|p| *p != current))
+            .expect("runit restart");
+        gaps.push(killed_at.elapsed().as_secs_f64() * 1000.0);
+        current = next;
+    }
+    let _ = supervisor.kill();
+    let _ = supervisor.wait();
+    let _ = kill(Pid::from_raw(current), Signal::SIGKILL);
+    Some(gaps)
+}
+
 fn restart_latency() {
     let kills: usize = std::env::var("BENCH_KILLS")
         .ok()
@@ -212,6 +251,13 @@ fn restart_latency() {
         "restart after SIGKILL, {kills} kills 1.5 s apart: {}",
         summary(&gaps)
     );
+    match runit_gaps(kills, every) {
+        Some(gaps) => println!(
+            "runit (runsv), the same sleeper and kills, same run: {}",
+            summary(&gaps)
+        ),
+        None => println!("runit (runsv): not installed, anchor skipped"),
+    }
 
     let mut locker = Command::new(std::env::current_exe().unwrap())
         .env(LOCKER_ENV, bench.home.db_path())

@@ -394,3 +394,46 @@ fn a_component_named_like_a_manager_cannot_take_its_pid_file() {
         "the manager is not restarted over and over"
     );
 }
+
+#[test]
+fn a_component_that_died_while_its_manager_was_down_is_recorded_and_keeps_its_count() {
+    let mut env = TestEnv::new();
+    env.add_component("sleepy", "sleeper.sh", "daemon_manager", "{}");
+    let restarts = |env: &TestEnv| -> i64 {
+        env.db()
+            .query_row(
+                "SELECT restarts FROM component_state WHERE component_id = 'sleepy'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(-1)
+    };
+    let manager = env.spawn("daemon_manager");
+    let first = env.wait_pid("sleepy", "sleepy to run");
+    std::thread::sleep(Duration::from_millis(600));
+    signal(first, Signal::SIGKILL);
+    wait_until(T, "one restart recorded", || restarts(&env) == 1);
+    let second = env.wait_pid("sleepy", "the replacement");
+    signal(manager, Signal::SIGKILL);
+    env.wait_child(manager, T);
+    signal(second, Signal::SIGKILL);
+    wait_until(T, "the unwatched component to die", || !alive(second));
+
+    env.spawn("daemon_manager");
+    wait_until(T, "its death to be recorded", || {
+        env.count_events("sleepy", "CRASHED") == 2
+    });
+    let message: String = env
+        .db()
+        .query_row(
+            "SELECT message FROM component_lifecycle_log WHERE component_id = 'sleepy'
+             AND event_type = 'CRASHED' ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(message.contains("while its manager was down"), "{message}");
+    let third = env.wait_pid("sleepy", "sleepy to run again");
+    assert_ne!(third, second);
+    wait_until(T, "the count carried over", || restarts(&env) == 2);
+}

@@ -60,6 +60,10 @@ pub struct BootOptions {
 const MIN_HEARTBEAT_TOLERANCE: Duration = Duration::from_secs(10);
 /// No health verdict in a manager's first seconds: it may still be opening the database.
 const HEALTH_GRACE: Duration = Duration::from_secs(5);
+/// How often a running manager's heartbeat is looked at. On a timer of its own, not the
+/// health-check interval: a manager that hangs just after a check is then found once its
+/// heartbeat is `health_check_interval` old, not up to two intervals later.
+const HEALTH_POLL: Duration = Duration::from_secs(1);
 /// A manager that ran this long before dying is restarted at once; sooner, with backoff.
 const STABLE_UPTIME: Duration = Duration::from_secs(10);
 /// After the managers are gone, how long leftover processes get between SIGTERM and SIGKILL.
@@ -74,6 +78,8 @@ enum Phase {
         pid: i32,
         started: Instant,
         next_health: Instant,
+        /// This run was already reported unhealthy (said once, until it recovers).
+        reported_unhealthy: bool,
     },
     Stopping {
         pid: i32,
@@ -253,6 +259,7 @@ impl Boot {
                     started: now,
                     next_health: now
                         + HEALTH_GRACE.max(supervised.spec.health_check_interval.duration()),
+                    reported_unhealthy: false,
                 };
                 self.journal.event(
                     LifecycleRecord::new(&event_id, LifecycleEvent::ManagerStarted)
@@ -387,7 +394,7 @@ impl Boot {
         let supervised = &mut self.managers[index];
         let interval = supervised.spec.health_check_interval.duration();
         if let Phase::Running { next_health, .. } = &mut supervised.phase {
-            *next_health = now + interval;
+            *next_health = now + HEALTH_POLL;
         }
         let pid_path = home.pid_file(&supervised.spec.binary);
         let tolerance = interval.max(MIN_HEARTBEAT_TOLERANCE);
@@ -398,7 +405,19 @@ impl Boot {
             }
             Err(error) => Some(error.to_string()),
         };
-        let Some(problem) = problem else { return };
+        let Phase::Running {
+            reported_unhealthy, ..
+        } = &mut supervised.phase
+        else {
+            return;
+        };
+        let Some(problem) = problem else {
+            *reported_unhealthy = false;
+            return;
+        };
+        if std::mem::replace(reported_unhealthy, true) {
+            return;
+        }
         let critical = supervised.spec.critical;
         let action = if critical {
             "killing it so it is restarted"

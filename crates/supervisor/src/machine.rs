@@ -63,6 +63,9 @@ pub enum Input {
         restarts: u32,
         last_exit: Option<String>,
     },
+    /// The process recorded for this component by a previous life of its manager is gone:
+    /// it died while no manager watched it.
+    Vanished { pid: i32, restarts: u32 },
     /// The component's leader exited.
     Exited { pid: i32, cause: ExitCause },
     /// After its leader exited, the stopping component's group and escaped descendants are
@@ -288,6 +291,19 @@ impl Component {
                 ));
                 out.push(Effect::SaveState);
             }
+            Input::Vanished { pid, restarts } if self.phase == Phase::Idle => {
+                // Its history carries over; the row decides whether it runs again.
+                self.restarts = restarts + 1;
+                let message = "died while its manager was down (exit status unknown)";
+                self.last_exit = Some(message.to_owned());
+                out.push(Effect::Record(
+                    self.record(LifecycleEvent::Crashed)
+                        .pid(pid)
+                        .message(message),
+                ));
+                out.push(Effect::SaveState);
+            }
+            Input::Vanished { .. } => {}
             Input::Exited { pid, cause } => self.on_exit(pid, cause, cx, &mut out),
             Input::TreeGone => self.finish_stop(cx, &mut out),
             Input::Tick => self.on_tick(cx, &mut out),

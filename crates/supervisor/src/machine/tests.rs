@@ -655,3 +655,33 @@ fn exits_just_after_min_uptime_are_a_crash_loop_when_too_many_fall_in_the_window
     }
     assert_eq!(component.run_state(), RunState::Running);
 }
+
+#[test]
+fn a_process_that_died_unwatched_is_recorded_and_its_count_kept() {
+    let c = check(&[
+        (
+            0,
+            Input::Vanished {
+                pid: 42,
+                restarts: 3,
+            },
+            &["CRASHED", "save"],
+        ),
+        (0, active(), &["spawn"]),
+        (0, spawned(43), &["START_ATTEMPT", "save"]),
+    ]);
+    assert_eq!(c.restarts(), 4);
+    // Only a component that is not running can have vanished.
+    check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (
+            10,
+            Input::Vanished {
+                pid: 9,
+                restarts: 3,
+            },
+            &[],
+        ),
+    ]);
+}

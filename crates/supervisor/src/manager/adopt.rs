@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use n0m1_core::components;
+use n0m1_core::components::ComponentRow;
 use n0m1_core::home::{ENV_COMPONENT_ID, ENV_HOME, validate_supervised_id};
 use n0m1_core::pidfile::{PidFile, PidStatus};
 use n0m1_core::process::{self, ProcStat};
-use n0m1_core::state::{self, unix_now};
+use n0m1_core::state::{self, ComponentState, RunState, unix_now};
 
 use super::Manager;
 use crate::machine::{Component, Input};
@@ -25,10 +26,11 @@ impl Manager {
                 continue;
             }
             let pid_path = self.options.home.pid_file(&id);
+            let saved = saved_rows.iter().find(|s| s.component_id == id);
             let Ok(PidStatus::Stale { pid: Some(pid) }) = PidFile::inspect(&pid_path) else {
+                self.note_vanished(row, saved);
                 continue;
             };
-            let saved = saved_rows.iter().find(|s| s.component_id == id);
             // The process must be the one we started: by the start time recorded with its pid,
             // or, when the manager died before recording it, by the environment every
             // component gets (its id and this home), never by the pid alone.
@@ -48,6 +50,7 @@ impl Manager {
             };
             let Some(stat) = ProcStat::read(pid).filter(|_| identified) else {
                 let _ = std::fs::remove_file(&pid_path);
+                self.note_vanished(row, saved);
                 continue;
             };
             let watching = match &self.pid_watcher {
@@ -74,5 +77,24 @@ impl Manager {
             self.components.insert(id.clone(), Component::new(row));
             self.dispatch(&id, input);
         }
+    }
+
+    /// A component its previous life recorded as running whose process is gone died
+    /// unwatched: say so, and keep its restart count.
+    fn note_vanished(&mut self, row: ComponentRow, saved: Option<&ComponentState>) {
+        let Some(saved) =
+            saved.filter(|s| matches!(s.state, RunState::Running | RunState::Stopping))
+        else {
+            return;
+        };
+        let id = row.component_id.clone();
+        self.components.insert(id.clone(), Component::new(row));
+        self.dispatch(
+            &id,
+            Input::Vanished {
+                pid: saved.pid.unwrap_or(0),
+                restarts: saved.restarts,
+            },
+        );
     }
 }
