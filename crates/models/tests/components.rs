@@ -569,7 +569,7 @@ fn n0m1ctl_model_list_generate_and_bench_use_a_model_in_the_home() {
     assert!(listed.contains("tiny-fixture"), "{listed}");
 
     // By its name in the home's models/, as a component's --model would say it.
-    let (text, report) = ctl(&[
+    let generate = [
         "generate",
         "--model",
         "tiny-fixture",
@@ -577,17 +577,10 @@ fn n0m1ctl_model_list_generate_and_bench_use_a_model_in_the_home() {
         "hello",
         "--max_new_tokens",
         "5",
-    ]);
+    ];
+    let (text, report) = ctl(&generate);
     assert!(report.contains("generated"), "{report}");
-    let (again, _) = ctl(&[
-        "generate",
-        "--model",
-        "tiny-fixture",
-        "--prompt",
-        "hello",
-        "--max_new_tokens",
-        "5",
-    ]);
+    let (again, _) = ctl(&generate);
     assert_eq!(text, again, "greedy decoding is deterministic");
 
     let (figures, _) = ctl(&[
