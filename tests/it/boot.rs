@@ -103,11 +103,12 @@ fn a_killed_manager_is_restarted_and_adopts_its_components() {
     let component = env.wait_pid("sleepy", "sleepy to run");
     let manager = env.wait_pid("daemon_manager", "daemon_manager to run");
     kill(Pid::from_raw(manager), Signal::SIGKILL).unwrap();
-    let mut replacement = 0;
-    wait_until(T, "boot to restart daemon_manager", || {
-        replacement = env.pid_of("daemon_manager").unwrap_or(0);
-        replacement != 0 && replacement != manager && alive(replacement)
-    });
+    env.wait_new_pid(
+        "daemon_manager",
+        manager,
+        T,
+        "boot to restart daemon_manager",
+    );
     wait_until(T, "the component to be adopted", || {
         env.count_events("sleepy", "ADOPTED") == 1
     });
@@ -125,11 +126,12 @@ fn a_killed_manager_is_restarted_and_adopts_its_components() {
     // The adopted process is still supervised: a crash is seen and it is restarted.
     std::thread::sleep(Duration::from_millis(600));
     kill(Pid::from_raw(component), Signal::SIGKILL).unwrap();
-    let mut next = 0;
-    wait_until(T, "the adopted component to be restarted", || {
-        next = env.pid_of("sleepy").unwrap_or(0);
-        next != 0 && next != component && alive(next)
-    });
+    let next = env.wait_new_pid(
+        "sleepy",
+        component,
+        T,
+        "the adopted component to be restarted",
+    );
     wait_until(T, "exactly one sleeper", || {
         env.processes_of("sleepy") == vec![next]
     });

@@ -51,11 +51,12 @@ fn a_sigstopped_manager_is_killed_by_the_health_check_and_restarted() {
     let unhealthy = &messages(&env, "boot_daemon_manager", "MANAGER_UNHEALTHY")[0];
     assert!(unhealthy.contains("heartbeat is"), "{unhealthy}");
     assert!(unhealthy.contains("killing it"), "{unhealthy}");
-    let mut replacement = 0;
-    wait_until(T, "boot to restart daemon_manager", || {
-        replacement = env.pid_of("daemon_manager").unwrap_or(0);
-        replacement != 0 && replacement != manager && alive(replacement)
-    });
+    env.wait_new_pid(
+        "daemon_manager",
+        manager,
+        T,
+        "boot to restart daemon_manager",
+    );
     assert!(!alive(manager), "the hung manager was killed");
     wait_until(T, "its component to be adopted", || {
         env.count_events("sleepy", "ADOPTED") == 1
@@ -111,11 +112,8 @@ fn boot_backs_off_a_manager_that_keeps_dying() {
     env.spawn("boot_system");
     let mut previous = 0;
     for _ in 0..4 {
-        let mut manager = 0;
-        wait_until(T, "daemon_manager to (re)start", || {
-            manager = env.pid_of("daemon_manager").unwrap_or(0);
-            manager != 0 && manager != previous && alive(manager)
-        });
+        let manager =
+            env.wait_new_pid("daemon_manager", previous, T, "daemon_manager to (re)start");
         // Each death comes well within boot's 10 s of stable uptime.
         signal(manager, Signal::SIGKILL);
         previous = manager;

@@ -221,6 +221,16 @@ impl TestEnv {
             .live_pid()
     }
 
+    /// Waits for `stem`'s PID file to name a live process other than `old` (a restart).
+    pub fn wait_new_pid(&self, stem: &str, old: i32, timeout: Duration, what: &str) -> i32 {
+        let mut pid = 0;
+        wait_until(timeout, what, || {
+            pid = self.pid_of(stem).unwrap_or(0);
+            pid != 0 && pid != old && alive(pid)
+        });
+        pid
+    }
+
     pub fn wait_pid(&self, stem: &str, what: &str) -> i32 {
         let mut pid = None;
         wait_until(Duration::from_secs(10), what, || {
