@@ -9,8 +9,8 @@ use nix::unistd::Pid;
 use predicates::str::contains;
 
 use crate::support::{
-    TestEnv, align_to_second_fraction, alive, assert_one_row_per_second, wait_for_a_row_from,
-    wait_until,
+    TestEnv, align_to_second_fraction, alive, assert_one_row_per_second, file_contains,
+    wait_for_a_row_from, wait_until,
 };
 
 const T: Duration = Duration::from_secs(20);
@@ -237,27 +237,108 @@ fn a_dropped_table_is_an_error_not_a_crash_and_init_repairs_it() {
 }
 
 #[test]
-fn a_database_replaced_by_garbage_is_named_and_stop_still_works() {
+fn a_database_replaced_by_garbage_is_named_and_the_system_stops_itself() {
     let env = TestEnv::new();
     env.add_component("sleepy", "sleeper.sh", "daemon_manager", "{}");
     env.ctl(&["start"]).success();
     env.wait_pid("sleepy", "sleepy to run");
+    let boot = env.pid_of("boot_system").unwrap();
     let db = env.home.db_path();
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
     std::fs::remove_file(&db).unwrap();
     std::fs::write(&db, vec![0x42u8; 65536]).unwrap();
+    // Boot notices on its next turn (each second at the latest) and takes everything down.
+    wait_until(T, "boot to stop the system", || !alive(boot));
+    wait_until(T, "nothing left", || env.live_processes().is_empty());
+    assert!(env.pid_files().is_empty(), "{:?}", env.pid_files());
+    assert!(
+        // Deleted, or replaced: boot may look between the two steps.
+        logs_mention(&env, n0m1_core::home::BOOT_LOG_STEM, "n0m1_agi.db was"),
+        "boot's logs name the replaced database"
+    );
     env.ctl(&["status"])
         .failure()
         .stderr(contains("n0m1_agi.db"))
         .stderr(contains("not an SQLite database"));
-    let boot = env.pid_of("boot_system").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(alive(boot), "boot carries on");
     env.ctl(&["stop"]).success();
-    wait_until(T, "nothing left", || env.live_processes().is_empty());
+}
+
+/// True when a supervisor's stdout or stderr log contains `needle`.
+fn logs_mention(env: &TestEnv, stem: &str, needle: &str) -> bool {
+    let (stdout, stderr) = env.home.manager_logs(stem);
+    file_contains(&stdout, needle) || file_contains(&stderr, needle)
+}
+
+/// A database deleted under a running system: every binary notices. Boot is held with
+/// SIGSTOP so the commands run while the system is provably still up on the deleted file.
+#[test]
+fn a_deleted_database_is_noticed_by_every_binary_and_nothing_writes_into_it() {
+    let env = TestEnv::new();
+    env.add_component("sleepy", "sleeper.sh", "daemon_manager", "{}");
+    env.sql("UPDATE autorun_components SET desired_state = 'active' WHERE component_id = 'mem_usage_daemon'");
+    env.ctl(&["start"]).success();
+    env.wait_pid("sleepy", "sleepy to run");
+    let db = env.home.db_path();
+    wait_until(T, "a memory sample", || {
+        env.count_rows("memory_usage_log") > 0
+    });
+    let boot = env.pid_of("boot_system").unwrap();
+    // A second name for the file keeps it readable once its path is gone.
+    let kept = env.home.root().join("kept.db");
+    std::fs::hard_link(&db, &kept).unwrap();
+    kill(Pid::from_raw(boot), Signal::SIGSTOP).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    // The managers stop their components and exit, saying why.
+    wait_until(T, "daemon_manager to exit", || {
+        env.pid_of("daemon_manager").is_none()
+    });
+    assert!(
+        logs_mention(&env, "daemon_manager", "was deleted"),
+        "the manager's log names the deleted database"
+    );
+    wait_until(T, "sleepy and the metric daemon to stop", || {
+        env.processes_of("sleepy").is_empty() && env.processes_of("mem_usage_daemon").is_empty()
+    });
+    // Nothing more goes into the deleted file.
+    let rows = |path: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM memory_usage_log", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = rows(&kept);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        rows(&kept),
+        before,
+        "no metric row written into the deleted file"
+    );
+    // init and status refuse while boot (still holding its PID file) runs on the old file.
+    env.ctl(&["init"])
+        .failure()
+        .stderr(contains(format!("boot_system pid {boot}")))
+        .stderr(contains("deleted"))
+        .stderr(contains("n0m1ctl stop"));
+    env.ctl(&["status"])
+        .failure()
+        .stderr(contains("uses another database"));
+    assert!(
+        !db.exists(),
+        "init created nothing beside the running system"
+    );
+    // Boot goes on, notices and stops (it does not restart the managers into a new file).
+    kill(Pid::from_raw(boot), Signal::SIGCONT).unwrap();
+    wait_until(T, "boot to exit", || !alive(boot));
     assert!(env.pid_files().is_empty(), "{:?}", env.pid_files());
+    env.ctl(&["start"])
+        .success()
+        .stdout(contains("does not exist: creating a fresh one"));
+    env.ctl(&["status"]).code(0);
+    env.ctl(&["stop"]).success();
 }
 
 #[test]

@@ -4,8 +4,10 @@
 //! pragmas below wait for a lock instead of failing), WAL (switched on once by init; racing
 //! processes switching it on a fresh file fail), `synchronous=NORMAL`, foreign keys on.
 
+use std::fmt;
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,6 +57,23 @@ pub enum DbError {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} was {change} after this process opened it (as file {was}): stopping rather than writing into a file nobody reads; start the system again with `n0m1ctl start`"
+    )]
+    Replaced {
+        path: PathBuf,
+        was: FileId,
+        change: FileChange,
+    },
+    #[error(
+        "the running system (boot_system pid {boot_pid}) uses another database than {path} (it opened file {running}; {path} is now {current}): the file was deleted or replaced while it ran; run `n0m1ctl stop`, then `n0m1ctl start`"
+    )]
+    RunningOnAnotherFile {
+        path: PathBuf,
+        boot_pid: i32,
+        running: FileId,
+        current: FileChange,
     },
     #[error("cannot {action} {path}: {source}")]
     Io {
@@ -270,6 +289,160 @@ pub fn remove(path: &Path) -> Result<(), DbError> {
     Ok(())
 }
 
+/// A file's identity (device and inode): a path that names another file has another one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl fmt::Display for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.dev, self.ino)
+    }
+}
+
+impl std::str::FromStr for FileId {
+    type Err = ();
+    fn from_str(text: &str) -> Result<FileId, ()> {
+        let (dev, ino) = text.trim().split_once(':').ok_or(())?;
+        Ok(FileId {
+            dev: dev.parse().map_err(|_| ())?,
+            ino: ino.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+impl FileId {
+    /// The identity of the file `path` names now; `None` when nothing is there.
+    pub fn of(path: &Path) -> std::io::Result<Option<FileId>> {
+        match fs::metadata(path) {
+            Ok(meta) => Ok(Some(FileId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            })),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// What became of a database path since a process opened it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileChange {
+    Deleted,
+    ReplacedBy(FileId),
+}
+
+impl fmt::Display for FileChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileChange::Deleted => f.write_str("deleted"),
+            FileChange::ReplacedBy(id) => write!(f, "replaced by another file ({id})"),
+        }
+    }
+}
+
+/// The database file a long-running process works on. SQLite keeps writing into an unlinked
+/// file without complaint, so processes check now and then that the path still names it.
+#[derive(Debug, Clone)]
+pub struct DatabaseFile {
+    path: PathBuf,
+    id: FileId,
+}
+
+impl DatabaseFile {
+    /// Remembers the file `path` names now (call right after opening it).
+    pub fn capture(path: &Path) -> Result<DatabaseFile, DbError> {
+        let io = |source| DbError::Io {
+            path: path.to_path_buf(),
+            action: "stat",
+            source,
+        };
+        let id = FileId::of(path)
+            .map_err(io)?
+            .ok_or_else(|| DbError::Missing {
+                path: path.to_path_buf(),
+            })?;
+        Ok(DatabaseFile {
+            path: path.to_path_buf(),
+            id,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn id(&self) -> FileId {
+        self.id
+    }
+
+    /// What happened to the file since `capture`, if anything (one `stat`).
+    pub fn change(&self) -> Option<FileChange> {
+        match FileId::of(&self.path) {
+            Ok(Some(id)) if id == self.id => None,
+            Ok(Some(id)) => Some(FileChange::ReplacedBy(id)),
+            Ok(None) => Some(FileChange::Deleted),
+            // Unreadable folder, say: not evidence of a replacement.
+            Err(_) => None,
+        }
+    }
+
+    /// `Err(Replaced)` once the path names another file or none.
+    pub fn check(&self) -> Result<(), DbError> {
+        match self.change() {
+            None => Ok(()),
+            Some(change) => Err(DbError::Replaced {
+                path: self.path.clone(),
+                was: self.id,
+                change,
+            }),
+        }
+    }
+
+    /// Writes the identity to `record` (0600), so other commands can tell which file the
+    /// running system works on.
+    pub fn record(&self, record: &Path) -> Result<(), DbError> {
+        let io = |source| DbError::Io {
+            path: record.to_path_buf(),
+            action: "write",
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(record)
+            .map_err(io)?;
+        writeln!(file, "{}", self.id).map_err(io)
+    }
+
+    /// `Err(RunningOnAnotherFile)` when a running boot (`boot_pid`) recorded, in `record`, a
+    /// database file other than the one at `path`.
+    pub fn check_running(path: &Path, record: &Path, boot_pid: i32) -> Result<(), DbError> {
+        let Some(running) = fs::read_to_string(record)
+            .ok()
+            .and_then(|text| text.parse::<FileId>().ok())
+        else {
+            return Ok(());
+        };
+        let current = match FileId::of(path) {
+            Ok(Some(id)) if id == running => return Ok(()),
+            Ok(Some(id)) => FileChange::ReplacedBy(id),
+            Ok(None) => FileChange::Deleted,
+            Err(_) => return Ok(()),
+        };
+        Err(DbError::RunningOnAnotherFile {
+            path: path.to_path_buf(),
+            boot_pid,
+            running,
+            current,
+        })
+    }
+}
+
 /// Runs `operation` again while the database stays busy, up to `attempts` times. For writes
 /// that must not be lost (metric samples, lifecycle events) when a writer holds the lock
 /// longer than `BUSY_TIMEOUT`.
@@ -292,6 +465,36 @@ pub fn retry_busy<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deleted_or_replaced_database_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n0m1.db");
+        initialise(&path).unwrap();
+        let file = DatabaseFile::capture(&path).unwrap();
+        assert_eq!(file.change(), None);
+        let record = dir.path().join("database.id");
+        file.record(&record).unwrap();
+        DatabaseFile::check_running(&path, &record, 1).unwrap();
+
+        fs::rename(&path, dir.path().join("moved.db")).unwrap();
+        assert_eq!(file.change(), Some(FileChange::Deleted));
+        let error = file.check().unwrap_err().to_string();
+        assert!(
+            error.contains("was deleted") && error.contains("n0m1ctl start"),
+            "{error}"
+        );
+
+        initialise(&path).unwrap();
+        assert!(matches!(file.change(), Some(FileChange::ReplacedBy(id)) if id != file.id()));
+        let error = DatabaseFile::check_running(&path, &record, 42)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("boot_system pid 42") && error.contains("n0m1ctl stop"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn initialise_twice_changes_nothing() {

@@ -163,6 +163,11 @@ impl Home {
     pub fn boot_pid_file(&self) -> PathBuf {
         self.pid_file(BOOT_PID_STEM)
     }
+    /// `pids/database.id`: the device and inode of the database file the running boot opened,
+    /// so a command can tell when the file at `db_path` is no longer that one.
+    pub fn running_database_record(&self) -> PathBuf {
+        self.pids_dir().join("database.id")
+    }
     /// `logs/<id>.log` (stdout) and `logs/<id>.err` (stderr) of a component.
     pub fn component_logs(&self, component_id: &str) -> (PathBuf, PathBuf) {
         let dir = self.logs_dir();

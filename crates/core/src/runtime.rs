@@ -11,7 +11,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Weak};
 use std::thread;
@@ -21,6 +20,8 @@ use rusqlite::Connection;
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::pipe::PipeFlags;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+
+use crate::db::DatabaseFile;
 
 /// What wakes a long-running binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,9 @@ pub enum Event {
     Reload,
     /// Another connection committed something the watcher was asked to look for.
     DatabaseChanged,
+    /// The watched database's path no longer names the file the watcher opened (deleted or
+    /// replaced): `DatabaseFile::check` says how. Reported once; the watcher then stops.
+    DatabaseReplaced,
     /// A process watched through `PidWatcher` (not our child) has exited.
     ProcessExited { pid: i32 },
 }
@@ -186,10 +190,11 @@ impl Runtime {
         self.ready.pop_front()
     }
 
-    /// Reports `Event::DatabaseChanged` whenever another connection commits.
-    pub fn watch_database(&self, db_path: PathBuf, interval: Duration) {
+    /// Reports `Event::DatabaseChanged` whenever another connection commits, and
+    /// `Event::DatabaseReplaced` once the file is deleted or replaced.
+    pub fn watch_database(&self, database: DatabaseFile, interval: Duration) {
         // data_version itself moves on every commit by another connection.
-        self.watch_database_with(db_path, interval, |conn| {
+        self.watch_database_with(database, interval, |conn| {
             conn.query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0))
                 .map(|version| version as u64)
         });
@@ -201,14 +206,14 @@ impl Runtime {
     /// (metric samples, its own lifecycle rows) never wake its loop.
     pub fn watch_database_with(
         &self,
-        db_path: PathBuf,
+        database: DatabaseFile,
         interval: Duration,
         fingerprint: impl FnMut(&Connection) -> rusqlite::Result<u64> + Send + 'static,
     ) {
         let notifier = self.notifier();
         let spawned = thread::Builder::new()
             .name("db-watch".into())
-            .spawn(move || watch_loop(db_path, interval, fingerprint, notifier));
+            .spawn(move || watch_loop(database, interval, fingerprint, notifier));
         if let Err(error) = spawned {
             tracing::error!(
                 "cannot start the database watcher ({error}); changes are noticed on the periodic pass only"
@@ -226,7 +231,7 @@ impl Runtime {
 const REOPEN_DELAY: Duration = Duration::from_secs(5);
 
 fn watch_loop(
-    db_path: PathBuf,
+    database: DatabaseFile,
     interval: Duration,
     mut fingerprint: impl FnMut(&Connection) -> rusqlite::Result<u64>,
     sender: Notifier,
@@ -235,8 +240,13 @@ fn watch_loop(
     let mut last_version: Option<i64> = None;
     let mut last_print: Option<u64> = None;
     loop {
+        // One stat per poll: SQLite itself never notices that its file was unlinked.
+        if database.change().is_some() {
+            let _ = sender.send(Event::DatabaseReplaced);
+            return;
+        }
         let Some(connection) = &conn else {
-            match crate::db::open(&db_path) {
+            match crate::db::open(database.path()) {
                 Ok(connection) => conn = Some(connection),
                 Err(error) => {
                     // Said once per outage and retried slowly: a missing database is an
@@ -432,7 +442,8 @@ mod tests {
         let path = tmp.path().join("n0m1_agi.db");
         crate::db::initialise(&path).unwrap();
         let mut runtime = Runtime::start(SignalSet::Component).unwrap();
-        runtime.watch_database_with(path.clone(), Duration::from_millis(10), |conn| {
+        let database = DatabaseFile::capture(&path).unwrap();
+        runtime.watch_database_with(database, Duration::from_millis(10), |conn| {
             conn.query_row("SELECT count(*) FROM cpu_usage_log", [], |r| {
                 r.get::<_, i64>(0)
             })
@@ -451,5 +462,9 @@ mod tests {
             .unwrap();
         let woken = runtime.next(Some(Instant::now() + Duration::from_secs(5)));
         assert_eq!(woken, Some(Event::DatabaseChanged));
+        // Deleting the file is reported, once.
+        crate::db::remove(&path).unwrap();
+        let woken = runtime.next(Some(Instant::now() + Duration::from_secs(5)));
+        assert_eq!(woken, Some(Event::DatabaseReplaced));
     }
 }

@@ -2,10 +2,10 @@
 
 use anyhow::{Context, bail};
 use n0m1_core::schema::AUTORUN_COMPONENTS;
-use n0m1_core::{Home, PidFile, components, db, state};
+use n0m1_core::{Home, PidFile, components, state};
 
 pub fn set_desired(home: &Home, component_id: &str, active: bool) -> anyhow::Result<()> {
-    let conn = db::open(&home.db_path())?;
+    let conn = crate::open_database(home)?;
     let changed = components::set_desired(&conn, component_id, active)
         .with_context(|| format!("updating {component_id} in {AUTORUN_COMPONENTS}"))?;
     if !changed {

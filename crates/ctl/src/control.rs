@@ -67,6 +67,7 @@ pub fn restart(home: &Home) -> anyhow::Result<()> {
 
 fn start_locked(home: &Home) -> anyhow::Result<()> {
     if let PidStatus::Live { pid } = PidFile::inspect(&home.boot_pid_file())? {
+        crate::check_running_database(home)?;
         println!(
             "n0m1 is already running (boot pid {})",
             pid.map_or("?".into(), |p| p.to_string())
@@ -74,6 +75,12 @@ fn start_locked(home: &Home) -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::load(&home.config_path())?;
+    if !home.db_path().exists() {
+        println!(
+            "database {} does not exist: creating a fresh one",
+            home.db_path().display()
+        );
+    }
     db::initialise(&home.db_path())?;
     let (stdout, stderr) = home.manager_logs(n0m1_core::home::BOOT_LOG_STEM);
     let spec = SpawnSpec {

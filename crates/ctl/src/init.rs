@@ -46,6 +46,9 @@ pub fn run(home: &Home, args: &InitArgs) -> anyhow::Result<()> {
         }
         db::remove(&db_path)?;
     }
+    // A fresh file beside a system that still runs on the deleted one would look like a
+    // repair and be none: say so instead.
+    crate::check_running_database(home)?;
     let (conn, report) = db::initialise(&db_path)?;
     if args.quiet {
         return Ok(());

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use n0m1_core::Home;
+use n0m1_core::db::{self, DatabaseFile};
+use n0m1_core::{Home, PidFile};
 
 pub mod components;
 pub mod control;
@@ -16,6 +17,21 @@ pub mod init;
 pub mod logs;
 pub mod metrics;
 pub mod status;
+
+/// Refuses to work on the home's database when the running system opened another file
+/// there (the first was deleted or replaced): every answer would then be about the wrong file.
+pub fn check_running_database(home: &Home) -> anyhow::Result<()> {
+    if let Some(pid) = PidFile::inspect(&home.boot_pid_file())?.live_pid() {
+        DatabaseFile::check_running(&home.db_path(), &home.running_database_record(), pid)?;
+    }
+    Ok(())
+}
+
+/// Opens the home's database for a command, once it is known to be the running system's.
+pub fn open_database(home: &Home) -> anyhow::Result<rusqlite::Connection> {
+    check_running_database(home)?;
+    Ok(db::open(&home.db_path())?)
+}
 
 /// Exit code of `status` when n0m1 is not running (as LSB init scripts do).
 pub const EXIT_NOT_RUNNING: u8 = 3;

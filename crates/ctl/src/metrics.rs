@@ -5,7 +5,7 @@ use anyhow::Context;
 use n0m1_core::schema::{
     COMPONENT_LIFECYCLE_LOG, CPU_TEMPERATURE_LOG, CPU_USAGE_LOG, MEMORY_USAGE_LOG,
 };
-use n0m1_core::{Home, LifecycleEvent, db};
+use n0m1_core::{Home, LifecycleEvent};
 use rusqlite::Connection;
 use serde::Serialize;
 
@@ -86,7 +86,7 @@ fn summarise(
 }
 
 pub fn collect(home: &Home, limit: usize) -> anyhow::Result<Vec<MetricSummary>> {
-    let conn = db::open(&home.db_path())?;
+    let conn = crate::open_database(home)?;
     let mut summaries = vec![
         summarise(&conn, "CPU usage", "%", CPU_USAGE_LOG, "cpu_usage", limit)?,
         summarise(&conn, "Memory", "%", MEMORY_USAGE_LOG, "mem_usage", limit)?,
@@ -149,6 +149,7 @@ pub fn run(home: &Home, limit: usize, json: bool) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use n0m1_core::db;
 
     #[test]
     fn sparkline_scales_between_min_and_max() {

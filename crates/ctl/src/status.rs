@@ -11,7 +11,7 @@ use n0m1_core::process::{self, ProcStat};
 use n0m1_core::schema::{AUTORUN_COMPONENTS, COMPONENT_STATE, MANAGERS};
 use n0m1_core::state::{self, ComponentState, RunState, unix_now};
 use n0m1_core::text::printable;
-use n0m1_core::{Config, Home, PidFile, components, db};
+use n0m1_core::{Config, Home, PidFile, components};
 use serde::Serialize;
 
 fn run_state_text<S: serde::Serializer>(
@@ -125,7 +125,7 @@ fn view_pid_file(home: &Home, name: &str, stem: &str, detailed: bool) -> Process
 }
 
 pub fn collect(home: &Home, detailed: bool) -> anyhow::Result<SystemView> {
-    let conn = db::open(&home.db_path())?;
+    let conn = crate::open_database(home)?;
     let boot = view_pid_file(
         home,
         "boot_system",

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use n0m1_core::access_log::{AccessKind, record_access};
 use n0m1_core::config::Retention;
-use n0m1_core::db::{self, DbError, is_busy};
+use n0m1_core::db::{self, DatabaseFile, DbError, is_busy};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::runtime::{Event, Runtime, SignalSet};
 use n0m1_core::schema::{
@@ -116,6 +116,7 @@ pub fn run(options: DaemonOptions) -> Result<(), MetricsError> {
     // Handlers first: a SIGTERM during start-up is a clean stop, not death.
     let mut runtime = Runtime::start(SignalSet::Component).map_err(MetricsError::Signals)?;
     let conn = db::open(&options.home.db_path())?;
+    let database = DatabaseFile::capture(&options.home.db_path())?;
     let writer = Writer::start(&options.home.db_path())?;
     let retention = Config::load(&options.home.config_path())
         .map(|c| c.retention)
@@ -186,6 +187,12 @@ pub fn run(options: DaemonOptions) -> Result<(), MetricsError> {
                     .as_ref()
                     .map_or(Ok(None), |s| s.read_celsius().map(Some)),
             };
+            // One stat per sample: a deleted or replaced database file is never written
+            // into unseen (SQLite itself would carry on writing into the unlinked file).
+            if let Err(error) = database.check() {
+                tracing::error!("{error}");
+                return Err(error.into());
+            }
             match reading {
                 Ok(Some(value)) => daemon.enqueue(value),
                 Ok(None) => {}

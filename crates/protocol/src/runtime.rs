@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use n0m1_core::access_log::{AccessKind, record_access};
-use n0m1_core::db::{self, retry_busy};
+use n0m1_core::db::{self, DatabaseFile, retry_busy};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::runtime::{self as core_runtime, Event, SignalSet};
 use n0m1_core::writer::Writer;
@@ -23,6 +23,7 @@ pub struct Runtime {
     stopping: bool,
     /// A commit seen while looking for a stop request, kept for the next `wait`.
     change_pending: bool,
+    database: DatabaseFile,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,9 +42,11 @@ impl Runtime {
         // Handlers first: a SIGTERM during start-up is a clean stop, not death.
         let events = core_runtime::Runtime::start(SignalSet::Component)?;
         let conn = db::open(db_path)?;
+        let database = DatabaseFile::capture(db_path)?;
         let writer = Writer::start(db_path)?;
-        events.watch_database(db_path.to_path_buf(), WATCH_INTERVAL);
+        events.watch_database(database.clone(), WATCH_INTERVAL);
         Ok(Runtime {
+            database,
             conn,
             component_id: component_id.to_owned(),
             run_type: run_type.to_owned(),
@@ -81,6 +84,14 @@ impl Runtime {
         match event {
             Event::Shutdown => self.stopping = true,
             Event::DatabaseChanged => self.change_pending = true,
+            // Stop rather than read notifications from, and write outputs into, a file that
+            // is no longer the system's.
+            Event::DatabaseReplaced => {
+                if let Err(error) = self.database.check() {
+                    tracing::error!("{error}");
+                }
+                self.stopping = true;
+            }
             Event::ChildExited | Event::Reload | Event::ProcessExited { .. } => {}
         }
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use n0m1_core::config::{Config, ConfigError, ManagerSpec};
-use n0m1_core::db::{self, DbError};
+use n0m1_core::db::{self, DatabaseFile, DbError};
 use n0m1_core::home::{ENV_BOOT_PID, ENV_HOME, Home, HomeError};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::pidfile::{PidError, PidFile};
@@ -105,6 +105,9 @@ pub struct Boot {
     managers: Vec<Supervised>,
     journal: Writer,
     shutdown_deadline: Option<Instant>,
+    /// The database file boot started on; set aside with the reason once it is gone.
+    database: DatabaseFile,
+    database_gone: Option<DbError>,
 }
 
 impl Boot {
@@ -125,6 +128,9 @@ impl Boot {
         // Boot initialises the database (idempotent) so a systemd start on a fresh home works
         // and WAL is switched on before any other process opens the file.
         drop(db::initialise(&options.home.db_path())?);
+        let database = DatabaseFile::capture(&options.home.db_path())?;
+        let record = options.home.running_database_record();
+        database.record(&record)?;
         let journal = Writer::start(&options.home.db_path())?;
 
         let mut boot = Boot {
@@ -133,6 +139,8 @@ impl Boot {
             journal,
             shutdown_deadline: None,
             config: Config::default(),
+            database,
+            database_gone: None,
         };
         boot.journal.event(
             LifecycleRecord::new(BOOT_COMPONENT_ID, LifecycleEvent::StartedSuccessfully)
@@ -150,7 +158,10 @@ impl Boot {
                 Some(Event::ChildExited) => boot.reap(),
                 Some(Event::Shutdown) => boot.begin_shutdown(),
                 Some(Event::Reload) => boot.reload(),
-                Some(Event::DatabaseChanged | Event::ProcessExited { .. }) | None => {}
+                Some(
+                    Event::DatabaseChanged | Event::DatabaseReplaced | Event::ProcessExited { .. },
+                )
+                | None => {}
             }
         }
         boot.sweep_leftovers();
@@ -161,8 +172,12 @@ impl Boot {
         );
         // Everything queued is written (waiting for a lock if need be) before the PID file goes.
         boot.journal.close();
+        let _ = std::fs::remove_file(&record);
         pid_file.remove();
-        Ok(())
+        match boot.database_gone {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
     }
 
     /// Starts what is new, stops what was removed, and updates the rest in place. The start
@@ -362,7 +377,30 @@ impl Boot {
         }
     }
 
+    /// A database deleted or replaced under the running system: its rows and history are no
+    /// longer where anyone reads them, so boot stops everything (a restarted manager would
+    /// otherwise open the new file while the old components write into the old one) and
+    /// exits with the reason; `n0m1ctl start` then runs on the file that is there.
+    fn database_replaced(&mut self) {
+        let Err(error) = self.database.check() else {
+            return;
+        };
+        tracing::error!("{error}");
+        self.journal.event(
+            LifecycleRecord::new(BOOT_COMPONENT_ID, LifecycleEvent::CriticalError)
+                .pid(std::process::id() as i32)
+                .message(error.to_string()),
+        );
+        self.database_gone = Some(error);
+        self.begin_shutdown();
+    }
+
     fn on_timers(&mut self, now: Instant) {
+        // Before any manager is (re)started: one stat, on every turn (at least each
+        // HEALTH_POLL while managers run).
+        if self.database_gone.is_none() {
+            self.database_replaced();
+        }
         if let Some(deadline) = self.shutdown_deadline {
             if now >= deadline {
                 for supervised in &self.managers {

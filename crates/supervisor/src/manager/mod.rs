@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use n0m1_core::components::{self, ComponentRow};
 use n0m1_core::config::{Config, SupervisorPolicy};
-use n0m1_core::db::{self, DbError};
+use n0m1_core::db::{self, DatabaseFile, DbError};
 use n0m1_core::home::{ENV_BOOT_PID, Home, HomeError};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::pidfile::{PidError, PidFile};
@@ -85,6 +85,9 @@ pub struct Manager {
     /// One /proc snapshot per loop turn, taken only if a stop needs it.
     snapshot: Option<Vec<ProcStat>>,
     shutting_down: bool,
+    /// The file the manager opened; set aside with the reason once it is deleted or replaced.
+    database: DatabaseFile,
+    database_gone: Option<DbError>,
 }
 
 impl Manager {
@@ -104,6 +107,7 @@ impl Manager {
         let own_pid_file = PidFile::acquire(&options.home.pid_file(&options.manager))?;
         let db_path = options.home.db_path();
         let conn = db::open(&db_path)?;
+        let database = DatabaseFile::capture(&db_path)?;
         conn.busy_timeout(READ_BUSY_TIMEOUT)
             .map_err(|source| DbError::Sqlite {
                 path: db_path.clone(),
@@ -111,7 +115,7 @@ impl Manager {
             })?;
         let writer = Writer::start(&db_path)?;
         let manager_name = options.manager.clone();
-        runtime.watch_database_with(db_path, options.watch_interval, move |conn| {
+        runtime.watch_database_with(database.clone(), options.watch_interval, move |conn| {
             rows_fingerprint(conn, &manager_name)
         });
         let pid_watcher = runtime
@@ -134,6 +138,8 @@ impl Manager {
             escaped: HashMap::new(),
             snapshot: None,
             shutting_down: false,
+            database,
+            database_gone: None,
             options,
         };
         manager.load_policy();
@@ -161,7 +167,10 @@ impl Manager {
         // goes: `n0m1ctl stop` returns once it is gone.
         manager.writer.close();
         own_pid_file.remove();
-        Ok(())
+        match manager.database_gone {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
     }
 
     fn event_loop(&mut self, own_pid_file: &PidFile) {
@@ -202,6 +211,7 @@ impl Manager {
                     }
                 }
                 Some(Event::Shutdown) => self.begin_shutdown(),
+                Some(Event::DatabaseReplaced) => self.database_replaced(),
                 Some(Event::DatabaseChanged) | None => {}
             }
             self.on_timers(Instant::now());
@@ -287,6 +297,23 @@ impl Manager {
         for id in gone {
             self.dispatch(&id, Input::RowGone);
         }
+    }
+
+    /// The rows the manager acts on are no longer in the file at the database path: it
+    /// stops its components and exits with the reason rather than supervise from a file
+    /// nobody reads (boot then stops the system: see `Boot::database_replaced`).
+    fn database_replaced(&mut self) {
+        let Err(error) = self.database.check() else {
+            return;
+        };
+        tracing::error!("{error}");
+        self.writer.event(
+            LifecycleRecord::new(&self.options.manager, LifecycleEvent::Error)
+                .pid(std::process::id() as i32)
+                .message(error.to_string()),
+        );
+        self.database_gone = Some(error);
+        self.begin_shutdown();
     }
 
     fn begin_shutdown(&mut self) {
