@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     match n0m1_ctl::run(n0m1_ctl::Cli::parse()) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", n0m1_core::text::error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use predicates::str::contains;
 
-use crate::support::{TestEnv, bin};
+use crate::support::{TestEnv, bin, file_contains, wait_until};
 
 #[test]
 fn logs_follow_survives_truncation_and_rotation() {
@@ -108,4 +108,134 @@ fn ids_with_control_characters_cannot_drive_the_terminal() {
         !text.lines().any(|l| l.starts_with("fake row")),
         "a newline in an id does not start a table row"
     );
+}
+
+/// Small hostile inputs, each with a clear answer: rows no manager can run say why at once,
+/// `enable` refuses them, `metrics --limit` is checked and bounded, and an error's cause is
+/// said once.
+#[test]
+fn rows_that_cannot_run_and_odd_limits_get_clear_answers() {
+    let mut env = TestEnv::new();
+    std::fs::create_dir(env.home.components_dir().join("adir")).unwrap();
+    nix::unistd::mkfifo(
+        &env.home.components_dir().join("afifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o700),
+    )
+    .unwrap();
+    env.add_component("dir_script", "adir", "daemon_manager", "{}");
+    env.add_component("fifo_script", "afifo", "daemon_manager", "{}");
+    env.add_component(
+        "nul_arg",
+        "sleeper.sh",
+        "daemon_manager",
+        r#"{"--x": "a\u0000b"}"#,
+    );
+    env.add_component(
+        "big_int",
+        "sleeper.sh",
+        "daemon_manager",
+        r#"{"--n": 123456789012345678901234}"#,
+    );
+    env.add_component("with space", "sleeper.sh", "daemon_manager", "{}");
+    env.add_component("lost", "sleeper.sh", "no_such_manager", "{}");
+    env.spawn("daemon_manager");
+
+    for (id, says) in [
+        ("dir_script", "is a directory, not a regular file"),
+        ("fifo_script", "is a FIFO, not a regular file"),
+        ("nul_arg", "contains a NUL byte"),
+    ] {
+        wait_until(
+            Duration::from_secs(20),
+            &format!("{id} START_FAILED"),
+            || env.count_events(id, "START_FAILED") == 1,
+        );
+        let message: String = env
+            .db()
+            .query_row(
+                "SELECT message FROM component_lifecycle_log WHERE component_id = ?1 AND event_type = 'START_FAILED'",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(message.contains(says), "{id}: {message}");
+        assert!(!message.contains("symlink"), "{id}: {message}");
+    }
+    // At once, not after a round of quick deaths.
+    assert_eq!(env.events_of("nul_arg"), ["START_FAILED"]);
+    // An integer beyond 64 bits reaches the program with every digit, as Python's str() has it.
+    env.wait_pid("big_int", "big_int to run");
+    let log = env.home.component_logs("big_int").0;
+    wait_until(Duration::from_secs(10), "big_int's first line", || {
+        file_contains(&log, "--n 123456789012345678901234 --run_type")
+    });
+
+    // status says why the two unrunnable rows never run; enable refuses them.
+    let status = env.ctl(&["status", "--json"]).get_output().stdout.clone();
+    let view: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    let component = |id: &str| {
+        view["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["component_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let spaced = component("with space");
+    assert_eq!(spaced["actual"], "failed");
+    assert!(
+        spaced["problem"]
+            .as_str()
+            .unwrap()
+            .contains("only letters, digits"),
+        "{spaced}"
+    );
+    let lost = component("lost");
+    assert_eq!(lost["actual"], "failed");
+    assert!(
+        lost["problem"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_manager"),
+        "{lost}"
+    );
+    env.ctl(&["status"])
+        .stdout(contains("no manager is called 'no_such_manager'"));
+    env.ctl(&["enable", "with space"])
+        .failure()
+        .stderr(contains("cannot enable 'with space'"))
+        .stderr(contains("only letters, digits"));
+    env.ctl(&["enable", "lost"])
+        .failure()
+        .stderr(contains("no manager is called 'no_such_manager'"));
+
+    // --limit 0 is refused; a huge limit over many rows draws a bounded line.
+    env.ctl(&["metrics", "--limit", "0"])
+        .failure()
+        .stderr(contains("--limit"));
+    env.sql(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 199999)
+         INSERT INTO cpu_usage_log (cpu_usage) SELECT i % 100 FROM n;",
+    );
+    let out = env
+        .ctl(&["metrics", "--limit", "99999999", "--json"])
+        .success();
+    let summaries: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(summaries[0]["samples"], 200_000);
+    assert_eq!(
+        summaries[0]["sparkline"].as_str().unwrap().chars().count(),
+        60
+    );
+    env.ctl(&["metrics", "--limit", "99999999"])
+        .success()
+        .stdout(contains("CPU usage"));
+
+    // A cause is said once, not once by the message and again by the chain.
+    let out = assert_cmd::Command::new(bin("n0m1ctl"))
+        .args(["--home", "/dev/null/x", "status"])
+        .assert()
+        .failure();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert_eq!(stderr.matches("Not a directory").count(), 1, "{stderr}");
 }

@@ -23,13 +23,13 @@ pub use home::Home;
 pub use lifecycle::{LifecycleEvent, LifecycleRecord};
 pub use pidfile::{PidFile, PidStatus};
 
-/// The end of every binary's `main`: success, or the error printed once (`{:#}` shows an
-/// anyhow chain in full) and exit code 1.
-pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {
+/// The end of every binary's `main`: success, or the error and its causes printed once
+/// (`text::error_chain`) and exit code 1.
+pub fn exit_code<E: AsRef<dyn std::error::Error>>(result: Result<(), E>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", text::printable(&format!("{error:#}")));
+            eprintln!("error: {}", text::error_chain(error.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

@@ -22,9 +22,45 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// An error and its causes on one line, `printable`, each cause said once: many messages
+/// already end with their source's text (`cannot read X: {source}`), and printing the chain
+/// as well would repeat it.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let said = next.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = next.source();
+    }
+    printable(&text).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::printable;
+    use super::{error_chain, printable};
+
+    #[test]
+    fn each_cause_is_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot read config /h/config.json: {source}")]
+        struct Read {
+            #[source]
+            source: std::io::Error,
+        }
+        let inner = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        );
+        let error = anyhow::Error::new(Read { source: inner }).context("starting boot\x1b");
+        assert_eq!(
+            error_chain(error.as_ref()),
+            "starting boot\\x1b: cannot read config /h/config.json: stream did not contain valid UTF-8"
+        );
+    }
 
     #[test]
     fn control_characters_are_escaped_and_the_rest_kept() {

@@ -81,9 +81,10 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// Recent CPU usage, memory and temperature: last, average, min, max and a sparkline.
     Metrics {
-        /// How many recent samples of each metric.
-        #[arg(long, default_value_t = 10)]
-        limit: usize,
+        /// How many recent samples of each metric (at least 1; a long window is averaged
+        /// into a sparkline of 60 bars).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: u64,
         #[arg(long)]
         json: bool,
     },

@@ -6,7 +6,7 @@ use n0m1_core::schema::{
     COMPONENT_LIFECYCLE_LOG, CPU_TEMPERATURE_LOG, CPU_USAGE_LOG, MEMORY_USAGE_LOG,
 };
 use n0m1_core::{Home, LifecycleEvent};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -45,47 +45,101 @@ pub fn sparkline(values: &[f64]) -> String {
         .collect()
 }
 
+/// The widest sparkline drawn: a longer window is averaged into this many bars, so a huge
+/// `--limit` costs one pass in SQLite and never a bar per row.
+pub const SPARKLINE_WIDTH: i64 = 60;
+
 fn summarise(
     conn: &Connection,
     name: &'static str,
     unit: &'static str,
     table: &str,
     column: &str,
-    limit: usize,
+    limit: u64,
 ) -> anyhow::Result<MetricSummary> {
-    let mut statement = conn
-        .prepare(&format!(
-            "SELECT {column}, timestamp FROM {table} WHERE {column} IS NOT NULL ORDER BY id DESC LIMIT ?1"
-        ))
-        .with_context(|| format!("reading {table}"))?;
-    let rows: Vec<(f64, String)> = statement
-        .query_map([limit as i64], |r| {
-            Ok((
-                r.get(0)?,
-                r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+    let context = || format!("reading {table}");
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let window = format!(
+        "SELECT id, {column} AS v FROM {table} WHERE {column} IS NOT NULL ORDER BY id DESC LIMIT ?1"
+    );
+    // Aggregates over the window, streamed by SQLite: memory does not grow with the limit.
+    let (n, average, min, max, first_id, last_id): Stats = conn
+        .query_row(
+            &format!("SELECT count(*), avg(v), min(v), max(v), min(id), max(id) FROM ({window})"),
+            [limit],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )
+        .with_context(context)?;
+    let last: Option<(f64, String)> = conn
+        .query_row(
+            &format!(
+                "SELECT {column}, timestamp FROM {table} WHERE {column} IS NOT NULL ORDER BY id DESC LIMIT 1"
+            ),
+            [],
+            |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())),
+        )
+        .optional()
+        .with_context(context)?;
+    // Oldest first; beyond the width, each bar is the average of a run of consecutive ids.
+    let (first_id, last_id) = (first_id.unwrap_or(0), last_id.unwrap_or(0));
+    let span = (last_id - first_id + 1).max(1);
+    let bars: Vec<f64> = if n <= SPARKLINE_WIDTH {
+        let mut statement = conn
+            .prepare(&format!("SELECT v FROM ({window}) ORDER BY id"))
+            .with_context(context)?;
+        statement
+            .query_map([limit], |r| r.get(0))?
+            .collect::<Result<_, _>>()
+            .with_context(context)?
+    } else {
+        let mut statement = conn
+            .prepare(&format!(
+                "SELECT (id - ?2) * ?3 / ?4 AS bar, avg(v) FROM ({window}) GROUP BY bar ORDER BY bar"
             ))
-        })?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("reading {table}"))?;
-    let mut values: Vec<f64> = rows.iter().map(|r| r.0).collect();
-    values.reverse();
-    let n = values.len();
+            .with_context(context)?;
+        statement
+            .query_map(
+                rusqlite::params![limit, first_id, SPARKLINE_WIDTH, span],
+                |r| r.get(1),
+            )?
+            .collect::<Result<_, _>>()
+            .with_context(context)?
+    };
     let round = |v: f64| (v * 100.0).round() / 100.0;
     Ok(MetricSummary {
         name,
         unit,
-        samples: n,
-        last: rows.first().map(|r| round(r.0)),
-        last_time: rows.first().map(|r| r.1.clone()),
-        average: (n > 0).then(|| round(values.iter().sum::<f64>() / n as f64)),
-        min: values.iter().copied().reduce(f64::min).map(round),
-        max: values.iter().copied().reduce(f64::max).map(round),
-        sparkline: sparkline(&values),
+        samples: usize::try_from(n).unwrap_or(0),
+        last: last.as_ref().map(|r| round(r.0)),
+        last_time: last.map(|r| r.1),
+        average: average.map(round),
+        min: min.map(round),
+        max: max.map(round),
+        sparkline: sparkline(&bars),
         missing: None,
     })
 }
 
-pub fn collect(home: &Home, limit: usize) -> anyhow::Result<Vec<MetricSummary>> {
+/// count, avg, min, max, first id, last id of a window.
+type Stats = (
+    i64,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+pub fn collect(home: &Home, limit: u64) -> anyhow::Result<Vec<MetricSummary>> {
     let conn = crate::open_database(home)?;
     let mut summaries = vec![
         summarise(&conn, "CPU usage", "%", CPU_USAGE_LOG, "cpu_usage", limit)?,
@@ -117,8 +171,8 @@ pub fn collect(home: &Home, limit: usize) -> anyhow::Result<Vec<MetricSummary>> 
     Ok(summaries)
 }
 
-pub fn run(home: &Home, limit: usize, json: bool) -> anyhow::Result<()> {
-    let summaries = collect(home, limit.max(1))?;
+pub fn run(home: &Home, limit: u64, json: bool) -> anyhow::Result<()> {
+    let summaries = collect(home, limit)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summaries)?);
         return Ok(());
@@ -132,8 +186,13 @@ pub fn run(home: &Home, limit: usize, json: bool) -> anyhow::Result<()> {
             println!("  {:<16} N/A ({missing})", s.name);
             continue;
         }
+        let fewer = if (s.samples as u64) < limit {
+            format!(" ({} samples)", s.samples)
+        } else {
+            String::new()
+        };
         println!(
-            "  {:<16} last {:>8} at {}  avg {:>8}  min {:>8}  max {:>8}  {}",
+            "  {:<16} last {:>8} at {}  avg {:>8}  min {:>8}  max {:>8}  {}{fewer}",
             s.name,
             fmt(s.last, s.unit),
             s.last_time.as_deref().unwrap_or("-"),
@@ -177,5 +236,34 @@ mod tests {
         );
         assert_eq!(all[1].missing.as_deref(), Some("no samples yet"));
         assert_eq!(all[2].missing.as_deref(), Some("no sensor"));
+    }
+
+    #[test]
+    fn a_long_window_is_averaged_into_a_bounded_sparkline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::new(tmp.path());
+        db::initialise(&home.db_path()).unwrap();
+        let conn = db::open(&home.db_path()).unwrap();
+        // 6,000 samples, a ramp 0..100: the window's stats are exact, the line 60 bars wide
+        // and still rising from the lowest bar to the highest.
+        conn.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 5999)
+             INSERT INTO cpu_usage_log (cpu_usage) SELECT i / 60.0 FROM n;",
+        )
+        .unwrap();
+        let all = collect(&home, u64::MAX).unwrap();
+        let cpu = &all[0];
+        assert_eq!(cpu.samples, 6000);
+        assert_eq!(
+            (cpu.min, cpu.max, cpu.last),
+            (Some(0.0), Some(99.98), Some(99.98))
+        );
+        assert_eq!(cpu.average, Some(49.99));
+        let bars: Vec<char> = cpu.sparkline.chars().collect();
+        assert_eq!(bars.len(), SPARKLINE_WIDTH as usize);
+        assert_eq!((bars[0], bars[59]), ('▁', '█'));
+        assert!(bars.windows(2).all(|w| w[0] <= w[1]), "{}", cpu.sparkline);
+        // A short window keeps one bar per sample.
+        assert_eq!(collect(&home, 5).unwrap()[0].sparkline.chars().count(), 5);
     }
 }

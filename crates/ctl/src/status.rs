@@ -56,6 +56,37 @@ pub struct ComponentView {
     pub rss_kib: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_percent: Option<f64>,
+    /// Why no manager will ever run this row (then `actual` is failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// The managers a row may name: those in config.json, then the standard three.
+pub fn known_managers(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = config.managers.iter().map(|m| m.binary.clone()).collect();
+    for name in MANAGERS {
+        if !names.iter().any(|m| m == name) {
+            names.push((*name).to_owned());
+        }
+    }
+    names
+}
+
+/// Why a row can never run, if it cannot: an id no manager accepts, or a manager that does
+/// not exist. Without this such rows look merely stopped.
+pub fn cannot_run(component_id: &str, affinity: &str, managers: &[String]) -> Option<String> {
+    if let Err(error) = n0m1_core::home::validate_supervised_id(component_id) {
+        return Some(error.to_string());
+    }
+    let manager = affinity.strip_suffix(".py").unwrap_or(affinity);
+    if !managers.iter().any(|m| m == manager) {
+        return Some(format!(
+            "no manager is called '{}' (manager_affinity); known managers: {}",
+            printable(affinity),
+            managers.join(", ")
+        ));
+    }
+    None
 }
 
 #[derive(Debug, Serialize)]
@@ -133,12 +164,7 @@ pub fn collect(home: &Home, detailed: bool) -> anyhow::Result<SystemView> {
         detailed,
     );
     let config = Config::load(&home.config_path()).unwrap_or_default();
-    let mut manager_names: Vec<String> = config.managers.iter().map(|m| m.binary.clone()).collect();
-    for name in MANAGERS {
-        if !manager_names.iter().any(|m| m == name) {
-            manager_names.push((*name).to_owned());
-        }
-    }
+    let manager_names = known_managers(&config);
     let managers: Vec<ProcessView> = manager_names
         .iter()
         .map(|name| view_pid_file(home, name, name, detailed))
@@ -169,7 +195,9 @@ pub fn collect(home: &Home, detailed: bool) -> anyhow::Result<SystemView> {
                 None => None,
             };
             let supervised = manager_alive(&row.manager_affinity);
+            let problem = cannot_run(&row.component_id, &row.manager_affinity, &manager_names);
             let actual = match (recorded, &stat) {
+                (_, None) if problem.is_some() => RunState::Failed,
                 (_, Some(_)) if !supervised => RunState::Unsupervised,
                 (Some(RunState::Running | RunState::Stopping), None) => RunState::Dead,
                 (Some(state), _) => state,
@@ -200,6 +228,7 @@ pub fn collect(home: &Home, detailed: bool) -> anyhow::Result<SystemView> {
                     .filter(|s| !s.is_empty()),
                 rss_kib,
                 cpu_percent,
+                problem,
             }
         })
         .collect();
@@ -291,7 +320,12 @@ pub fn run(home: &Home, detailed: bool, json: bool) -> anyhow::Result<ExitCode> 
             opt(c.pid),
             duration(c.uptime_secs),
             c.restarts,
-            printable(c.last_exit.as_deref().unwrap_or("-"))
+            printable(
+                c.problem
+                    .as_deref()
+                    .or(c.last_exit.as_deref())
+                    .unwrap_or("-")
+            )
         );
         if detailed && c.pid.is_some() {
             line.push_str(&format!(

@@ -41,6 +41,8 @@ pub enum LaunchError {
         "script {path} resolves outside {components}: symlinks out of the components folder are refused"
     )]
     OutsideComponents { path: PathBuf, components: PathBuf },
+    #[error("script {path} is {kind}, not a regular file: put an executable file there")]
+    NotAFile { path: PathBuf, kind: &'static str },
     #[error("script {path} is not executable: chmod +x it")]
     NotExecutable { path: PathBuf },
     #[error(
@@ -53,6 +55,10 @@ pub enum LaunchError {
         "launch_args_json value of {key:?} is {kind}: only strings, numbers, booleans and null are allowed"
     )]
     NotAScalar { key: String, kind: &'static str },
+    #[error(
+        "launch_args_json {what} {key:?} contains a NUL byte, which no program argument can hold: remove it"
+    )]
+    NulByte { what: &'static str, key: String },
     #[error("launch_args_json is {size} bytes, more than the {limit} allowed")]
     TooLarge { size: usize, limit: usize },
 }
@@ -137,8 +143,11 @@ impl ScriptResolver {
         };
         let real = script.canonicalize().map_err(|_| outside())?;
         let real_dir = self.components_dir.canonicalize().map_err(|_| outside())?;
-        if !real.starts_with(&real_dir) || !real.is_file() {
+        if !real.starts_with(&real_dir) {
             return Err(outside());
+        }
+        if let Some(kind) = not_a_file(&real) {
+            return Err(LaunchError::NotAFile { path: script, kind });
         }
         if name.ends_with(".py") {
             let python = if !self.native && self.venv_python.is_file() {
@@ -159,6 +168,39 @@ impl ScriptResolver {
             leading_args: Vec::new(),
         })
     }
+}
+
+/// What `path` is when it is not a regular file.
+fn not_a_file(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = path.metadata().ok()?.file_type();
+    Some(if kind.is_file() {
+        return None;
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    })
+}
+
+/// Python's `str()` of a JSON number, from its text: an integer keeps every digit (Python's
+/// ints are unbounded, while serde_json turns one beyond 64 bits into a float); a float is
+/// printed as serde_json prints an f64, which matches `repr(float)` for ordinary values.
+fn python_number(raw: &str, number: &serde_json::Number) -> String {
+    let digits = raw.strip_prefix('-').unwrap_or(raw);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        if digits.bytes().all(|b| b == b'0') {
+            return "0".to_owned();
+        }
+        return raw.to_owned();
+    }
+    number.to_string()
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -205,13 +247,22 @@ pub fn launch_args(
             kind: json_kind(&value),
         });
     };
+    // The same text again, keeping each value's source text (a repeated key: the last one
+    // wins, as in `map` and in Python's json.loads).
+    let raw: std::collections::HashMap<String, &serde_json::value::RawValue> =
+        serde_json::from_str(text).map_err(|e| LaunchError::BadJson {
+            reason: e.to_string(),
+        })?;
     let mut argv = Vec::with_capacity(map.len() * 2 + 2);
     let mut has_run_type = false;
     for (key, value) in map {
         // Python's str() of each JSON scalar, so rows written for the original mean the same.
         let text = match &value {
             serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Number(n) => match raw.get(&key) {
+                Some(raw) => python_number(raw.get(), n),
+                None => n.to_string(),
+            },
             serde_json::Value::Bool(true) => "True".to_owned(),
             serde_json::Value::Bool(false) => "False".to_owned(),
             serde_json::Value::Null => "None".to_owned(),
@@ -222,6 +273,15 @@ pub fn launch_args(
                 });
             }
         };
+        if key.contains('\0') {
+            return Err(LaunchError::NulByte { what: "key", key });
+        }
+        if text.contains('\0') {
+            return Err(LaunchError::NulByte {
+                what: "value of",
+                key,
+            });
+        }
         has_run_type |= key == "--run_type";
         argv.push(key);
         argv.push(text);
@@ -271,6 +331,26 @@ mod tests {
                 "PRIMARY_RUN",
             ],
         );
+        // Python's str(): big ints keep their digits, -0 is 0, floats as repr prints them.
+        check(
+            Some(
+                r#"{"--big": 123456789012345678901234, "--neg": -98765432109876543210, "--zero": -0, "--f": 1e5, "--g": -0.5}"#,
+            ),
+            &[
+                "--big",
+                "123456789012345678901234",
+                "--neg",
+                "-98765432109876543210",
+                "--zero",
+                "0",
+                "--f",
+                "100000.0",
+                "--g",
+                "-0.5",
+                "--run_type",
+                "PRIMARY_RUN",
+            ],
+        );
         check(None, &["--run_type", "PRIMARY_RUN"]);
         check(Some(""), &["--run_type", "PRIMARY_RUN"]);
         check(Some(r#"{"--run_type": "X"}"#), &["--run_type", "X"]);
@@ -289,6 +369,14 @@ mod tests {
         assert!(matches!(
             launch_args(Some(r#"{"a": [1]}"#), "R"),
             Err(LaunchError::NotAScalar { .. })
+        ));
+        assert!(matches!(
+            launch_args(Some(r#"{"--a": "x\u0000y"}"#), "R"),
+            Err(LaunchError::NulByte { .. })
+        ));
+        assert!(matches!(
+            launch_args(Some(r#"{"--a\u0000": 1}"#), "R"),
+            Err(LaunchError::NulByte { .. })
         ));
         let huge = format!(r#"{{"a": "{}"}}"#, "x".repeat(MAX_LAUNCH_ARGS_BYTES));
         assert!(matches!(
@@ -373,6 +461,19 @@ mod tests {
             r.resolve("escape"),
             Err(LaunchError::OutsideComponents { .. })
         ));
+        // Inside the folder but not a file: said as such, not as an escape.
+        std::fs::create_dir(r.components_dir.join("adir")).unwrap();
+        nix::unistd::mkfifo(
+            &r.components_dir.join("afifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o700),
+        )
+        .unwrap();
+        for (name, kind) in [("adir", "a directory"), ("afifo", "a FIFO")] {
+            match r.resolve(name) {
+                Err(LaunchError::NotAFile { kind: found, .. }) => assert_eq!(found, kind),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
     }
 
     proptest::proptest! {
