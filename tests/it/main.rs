@@ -19,3 +19,6 @@ mod ctl;
 // README rules: boot's health kill and backoff, non-critical managers, retention, stop
 // --force, restart, .py components, logs boot.
 mod policy;
+// Generated hostile ids, launch arguments and config files (proptest) through the real
+// manager and n0m1ctl.
+mod hostile;

@@ -140,11 +140,12 @@ fn old_rows_are_pruned_in_batches_and_recent_ones_kept() {
         }),
     )
     .unwrap();
-    // More old rows than one batch of 1,000, in each table the CPU daemon prunes.
+    // More old rows than one batch of 1,000, in each table the CPU daemon prunes; the recent
+    // row has a value no real sample is likely to have (a sample of 2.0 % once made it two).
     env.sql(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
          INSERT INTO cpu_usage_log (timestamp, cpu_usage) SELECT '2020-01-01 00:00:00', 1.0 FROM n;
-         INSERT INTO cpu_usage_log (cpu_usage) VALUES (2.0);
+         INSERT INTO cpu_usage_log (cpu_usage) VALUES (2.345);
          INSERT INTO system_metrics_log (timestamp, cpu_usage) VALUES ('2020-01-01 00:00:00', 1.0);
          INSERT INTO component_lifecycle_log (event_timestamp, component_id, event_type)
            VALUES ('2020-01-01 00:00:00', 'old', 'ERROR');
@@ -171,7 +172,7 @@ fn old_rows_are_pruned_in_batches_and_recent_ones_kept() {
     let recent: i64 = env
         .db()
         .query_row(
-            "SELECT count(*) FROM cpu_usage_log WHERE cpu_usage = 2.0",
+            "SELECT count(*) FROM cpu_usage_log WHERE cpu_usage = 2.345",
             [],
             |r| r.get(0),
         )

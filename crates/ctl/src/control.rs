@@ -277,6 +277,14 @@ fn stop_locked(home: &Home, force: bool) -> anyhow::Result<()> {
             }
         }
     }
+    // Boot's record of its database file goes with boot (a killed boot leaves it behind).
+    match std::fs::remove_file(home.running_database_record()) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(error)
+                .with_context(|| format!("removing {}", home.running_database_record().display()));
+        }
+        _ => {}
+    }
     if was_running || !first.is_empty() {
         println!("n0m1 stopped");
     } else {
