@@ -2,7 +2,7 @@
 //! backoff, managers that are not critical, retention pruning, `stop --force`, `restart`,
 //! `.py` components and `logs boot`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -62,6 +62,38 @@ fn a_sigstopped_manager_is_killed_by_the_health_check_and_restarted() {
         env.count_events("sleepy", "ADOPTED") == 1
     });
     assert_eq!(env.processes_of("sleepy"), vec![component]);
+}
+
+/// The heartbeat is looked at on a timer of its own (each second), not once per
+/// `health_check_interval`: a manager hung just after a check, for less than two intervals,
+/// is still found. Here the interval is 10 s; the manager is stopped 10.5 s after it started
+/// (just after boot's first look at 10 s) for 14 s. Looking once per interval (at 20 s the
+/// heartbeat is 9.5 s old, at 30 s fresh again) would never see it.
+#[test]
+fn a_manager_hung_between_two_health_checks_is_still_found() {
+    let mut env = TestEnv::new();
+    std::fs::write(
+        env.home.config_path(),
+        config_with(|c| {
+            c["managers"]["daemon_manager.py"]["health_check_interval"] = 10.into();
+            c["managers"]["daemon_manager.py"]["critical"] = true.into();
+        }),
+    )
+    .unwrap();
+    env.spawn("boot_system");
+    let manager = env.wait_pid("daemon_manager", "daemon_manager to run");
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(10_500).saturating_sub(started.elapsed()));
+    signal(manager, Signal::SIGSTOP);
+    let stopped = Instant::now();
+    wait_until(Duration::from_secs(14), "boot to call it unhealthy", || {
+        env.count_events("boot_daemon_manager", "MANAGER_UNHEALTHY") == 1
+    });
+    let found_after = stopped.elapsed();
+    signal(manager, Signal::SIGCONT);
+    env.wait_new_pid("daemon_manager", manager, T, "boot to restart it");
+    // Found once the heartbeat was older than the 10 s tolerance, before a second interval.
+    assert!(found_after >= Duration::from_secs(10), "{found_after:?}");
 }
 
 #[test]
