@@ -110,6 +110,38 @@ fn a_crash_loop_ends_failed_and_enable_gives_it_another_go() {
     assert_eq!(env.count_events("crashy", "START_ATTEMPT"), 6);
 }
 
+/// Each run outlives `min_uptime` (0.5 s in the test config), so no single death is quick;
+/// the crash window (10 exits in 60 s by default) still calls it a crash loop, after which
+/// each exit counts as a quick death: 3 more (max_quick_deaths) and it is FAILED.
+#[test]
+fn a_component_dying_just_after_min_uptime_forever_ends_failed() {
+    let mut env = TestEnv::new();
+    env.script(
+        "slow_crasher.sh",
+        "#!/bin/sh
+sleep 0.7
+exit 1
+",
+    );
+    env.add_component("slow_crashy", "slow_crasher.sh", "daemon_manager", "{}");
+    env.spawn("daemon_manager");
+    wait_until(Duration::from_secs(40), "slow_crashy to be FAILED", || {
+        env.state_of("slow_crashy").as_deref() == Some("failed")
+    });
+    // Exits 1-9 restart at once; the 10th fills the window (quick death 1, backoff), the 11th
+    // is quick death 2 (backoff), the 12th the third: FAILED.
+    assert_eq!(env.count_events("slow_crashy", "START_ATTEMPT"), 12);
+    assert_eq!(env.count_events("slow_crashy", "RESTART_SCHEDULED"), 2);
+    let starts = 12;
+    assert_eq!(env.count_events("slow_crashy", "FAILED"), 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        env.count_events("slow_crashy", "START_ATTEMPT"),
+        starts,
+        "it stays down"
+    );
+}
+
 #[test]
 fn disable_and_enable_through_n0m1ctl_and_through_sql() {
     let mut env = TestEnv::new();

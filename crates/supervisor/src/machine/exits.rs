@@ -98,9 +98,13 @@ impl Component {
         self.quick_deaths += 1;
         if self.quick_deaths >= policy.max_quick_deaths {
             let message = format!(
-                "{} quick deaths in a row (each within {} s of starting; last: {what}); \
-                 staying down until `n0m1ctl enable {}`",
-                self.quick_deaths, policy.min_uptime.0, self.row.component_id
+                "{} quick deaths in a row (each within {} s of starting, or beyond {} exits \
+                 within {} s; last: {what}); staying down until `n0m1ctl enable {}`",
+                self.quick_deaths,
+                policy.min_uptime.0,
+                policy.max_crashes_in_window,
+                policy.crash_window.0,
+                self.row.component_id
             );
             self.settle_failed(LifecycleEvent::Failed, message, out);
             return;
