@@ -518,3 +518,52 @@ fn a_component_that_died_while_its_manager_was_down_is_recorded_and_keeps_its_co
     assert_ne!(third, second);
     wait_until(T, "the count carried over", || restarts(&env) == 2);
 }
+
+/// A FIFO as config.json once blocked boot's reload forever (a killed manager was then never
+/// restarted). Now the reload is refused at once, naming the file, and boot carries on.
+#[test]
+fn a_fifo_config_on_reload_blocks_nothing() {
+    let env = TestEnv::new();
+    env.ctl(&["start"]).success();
+    let boot = env.pid_of("boot_system").unwrap();
+    let manager = env.wait_pid("daemon_manager", "daemon_manager to run");
+    std::fs::remove_file(env.home.config_path()).unwrap();
+    nix::unistd::mkfifo(
+        &env.home.config_path(),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    kill(Pid::from_raw(boot), Signal::SIGHUP).unwrap();
+    wait_until(T, "the reload to be refused", || {
+        env.count_events("boot_system", "ERROR") == 1
+    });
+    let message: String = env
+        .db()
+        .query_row(
+            "SELECT message FROM component_lifecycle_log WHERE component_id = 'boot_system' AND event_type = 'ERROR'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        message.contains("config.json is a FIFO")
+            && message.contains("keeping the running configuration"),
+        "{message}"
+    );
+    // Boot is not stuck: a killed manager is restarted as usual.
+    kill(Pid::from_raw(manager), Signal::SIGKILL).unwrap();
+    env.wait_new_pid(
+        "daemon_manager",
+        manager,
+        T,
+        "boot to restart daemon_manager",
+    );
+    // stop and status read the config too; neither hangs.
+    env.ctl(&["status"]).success();
+    env.ctl(&["stop"]).success();
+    assert!(
+        env.live_processes().is_empty(),
+        "{:?}",
+        env.live_processes()
+    );
+}
