@@ -22,3 +22,5 @@ mod policy;
 // Generated hostile ids, launch arguments and config files (proptest) through the real
 // manager and n0m1ctl.
 mod hostile;
+// sd_notify readiness: NOTIFY_SOCKET, READY/STATUS, sender checks, bundled daemons.
+mod readiness;

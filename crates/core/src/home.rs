@@ -24,6 +24,8 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const LOGS_DIR: &str = "logs";
 pub const MANAGER_LOGS_DIR: &str = "logs_managers";
 pub const PIDS_DIR: &str = "pids";
+/// Sockets: each manager's notification socket (`run/<manager>.notify`).
+pub const RUN_DIR: &str = "run";
 pub const COMPONENTS_DIR: &str = "components";
 pub const CTL_LOCK_FILE: &str = ".n0m1ctl.lock";
 pub const MODELS_DIR: &str = "models";
@@ -110,6 +112,7 @@ impl Home {
             self.logs_dir(),
             self.manager_logs_dir(),
             self.pids_dir(),
+            self.run_dir(),
             self.components_dir(),
         ] {
             builder.create(&dir).map_err(|source| HomeError::Io {
@@ -142,6 +145,13 @@ impl Home {
     }
     pub fn pids_dir(&self) -> PathBuf {
         self.root.join(PIDS_DIR)
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.join(RUN_DIR)
+    }
+    /// The socket a manager's components send sd_notify datagrams to.
+    pub fn notify_socket(&self, manager: &str) -> PathBuf {
+        self.run_dir().join(format!("{manager}.notify"))
     }
     /// Held (flock) by `n0m1ctl start`, `stop` and `restart` for as long as they run, so they
     /// take turns: a start issued during a stop waits for it, and racing starts see the

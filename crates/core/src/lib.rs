@@ -10,6 +10,7 @@ pub mod db;
 pub mod home;
 pub mod lifecycle;
 pub mod logging;
+pub mod notify;
 pub mod pidfile;
 pub mod process;
 pub mod runtime;

@@ -41,6 +41,8 @@ lifecycle_events! {
     /// The component is up; written by the manager after spawning, and by the component
     /// itself with its own pid once it is ready.
     StartedSuccessfully = "STARTED_SUCCESSFULLY",
+    /// The component said `READY=1` on its notification socket (sd_notify).
+    Ready = "READY",
     /// The component could not be started (bad script, bad arguments, spawn error).
     StartFailed = "START_FAILED",
     /// A stop was asked for (desired state inactive, shutdown, or a changed row).

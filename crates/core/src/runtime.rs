@@ -39,6 +39,8 @@ pub enum Event {
     DatabaseReplaced,
     /// A process watched through `PidWatcher` (not our child) has exited.
     ProcessExited { pid: i32 },
+    /// A descriptor given to `watch_readable` has data (a notification datagram).
+    Readable,
 }
 
 /// Which signals a binary handles.
@@ -81,6 +83,8 @@ pub struct Runtime {
     wake: OwnedFd,
     shared: Arc<Shared>,
     ready: VecDeque<Event>,
+    /// Descriptors polled with the rest; readable ones report `Event::Readable`.
+    readable: Vec<OwnedFd>,
 }
 
 impl Runtime {
@@ -112,7 +116,14 @@ impl Runtime {
                 wake: wake_write,
             }),
             ready: VecDeque::new(),
+            readable: Vec::new(),
         })
+    }
+
+    /// Polls `fd` with the signals: `Event::Readable` while it has data (the loop reads it
+    /// until it would block).
+    pub fn watch_readable(&mut self, fd: OwnedFd) {
+        self.readable.push(fd);
     }
 
     fn notifier(&self) -> Notifier {
@@ -133,6 +144,20 @@ impl Runtime {
             }
         }
         while matches!(rustix::io::read(&self.wake, &mut drain), Ok(n) if n > 0) {}
+        if !self.readable.is_empty() && !self.ready.contains(&Event::Readable) {
+            let mut fds: Vec<PollFd<'_>> = self
+                .readable
+                .iter()
+                .map(|fd| PollFd::new(fd, PollFlags::IN))
+                .collect();
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            if matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0) {
+                self.ready.push_back(Event::Readable);
+            }
+        }
         let mut queue = self
             .shared
             .queue
@@ -172,6 +197,11 @@ impl Runtime {
                 .map(|(pipe, _)| PollFd::new(pipe, PollFlags::IN))
                 .collect();
             fds.push(PollFd::new(&self.wake, PollFlags::IN));
+            fds.extend(
+                self.readable
+                    .iter()
+                    .map(|fd| PollFd::new(fd, PollFlags::IN)),
+            );
             match poll(&mut fds, timeout.as_ref()) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(error) => {

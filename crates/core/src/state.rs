@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::schema::COMPONENT_STATE;
+use crate::schema::{COMPONENT_READINESS, COMPONENT_STATE};
 
 /// What a supervised component is doing, as its manager sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,6 +86,10 @@ pub struct ComponentState {
     pub restarts: u32,
     pub last_exit: Option<String>,
     pub reset_requested: bool,
+    /// The process said `READY=1` (sd_notify).
+    pub ready: bool,
+    /// Its last `STATUS=` text.
+    pub status_text: Option<String>,
 }
 
 /// Seconds since the Unix epoch.
@@ -95,7 +99,12 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-const COLUMNS: &str = "component_id, manager, state, pid, pid_start_ticks, started_at, restarts, last_exit, reset_requested";
+const COLUMNS: &str = "s.component_id, s.manager, s.state, s.pid, s.pid_start_ticks, s.started_at, s.restarts, s.last_exit, s.reset_requested, coalesce(r.ready, 0), r.status_text";
+
+/// The state row with what the process said of its readiness.
+fn from_clause() -> String {
+    format!("{COMPONENT_STATE} s LEFT JOIN {COMPONENT_READINESS} r USING (component_id)")
+}
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<ComponentState> {
     let state: String = row.get(2)?;
@@ -109,6 +118,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<ComponentState> {
         restarts: row.get::<_, i64>(6)?.max(0) as u32,
         last_exit: row.get(7)?,
         reset_requested: row.get::<_, i64>(8)? != 0,
+        ready: row.get::<_, i64>(9)? != 0,
+        status_text: row.get(10)?,
     })
 }
 
@@ -136,13 +147,29 @@ impl ComponentState {
             self.last_exit,
             unix_now()
         ])?;
+        conn.prepare_cached(&format!(
+            "INSERT INTO {COMPONENT_READINESS} (component_id, ready, status_text, updated_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (component_id) DO UPDATE SET
+               ready = excluded.ready, status_text = excluded.status_text,
+               updated_at = excluded.updated_at"
+        ))?
+        .execute(params![
+            self.component_id,
+            self.ready,
+            self.status_text,
+            unix_now()
+        ])?;
         Ok(())
     }
 }
 
 pub fn load(conn: &Connection, component_id: &str) -> rusqlite::Result<Option<ComponentState>> {
     conn.query_row(
-        &format!("SELECT {COLUMNS} FROM {COMPONENT_STATE} WHERE component_id = ?1"),
+        &format!(
+            "SELECT {COLUMNS} FROM {} WHERE s.component_id = ?1",
+            from_clause()
+        ),
         [component_id],
         from_row,
     )
@@ -152,7 +179,8 @@ pub fn load(conn: &Connection, component_id: &str) -> rusqlite::Result<Option<Co
 /// All rows, or those of one manager.
 pub fn load_all(conn: &Connection, manager: Option<&str>) -> rusqlite::Result<Vec<ComponentState>> {
     let mut statement = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM {COMPONENT_STATE} WHERE ?1 IS NULL OR manager = ?1 ORDER BY component_id"
+        "SELECT {COLUMNS} FROM {} WHERE ?1 IS NULL OR s.manager = ?1 ORDER BY s.component_id",
+        from_clause()
     ))?;
     let rows = statement.query_map([manager], from_row)?;
     rows.collect()
@@ -194,6 +222,8 @@ mod tests {
             restarts: 2,
             last_exit: Some("signal SIGKILL".into()),
             reset_requested: false,
+            ready: true,
+            status_text: Some("serving 3 tables".into()),
         };
         row.save(&conn).unwrap();
         assert_eq!(load(&conn, "x").unwrap().as_ref(), Some(&row));

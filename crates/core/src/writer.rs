@@ -276,6 +276,8 @@ mod tests {
             restarts,
             last_exit: None,
             reset_requested: false,
+            ready: false,
+            status_text: None,
         };
         writer.state(state(RunState::Running, 1));
         writer.state(state(RunState::Stopping, 2));

@@ -56,6 +56,11 @@ pub struct ComponentView {
     pub rss_kib: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_percent: Option<f64>,
+    /// It said `READY=1` on its notification socket (only while running).
+    pub ready: bool,
+    /// Its last `STATUS=` text, while running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_text: Option<String>,
     /// Why no manager will ever run this row (then `actual` is failed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -228,6 +233,8 @@ pub fn collect(home: &Home, detailed: bool) -> anyhow::Result<SystemView> {
                     .filter(|s| !s.is_empty()),
                 rss_kib,
                 cpu_percent,
+                ready: alive && saved.is_some_and(|s| s.ready),
+                status_text: saved.and_then(|s| s.status_text.clone()).filter(|_| alive),
                 problem,
             }
         })
@@ -307,25 +314,33 @@ pub fn run(home: &Home, detailed: bool, json: bool) -> anyhow::Result<ExitCode> 
         println!("{line}");
     }
     println!(
-        "\n{:<22} {:<17} {:<8} {:<12} {:>8} {:>9} {:>8}  LAST EXIT",
-        "COMPONENT", "MANAGER", "DESIRED", "ACTUAL", "PID", "UPTIME", "RESTARTS"
+        "\n{:<22} {:<17} {:<8} {:<12} {:<5} {:>8} {:>9} {:>8}  STATUS / LAST EXIT",
+        "COMPONENT", "MANAGER", "DESIRED", "ACTUAL", "READY", "PID", "UPTIME", "RESTARTS"
     );
     for c in &view.components {
+        let ready = match (c.pid, c.ready) {
+            (None, _) => "-",
+            (Some(_), true) => "yes",
+            (Some(_), false) => "no",
+        };
+        // What the component says of itself while it runs; otherwise how it last ended.
+        let note = c
+            .problem
+            .as_deref()
+            .or(c.status_text.as_deref())
+            .or(c.last_exit.as_deref())
+            .unwrap_or("-");
         let mut line = format!(
-            "{:<22} {:<17} {:<8} {:<12} {:>8} {:>9} {:>8}  {}",
+            "{:<22} {:<17} {:<8} {:<12} {:<5} {:>8} {:>9} {:>8}  {}",
             printable(&c.component_id),
             printable(&c.manager),
             printable(&c.desired),
             c.actual.as_str(),
+            ready,
             opt(c.pid),
             duration(c.uptime_secs),
             c.restarts,
-            printable(
-                c.problem
-                    .as_deref()
-                    .or(c.last_exit.as_deref())
-                    .unwrap_or("-")
-            )
+            printable(note)
         );
         if detailed && c.pid.is_some() {
             line.push_str(&format!(

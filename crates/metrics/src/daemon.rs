@@ -13,6 +13,7 @@ use n0m1_core::access_log::{AccessKind, record_access};
 use n0m1_core::config::Retention;
 use n0m1_core::db::{self, DatabaseFile, DbError, is_busy};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::notify::{self, WatchdogPinger};
 use n0m1_core::runtime::{Event, Runtime, SignalSet};
 use n0m1_core::schema::{
     COMPONENT_LIFECYCLE_LOG, CPU_TEMPERATURE_LOG, CPU_USAGE_LOG, DB_ACCESS_LOG, MEMORY_USAGE_LOG,
@@ -110,6 +111,15 @@ struct MetricDaemon {
     retention: Retention,
     queue: VecDeque<Sample>,
     last_access_logged: Option<Instant>,
+    /// `READY=1` was sent (after the first row written).
+    ready: bool,
+}
+
+/// Tells the manager the daemon can do its job (sd_notify).
+fn ready(status: &str) {
+    if let Err(error) = notify::notify(&format!("READY=1\nSTATUS={status}")) {
+        tracing::warn!("cannot tell the manager this daemon is ready: {error}");
+    }
 }
 
 pub fn run(options: DaemonOptions) -> Result<(), MetricsError> {
@@ -131,6 +141,7 @@ pub fn run(options: DaemonOptions) -> Result<(), MetricsError> {
         retention,
         queue: VecDeque::new(),
         last_access_logged: None,
+        ready: false,
     };
     let pid = std::process::id() as i32;
     daemon.event(
@@ -155,8 +166,17 @@ pub fn run(options: DaemonOptions) -> Result<(), MetricsError> {
                     TemperatureSensor::searched(&daemon.options.sys_root)
                 );
                 daemon.event(LifecycleEvent::NoSensor, Some(pid), &message);
+                // It has done its job (saying there is nothing to measure): ready, so what
+                // waits for it is not held up forever.
+                ready("no sensor; idle");
                 // Idle, not exiting: exiting would only make the manager restart us forever.
-                while runtime.next(None).is_some_and(|e| e != Event::Shutdown) {}
+                let mut watchdog = WatchdogPinger::from_env();
+                loop {
+                    watchdog.ping_if_due();
+                    if runtime.next(watchdog.due()) == Some(Event::Shutdown) {
+                        break;
+                    }
+                }
                 daemon.event(LifecycleEvent::Stopped, Some(pid), "stopped on signal");
                 return Ok(());
             }
@@ -173,8 +193,13 @@ pub fn run(options: DaemonOptions) -> Result<(), MetricsError> {
     };
     // The first prune runs soon after start, then every prune interval.
     let mut next_prune = started + Duration::from_secs(5);
+    // Pinged from this loop (not a thread): a daemon hung here stops pinging.
+    let mut watchdog = WatchdogPinger::from_env();
     loop {
-        let wake = next_sample.min(next_prune);
+        watchdog.ping_if_due();
+        let wake = watchdog.due().map_or(next_sample.min(next_prune), |due| {
+            due.min(next_sample).min(next_prune)
+        });
         if runtime.next(Some(wake)) == Some(Event::Shutdown) {
             break;
         }
@@ -266,7 +291,13 @@ impl MetricDaemon {
         let result = self.write_queue();
         let _ = self.conn.busy_timeout(db::BUSY_TIMEOUT);
         match result {
-            Ok(()) => self.queue.clear(),
+            Ok(()) => {
+                self.queue.clear();
+                if !self.ready {
+                    self.ready = true;
+                    ready(&format!("writing {}", self.options.kind.table()));
+                }
+            }
             Err(error) if is_busy(&error) => {
                 tracing::warn!(
                     queued = self.queue.len(),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use n0m1_core::access_log::{AccessKind, record_access};
 use n0m1_core::db::{self, DatabaseFile, retry_busy};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::notify::{self, WatchdogPinger};
 use n0m1_core::runtime::{self as core_runtime, Event, SignalSet};
 use n0m1_core::writer::Writer;
 use rusqlite::Connection;
@@ -24,6 +25,7 @@ pub struct Runtime {
     /// A commit seen while looking for a stop request, kept for the next `wait`.
     change_pending: bool,
     database: DatabaseFile,
+    watchdog: WatchdogPinger,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +49,7 @@ impl Runtime {
         events.watch_database(database.clone(), WATCH_INTERVAL);
         Ok(Runtime {
             database,
+            watchdog: WatchdogPinger::from_env(),
             conn,
             component_id: component_id.to_owned(),
             run_type: run_type.to_owned(),
@@ -70,6 +73,14 @@ impl Runtime {
         if !self.writer.sync(db::BUSY_TIMEOUT) {
             tracing::warn!("lifecycle event {event} is still queued: the database stays busy");
         }
+        // A component records STARTED_SUCCESSFULLY itself once it can do its job (subscribed,
+        // model loaded or fallen back): that is also what readiness means to its manager.
+        if event == LifecycleEvent::StartedSuccessfully {
+            let status: String = message.chars().take(notify::MAX_STATUS_CHARS).collect();
+            if let Err(error) = notify::notify(&format!("READY=1\nSTATUS={status}")) {
+                tracing::warn!("cannot tell the manager this component is ready: {error}");
+            }
+        }
     }
 
     pub fn access(&self, table: &str, kind: AccessKind) {
@@ -92,7 +103,7 @@ impl Runtime {
                 }
                 self.stopping = true;
             }
-            Event::ChildExited | Event::Reload | Event::ProcessExited { .. } => {}
+            Event::ChildExited | Event::Reload | Event::ProcessExited { .. } | Event::Readable => {}
         }
     }
 
@@ -108,19 +119,26 @@ impl Runtime {
         self.event(LifecycleEvent::Stopped, "stopped on signal");
     }
 
-    /// Sleeps until another connection commits, a stop is asked for, or `timeout` passes.
+    /// Sleeps until another connection commits, a stop is asked for, or `timeout` passes;
+    /// pings the watchdog on the way when the manager asked for pings (`WATCHDOG_USEC`).
     pub fn wait(&mut self, timeout: Duration) -> Wake {
         let deadline = Instant::now() + timeout;
         loop {
+            self.watchdog.ping_if_due();
             if self.stopping {
                 return Wake::Shutdown;
             }
             if std::mem::take(&mut self.change_pending) {
                 return Wake::Changed;
             }
-            match self.events.next(Some(deadline)) {
+            let wake = self
+                .watchdog
+                .due()
+                .map_or(deadline, |due| due.min(deadline));
+            match self.events.next(Some(wake)) {
                 Some(event) => self.note(event),
-                None => return Wake::Timeout,
+                None if Instant::now() >= deadline => return Wake::Timeout,
+                None => {}
             }
         }
     }

@@ -159,7 +159,10 @@ impl Boot {
                 Some(Event::Shutdown) => boot.begin_shutdown(),
                 Some(Event::Reload) => boot.reload(),
                 Some(
-                    Event::DatabaseChanged | Event::DatabaseReplaced | Event::ProcessExited { .. },
+                    Event::DatabaseChanged
+                    | Event::DatabaseReplaced
+                    | Event::ProcessExited { .. }
+                    | Event::Readable,
                 )
                 | None => {}
             }

@@ -14,6 +14,7 @@ use n0m1_core::components::{ComponentRow, LaunchKey};
 use n0m1_core::config::SupervisorPolicy;
 use n0m1_core::home::validate_supervised_id;
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::notify::Notice;
 use n0m1_core::state::RunState;
 
 use crate::reaper::ExitCause;
@@ -62,7 +63,12 @@ pub enum Input {
         age: Duration,
         restarts: u32,
         last_exit: Option<String>,
+        /// What its previous manager knew of its readiness (`component_readiness`).
+        ready: bool,
+        status_text: Option<String>,
     },
+    /// Datagrams on the notification socket from the component's process group (sd_notify).
+    Notified(Vec<Notice>),
     /// The process recorded for this component by a previous life of its manager is gone:
     /// it died while no manager watched it.
     Vanished { pid: i32, restarts: u32 },
@@ -111,6 +117,10 @@ pub struct Proc {
     /// Adopted processes are not our children: their exit comes through a pidfd.
     pub adopted: bool,
     launch_key: LaunchKey,
+    /// It said `READY=1`.
+    pub ready: bool,
+    /// Its last `STATUS=` text.
+    pub status_text: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +204,57 @@ impl Component {
         }
     }
 
+    /// The running process said `READY=1`.
+    pub fn ready(&self) -> bool {
+        matches!(&self.phase, Phase::Running(proc) if proc.ready)
+    }
+
+    /// The running process's last `STATUS=` text.
+    pub fn status_text(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Running(proc) => proc.status_text.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// `READY=1` is recorded once per process; a new `STATUS=` text is saved (the writer
+    /// keeps only the newest state row per component, so a chatty sender costs one row per
+    /// batch). Only a running process is heard: a stopping one has nothing left to announce.
+    fn on_notified(&mut self, notices: Vec<Notice>, out: &mut Vec<Effect>) {
+        let Phase::Running(proc) = &mut self.phase else {
+            return;
+        };
+        let mut changed = false;
+        let mut became_ready = false;
+        for notice in notices {
+            match notice {
+                Notice::Ready if !proc.ready => {
+                    proc.ready = true;
+                    became_ready = true;
+                    changed = true;
+                }
+                Notice::Status(text) if proc.status_text.as_deref() != Some(text.as_str()) => {
+                    proc.status_text = Some(text);
+                    changed = true;
+                }
+                _ => {}
+            }
+        }
+        if became_ready {
+            let pid = proc.pid;
+            let message = match &proc.status_text {
+                Some(text) => format!("ready: {text}"),
+                None => "ready".to_owned(),
+            };
+            out.push(Effect::Record(
+                self.record(LifecycleEvent::Ready).pid(pid).message(message),
+            ));
+        }
+        if changed {
+            out.push(Effect::SaveState);
+        }
+    }
+
     /// The live process, if any.
     pub fn proc(&self) -> Option<&Proc> {
         match &self.phase {
@@ -271,6 +332,8 @@ impl Component {
                 age,
                 restarts,
                 last_exit,
+                ready,
+                status_text,
             } => {
                 self.restarts = restarts;
                 self.last_exit = last_exit;
@@ -281,6 +344,8 @@ impl Component {
                     started_unix,
                     adopted: true,
                     launch_key: self.row.launch_key(),
+                    ready,
+                    status_text,
                 });
                 out.push(Effect::Record(
                     LifecycleRecord::new(&self.row.component_id, LifecycleEvent::Adopted)
@@ -291,6 +356,7 @@ impl Component {
                 ));
                 out.push(Effect::SaveState);
             }
+            Input::Notified(notices) => self.on_notified(notices, &mut out),
             Input::Vanished { pid, restarts } if self.phase == Phase::Idle => {
                 // Its history carries over; the row decides whether it runs again.
                 self.restarts = restarts + 1;
@@ -409,6 +475,8 @@ impl Component {
             started_unix: cx.unix_now,
             adopted: false,
             launch_key: self.row.launch_key(),
+            ready: false,
+            status_text: None,
         });
         out.push(Effect::Record(
             self.record(LifecycleEvent::StartAttempt)

@@ -428,6 +428,8 @@ fn an_adopted_process_is_supervised_like_a_spawned_one() {
         age: Duration::from_secs(100),
         restarts: 4,
         last_exit: Some("exit code 1".into()),
+        ready: true,
+        status_text: Some("serving".into()),
     };
     let c = check_with(
         Component::new(row(true)),
@@ -443,6 +445,51 @@ fn an_adopted_process_is_supervised_like_a_spawned_one() {
         ],
     );
     assert_eq!(c.restarts(), 5);
+    assert!(!c.ready(), "the replacement has not said READY=1 yet");
+}
+
+#[test]
+fn ready_is_recorded_once_per_process_and_status_text_is_saved() {
+    let status = |text: &str| Input::Notified(vec![Notice::Status(text.into())]);
+    let c = check_with(
+        Component::new(row(true)),
+        &policy(),
+        &[
+            (0, active(), &["spawn"]),
+            (0, spawned(10), &["START_ATTEMPT", "save"]),
+            (1, status("warming up"), &["save"]),
+            (1, status("warming up"), &[]),
+            (
+                2,
+                Input::Notified(vec![Notice::Ready, Notice::Status("serving".into())]),
+                &["READY", "save"],
+            ),
+            (
+                3,
+                Input::Notified(vec![Notice::Ready, Notice::Watchdog]),
+                &[],
+            ),
+        ],
+    );
+    assert!(c.ready());
+    assert_eq!(c.status_text(), Some("serving"));
+    // A new process starts not ready, and a stopping one is not heard.
+    let c = check_with(
+        c,
+        &policy(),
+        &[
+            (
+                5000,
+                exited(10, ExitCause::Code(1)),
+                &["kill 10", "release", "spawn", "CRASHED", "orphans"],
+            ),
+            (5000, spawned(11), &["START_ATTEMPT", "save"]),
+            (5001, inactive(), &["term 11", "STOP_REQUESTED", "save"]),
+            (5001, Input::Notified(vec![Notice::Ready]), &[]),
+        ],
+    );
+    assert!(!c.ready());
+    assert_eq!(c.status_text(), None);
 }
 
 #[test]

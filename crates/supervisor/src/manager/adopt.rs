@@ -72,6 +72,8 @@ impl Manager {
                 age: Duration::from_secs_f64((unix_now() - started_unix).max(0.0)),
                 restarts: saved.map_or(0, |s| s.restarts),
                 last_exit: saved.and_then(|s| s.last_exit.clone()),
+                ready: saved.is_some_and(|s| s.ready),
+                status_text: saved.and_then(|s| s.status_text.clone()),
             };
             self.by_pid.insert(pid, id.clone());
             self.components.insert(id.clone(), Component::new(row));

@@ -2,6 +2,7 @@
 //! lifecycle writer, and answers a spawn with the machine input it leads to.
 
 use n0m1_core::home::{ENV_COMPONENT_ID, ENV_HOME};
+use n0m1_core::notify::ENV_NOTIFY_SOCKET;
 use n0m1_core::pidfile::PidFile;
 use n0m1_core::process::{self, SpawnSpec};
 use n0m1_core::state::ComponentState;
@@ -72,10 +73,19 @@ impl Manager {
         let spec = SpawnSpec {
             program: program.path.clone(),
             args: argv,
-            env: vec![
-                (ENV_HOME.to_owned(), home.root().as_os_str().to_owned()),
-                (ENV_COMPONENT_ID.to_owned(), id.into()),
-            ],
+            env: {
+                let mut env = vec![
+                    (ENV_HOME.to_owned(), home.root().as_os_str().to_owned()),
+                    (ENV_COMPONENT_ID.to_owned(), id.into()),
+                ];
+                if let Some(socket) = &self.notify {
+                    env.push((
+                        ENV_NOTIFY_SOCKET.to_owned(),
+                        socket.path().as_os_str().to_owned(),
+                    ));
+                }
+                env
+            },
             stdout,
             stderr,
             current_dir: home.root().to_path_buf(),
@@ -178,6 +188,8 @@ impl Manager {
             restarts: component.restarts(),
             last_exit: component.last_exit().map(str::to_owned),
             reset_requested: false,
+            ready: component.ready(),
+            status_text: component.status_text().map(str::to_owned),
         });
     }
 }

@@ -20,6 +20,7 @@ use n0m1_core::config::{Config, SupervisorPolicy};
 use n0m1_core::db::{self, DatabaseFile, DbError};
 use n0m1_core::home::{ENV_BOOT_PID, Home, HomeError};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::notify::NotifySocket;
 use n0m1_core::pidfile::{PidError, PidFile};
 use n0m1_core::process::ProcStat;
 use n0m1_core::runtime::{Event, PidWatcher, Runtime, SignalSet};
@@ -88,6 +89,9 @@ pub struct Manager {
     /// The file the manager opened; set aside with the reason once it is deleted or replaced.
     database: DatabaseFile,
     database_gone: Option<DbError>,
+    /// Where components send sd_notify datagrams (`NOTIFY_SOCKET`); `None` if it could not
+    /// be bound (then readiness is unknown, and said once in the log).
+    notify: Option<NotifySocket>,
 }
 
 impl Manager {
@@ -118,6 +122,20 @@ impl Manager {
         runtime.watch_database_with(database.clone(), options.watch_interval, move |conn| {
             rows_fingerprint(conn, &manager_name)
         });
+        let mut runtime = runtime;
+        let notify = match NotifySocket::bind(&options.home.notify_socket(&options.manager)) {
+            Ok(socket) => {
+                match socket.as_fd().try_clone_to_owned() {
+                    Ok(fd) => runtime.watch_readable(fd),
+                    Err(error) => tracing::error!("cannot poll the notification socket: {error}"),
+                }
+                Some(socket)
+            }
+            Err(error) => {
+                tracing::error!("{error}");
+                None
+            }
+        };
         let pid_watcher = runtime
             .pid_watcher()
             .map_err(|error| {
@@ -140,6 +158,7 @@ impl Manager {
             shutting_down: false,
             database,
             database_gone: None,
+            notify,
             options,
         };
         manager.load_policy();
@@ -212,6 +231,7 @@ impl Manager {
                 }
                 Some(Event::Shutdown) => self.begin_shutdown(),
                 Some(Event::DatabaseReplaced) => self.database_replaced(),
+                Some(Event::Readable) => self.notifications(),
                 Some(Event::DatabaseChanged) | None => {}
             }
             self.on_timers(Instant::now());
@@ -296,6 +316,33 @@ impl Manager {
             .collect();
         for id in gone {
             self.dispatch(&id, Input::RowGone);
+        }
+    }
+
+    /// Every waiting sd_notify datagram, each given to the component whose process group
+    /// sent it (the kernel names the sender; a component leads its own group, so a helper
+    /// such as `systemd-notify` run by its script counts as the component).
+    fn notifications(&mut self) {
+        let Some(socket) = &self.notify else {
+            return;
+        };
+        let mut received = Vec::new();
+        while let Some(datagram) = socket.receive() {
+            received.push(datagram);
+        }
+        for (pid, notices) in received {
+            let owner = self.by_pid.get(&pid).cloned().or_else(|| {
+                let group = ProcStat::read(pid)?.pgrp;
+                self.by_pid.get(&group).cloned()
+            });
+            match owner {
+                Some(id) if !notices.is_empty() => self.dispatch(&id, Input::Notified(notices)),
+                Some(_) => {}
+                None => tracing::warn!(
+                    "notification from pid {pid}, which belongs to no component of {}; ignored",
+                    self.options.manager
+                ),
+            }
         }
     }
 

@@ -1,0 +1,114 @@
+//! Readiness through sd_notify: each component gets `NOTIFY_SOCKET`; `READY=1` and
+//! `STATUS=` from its process group are recorded and shown by `status`; datagrams from any
+//! other process are ignored; n0m1's own daemons say READY=1 once they do their job.
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::support::{TestEnv, wait_until};
+
+const T: Duration = Duration::from_secs(20);
+
+fn status_of(env: &TestEnv, id: &str) -> serde_json::Value {
+    let out = env.ctl(&["status", "--json"]);
+    let view: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    view["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["component_id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} not in status"))
+}
+
+#[test]
+fn ready_and_status_come_from_the_component_and_nobody_else() {
+    let mut env = TestEnv::new();
+    // A program written for systemd, in Python: STATUS first, READY a moment later.
+    env.script(
+        "notifier.py",
+        "import os, socket, time\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         s.sendto(b'STATUS=warming up', os.environ['NOTIFY_SOCKET'])\n\
+         time.sleep(0.3)\n\
+         s.sendto(b'READY=1\\nSTATUS=serving 3 tables', os.environ['NOTIFY_SOCKET'])\n\
+         time.sleep(1000)\n",
+    );
+    env.add_component("notifier", "notifier.py", "daemon_manager", "{}");
+    env.add_component("sleepy", "sleeper.sh", "daemon_manager", "{}");
+    env.sql("UPDATE autorun_components SET desired_state = 'active' WHERE component_id = 'mem_usage_daemon'");
+    let manager = env.spawn_with("daemon_manager", &[], &[("N0M1_NATIVE", "1")]);
+    wait_until(T, "notifier READY", || {
+        env.count_events("notifier", "READY") == 1
+    });
+    let notifier = status_of(&env, "notifier");
+    assert_eq!(notifier["ready"], true, "{notifier}");
+    assert_eq!(notifier["status_text"], "serving 3 tables", "{notifier}");
+    env.ctl(&["status"])
+        .stdout(predicates::str::contains("serving 3 tables"));
+
+    // The bundled metric daemon is ready once its first row is written.
+    wait_until(T, "mem_usage_daemon READY", || {
+        env.count_events("mem_usage_daemon", "READY") == 1
+    });
+    assert!(env.count_rows("memory_usage_log") >= 1);
+    assert_eq!(
+        status_of(&env, "mem_usage_daemon")["status_text"],
+        "writing memory_usage_log"
+    );
+
+    // A datagram from a process that is not sleepy's (this test) is not sleepy's readiness.
+    let sleepy = env.wait_pid("sleepy", "sleepy to run");
+    let socket = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    socket
+        .send_to(
+            b"READY=1\nSTATUS=spoofed",
+            env.home.notify_socket("daemon_manager"),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let spoofed = status_of(&env, "sleepy");
+    assert_eq!(spoofed["ready"], false, "{spoofed}");
+    assert!(spoofed.get("status_text").is_none(), "{spoofed}");
+    assert_eq!(env.count_events("sleepy", "READY"), 0);
+    assert!(crate::support::alive(sleepy));
+
+    // A restarted manager keeps what the adopted process said.
+    kill(Pid::from_raw(manager), Signal::SIGKILL).unwrap();
+    let _ = env.wait_child(manager, T);
+    env.spawn_with("daemon_manager", &[], &[("N0M1_NATIVE", "1")]);
+    wait_until(T, "notifier adopted", || {
+        env.count_events("notifier", "ADOPTED") == 1
+    });
+    let adopted = status_of(&env, "notifier");
+    assert_eq!(adopted["ready"], true, "{adopted}");
+    assert_eq!(adopted["status_text"], "serving 3 tables", "{adopted}");
+}
+
+/// `systemd-notify` (a helper the component's script runs, so another pid of its group)
+/// works unchanged, its BARRIER=1 included.
+#[test]
+fn systemd_notify_from_a_script_works_unchanged() {
+    if !std::path::Path::new("/usr/bin/systemd-notify").exists() {
+        eprintln!("skipped: no /usr/bin/systemd-notify (.ci/run installs systemd)");
+        return;
+    }
+    let mut env = TestEnv::new();
+    env.script(
+        "sd.sh",
+        "#!/bin/sh\nsystemd-notify --ready --status=\"up via systemd-notify\"\necho \"notify exit $?\"\nexec sleep 1000\n",
+    );
+    env.add_component("sd", "sd.sh", "daemon_manager", "{}");
+    env.spawn("daemon_manager");
+    wait_until(T, "sd READY", || env.count_events("sd", "READY") == 1);
+    assert_eq!(
+        status_of(&env, "sd")["status_text"],
+        "up via systemd-notify"
+    );
+    let log = env.home.component_logs("sd").0;
+    wait_until(T, "systemd-notify to return", || {
+        crate::support::file_contains(&log, "notify exit 0")
+    });
+}
