@@ -232,3 +232,80 @@ fn starts_and_stops_at_once_take_turns() {
     env.wait_pid("sleepy", "sleepy to run again");
     env.ctl(&["stop"]).success();
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): boot says READY=1 once every manager holds
+/// its PID file, pings the watchdog, says STOPPING=1 on SIGTERM, and keeps systemd's socket to
+/// itself (managers and components never see it).
+#[test]
+fn boot_tells_systemd_ready_pings_the_watchdog_and_keeps_the_socket_to_itself() {
+    let mut env = TestEnv::new();
+    env.add_component("sleepy", "sleeper.sh", "daemon_manager", "{}");
+    let socket_path = env.home.root().join("systemd.notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let boot = env.spawn_with(
+        "boot_system",
+        &[],
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let receive = || {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a datagram from boot");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // Pings may come first; READY=1 comes once the managers are up.
+    let mut pings = 0;
+    let ready = loop {
+        let message = receive();
+        if message == "WATCHDOG=1" {
+            pings += 1;
+            continue;
+        }
+        break message;
+    };
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=3 managers running"),
+        "{ready}"
+    );
+    for manager in ["daemon_manager", "nano_manager", "main_llm_manager"] {
+        assert!(
+            env.pid_of(manager).is_some(),
+            "{manager} is up when READY=1 is sent"
+        );
+    }
+    while pings < 3 {
+        assert_eq!(receive(), "WATCHDOG=1");
+        pings += 1;
+    }
+    // Managers and components do not inherit systemd's socket; components get their
+    // manager's.
+    let environ = |pid: i32| std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let manager = env.pid_of("daemon_manager").unwrap();
+    let sleepy = env.wait_pid("sleepy", "sleepy to run");
+    let has = |env: &[u8], needle: &str| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes());
+    let systemd = format!("NOTIFY_SOCKET={}", socket_path.display());
+    assert!(!has(&environ(manager), &systemd));
+    assert!(!has(&environ(manager), "WATCHDOG_USEC=400000"));
+    assert!(!has(&environ(sleepy), &systemd));
+    assert!(has(
+        &environ(sleepy),
+        &format!(
+            "NOTIFY_SOCKET={}",
+            env.home.notify_socket("daemon_manager").display()
+        )
+    ));
+    kill(Pid::from_raw(boot), Signal::SIGTERM).unwrap();
+    let stopping = loop {
+        let message = receive();
+        if message != "WATCHDOG=1" {
+            break message;
+        }
+    };
+    assert_eq!(stopping, "STOPPING=1");
+    assert!(env.wait_child(boot, Duration::from_secs(30)).success());
+}

@@ -226,7 +226,8 @@ pub struct Spawned {
 
 /// Starts `spec` as the leader of a new process group, stdin from /dev/null, stdout and stderr
 /// appended to its log files (0600). The caller reaps it (managers reap with `waitpid(-1)`,
-/// which is why this returns a pid and not a `Child`).
+/// which is why this returns a pid and not a `Child`). The sd_notify variables this process
+/// was given are its own (systemd's, for boot): they are not inherited, only set by `spec`.
 pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     let stdout = open_private_append(&spec.stdout)?;
     let stderr = open_private_append(&spec.stderr)?;
@@ -234,6 +235,9 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     let mut command = Command::new(&spec.program);
     command
         .args(&spec.args)
+        .env_remove(crate::notify::ENV_NOTIFY_SOCKET)
+        .env_remove(crate::notify::ENV_WATCHDOG_USEC)
+        .env_remove(crate::notify::ENV_WATCHDOG_PID)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.current_dir)
         .stdin(Stdio::null())

@@ -10,6 +10,7 @@ use n0m1_core::config::{Config, ConfigError, ManagerSpec};
 use n0m1_core::db::{self, DatabaseFile, DbError};
 use n0m1_core::home::{ENV_BOOT_PID, ENV_HOME, Home, HomeError};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::notify::{self, WatchdogPinger};
 use n0m1_core::pidfile::{PidError, PidFile};
 use n0m1_core::process::{self, SpawnSpec};
 use n0m1_core::runtime::{Event, Runtime, SignalSet};
@@ -108,6 +109,9 @@ pub struct Boot {
     /// The database file boot started on; set aside with the reason once it is gone.
     database: DatabaseFile,
     database_gone: Option<DbError>,
+    /// systemd (`Type=notify`) has been told READY=1.
+    told_ready: bool,
+    watchdog: WatchdogPinger,
 }
 
 impl Boot {
@@ -141,6 +145,8 @@ impl Boot {
             config: Config::default(),
             database,
             database_gone: None,
+            told_ready: false,
+            watchdog: WatchdogPinger::from_env(),
         };
         boot.journal.event(
             LifecycleRecord::new(BOOT_COMPONENT_ID, LifecycleEvent::StartedSuccessfully)
@@ -149,7 +155,9 @@ impl Boot {
         );
         boot.apply_config(config);
         loop {
+            boot.watchdog.ping_if_due();
             boot.on_timers(Instant::now());
+            boot.tell_ready_once_up();
             if boot.shutdown_deadline.is_some() && boot.managers.iter().all(|m| !m.is_alive()) {
                 break;
             }
@@ -368,9 +376,39 @@ impl Boot {
         );
     }
 
+    /// Under systemd (`NOTIFY_SOCKET` set), READY=1 once every manager holds its PID file,
+    /// so `systemctl start n0m1` returns when the system is up, as `n0m1ctl start` does.
+    fn tell_ready_once_up(&mut self) {
+        if self.told_ready || self.shutdown_deadline.is_some() {
+            return;
+        }
+        let home = &self.options.home;
+        // A manager left down (not critical) holds nothing up.
+        let up = self
+            .managers
+            .iter()
+            .filter(|m| !matches!(m.phase, Phase::Down))
+            .all(|m| {
+                m.pid().is_some()
+                    && PidFile::inspect(&home.pid_file(&m.spec.binary))
+                        .is_ok_and(|status| status.live_pid() == m.pid())
+            });
+        if !up {
+            return;
+        }
+        self.told_ready = true;
+        let status = format!("{} managers running", self.managers.len());
+        if let Err(error) = notify::notify(&format!("READY=1\nSTATUS={status}")) {
+            tracing::warn!("cannot tell systemd that n0m1 is up: {error}");
+        }
+    }
+
     fn begin_shutdown(&mut self) {
         if self.shutdown_deadline.is_some() {
             return;
+        }
+        if let Err(error) = notify::notify("STOPPING=1") {
+            tracing::warn!("cannot tell systemd that n0m1 is stopping: {error}");
         }
         // Managers get their own grace period for their components, plus a margin.
         let grace = self.config.supervisor.stop_timeout.duration() + Duration::from_secs(5);
@@ -484,6 +522,13 @@ impl Boot {
 
     fn next_deadline(&self) -> Instant {
         let idle = Instant::now() + Duration::from_secs(60);
+        // Until READY=1 is out, look often: managers take their PID files on their own time.
+        let idle = if self.told_ready || self.shutdown_deadline.is_some() {
+            idle
+        } else {
+            idle.min(Instant::now() + Duration::from_millis(50))
+        };
+        let idle = self.watchdog.due().map_or(idle, |due| due.min(idle));
         if let Some(deadline) = self.shutdown_deadline {
             return deadline.min(idle);
         }
