@@ -24,3 +24,5 @@ mod policy;
 mod hostile;
 // sd_notify readiness: NOTIFY_SOCKET, READY/STATUS, sender checks, bundled daemons.
 mod readiness;
+// Health checks: watchdog (WATCHDOG=1) and probes from hooks/, UNHEALTHY then restart.
+mod health;

@@ -16,6 +16,9 @@ pub const ENV_COMPONENT_ID: &str = "N0M1_COMPONENT_ID";
 pub const ENV_NATIVE: &str = "N0M1_NATIVE";
 /// Set by boot for the managers it starts, so a manager can tell that boot is its parent.
 pub const ENV_BOOT_PID: &str = "N0M1_BOOT_PID";
+/// Given to a health probe: the component it checks, and that component's pid.
+pub const ENV_CHECKED_COMPONENT: &str = "N0M1_CHECKED_COMPONENT";
+pub const ENV_CHECKED_PID: &str = "N0M1_CHECKED_PID";
 
 /// Folder name under `$HOME` when neither `--home` nor `N0M1_HOME` is given (the seed's path).
 pub const DEFAULT_HOME_DIR: &str = "n0m1_agi";
@@ -24,6 +27,8 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const LOGS_DIR: &str = "logs";
 pub const MANAGER_LOGS_DIR: &str = "logs_managers";
 pub const PIDS_DIR: &str = "pids";
+/// Executables for health probes and alert hooks (run without a shell, only from here).
+pub const HOOKS_DIR: &str = "hooks";
 /// Sockets: each manager's notification socket (`run/<manager>.notify`).
 pub const RUN_DIR: &str = "run";
 pub const COMPONENTS_DIR: &str = "components";
@@ -113,6 +118,7 @@ impl Home {
             self.manager_logs_dir(),
             self.pids_dir(),
             self.run_dir(),
+            self.hooks_dir(),
             self.components_dir(),
         ] {
             builder.create(&dir).map_err(|source| HomeError::Io {
@@ -145,6 +151,13 @@ impl Home {
     }
     pub fn pids_dir(&self) -> PathBuf {
         self.root.join(PIDS_DIR)
+    }
+    pub fn hooks_dir(&self) -> PathBuf {
+        self.root.join(HOOKS_DIR)
+    }
+    /// Where a component's probe runs write their output.
+    pub fn probe_log(&self, component_id: &str) -> PathBuf {
+        self.logs_dir().join(format!("{component_id}.probe"))
     }
     pub fn run_dir(&self) -> PathBuf {
         self.root.join(RUN_DIR)

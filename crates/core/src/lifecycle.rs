@@ -43,6 +43,9 @@ lifecycle_events! {
     StartedSuccessfully = "STARTED_SUCCESSFULLY",
     /// The component said `READY=1` on its notification socket (sd_notify).
     Ready = "READY",
+    /// A running component missed its watchdog or failed its probe: its group is killed and
+    /// it is restarted under the normal policy.
+    Unhealthy = "UNHEALTHY",
     /// The component could not be started (bad script, bad arguments, spawn error).
     StartFailed = "START_FAILED",
     /// A stop was asked for (desired state inactive, shutdown, or a changed row).

@@ -10,6 +10,7 @@ pub const AUTORUN_COMPONENTS: &str = "autorun_components";
 pub const COMPONENT_LIFECYCLE_LOG: &str = "component_lifecycle_log";
 pub const COMPONENT_STATE: &str = "component_state";
 pub const COMPONENT_READINESS: &str = "component_readiness";
+pub const COMPONENT_HEALTH: &str = "component_health";
 pub const CPU_TEMPERATURE_LOG: &str = "cpu_temperature_log";
 pub const CPU_USAGE_LOG: &str = "cpu_usage_log";
 pub const MEMORY_USAGE_LOG: &str = "memory_usage_log";
@@ -50,6 +51,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../../../migrations/02-supervisor-state/up.sql"),
     include_str!("../../../migrations/03-command-cursor/up.sql"),
     include_str!("../../../migrations/04-readiness/up.sql"),
+    include_str!("../../../migrations/05-health/up.sql"),
 ];
 
 /// The schema's migrations, oldest first.

@@ -19,6 +19,10 @@ use n0m1_core::state::RunState;
 
 use crate::reaper::ExitCause;
 
+mod health;
+pub use health::Checks;
+use n0m1_core::health::HealthCheck;
+
 /// How long after SIGKILL a process may take to vanish before the stop is called failed.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// While a stopped leader's group still has members, how often to look again.
@@ -69,6 +73,17 @@ pub enum Input {
     },
     /// Datagrams on the notification socket from the component's process group (sd_notify).
     Notified(Vec<Notice>),
+    /// The component's `component_health` settings, as the latest pass read them.
+    Health(HealthCheck),
+    /// The executor started the probe asked for by `Effect::RunProbe`.
+    ProbeStarted { pid: i32 },
+    /// A probe run ended: `ok` for exit 0; `how` describes the end. `pid` is `None` when the
+    /// probe could not even be started.
+    ProbeDone {
+        pid: Option<i32>,
+        ok: bool,
+        how: String,
+    },
     /// The process recorded for this component by a previous life of its manager is gone:
     /// it died while no manager watched it.
     Vanished { pid: i32, restarts: u32 },
@@ -86,6 +101,11 @@ pub enum Input {
 /// What to do, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
+    /// Run the health probe (an executable in `hooks/`); answer with `ProbeStarted` or
+    /// `ProbeDone`.
+    RunProbe { program: std::path::PathBuf },
+    /// SIGKILL a probe that overran its timeout (its exit then comes as `ProbeDone`).
+    KillProbe { pid: i32 },
     /// Resolve the row's script and arguments and spawn it; answer with `Spawned`,
     /// `LaunchFailed` or `SpawnFailed`.
     Spawn,
@@ -121,6 +141,8 @@ pub struct Proc {
     pub ready: bool,
     /// Its last `STATUS=` text.
     pub status_text: Option<String>,
+    /// Watchdog and probe state.
+    pub checks: Checks,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +189,8 @@ pub struct Component {
     /// The row as it was when the component failed or completed: any later edit of it (a
     /// fixed argument, or any UPDATE, which moves `modified_timestamp`) gives it another go.
     settled_row: Option<ComponentRow>,
+    /// Its `component_health` row, validated (none: nothing is checked).
+    health: HealthCheck,
 }
 
 impl Component {
@@ -179,11 +203,15 @@ impl Component {
             last_exit: None,
             recent_exits: VecDeque::new(),
             settled_row: None,
+            health: HealthCheck::default(),
         }
     }
 
     pub fn row(&self) -> &ComponentRow {
         &self.row
+    }
+    pub fn health(&self) -> &HealthCheck {
+        &self.health
     }
     pub fn restarts(&self) -> u32 {
         self.restarts
@@ -220,7 +248,7 @@ impl Component {
     /// `READY=1` is recorded once per process; a new `STATUS=` text is saved (the writer
     /// keeps only the newest state row per component, so a chatty sender costs one row per
     /// batch). Only a running process is heard: a stopping one has nothing left to announce.
-    fn on_notified(&mut self, notices: Vec<Notice>, out: &mut Vec<Effect>) {
+    fn on_notified(&mut self, notices: Vec<Notice>, cx: &Context<'_>, out: &mut Vec<Effect>) {
         let Phase::Running(proc) = &mut self.phase else {
             return;
         };
@@ -237,6 +265,7 @@ impl Component {
                     proc.status_text = Some(text);
                     changed = true;
                 }
+                Notice::Watchdog => proc.checks.ping(cx.now),
                 _ => {}
             }
         }
@@ -266,6 +295,7 @@ impl Component {
     /// When the machine next needs a `Tick`.
     pub fn deadline(&self, now: Instant) -> Option<Instant> {
         match &self.phase {
+            Phase::Running(proc) => proc.checks.deadline(&self.health),
             Phase::Backoff { until } => Some(*until),
             Phase::Stopping {
                 deadline,
@@ -346,6 +376,7 @@ impl Component {
                     launch_key: self.row.launch_key(),
                     ready,
                     status_text,
+                    checks: Checks::new(cx.now, &self.health),
                 });
                 out.push(Effect::Record(
                     LifecycleRecord::new(&self.row.component_id, LifecycleEvent::Adopted)
@@ -356,7 +387,10 @@ impl Component {
                 ));
                 out.push(Effect::SaveState);
             }
-            Input::Notified(notices) => self.on_notified(notices, &mut out),
+            Input::Notified(notices) => self.on_notified(notices, cx, &mut out),
+            Input::Health(health) => self.on_health(health, cx),
+            Input::ProbeStarted { pid } => self.on_probe_started(pid),
+            Input::ProbeDone { pid, ok, how } => self.on_probe_done(pid, ok, how, cx, &mut out),
             Input::Vanished { pid, restarts } if self.phase == Phase::Idle => {
                 // Its history carries over; the row decides whether it runs again.
                 self.restarts = restarts + 1;
@@ -477,6 +511,7 @@ impl Component {
             launch_key: self.row.launch_key(),
             ready: false,
             status_text: None,
+            checks: Checks::new(cx.now, &self.health),
         });
         out.push(Effect::Record(
             self.record(LifecycleEvent::StartAttempt)

@@ -17,6 +17,10 @@ impl Component {
         if self.proc().is_none_or(|proc| proc.pid != pid) {
             return;
         }
+        // A probe still out would outlive what it checks (one signal, nothing slower).
+        if let Some(probe) = self.proc().and_then(|proc| proc.checks.probe_pid()) {
+            out.push(Effect::KillProbe { pid: probe });
+        }
         self.last_exit = Some(cause.describe());
         if let Phase::Stopping { leader_exit, .. } = &mut self.phase {
             *leader_exit = Some(cause);
@@ -180,6 +184,10 @@ impl Component {
     }
 
     pub(super) fn on_tick(&mut self, cx: &Context<'_>, out: &mut Vec<Effect>) {
+        if matches!(self.phase, Phase::Running(_)) {
+            self.health_tick(cx, out);
+            return;
+        }
         match &mut self.phase {
             Phase::Backoff { until } if *until <= cx.now => {
                 if cx.shutting_down {

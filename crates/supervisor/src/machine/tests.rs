@@ -77,6 +77,8 @@ fn short(effects: &[Effect]) -> Vec<String> {
             Effect::Record(record) => record.event.as_str().to_owned(),
             Effect::SaveState => "save".to_owned(),
             Effect::Forget => "forget".to_owned(),
+            Effect::RunProbe { .. } => "probe".to_owned(),
+            Effect::KillProbe { pid } => format!("kill-probe {pid}"),
         })
         .collect()
 }
@@ -730,5 +732,91 @@ fn a_process_that_died_unwatched_is_recorded_and_its_count_kept() {
             },
             &[],
         ),
+    ]);
+}
+
+fn watchdog(ms: u64) -> Input {
+    Input::Health(n0m1_core::health::HealthCheck {
+        watchdog: Some(Duration::from_millis(ms)),
+        probe: None,
+    })
+}
+
+fn probe(failures: u32) -> Input {
+    Input::Health(n0m1_core::health::HealthCheck {
+        watchdog: None,
+        probe: Some(n0m1_core::health::Probe {
+            program: "/h/hooks/check".into(),
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(50),
+            failures,
+        }),
+    })
+}
+
+fn probe_done(pid: i32, ok: bool) -> Input {
+    Input::ProbeDone {
+        pid: Some(pid),
+        ok,
+        how: if ok { "exit code 0" } else { "exit code 1" }.into(),
+    }
+}
+
+#[test]
+fn a_missed_watchdog_is_unhealthy_and_the_group_killed_then_restarted() {
+    let ping = || Input::Notified(vec![Notice::Watchdog]);
+    let c = check(&[
+        (0, watchdog(1000), &[]),
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        // Pings keep it healthy; a tick before the period ends does nothing.
+        (900, ping(), &[]),
+        (1800, Input::Tick, &[]),
+        (1900, Input::Tick, &["UNHEALTHY", "kill 10"]),
+        // Killed once, not on every tick.
+        (1950, Input::Tick, &[]),
+        // The SIGKILL's exit is a crash like any other: restarted at once (it ran > 1 s).
+        (
+            1960,
+            exited(10, KILLED),
+            &["kill 10", "release", "spawn", "CRASHED", "orphans"],
+        ),
+        (1960, spawned(11), &["START_ATTEMPT", "save"]),
+    ]);
+    // The replacement has its own period from its start.
+    let t0 = Instant::now();
+    assert!(c.deadline(t0).is_some());
+}
+
+#[test]
+fn failed_probes_in_a_row_are_unhealthy_and_a_success_resets_the_count() {
+    check(&[
+        (0, probe(2), &[]),
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (100, Input::Tick, &["probe"]),
+        (100, Input::ProbeStarted { pid: 50 }, &[]),
+        (110, probe_done(50, false), &[]),
+        (210, Input::Tick, &["probe"]),
+        (210, Input::ProbeStarted { pid: 51 }, &[]),
+        (220, probe_done(51, true), &[]),
+        (320, Input::Tick, &["probe"]),
+        (320, Input::ProbeStarted { pid: 52 }, &[]),
+        (330, probe_done(52, false), &[]),
+        // A probe that overruns its timeout is killed, and counts as a failure.
+        (430, Input::Tick, &["probe"]),
+        (430, Input::ProbeStarted { pid: 53 }, &[]),
+        (480, Input::Tick, &["kill-probe 53"]),
+        (
+            485,
+            Input::ProbeDone {
+                pid: Some(53),
+                ok: false,
+                how: "signal SIGKILL".into(),
+            },
+            &["UNHEALTHY", "kill 10"],
+        ),
+        // A result from a probe that is not the one out is ignored.
+        (486, probe_done(99, false), &[]),
     ]);
 }

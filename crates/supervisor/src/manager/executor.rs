@@ -1,8 +1,8 @@
 //! The manager's executor: performs a machine's effects with syscalls, PID files and the
 //! lifecycle writer, and answers a spawn with the machine input it leads to.
 
-use n0m1_core::home::{ENV_COMPONENT_ID, ENV_HOME};
-use n0m1_core::notify::ENV_NOTIFY_SOCKET;
+use n0m1_core::home::{ENV_CHECKED_COMPONENT, ENV_CHECKED_PID, ENV_COMPONENT_ID, ENV_HOME};
+use n0m1_core::notify::{ENV_NOTIFY_SOCKET, ENV_WATCHDOG_USEC};
 use n0m1_core::pidfile::PidFile;
 use n0m1_core::process::{self, SpawnSpec};
 use n0m1_core::state::ComponentState;
@@ -40,8 +40,46 @@ impl Manager {
             Effect::Forget => {
                 self.components.remove(id);
             }
+            Effect::RunProbe { program } => return Some(self.run_probe(id, program)),
+            Effect::KillProbe { pid } => process::signal_group(pid, Signal::SIGKILL),
         }
         None
+    }
+
+    /// Starts a health probe (a group leader, our child, reaped by the loop). It gets the
+    /// home and which component it checks, but not `N0M1_COMPONENT_ID`: it is not part of
+    /// the component (an orphan sweep would take it for one).
+    fn run_probe(&mut self, id: &str, program: std::path::PathBuf) -> Input {
+        let home = &self.options.home;
+        let checked = self
+            .components
+            .get(id)
+            .and_then(|c| c.proc())
+            .map_or(0, |p| p.pid);
+        let log = home.probe_log(id);
+        let spec = SpawnSpec {
+            program,
+            args: Vec::new(),
+            env: vec![
+                (ENV_HOME.to_owned(), home.root().as_os_str().to_owned()),
+                (ENV_CHECKED_COMPONENT.to_owned(), id.into()),
+                (ENV_CHECKED_PID.to_owned(), checked.to_string().into()),
+            ],
+            stdout: log.clone(),
+            stderr: log,
+            current_dir: home.root().to_path_buf(),
+        };
+        match process::spawn(&spec) {
+            Ok(spawned) => {
+                self.probes.insert(spawned.pid, id.to_owned());
+                Input::ProbeStarted { pid: spawned.pid }
+            }
+            Err(error) => Input::ProbeDone {
+                pid: None,
+                ok: false,
+                how: format!("cannot start: {error}"),
+            },
+        }
     }
 
     /// Resolves the row's program and arguments and spawns it as a process-group leader.
@@ -68,10 +106,25 @@ impl Manager {
         };
         let home = &self.options.home;
         let (stdout, stderr) = home.component_logs(id);
+        let watchdog = self.components.get(id).and_then(|c| c.health().watchdog);
+        // systemd gives WATCHDOG_PID the service's main pid, known only after the fork: a
+        // POSIX shell sets it to its own pid ($$) and execs the program, which keeps that pid.
         let mut argv = program.leading_args.clone();
         argv.extend(args.iter().map(Into::into));
+        let (program_path, argv) = match watchdog {
+            None => (program.path.clone(), argv),
+            Some(_) => {
+                let mut wrapped: Vec<std::ffi::OsString> = vec![
+                    "-c".into(),
+                    "WATCHDOG_PID=$$; export WATCHDOG_PID; exec \"$0\" \"$@\"".into(),
+                    program.path.clone().into_os_string(),
+                ];
+                wrapped.extend(argv);
+                (std::path::PathBuf::from("/bin/sh"), wrapped)
+            }
+        };
         let spec = SpawnSpec {
-            program: program.path.clone(),
+            program: program_path,
             args: argv,
             env: {
                 let mut env = vec![
@@ -82,6 +135,12 @@ impl Manager {
                     env.push((
                         ENV_NOTIFY_SOCKET.to_owned(),
                         socket.path().as_os_str().to_owned(),
+                    ));
+                }
+                if let Some(period) = watchdog {
+                    env.push((
+                        ENV_WATCHDOG_USEC.to_owned(),
+                        period.as_micros().to_string().into(),
                     ));
                 }
                 env

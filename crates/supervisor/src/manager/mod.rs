@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use n0m1_core::components::{self, ComponentRow};
 use n0m1_core::config::{Config, SupervisorPolicy};
 use n0m1_core::db::{self, DatabaseFile, DbError};
+use n0m1_core::health::{self, HealthCheck};
 use n0m1_core::home::{ENV_BOOT_PID, Home, HomeError};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::notify::NotifySocket;
@@ -92,6 +93,11 @@ pub struct Manager {
     /// Where components send sd_notify datagrams (`NOTIFY_SOCKET`); `None` if it could not
     /// be bound (then readiness is unknown, and said once in the log).
     notify: Option<NotifySocket>,
+    /// Running health probes: pid → the component they check.
+    probes: HashMap<i32, String>,
+    /// The last error reported for each component's `component_health` row, so a bad row is
+    /// said once, not on every pass.
+    health_errors: HashMap<String, String>,
 }
 
 impl Manager {
@@ -159,6 +165,8 @@ impl Manager {
             database,
             database_gone: None,
             notify,
+            probes: HashMap::new(),
+            health_errors: HashMap::new(),
             options,
         };
         manager.load_policy();
@@ -289,9 +297,12 @@ impl Manager {
             }
         };
         let resets = reset_requests(&self.conn, &self.options.manager);
+        let ids: HashSet<&str> = rows.iter().map(|r| r.component_id.as_str()).collect();
+        let mut checks = self.health_checks(&ids);
         let mut seen = HashSet::new();
         for row in rows {
             let id = row.component_id.clone();
+            let health = checks.remove(&id).unwrap_or_default();
             let reset_requested = resets.contains(&id);
             if reset_requested {
                 self.writer.clear_reset(&id);
@@ -299,6 +310,8 @@ impl Manager {
             self.components
                 .entry(id.clone())
                 .or_insert_with(|| Component::new(row.clone()));
+            // Before the row: a spawn it leads to then carries the watchdog settings.
+            self.dispatch(&id, Input::Health(health));
             self.dispatch(
                 &id,
                 Input::Row {
@@ -317,6 +330,52 @@ impl Manager {
         for id in gone {
             self.dispatch(&id, Input::RowGone);
         }
+    }
+
+    /// The validated `component_health` rows of this manager's components; a bad row is an
+    /// ERROR event naming it and its field (once per distinct error) and checks nothing.
+    fn health_checks(&mut self, ours: &HashSet<&str>) -> HashMap<String, HealthCheck> {
+        let rows = match health::all(&self.conn) {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::error!(
+                    "cannot read {}: {error}; health checks unchanged until it can be read",
+                    n0m1_core::schema::COMPONENT_HEALTH
+                );
+                return self
+                    .components
+                    .iter()
+                    .map(|(id, c)| (id.clone(), c.health().clone()))
+                    .collect();
+            }
+        };
+        let hooks = self.options.home.hooks_dir();
+        let mut checks = HashMap::new();
+        let mut reported = HashMap::new();
+        for row in rows {
+            // Another manager's rows are its business.
+            if !ours.contains(row.component_id.as_str()) {
+                continue;
+            }
+            match row.check(&hooks) {
+                Ok(check) => {
+                    checks.insert(row.component_id, check);
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    if self.health_errors.get(&row.component_id) != Some(&message) {
+                        self.writer.event(
+                            LifecycleRecord::new(&row.component_id, LifecycleEvent::Error)
+                                .manager(self.options.manager.clone())
+                                .message(message.clone()),
+                        );
+                    }
+                    reported.insert(row.component_id, message);
+                }
+            }
+        }
+        self.health_errors = reported;
+        checks
     }
 
     /// Every waiting sd_notify datagram, each given to the component whose process group
@@ -389,6 +448,19 @@ impl Manager {
     }
 
     fn exited(&mut self, pid: i32, cause: ExitCause, adopted: bool) {
+        if let Some(id) = self.probes.remove(&pid) {
+            let ok = cause == ExitCause::Code(0);
+            let how = cause.describe();
+            self.dispatch(
+                &id,
+                Input::ProbeDone {
+                    pid: Some(pid),
+                    ok,
+                    how,
+                },
+            );
+            return;
+        }
         let Some(id) = self.by_pid.get(&pid).cloned() else {
             return;
         };
@@ -437,9 +509,11 @@ fn rows_fingerprint(conn: &Connection, manager: &str) -> rusqlite::Result<u64> {
     let rows: Vec<ComponentRow> = components::of_manager(conn, manager)?;
     let mut resets: Vec<String> = reset_requests(conn, manager).into_iter().collect();
     resets.sort();
+    let checks = health::all(conn)?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     rows.hash(&mut hasher);
     resets.hash(&mut hasher);
+    checks.hash(&mut hasher);
     Ok(hasher.finish())
 }
 
