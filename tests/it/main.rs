@@ -26,3 +26,5 @@ mod hostile;
 mod readiness;
 // Health checks: watchdog (WATCHDOG=1) and probes from hooks/, UNHEALTHY then restart.
 mod health;
+// Start order: component_dependencies across managers, cycles, timeouts, reverse stops.
+mod dependencies;

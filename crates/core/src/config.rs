@@ -137,6 +137,8 @@ pub struct SupervisorPolicy {
     /// quick deaths (backoff, then FAILED) however long each run lasted.
     pub max_crashes_in_window: u32,
     pub crash_window: Seconds,
+    /// How long a component may wait for its dependencies before it is FAILED.
+    pub start_timeout: Seconds,
 }
 
 impl Default for SupervisorPolicy {
@@ -150,6 +152,7 @@ impl Default for SupervisorPolicy {
             heartbeat_interval: Seconds(2.0),
             max_crashes_in_window: 10,
             crash_window: Seconds(60.0),
+            start_timeout: Seconds(30.0),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod access_log;
 pub mod components;
 pub mod config;
 pub mod db;
+pub mod dependencies;
 pub mod health;
 pub mod home;
 pub mod lifecycle;

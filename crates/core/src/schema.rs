@@ -11,6 +11,7 @@ pub const COMPONENT_LIFECYCLE_LOG: &str = "component_lifecycle_log";
 pub const COMPONENT_STATE: &str = "component_state";
 pub const COMPONENT_READINESS: &str = "component_readiness";
 pub const COMPONENT_HEALTH: &str = "component_health";
+pub const COMPONENT_DEPENDENCIES: &str = "component_dependencies";
 pub const CPU_TEMPERATURE_LOG: &str = "cpu_temperature_log";
 pub const CPU_USAGE_LOG: &str = "cpu_usage_log";
 pub const MEMORY_USAGE_LOG: &str = "memory_usage_log";
@@ -52,6 +53,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../../../migrations/03-command-cursor/up.sql"),
     include_str!("../../../migrations/04-readiness/up.sql"),
     include_str!("../../../migrations/05-health/up.sql"),
+    include_str!("../../../migrations/06-dependencies/up.sql"),
 ];
 
 /// The schema's migrations, oldest first.
@@ -205,6 +207,31 @@ pub const MAIN_LLM_READ_TABLES: &str = "cpu_temp_summary,cpu_usage_summary,memor
 
 /// Inserts the default rows that are missing; rows already present (and so any change an
 /// operator made to them) are left alone. Returns how many rows were inserted.
+/// Default start order: each metric nano instance after its metric daemon is ready, the main
+/// processor after the config daemon has started.
+pub const DEFAULT_DEPENDENCIES: &[(&str, &str, crate::dependencies::Condition)] = &[
+    (
+        "nano_cpu_usage",
+        "cpu_usage_daemon",
+        crate::dependencies::Condition::Ready,
+    ),
+    (
+        "nano_mem_usage",
+        "mem_usage_daemon",
+        crate::dependencies::Condition::Ready,
+    ),
+    (
+        "nano_cpu_temp",
+        "temp_main_daemon",
+        crate::dependencies::Condition::Ready,
+    ),
+    (
+        "main_llm_processor",
+        "llm_config_daemon",
+        crate::dependencies::Condition::Started,
+    ),
+];
+
 pub fn insert_defaults(conn: &Connection) -> rusqlite::Result<usize> {
     let mut inserted = 0;
     for row in DEFAULT_COMPONENTS {
@@ -219,6 +246,22 @@ pub fn insert_defaults(conn: &Connection) -> rusqlite::Result<usize> {
         "INSERT OR IGNORE INTO llm_io_config (llm_id, read_tables, output_table) VALUES (?1, ?2, ?3)",
         params![MAIN_LLM_ID, MAIN_LLM_READ_TABLES, LLM_OUTPUTS],
     )?;
+    // Only between rows that are there (a renamed default row must not gain a dangling
+    // dependency, which would be reported as an error).
+    let exists = |id: &str| -> rusqlite::Result<bool> {
+        conn.query_row(
+            &format!("SELECT count(*) FROM {AUTORUN_COMPONENTS} WHERE component_id = ?1"),
+            [id],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+    };
+    for (component, depends_on, condition) in DEFAULT_DEPENDENCIES {
+        if exists(component)? && exists(depends_on)? {
+            inserted +=
+                crate::dependencies::insert_if_missing(conn, component, depends_on, *condition)?;
+        }
+    }
     Ok(inserted)
 }
 
@@ -258,7 +301,10 @@ mod tests {
         let first = insert_defaults(&conn).unwrap();
         assert_eq!(
             first,
-            DEFAULT_COMPONENTS.len() + DEFAULT_NANO_PROMPT_IDS.len() + 1
+            DEFAULT_COMPONENTS.len()
+                + DEFAULT_NANO_PROMPT_IDS.len()
+                + 1
+                + DEFAULT_DEPENDENCIES.len()
         );
         assert_eq!(insert_defaults(&conn).unwrap(), 0);
     }

@@ -21,6 +21,8 @@ pub enum RunState {
     Stopping,
     /// Not running, as desired.
     Stopped,
+    /// Desired running, held back until its dependencies meet their conditions.
+    Waiting,
     /// Died quickly; waiting out a backoff before the next start.
     Backoff,
     /// Died quickly too often, or cannot be started: down until enabled again.
@@ -41,6 +43,7 @@ impl RunState {
             RunState::Running => "running",
             RunState::Stopping => "stopping",
             RunState::Stopped => "stopped",
+            RunState::Waiting => "waiting",
             RunState::Backoff => "backoff",
             RunState::Failed => "failed",
             RunState::Completed => "completed",
@@ -63,6 +66,7 @@ impl FromStr for RunState {
             "running" => RunState::Running,
             "stopping" => RunState::Stopping,
             "stopped" => RunState::Stopped,
+            "waiting" => RunState::Waiting,
             "backoff" => RunState::Backoff,
             "failed" => RunState::Failed,
             "completed" => RunState::Completed,

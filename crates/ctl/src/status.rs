@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use n0m1_core::dependencies;
 use n0m1_core::lifecycle;
 use n0m1_core::pidfile::PidStatus;
 use n0m1_core::process::{self, ProcStat};
@@ -61,9 +62,54 @@ pub struct ComponentView {
     /// Its last `STATUS=` text, while running.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_text: Option<String>,
+    /// While `actual` is waiting: the dependencies not met yet, or the cycle it is in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
     /// Why no manager will ever run this row (then `actual` is failed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+}
+
+/// What waiting components wait for, from the same rules the managers apply.
+struct WaitingView {
+    deps: Vec<dependencies::Dependency>,
+    cycles: std::collections::BTreeMap<String, String>,
+    standings: HashMap<String, dependencies::Standing>,
+}
+
+impl WaitingView {
+    fn read(
+        conn: &rusqlite::Connection,
+        rows: &[components::ComponentRow],
+        saved: &HashMap<String, ComponentState>,
+    ) -> WaitingView {
+        let known = rows.iter().map(|r| r.component_id.clone()).collect();
+        let (deps, _) =
+            dependencies::validate(&dependencies::all(conn).unwrap_or_default(), &known);
+        let standings = saved
+            .iter()
+            .map(|(id, s)| {
+                let standing = dependencies::Standing {
+                    state: s.state,
+                    ready: s.ready,
+                    exited_ok: s.state == RunState::Completed,
+                };
+                (id.clone(), standing)
+            })
+            .collect();
+        WaitingView {
+            cycles: dependencies::cycles(&deps),
+            deps,
+            standings,
+        }
+    }
+
+    fn describe(&self, id: &str) -> Option<String> {
+        if let Some(cycle) = self.cycles.get(id) {
+            return Some(format!("a dependency cycle ({cycle})"));
+        }
+        dependencies::waiting_for(id, &self.deps, &self.standings)
+    }
 }
 
 /// The managers a row may name: those in config.json, then the standard three.
@@ -188,6 +234,7 @@ pub fn collect(home: &Home, detailed: bool) -> anyhow::Result<SystemView> {
         .map(|s| (s.component_id.clone(), s))
         .collect();
     let now = unix_now();
+    let waiting = WaitingView::read(&conn, &rows, &saved);
     let components = rows
         .into_iter()
         .map(|row| {
@@ -201,6 +248,9 @@ pub fn collect(home: &Home, detailed: bool) -> anyhow::Result<SystemView> {
             };
             let supervised = manager_alive(&row.manager_affinity);
             let problem = cannot_run(&row.component_id, &row.manager_affinity, &manager_names);
+            let waiting_for = (recorded == Some(RunState::Waiting))
+                .then(|| waiting.describe(&row.component_id))
+                .flatten();
             let actual = match (recorded, &stat) {
                 (_, None) if problem.is_some() => RunState::Failed,
                 (_, Some(_)) if !supervised => RunState::Unsupervised,
@@ -233,6 +283,7 @@ pub fn collect(home: &Home, detailed: bool) -> anyhow::Result<SystemView> {
                     .filter(|s| !s.is_empty()),
                 rss_kib,
                 cpu_percent,
+                waiting_for,
                 ready: alive && saved.is_some_and(|s| s.ready),
                 status_text: saved.and_then(|s| s.status_text.clone()).filter(|_| alive),
                 problem,
@@ -324,9 +375,11 @@ pub fn run(home: &Home, detailed: bool, json: bool) -> anyhow::Result<ExitCode> 
             (Some(_), false) => "no",
         };
         // What the component says of itself while it runs; otherwise how it last ended.
+        let waiting = c.waiting_for.as_ref().map(|w| format!("waiting for {w}"));
         let note = c
             .problem
             .as_deref()
+            .or(waiting.as_deref())
             .or(c.status_text.as_deref())
             .or(c.last_exit.as_deref())
             .unwrap_or("-");

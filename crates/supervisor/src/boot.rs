@@ -410,11 +410,39 @@ impl Boot {
         if let Err(error) = notify::notify("STOPPING=1") {
             tracing::warn!("cannot tell systemd that n0m1 is stopping: {error}");
         }
-        // Managers get their own grace period for their components, plus a margin.
-        let grace = self.config.supervisor.stop_timeout.duration() + Duration::from_secs(5);
-        self.shutdown_deadline = Some(Instant::now() + grace);
+        // Managers stop one after another, so each gets its own grace period for its
+        // components, plus a margin.
+        let each = self.config.supervisor.stop_timeout.duration() + Duration::from_secs(5);
+        let count = u32::try_from(self.managers.len())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        self.shutdown_deadline = Some(Instant::now() + each * count);
         for supervised in &mut self.managers {
-            stop_manager(supervised, &self.journal, "boot shutting down");
+            if !matches!(supervised.phase, Phase::Running { .. }) {
+                stop_manager(supervised, &self.journal, "boot shutting down");
+            }
+        }
+        self.stop_next_manager();
+    }
+
+    /// In reverse start order, one at a time: a later manager's components (the nano
+    /// instances, the processor) depend on an earlier one's (the metric and config daemons),
+    /// and dependents stop first.
+    fn stop_next_manager(&mut self) {
+        if self
+            .managers
+            .iter()
+            .any(|m| matches!(m.phase, Phase::Stopping { .. }))
+        {
+            return;
+        }
+        if let Some(last) = self
+            .managers
+            .iter_mut()
+            .rev()
+            .find(|m| matches!(m.phase, Phase::Running { .. }))
+        {
+            stop_manager(last, &self.journal, "boot shutting down");
         }
     }
 
@@ -443,6 +471,7 @@ impl Boot {
             self.database_replaced();
         }
         if let Some(deadline) = self.shutdown_deadline {
+            self.stop_next_manager();
             if now >= deadline {
                 for supervised in &self.managers {
                     if let Some(pid) = supervised.pid() {

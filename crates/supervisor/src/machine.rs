@@ -20,8 +20,10 @@ use n0m1_core::state::RunState;
 use crate::reaper::ExitCause;
 
 mod health;
+mod waiting;
 pub use health::Checks;
 use n0m1_core::health::HealthCheck;
+pub use waiting::Gate;
 
 /// How long after SIGKILL a process may take to vanish before the stop is called failed.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -75,6 +77,9 @@ pub enum Input {
     Notified(Vec<Notice>),
     /// The component's `component_health` settings, as the latest pass read them.
     Health(HealthCheck),
+    /// What its dependencies allow, as the latest pass read `component_dependencies` and the
+    /// states of what it depends on.
+    Dependencies(Gate),
     /// The executor started the probe asked for by `Effect::RunProbe`.
     ProbeStarted { pid: i32 },
     /// A probe run ended: `ok` for exit 0; `how` describes the end. `pid` is `None` when the
@@ -172,6 +177,12 @@ enum Phase {
     Backoff {
         until: Instant,
     },
+    /// Desired running, held back by its dependencies since `since`; FAILED at `give_up`
+    /// unless they are met first.
+    Waiting {
+        since: Instant,
+        give_up: Instant,
+    },
     Failed,
     Completed,
 }
@@ -191,6 +202,9 @@ pub struct Component {
     settled_row: Option<ComponentRow>,
     /// Its `component_health` row, validated (none: nothing is checked).
     health: HealthCheck,
+    gate: Gate,
+    /// The cycle last reported, so it is said once.
+    reported_cycle: Option<String>,
 }
 
 impl Component {
@@ -204,6 +218,8 @@ impl Component {
             recent_exits: VecDeque::new(),
             settled_row: None,
             health: HealthCheck::default(),
+            gate: Gate::Open,
+            reported_cycle: None,
         }
     }
 
@@ -212,6 +228,9 @@ impl Component {
     }
     pub fn health(&self) -> &HealthCheck {
         &self.health
+    }
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
     pub fn restarts(&self) -> u32 {
         self.restarts
@@ -224,6 +243,7 @@ impl Component {
     pub fn run_state(&self) -> RunState {
         match self.phase {
             Phase::Idle => RunState::Stopped,
+            Phase::Waiting { .. } => RunState::Waiting,
             Phase::Starting | Phase::Running(_) => RunState::Running,
             Phase::Stopping { .. } => RunState::Stopping,
             Phase::Backoff { .. } => RunState::Backoff,
@@ -296,6 +316,7 @@ impl Component {
     pub fn deadline(&self, now: Instant) -> Option<Instant> {
         match &self.phase {
             Phase::Running(proc) => proc.checks.deadline(&self.health),
+            Phase::Waiting { give_up, .. } => self.waiting_deadline(*give_up),
             Phase::Backoff { until } => Some(*until),
             Phase::Stopping {
                 deadline,
@@ -389,6 +410,7 @@ impl Component {
             }
             Input::Notified(notices) => self.on_notified(notices, cx, &mut out),
             Input::Health(health) => self.on_health(health, cx),
+            Input::Dependencies(gate) => self.on_gate(gate, cx, &mut out),
             Input::ProbeStarted { pid } => self.on_probe_started(pid),
             Input::ProbeDone { pid, ok, how } => self.on_probe_done(pid, ok, how, cx, &mut out),
             Input::Vanished { pid, restarts } if self.phase == Phase::Idle => {
@@ -412,7 +434,7 @@ impl Component {
                     self.begin_stop(AfterStop::Stop, "manager shutting down", cx, &mut out)
                 }
                 Phase::Stopping { then, .. } => *then = AfterStop::Stop,
-                Phase::Backoff { .. } => {
+                Phase::Backoff { .. } | Phase::Waiting { .. } => {
                     self.phase = Phase::Idle;
                     out.push(Effect::SaveState);
                 }
@@ -452,7 +474,7 @@ impl Component {
         match (&mut self.phase, active) {
             (Phase::Idle, true) => {
                 self.quick_deaths = 0;
-                self.spawn(out);
+                self.start(cx, out);
             }
             (Phase::Failed | Phase::Completed, true) if reset => {
                 self.quick_deaths = 0;
@@ -462,7 +484,7 @@ impl Component {
                     self.record(LifecycleEvent::Reset)
                         .message("reset by an operator; starting again"),
                 ));
-                self.spawn(out);
+                self.start(cx, out);
             }
             (Phase::Running(proc), true) if proc.launch_key != self.row.launch_key() => self
                 .begin_stop(
@@ -480,7 +502,10 @@ impl Component {
             (Phase::Stopping { then, .. }, false) if *then == AfterStop::Restart => {
                 *then = AfterStop::Stop
             }
-            (Phase::Backoff { .. } | Phase::Failed | Phase::Completed, false) => {
+            (
+                Phase::Backoff { .. } | Phase::Failed | Phase::Completed | Phase::Waiting { .. },
+                false,
+            ) => {
                 self.phase = Phase::Idle;
                 self.settled_row = None;
                 out.push(Effect::SaveState);

@@ -171,8 +171,11 @@ impl Component {
         out.push(Effect::ReleasePidFile);
         match then {
             AfterStop::Restart if !cx.shutting_down && self.row.desired_active => {
-                self.restarts += 1;
-                self.spawn(out);
+                // Through the gate: stopped because a dependency was disabled, it waits.
+                if self.gate() == &super::Gate::Open {
+                    self.restarts += 1;
+                }
+                self.start(cx, out);
             }
             AfterStop::Forget => {
                 out.push(Effect::SaveState);
@@ -184,9 +187,10 @@ impl Component {
     }
 
     pub(super) fn on_tick(&mut self, cx: &Context<'_>, out: &mut Vec<Effect>) {
-        if matches!(self.phase, Phase::Running(_)) {
-            self.health_tick(cx, out);
-            return;
+        match self.phase {
+            Phase::Running(_) => return self.health_tick(cx, out),
+            Phase::Waiting { .. } => return self.waiting_tick(cx, out),
+            _ => {}
         }
         match &mut self.phase {
             Phase::Backoff { until } if *until <= cx.now => {

@@ -20,6 +20,7 @@ fn policy() -> SupervisorPolicy {
         heartbeat_interval: Seconds(2.0),
         max_crashes_in_window: 4,
         crash_window: Seconds(60.0),
+        start_timeout: Seconds(30.0),
     }
 }
 
@@ -819,4 +820,56 @@ fn failed_probes_in_a_row_are_unhealthy_and_a_success_resets_the_count() {
         // A result from a probe that is not the one out is ignored.
         (486, probe_done(99, false), &[]),
     ]);
+}
+
+#[test]
+fn a_component_waits_for_its_dependencies_then_starts_or_fails_after_the_timeout() {
+    let waiting = || Input::Dependencies(Gate::Waiting("d (ready)".into()));
+    let c = check(&[
+        (0, waiting(), &[]),
+        (0, active(), &["save"]),
+        (10_000, Input::Tick, &[]),
+        (20_000, Input::Dependencies(Gate::Open), &["spawn"]),
+        (20_000, spawned(10), &["START_ATTEMPT", "save"]),
+    ]);
+    assert_eq!(c.run_state(), RunState::Running);
+    // Never met: FAILED at start_timeout, saying what it waited for.
+    let c = check(&[
+        (0, waiting(), &[]),
+        (0, active(), &["save"]),
+        (29_999, Input::Tick, &[]),
+        (30_000, Input::Tick, &["FAILED", "save"]),
+    ]);
+    assert_eq!(c.run_state(), RunState::Failed);
+    assert!(
+        c.last_exit().is_some_and(|m| m.contains("for d (ready)")),
+        "{:?}",
+        c.last_exit()
+    );
+    // Disabled while waiting: stopped.
+    let c = check(&[
+        (0, waiting(), &[]),
+        (0, active(), &["save"]),
+        (5, inactive(), &["save"]),
+    ]);
+    assert_eq!(c.run_state(), RunState::Stopped);
+}
+
+#[test]
+fn a_component_in_a_cycle_is_refused_once_and_never_times_out() {
+    let cycle = || Input::Dependencies(Gate::Cycle("c → d → c".into()));
+    let c = check(&[
+        (0, cycle(), &[]),
+        (0, active(), &["ERROR", "save"]),
+        (1, cycle(), &[]),
+        (1, active(), &[]),
+    ]);
+    assert_eq!(c.run_state(), RunState::Waiting);
+    assert_eq!(c.deadline(Instant::now()), None);
+    // Broken: it starts.
+    check_with(
+        c,
+        &policy(),
+        &[(2, Input::Dependencies(Gate::Open), &["spawn"])],
+    );
 }

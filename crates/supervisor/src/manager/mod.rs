@@ -9,6 +9,7 @@
 
 mod adopt;
 mod executor;
+mod gates;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -98,6 +99,12 @@ pub struct Manager {
     /// The last error reported for each component's `component_health` row, so a bad row is
     /// said once, not on every pass.
     health_errors: HashMap<String, String>,
+    /// The same for `component_dependencies` rows.
+    dependency_errors: HashMap<String, String>,
+    /// The valid dependencies as last read (for the stop order at shutdown).
+    dependencies: Vec<n0m1_core::dependencies::Dependency>,
+    /// At shutdown: components not yet told to stop (their dependents go first).
+    shutdown_pending: std::collections::BTreeSet<String>,
 }
 
 impl Manager {
@@ -167,6 +174,9 @@ impl Manager {
             notify,
             probes: HashMap::new(),
             health_errors: HashMap::new(),
+            dependency_errors: HashMap::new(),
+            dependencies: Vec::new(),
+            shutdown_pending: Default::default(),
             options,
         };
         manager.load_policy();
@@ -244,6 +254,9 @@ impl Manager {
             }
             self.on_timers(Instant::now());
             self.check_trees();
+            if self.shutting_down {
+                self.continue_shutdown();
+            }
             self.snapshot = None;
             if self.shutting_down && self.components.values().all(|c| c.proc().is_none()) {
                 return;
@@ -299,10 +312,12 @@ impl Manager {
         let resets = reset_requests(&self.conn, &self.options.manager);
         let ids: HashSet<&str> = rows.iter().map(|r| r.component_id.as_str()).collect();
         let mut checks = self.health_checks(&ids);
+        let (mut gates, held) = self.dependency_gates(&ids);
         let mut seen = HashSet::new();
         for row in rows {
             let id = row.component_id.clone();
             let health = checks.remove(&id).unwrap_or_default();
+            let gate = gates.remove(&id).unwrap_or_default();
             let reset_requested = resets.contains(&id);
             if reset_requested {
                 self.writer.clear_reset(&id);
@@ -312,6 +327,14 @@ impl Manager {
                 .or_insert_with(|| Component::new(row.clone()));
             // Before the row: a spawn it leads to then carries the watchdog settings.
             self.dispatch(&id, Input::Health(health));
+            self.dispatch(&id, Input::Dependencies(gate));
+            // Disabled while dependents still run: it stops after them (the watcher brings
+            // us back here as their states change).
+            let running = self.components.get(&id).is_some_and(|c| c.proc().is_some());
+            if !row.desired_active && running && held.contains(&id) {
+                seen.insert(id);
+                continue;
+            }
             self.dispatch(
                 &id,
                 Input::Row {
@@ -427,10 +450,42 @@ impl Manager {
             return;
         }
         self.shutting_down = true;
-        // Every component is signalled in this one turn (one /proc snapshot for all); their
-        // exits are then collected by the same loop.
-        let ids: Vec<String> = self.components.keys().cloned().collect();
-        for id in ids {
+        self.shutdown_pending = self.components.keys().cloned().collect();
+        self.continue_shutdown();
+    }
+
+    /// Stops in reverse dependency order: a component is told to stop once none of its
+    /// dependents of this manager is still running. Everything that may stop is signalled in
+    /// the same turn (one /proc snapshot for all); their exits are collected by the loop.
+    fn continue_shutdown(&mut self) {
+        if self.shutdown_pending.is_empty() {
+            return;
+        }
+        let running = |manager: &Manager, id: &str| {
+            manager
+                .components
+                .get(id)
+                .is_some_and(|c| c.proc().is_some())
+        };
+        let mut now: Vec<String> = self
+            .shutdown_pending
+            .iter()
+            .filter(|id| {
+                !n0m1_core::dependencies::dependents(id, &self.dependencies)
+                    .any(|dependent| dependent != id.as_str() && running(self, dependent))
+            })
+            .cloned()
+            .collect();
+        let stopping = self
+            .components
+            .values()
+            .any(|c| c.run_state() == n0m1_core::state::RunState::Stopping);
+        if now.is_empty() && !stopping {
+            // Nothing can go first (dependencies added into a cycle while running): all at once.
+            now = self.shutdown_pending.iter().cloned().collect();
+        }
+        for id in now {
+            self.shutdown_pending.remove(&id);
             self.dispatch(&id, Input::Shutdown);
         }
     }
@@ -514,6 +569,7 @@ fn rows_fingerprint(conn: &Connection, manager: &str) -> rusqlite::Result<u64> {
     rows.hash(&mut hasher);
     resets.hash(&mut hasher);
     checks.hash(&mut hasher);
+    gates::fingerprint(conn, &mut hasher)?;
     Ok(hasher.finish())
 }
 

@@ -1,0 +1,181 @@
+//! Reads `component_dependencies` and the states of what this manager's components depend on
+//! (in any manager) and turns them into each component's `Gate`; reports bad rows once.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use n0m1_core::components;
+use n0m1_core::dependencies::{self, Standing};
+use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::state::{self, RunState};
+use rusqlite::Connection;
+
+use super::Manager;
+use crate::machine::Gate;
+
+/// Every valid dependency, the cycles, and each component's standing, read in one go.
+pub(super) struct DependencyView {
+    pub deps: Vec<dependencies::Dependency>,
+    pub errors: Vec<dependencies::DependencyError>,
+    pub cycles: std::collections::BTreeMap<String, String>,
+    pub standings: HashMap<String, Standing>,
+    /// Desired active, for every component involved in a dependency.
+    pub desired: HashMap<String, bool>,
+}
+
+impl DependencyView {
+    pub fn read(conn: &Connection) -> rusqlite::Result<DependencyView> {
+        let rows = dependencies::all(conn)?;
+        if rows.is_empty() {
+            return Ok(DependencyView {
+                deps: Vec::new(),
+                errors: Vec::new(),
+                cycles: Default::default(),
+                standings: HashMap::new(),
+                desired: HashMap::new(),
+            });
+        }
+        let all = components::all(conn)?;
+        let known: BTreeSet<String> = all.iter().map(|row| row.component_id.clone()).collect();
+        let (deps, errors) = dependencies::validate(&rows, &known);
+        let cycles = dependencies::cycles(&deps);
+        let wanted: HashSet<&str> = deps
+            .iter()
+            .flat_map(|d| [d.depends_on.as_str(), d.component_id.as_str()])
+            .collect();
+        let desired = all
+            .iter()
+            .filter(|row| wanted.contains(row.component_id.as_str()))
+            .map(|row| (row.component_id.clone(), row.desired_active))
+            .collect();
+        let standings = state::load_all(conn, None)?
+            .into_iter()
+            .filter(|s| wanted.contains(s.component_id.as_str()))
+            .map(|s| {
+                let standing = Standing {
+                    state: s.state,
+                    ready: s.ready,
+                    // `completed` is only ever a one-shot's clean exit.
+                    exited_ok: s.state == RunState::Completed,
+                };
+                (s.component_id, standing)
+            })
+            .collect();
+        Ok(DependencyView {
+            deps,
+            errors,
+            cycles,
+            standings,
+            desired,
+        })
+    }
+
+    /// Dependents of `id` still running or stopping (as recorded): a disabled dependency
+    /// stops only after them.
+    pub fn running_dependents(&self, id: &str) -> Vec<&str> {
+        dependencies::dependents(id, &self.deps)
+            .filter(|d| {
+                self.standings
+                    .get(*d)
+                    .is_some_and(|s| matches!(s.state, RunState::Running | RunState::Stopping))
+            })
+            .collect()
+    }
+
+    pub fn gate(&self, id: &str) -> Gate {
+        if let Some(cycle) = self.cycles.get(id) {
+            return Gate::Cycle(cycle.clone());
+        }
+        let disabled: Vec<&str> = self
+            .deps
+            .iter()
+            .filter(|d| d.component_id == id && self.desired.get(&d.depends_on) == Some(&false))
+            .map(|d| d.depends_on.as_str())
+            .collect();
+        if !disabled.is_empty() {
+            return Gate::Halt(format!(
+                "its dependency {} is disabled",
+                disabled.join(", ")
+            ));
+        }
+        match dependencies::waiting_for(id, &self.deps, &self.standings) {
+            Some(what) => Gate::Waiting(what),
+            None => Gate::Open,
+        }
+    }
+}
+
+impl Manager {
+    /// Each of our components' gate, and those of ours whose stop must wait for dependents
+    /// still running; a bad row of ours is one ERROR event (per distinct error), and the
+    /// manager carries on without it.
+    pub(super) fn dependency_gates(
+        &mut self,
+        ours: &HashSet<&str>,
+    ) -> (HashMap<String, Gate>, HashSet<String>) {
+        let view = match DependencyView::read(&self.conn) {
+            Ok(view) => view,
+            Err(error) => {
+                tracing::error!(
+                    "cannot read {}: {error}; start order unchanged until it can be read",
+                    n0m1_core::schema::COMPONENT_DEPENDENCIES
+                );
+                let gates = self
+                    .components
+                    .iter()
+                    .map(|(id, c)| (id.clone(), c.gate().clone()))
+                    .collect();
+                return (gates, HashSet::new());
+            }
+        };
+        let mut reported = HashMap::new();
+        for error in &view.errors {
+            if !ours.contains(error.component_id.as_str()) {
+                continue;
+            }
+            let key = format!("{}\u{0}{}", error.component_id, error.depends_on);
+            let message = error.to_string();
+            if self.dependency_errors.get(&key) != Some(&message) {
+                self.writer.event(
+                    LifecycleRecord::new(&error.component_id, LifecycleEvent::Error)
+                        .manager(self.options.manager.clone())
+                        .message(message.clone()),
+                );
+            }
+            reported.insert(key, message);
+        }
+        self.dependency_errors = reported;
+        let gates = ours
+            .iter()
+            .map(|id| ((*id).to_owned(), view.gate(id)))
+            .collect();
+        let held = ours
+            .iter()
+            .filter(|id| !view.running_dependents(id).is_empty())
+            .map(|id| (*id).to_owned())
+            .collect();
+        self.dependencies = view.deps;
+        (gates, held)
+    }
+}
+
+/// What the watcher hashes so that a change in the dependencies, or in the standing of
+/// anything depended on, wakes the manager.
+pub(super) fn fingerprint(
+    conn: &Connection,
+    hasher: &mut impl std::hash::Hasher,
+) -> rusqlite::Result<()> {
+    use std::hash::Hash;
+    let view = DependencyView::read(conn)?;
+    view.deps.hash(hasher);
+    let mut desired: Vec<(&String, &bool)> = view.desired.iter().collect();
+    desired.sort();
+    desired.hash(hasher);
+    let mut standings: Vec<(&String, &Standing)> = view.standings.iter().collect();
+    standings.sort_by_key(|(id, _)| *id);
+    for (id, standing) in standings {
+        id.hash(hasher);
+        standing.state.as_str().hash(hasher);
+        standing.ready.hash(hasher);
+    }
+    Ok(())
+}
