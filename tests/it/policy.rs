@@ -311,3 +311,43 @@ fn logs_boot_shows_what_boot_wrote() {
         .stdout(contains("boot_daemon_manager MANAGER_STARTED"));
     env.ctl(&["stop"]).success();
 }
+
+#[test]
+fn reload_applies_supervisor_settings_without_restarting_components() {
+    let env = TestEnv::new();
+    env.add_component("sleepy", "sleeper.sh", "daemon_manager", "{}");
+    env.ctl(&["start"]).success();
+    let sleepy = env.wait_pid("sleepy", "sleepy to run");
+    std::fs::write(
+        env.home.config_path(),
+        config_with(|c| c["supervisor"]["stop_timeout"] = 3.5.into()),
+    )
+    .unwrap();
+    env.ctl(&["reload"])
+        .success()
+        .stdout(contains("SIGHUP sent to boot_system"))
+        .stdout(contains("daemon_manager"));
+    wait_until(T, "each manager to apply it", || {
+        ["daemon_manager", "nano_manager", "main_llm_manager"]
+            .iter()
+            .all(|m| env.count_events(m, "CONFIG_RELOADED") == 1)
+    });
+    assert!(messages(&env, "daemon_manager", "CONFIG_RELOADED")[0].contains("stop_timeout 3.5 s"));
+    wait_until(T, "boot to apply it", || {
+        env.count_events("boot_system", "CONFIG_RELOADED") == 1
+    });
+    assert_eq!(env.pid_of("sleepy"), Some(sleepy), "no component restarted");
+    // A bad file is refused before anything is signalled.
+    std::fs::write(
+        env.home.config_path(),
+        r#"{"supervisor": {"stop_timeout": "soon"}}"#,
+    )
+    .unwrap();
+    env.ctl(&["reload"])
+        .failure()
+        .stderr(contains("supervisor.stop_timeout"))
+        .stderr(contains("was not sent to the running system"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(env.count_events("daemon_manager", "CONFIG_RELOADED"), 1);
+    env.ctl(&["stop"]).success();
+}

@@ -293,6 +293,26 @@ fn stop_locked(home: &Home, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `reload`: checks config.json first (a bad file is refused here, not half-applied), then
+/// SIGHUP to boot and to every running manager.
+pub fn reload(home: &Home) -> anyhow::Result<()> {
+    let config = Config::load(&home.config_path())
+        .context("config.json was not sent to the running system")?;
+    let Some(boot) = PidFile::inspect(&home.boot_pid_file())?.live_pid() else {
+        bail!("n0m1 is not running: nothing to reload (`n0m1ctl start` reads config.json)");
+    };
+    process::signal_process(boot, Signal::SIGHUP);
+    let mut told = vec![format!("boot_system (pid {boot})")];
+    for manager in &config.managers {
+        if let Some(pid) = PidFile::inspect(&home.pid_file(&manager.binary))?.live_pid() {
+            process::signal_process(pid, Signal::SIGHUP);
+            told.push(format!("{} (pid {pid})", manager.binary));
+        }
+    }
+    println!("reloading config.json: SIGHUP sent to {}", told.join(", "));
+    Ok(())
+}
+
 pub fn config_check(home: &Home, json: bool) -> anyhow::Result<()> {
     let config = Config::load(&home.config_path())?;
     if json {

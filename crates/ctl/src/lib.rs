@@ -64,6 +64,9 @@ pub enum Command {
     },
     /// Stop, then start.
     Restart,
+    /// Re-read config.json: boot applies its managers' settings, each manager its supervisor
+    /// settings, without restarting any component (SIGHUP to each).
+    Reload,
     /// Show boot, the managers and every component, as they really are.
     Status {
         /// Add memory, CPU and recent errors.
@@ -141,6 +144,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Start => control::start(&home).map(|()| ExitCode::SUCCESS),
         Command::Stop { force } => control::stop(&home, force).map(|()| ExitCode::SUCCESS),
         Command::Restart => control::restart(&home).map(|()| ExitCode::SUCCESS),
+        Command::Reload => control::reload(&home).map(|()| ExitCode::SUCCESS),
         Command::Status { detailed, json } => status::run(&home, detailed, json),
         Command::Enable { component_id } => {
             components::set_desired(&home, &component_id, true).map(|()| ExitCode::SUCCESS)

@@ -243,6 +243,17 @@ impl Manager {
                 Some(Event::DatabaseChanged) if !self.shutting_down => self.reconcile(),
                 Some(Event::Reload) => {
                     self.load_policy();
+                    self.writer.event(
+                        LifecycleRecord::new(&self.options.manager, LifecycleEvent::ConfigReloaded)
+                            .pid(std::process::id() as i32)
+                            .message(format!(
+                                "supervisor settings applied (stop_timeout {} s, backoff {}-{} s, max_quick_deaths {}); no component restarted",
+                                self.policy.stop_timeout.0,
+                                self.policy.backoff_initial.0,
+                                self.policy.backoff_max.0,
+                                self.policy.max_quick_deaths
+                            )),
+                    );
                     if !self.shutting_down {
                         self.reconcile();
                     }
