@@ -269,10 +269,15 @@ fn boot_tells_systemd_ready_pings_the_watchdog_and_keeps_the_socket_to_itself() 
         break message;
     };
     assert!(
-        ready.starts_with("READY=1\nSTATUS=3 managers running"),
+        ready.starts_with("READY=1\nSTATUS=3 managers and the log writer running"),
         "{ready}"
     );
-    for manager in ["daemon_manager", "nano_manager", "main_llm_manager"] {
+    for manager in [
+        "n0m1_logd",
+        "daemon_manager",
+        "nano_manager",
+        "main_llm_manager",
+    ] {
         assert!(
             env.pid_of(manager).is_some(),
             "{manager} is up when READY=1 is sent"

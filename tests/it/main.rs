@@ -28,3 +28,5 @@ mod readiness;
 mod health;
 // Start order: component_dependencies across managers, cycles, timeouts, reverse stops.
 mod dependencies;
+// Log capture through n0m1_logd: rotation, and no line lost or repeated across a manager kill.
+mod logs;

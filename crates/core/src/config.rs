@@ -185,6 +185,31 @@ impl Default for Retention {
     }
 }
 
+/// Size-based rotation of every log n0m1 writes through its log writer: `<id>.log` →
+/// `<id>.log.1` … `<id>.log.<keep>` (the same for `.err`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// A file is rotated before a line would take it past this size (a single longer line
+    /// is written whole).
+    pub max_bytes: u64,
+    /// Rotated files kept; older ones are deleted.
+    pub keep: u32,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            max_bytes: 10 * 1024 * 1024,
+            keep: 5,
+        }
+    }
+}
+
+/// Bounds that make a setting a mistake rather than a choice.
+const MIN_LOG_BYTES: u64 = 1024;
+const MAX_LOG_KEEP: u32 = 1000;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
@@ -193,6 +218,8 @@ struct ConfigFile {
     supervisor: SupervisorPolicy,
     #[serde(default)]
     retention: Retention,
+    #[serde(default)]
+    logs: LogSettings,
 }
 
 /// The whole configuration, resolved.
@@ -202,6 +229,7 @@ pub struct Config {
     pub managers: Vec<ManagerSpec>,
     pub supervisor: SupervisorPolicy,
     pub retention: Retention,
+    pub logs: LogSettings,
 }
 
 impl Default for Config {
@@ -213,6 +241,7 @@ impl Default for Config {
                 .collect(),
             supervisor: SupervisorPolicy::default(),
             retention: Retention::default(),
+            logs: LogSettings::default(),
         }
     }
 }
@@ -307,8 +336,27 @@ impl Config {
         let mut config = Config {
             supervisor: file.supervisor,
             retention: file.retention,
+            logs: file.logs,
             ..Config::default()
         };
+        if config.logs.max_bytes < MIN_LOG_BYTES {
+            return Err(invalid(
+                "logs.max_bytes".into(),
+                format!(
+                    "{} is below the {MIN_LOG_BYTES} bytes a log file needs",
+                    config.logs.max_bytes
+                ),
+            ));
+        }
+        if config.logs.keep > MAX_LOG_KEEP {
+            return Err(invalid(
+                "logs.keep".into(),
+                format!(
+                    "{} is more than the {MAX_LOG_KEEP} rotated files allowed",
+                    config.logs.keep
+                ),
+            ));
+        }
         if config.supervisor.max_crashes_in_window == 0 {
             return Err(invalid(
                 "supervisor.max_crashes_in_window".into(),

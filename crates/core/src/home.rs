@@ -36,6 +36,8 @@ pub const CTL_LOCK_FILE: &str = ".n0m1ctl.lock";
 pub const MODELS_DIR: &str = "models";
 /// Boot's own log, as the original named it.
 pub const BOOT_LOG_STEM: &str = "boot_system_daemon";
+/// The log writer: its binary, PID file stem and log stem.
+pub const LOGD_STEM: &str = "n0m1_logd";
 /// Boot's PID file stem (`pids/boot_system.pid`).
 pub const BOOT_PID_STEM: &str = "boot_system";
 
@@ -52,6 +54,13 @@ pub enum HomeError {
     },
     #[error("invalid component id {id:?}: {reason}")]
     BadComponentId { id: String, reason: &'static str },
+}
+
+/// Whose output a log FIFO carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOwner {
+    Component,
+    Manager,
 }
 
 /// The resolved home folder of one n0m1 installation.
@@ -118,6 +127,7 @@ impl Home {
             self.manager_logs_dir(),
             self.pids_dir(),
             self.run_dir(),
+            self.log_fifos_dir(),
             self.hooks_dir(),
             self.components_dir(),
         ] {
@@ -161,6 +171,36 @@ impl Home {
     }
     pub fn run_dir(&self) -> PathBuf {
         self.root.join(RUN_DIR)
+    }
+    /// The FIFOs the log writer reads: `run/logs/c.<id>.out|err` for components and
+    /// `run/logs/m.<stem>.out|err` for managers.
+    pub fn log_fifos_dir(&self) -> PathBuf {
+        self.run_dir().join("logs")
+    }
+    pub fn log_fifo(&self, owner: LogOwner, stem: &str, stderr: bool) -> PathBuf {
+        let kind = match owner {
+            LogOwner::Component => "c",
+            LogOwner::Manager => "m",
+        };
+        let stream = if stderr { "err" } else { "out" };
+        self.log_fifos_dir().join(format!("{kind}.{stem}.{stream}"))
+    }
+    /// The log file a FIFO of `log_fifos_dir` is written to, by its name; `None` for a name
+    /// that is not one of ours.
+    pub fn log_target(&self, fifo_name: &str) -> Option<PathBuf> {
+        let (kind, rest) = fifo_name.split_once('.')?;
+        let (stem, stream) = rest.rsplit_once('.')?;
+        validate_component_id(stem).ok()?;
+        let (stdout, stderr) = match kind {
+            "c" => self.component_logs(stem),
+            "m" => self.manager_logs(stem),
+            _ => return None,
+        };
+        match stream {
+            "out" => Some(stdout),
+            "err" => Some(stderr),
+            _ => None,
+        }
     }
     /// The socket a manager's components send sd_notify datagrams to.
     pub fn notify_socket(&self, manager: &str) -> PathBuf {

@@ -12,6 +12,7 @@ pub mod health;
 pub mod home;
 pub mod lifecycle;
 pub mod logging;
+pub mod logpipe;
 pub mod notify;
 pub mod pidfile;
 pub mod process;

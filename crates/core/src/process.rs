@@ -344,3 +344,31 @@ mod tests {
         assert_eq!(pids, [11, 12, 14]);
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum DieWithBootError {
+    #[error("cannot set the parent-death signal: {0}")]
+    Os(std::io::Error),
+    #[error(
+        "boot (pid {boot_pid}) is gone before this process could start; not running as an orphan"
+    )]
+    Orphaned { boot_pid: i32 },
+}
+
+/// For a process boot started (`N0M1_BOOT_PID` set): SIGTERM when boot dies, so nothing
+/// outlives it; an error if boot is already gone. Nothing to do without the variable.
+pub fn die_with_boot() -> Result<(), DieWithBootError> {
+    let Some(boot_pid) = std::env::var(crate::home::ENV_BOOT_PID)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+        .map_err(|errno| DieWithBootError::Os(errno.into()))?;
+    // Boot may have died before the signal was armed.
+    if nix::unistd::getppid().as_raw() != boot_pid {
+        return Err(DieWithBootError::Orphaned { boot_pid });
+    }
+    Ok(())
+}

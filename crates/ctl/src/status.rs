@@ -216,9 +216,18 @@ pub fn collect(home: &Home, detailed: bool) -> anyhow::Result<SystemView> {
     );
     let config = Config::load(&home.config_path()).unwrap_or_default();
     let manager_names = known_managers(&config);
-    let managers: Vec<ProcessView> = manager_names
-        .iter()
-        .map(|name| view_pid_file(home, name, name, detailed))
+    let log_writer = view_pid_file(
+        home,
+        n0m1_core::home::LOGD_STEM,
+        n0m1_core::home::LOGD_STEM,
+        detailed,
+    );
+    let managers: Vec<ProcessView> = std::iter::once(log_writer)
+        .chain(
+            manager_names
+                .iter()
+                .map(|name| view_pid_file(home, name, name, detailed)),
+        )
         .collect();
     let manager_alive = |name: &str| {
         let name = name.strip_suffix(".py").unwrap_or(name);

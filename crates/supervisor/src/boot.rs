@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use n0m1_core::config::{Config, ConfigError, ManagerSpec};
 use n0m1_core::db::{self, DatabaseFile, DbError};
-use n0m1_core::home::{ENV_BOOT_PID, ENV_HOME, Home, HomeError};
+use n0m1_core::home::{ENV_BOOT_PID, ENV_HOME, Home, HomeError, LOGD_STEM, LogOwner};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::logpipe::LogPipes;
 use n0m1_core::notify::{self, WatchdogPinger};
 use n0m1_core::pidfile::{PidError, PidFile};
 use n0m1_core::process::{self, SpawnSpec};
@@ -109,6 +110,8 @@ pub struct Boot {
     /// The database file boot started on; set aside with the reason once it is gone.
     database: DatabaseFile,
     database_gone: Option<DbError>,
+    /// The managers' log FIFOs, held open (see `n0m1_core::logpipe`).
+    log_pipes: LogPipes,
     /// systemd (`Type=notify`) has been told READY=1.
     told_ready: bool,
     watchdog: WatchdogPinger,
@@ -145,6 +148,7 @@ impl Boot {
             config: Config::default(),
             database,
             database_gone: None,
+            log_pipes: LogPipes::default(),
             told_ready: false,
             watchdog: WatchdogPinger::from_env(),
         };
@@ -195,7 +199,12 @@ impl Boot {
     /// order is the file's; each manager's `startup_delay` separates it from the next.
     fn apply_config(&mut self, config: Config) {
         let mut at = Instant::now();
-        for spec in &config.managers {
+        // The log writer first (it reads every manager's and component's output) and
+        // stopped last; it is not in config.json.
+        let specs: Vec<ManagerSpec> = std::iter::once(log_writer_spec())
+            .chain(config.managers.iter().cloned())
+            .collect();
+        for spec in &specs {
             match self
                 .managers
                 .iter_mut()
@@ -221,8 +230,7 @@ impl Boot {
             }
         }
         for supervised in &mut self.managers {
-            if !config
-                .managers
+            if !specs
                 .iter()
                 .any(|spec| spec.binary == supervised.spec.binary)
             {
@@ -261,7 +269,12 @@ impl Boot {
         let home = &self.options.home;
         let supervised = &mut self.managers[index];
         let binary = supervised.spec.binary.clone();
-        let (stdout, stderr) = home.manager_logs(&binary);
+        // The log writer's own output cannot go through itself.
+        let (stdout, stderr) = if binary == LOGD_STEM {
+            home.manager_logs(&binary)
+        } else {
+            self.log_pipes.paths(home, LogOwner::Manager, &binary, true)
+        };
         let spec = SpawnSpec {
             program: self.options.bin_dir.join(&binary),
             args: vec!["--home".into(), home.root().as_os_str().to_owned()],
@@ -397,7 +410,12 @@ impl Boot {
             return;
         }
         self.told_ready = true;
-        let status = format!("{} managers running", self.managers.len());
+        let managers = self
+            .managers
+            .iter()
+            .filter(|m| m.spec.binary != LOGD_STEM)
+            .count();
+        let status = format!("{managers} managers and the log writer running");
         if let Err(error) = notify::notify(&format!("READY=1\nSTATUS={status}")) {
             tracing::warn!("cannot tell systemd that n0m1 is up: {error}");
         }
@@ -619,6 +637,17 @@ impl Supervised {
     }
     fn is_alive(&self) -> bool {
         self.pid().is_some()
+    }
+}
+
+/// The log writer, supervised by boot like a critical manager (its heartbeat included).
+fn log_writer_spec() -> ManagerSpec {
+    ManagerSpec {
+        binary: LOGD_STEM.to_owned(),
+        name: "Log Writer".to_owned(),
+        startup_delay: n0m1_core::config::Seconds(0.0),
+        health_check_interval: n0m1_core::config::Seconds(30.0),
+        critical: true,
     }
 }
 

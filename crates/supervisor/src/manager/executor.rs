@@ -1,7 +1,9 @@
 //! The manager's executor: performs a machine's effects with syscalls, PID files and the
 //! lifecycle writer, and answers a spawn with the machine input it leads to.
 
-use n0m1_core::home::{ENV_CHECKED_COMPONENT, ENV_CHECKED_PID, ENV_COMPONENT_ID, ENV_HOME};
+use n0m1_core::home::{
+    ENV_CHECKED_COMPONENT, ENV_CHECKED_PID, ENV_COMPONENT_ID, ENV_HOME, LogOwner,
+};
 use n0m1_core::notify::{ENV_NOTIFY_SOCKET, ENV_WATCHDOG_USEC};
 use n0m1_core::pidfile::PidFile;
 use n0m1_core::process::{self, SpawnSpec};
@@ -105,7 +107,11 @@ impl Manager {
             }
         };
         let home = &self.options.home;
-        let (stdout, stderr) = home.component_logs(id);
+        // Under boot the log writer runs (boot starts it first); alone, only if it is up.
+        let via_writer = self.under_boot || n0m1_core::logpipe::log_writer_running(home);
+        let (stdout, stderr) = self
+            .log_pipes
+            .paths(home, LogOwner::Component, id, via_writer);
         let watchdog = self.components.get(id).and_then(|c| c.health().watchdog);
         // systemd gives WATCHDOG_PID the service's main pid, known only after the fork: a
         // POSIX shell sets it to its own pid ($$) and execs the program, which keeps that pid.

@@ -24,11 +24,10 @@ use n0m1_core::home::{ENV_BOOT_PID, Home, HomeError};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::notify::NotifySocket;
 use n0m1_core::pidfile::{PidError, PidFile};
-use n0m1_core::process::ProcStat;
+use n0m1_core::process::{self, ProcStat};
 use n0m1_core::runtime::{Event, PidWatcher, Runtime, SignalSet};
 use n0m1_core::state::{self, unix_now};
 use n0m1_core::writer::Writer;
-use nix::sys::signal::Signal;
 use rusqlite::Connection;
 
 use crate::launch::ScriptResolver;
@@ -105,6 +104,10 @@ pub struct Manager {
     dependencies: Vec<n0m1_core::dependencies::Dependency>,
     /// At shutdown: components not yet told to stop (their dependents go first).
     shutdown_pending: std::collections::BTreeSet<String>,
+    /// The components' log FIFOs, held open (see `n0m1_core::logpipe`).
+    log_pipes: n0m1_core::logpipe::LogPipes,
+    /// Started by boot (which runs the log writer).
+    under_boot: bool,
 }
 
 impl Manager {
@@ -177,6 +180,8 @@ impl Manager {
             dependency_errors: HashMap::new(),
             dependencies: Vec::new(),
             shutdown_pending: Default::default(),
+            log_pipes: Default::default(),
+            under_boot: std::env::var_os(ENV_BOOT_PID).is_some(),
             options,
         };
         manager.load_policy();
@@ -607,23 +612,16 @@ pub fn become_subreaper() -> Result<(), ManagerError> {
 /// Started by boot: die with boot (SIGTERM on its death), and refuse to start if boot is
 /// already gone, so a manager never runs on as an orphan.
 fn die_with_boot(manager: &str) -> Result<(), ManagerError> {
-    let Some(boot_pid) = std::env::var(ENV_BOOT_PID)
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-    else {
-        return Ok(());
-    };
-    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(|errno| ManagerError::Os {
-        what: "cannot set the parent-death signal",
-        source: errno.into(),
-    })?;
-    if nix::unistd::getppid().as_raw() != boot_pid {
-        return Err(ManagerError::Orphaned {
+    process::die_with_boot().map_err(|error| match error {
+        process::DieWithBootError::Os(source) => ManagerError::Os {
+            what: "cannot set the parent-death signal",
+            source,
+        },
+        process::DieWithBootError::Orphaned { boot_pid } => ManagerError::Orphaned {
             manager: manager.to_owned(),
             boot_pid,
-        });
-    }
-    Ok(())
+        },
+    })
 }
 
 /// Each supervised component holds a PID file open; 500 components need more than the

@@ -1,0 +1,99 @@
+//! Log capture through the log writer (`n0m1_logd`): a process's stdout and stderr are FIFOs
+//! in `run/logs/`, read by the log writer, which rotates the files. Whoever spawns a process
+//! (boot for managers, a manager for components) holds each FIFO open for reading and
+//! writing without reading it: opening the write end never blocks, and a writer never gets
+//! SIGPIPE, even while the log writer restarts; what is written meanwhile waits in the pipe.
+//! Whoever spawns next (a restarted manager) simply opens the FIFO again: the log writer has
+//! held it all along, so a manager's death loses no line.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use rustix::fs::{Mode, OFlags};
+
+use crate::home::{Home, LOGD_STEM, LogOwner};
+use crate::pidfile::PidFile;
+
+/// What a pipe holds before writers block, when the log writer is slow or restarting.
+pub const PIPE_BYTES: usize = 1 << 20;
+
+/// The FIFOs one spawner holds, by stem.
+#[derive(Default)]
+pub struct LogPipes {
+    held: HashMap<(String, bool), OwnedFd>,
+}
+
+impl LogPipes {
+    /// The stdout and stderr a process of `stem` is started with: its FIFOs when the log
+    /// writer runs or is on its way (`via_writer`: under boot, which starts it first; created
+    /// and held here), else its log files written directly.
+    pub fn paths(
+        &mut self,
+        home: &Home,
+        owner: LogOwner,
+        stem: &str,
+        via_writer: bool,
+    ) -> (PathBuf, PathBuf) {
+        let files = || match owner {
+            LogOwner::Component => home.component_logs(stem),
+            LogOwner::Manager => home.manager_logs(stem),
+        };
+        if !via_writer {
+            return files();
+        }
+        let mut fifos = Vec::with_capacity(2);
+        for stderr in [false, true] {
+            let path = home.log_fifo(owner, stem, stderr);
+            match self.hold(&path, (stem.to_owned(), stderr)) {
+                Ok(()) => fifos.push(path),
+                Err(error) => {
+                    tracing::warn!(
+                        "cannot use log FIFO {}: {error}; writing {stem}'s log directly",
+                        path.display()
+                    );
+                    return files();
+                }
+            }
+        }
+        (fifos[0].clone(), fifos[1].clone())
+    }
+
+    fn hold(&mut self, path: &std::path::Path, key: (String, bool)) -> std::io::Result<()> {
+        if self.held.contains_key(&key) && is_fifo(path) {
+            return Ok(());
+        }
+        if !is_fifo(path) {
+            let _ = std::fs::remove_file(path);
+            match rustix::fs::mkfifoat(rustix::fs::CWD, path, Mode::RUSR | Mode::WUSR) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let fd = open_fifo(path)?;
+        self.held.insert(key, fd);
+        Ok(())
+    }
+}
+
+/// Opens a FIFO for reading and writing, non-blocking (never EOF, never blocks), with a
+/// large pipe.
+pub fn open_fifo(path: &std::path::Path) -> std::io::Result<OwnedFd> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDWR | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?;
+    let _ = rustix::pipe::fcntl_setpipe_size(&fd, PIPE_BYTES);
+    Ok(fd)
+}
+
+pub fn is_fifo(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+}
+
+/// True while the log writer holds its PID file.
+pub fn log_writer_running(home: &Home) -> bool {
+    PidFile::inspect(&home.pid_file(LOGD_STEM)).is_ok_and(|status| status.live_pid().is_some())
+}

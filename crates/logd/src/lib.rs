@@ -1,0 +1,308 @@
+//! The log writer (`n0m1_logd`): reads the FIFOs in `run/logs/` (each process's stdout and
+//! stderr, see `n0m1_core::logpipe`) and appends whole lines to their log files, rotating by
+//! size: `<id>.log` → `<id>.log.1` … `<id>.log.<keep>`, never copytruncate. Boot starts it
+//! before the managers and stops it after them; its pipes outlive any manager.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use n0m1_core::config::LogSettings;
+use n0m1_core::home::{Home, LOGD_STEM, open_private_append};
+use n0m1_core::logpipe;
+use n0m1_core::runtime::{Event, Runtime, SignalSet};
+use n0m1_core::{Config, PidFile};
+
+/// How often `run/logs/` is looked at for new FIFOs; what is written meanwhile waits in the
+/// pipe, held open by whoever spawned the writer.
+const SCAN_EVERY: Duration = Duration::from_millis(100);
+/// A line longer than this is written in pieces (a writer that never ends its line).
+const MAX_LINE: usize = 64 * 1024;
+
+/// One FIFO and the file it goes to.
+struct Stream {
+    fifo: OwnedFd,
+    target: PathBuf,
+    file: Option<File>,
+    size: u64,
+    /// Bytes after the last newline, waiting for the rest of their line.
+    partial: Vec<u8>,
+}
+
+impl Stream {
+    fn open(fifo: &Path, target: PathBuf) -> std::io::Result<Stream> {
+        let fd = logpipe::open_fifo(fifo)?;
+        let size = std::fs::metadata(&target).map_or(0, |m| m.len());
+        Ok(Stream {
+            fifo: fd,
+            target,
+            file: None,
+            size,
+            partial: Vec::new(),
+        })
+    }
+
+    /// Reads what is waiting and writes every complete line.
+    fn drain(&mut self, settings: &LogSettings) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match rustix::io::read(&self.fifo, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.partial.extend_from_slice(&buf[..n]);
+                    let cut = match self.partial.iter().rposition(|b| *b == b'\n') {
+                        Some(last) => last + 1,
+                        None if self.partial.len() >= MAX_LINE => self.partial.len(),
+                        None => continue,
+                    };
+                    let lines: Vec<u8> = self.partial.drain(..cut).collect();
+                    self.write_lines(&lines, settings);
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Writes the rest, complete or not (at exit).
+    fn flush_partial(&mut self, settings: &LogSettings) {
+        if !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            self.write_lines(&rest, settings);
+        }
+    }
+
+    /// Whole lines, rotating between them: the run of lines that fits goes in one write.
+    fn write_lines(&mut self, mut bytes: &[u8], settings: &LogSettings) {
+        while !bytes.is_empty() {
+            let room = settings.max_bytes.saturating_sub(self.size);
+            let mut take = 0;
+            for (i, b) in bytes.iter().enumerate() {
+                if *b == b'\n' {
+                    if (i + 1) as u64 > room {
+                        break;
+                    }
+                    take = i + 1;
+                }
+            }
+            if take == 0 {
+                if self.size > 0 {
+                    self.rotate(settings);
+                    continue;
+                }
+                // A single line longer than the limit: written whole, into a fresh file.
+                take = bytes
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(bytes.len(), |i| i + 1);
+            }
+            self.append(&bytes[..take]);
+            bytes = &bytes[take..];
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        if self.file.is_none() {
+            match open_private_append(&self.target) {
+                Ok(file) => {
+                    self.size = file.metadata().map_or(self.size, |m| m.len());
+                    self.file = Some(file);
+                }
+                Err(error) => {
+                    tracing::error!(
+                        "cannot open {}: {error}; lines dropped",
+                        self.target.display()
+                    );
+                    return;
+                }
+            }
+        }
+        if let Some(file) = &mut self.file {
+            match file.write_all(bytes) {
+                Ok(()) => self.size += bytes.len() as u64,
+                Err(error) => {
+                    tracing::error!("cannot write {}: {error}", self.target.display());
+                    self.file = None;
+                }
+            }
+        }
+    }
+
+    /// `<target>.<k>` → `<target>.<k+1>` down to `<target>` → `<target>.1`; the oldest goes.
+    fn rotate(&mut self, settings: &LogSettings) {
+        self.file = None;
+        let numbered = |k: u32| PathBuf::from(format!("{}.{k}", self.target.display()));
+        if settings.keep == 0 {
+            let _ = std::fs::remove_file(&self.target);
+        } else {
+            for k in (1..settings.keep).rev() {
+                let _ = std::fs::rename(numbered(k), numbered(k + 1));
+            }
+            if let Err(error) = std::fs::rename(&self.target, numbered(1)) {
+                tracing::error!("cannot rotate {}: {error}", self.target.display());
+            }
+        }
+        self.size = 0;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogdError {
+    #[error(transparent)]
+    Home(#[from] n0m1_core::home::HomeError),
+    #[error(transparent)]
+    Pid(#[from] n0m1_core::pidfile::PidError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error(transparent)]
+    Boot(#[from] n0m1_core::process::DieWithBootError),
+}
+
+fn load_settings(home: &Home, current: &LogSettings) -> LogSettings {
+    match Config::load(&home.config_path()) {
+        Ok(config) => config.logs,
+        Err(error) => {
+            tracing::error!("{error}; keeping the log settings in use");
+            current.clone()
+        }
+    }
+}
+
+/// Runs until SIGTERM, then writes what is left and exits.
+pub fn run(home: Home) -> Result<(), LogdError> {
+    let mut runtime = Runtime::start(SignalSet::Supervisor).map_err(LogdError::Signals)?;
+    // SIGTERM when boot dies: it drains what is left, then goes, as the managers do.
+    n0m1_core::process::die_with_boot()?;
+    home.ensure()?;
+    let pid_file = PidFile::acquire(&home.pid_file(LOGD_STEM))?;
+    let mut settings = load_settings(&home, &LogSettings::default());
+    let heartbeat = load_heartbeat(&home);
+    let mut streams: HashMap<PathBuf, Stream> = HashMap::new();
+    let mut next_scan = Instant::now();
+    let mut next_heartbeat = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= next_scan {
+            scan(&home, &mut streams, &mut runtime);
+            next_scan = now + SCAN_EVERY;
+        }
+        if now >= next_heartbeat {
+            if let Err(error) = pid_file.touch() {
+                tracing::warn!("heartbeat failed: {error}");
+            }
+            next_heartbeat = now + heartbeat;
+        }
+        match runtime.next(Some(next_scan.min(next_heartbeat))) {
+            Some(Event::Shutdown) => break,
+            Some(Event::Reload) => settings = load_settings(&home, &settings),
+            Some(Event::Readable) | None => {}
+            Some(_) => {}
+        }
+        for stream in streams.values_mut() {
+            stream.drain(&settings);
+        }
+    }
+    // Whatever the stopped processes wrote last.
+    scan(&home, &mut streams, &mut runtime);
+    for stream in streams.values_mut() {
+        stream.drain(&settings);
+        stream.flush_partial(&settings);
+    }
+    pid_file.remove();
+    Ok(())
+}
+
+fn load_heartbeat(home: &Home) -> Duration {
+    Config::load(&home.config_path())
+        .map(|c| c.supervisor.heartbeat_interval.duration())
+        .unwrap_or(Duration::from_secs(2))
+        .max(Duration::from_millis(100))
+}
+
+/// Opens every FIFO not yet read. Streams are never dropped while running: a FIFO whose
+/// component is gone costs one descriptor and no reads.
+fn scan(home: &Home, streams: &mut HashMap<PathBuf, Stream>, runtime: &mut Runtime) {
+    let Ok(entries) = std::fs::read_dir(home.log_fifos_dir()) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        if streams.contains_key(&path) || !logpipe::is_fifo(&path) {
+            continue;
+        }
+        let Some(target) = entry.file_name().to_str().and_then(|n| home.log_target(n)) else {
+            continue;
+        };
+        match Stream::open(&path, target) {
+            Ok(stream) => {
+                if let Ok(fd) = stream.fifo.as_fd().try_clone_to_owned() {
+                    runtime.watch_readable(fd);
+                }
+                streams.insert(path, stream);
+            }
+            Err(error) => tracing::warn!("cannot open {}: {error}", path.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_rotate_whole_and_at_most_keep_old_files_remain() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("c.x.out");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        )
+        .unwrap();
+        let target = dir.path().join("x.log");
+        let mut stream = Stream::open(&fifo, target.clone()).unwrap();
+        let settings = LogSettings {
+            max_bytes: 100,
+            keep: 2,
+        };
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let mut expected = Vec::new();
+        for i in 0..60 {
+            let line = format!("line {i:04}\n");
+            writer.write_all(line.as_bytes()).unwrap();
+            expected.push(line);
+        }
+        // A line without its end waits for the rest.
+        writer.write_all(b"half").unwrap();
+        stream.drain(&settings);
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+        let files = [
+            PathBuf::from(format!("{}.2", target.display())),
+            PathBuf::from(format!("{}.1", target.display())),
+            target.clone(),
+        ];
+        for file in &files {
+            let size = std::fs::metadata(file).unwrap().len();
+            assert!(size <= 100, "{} is {size} bytes", file.display());
+            assert!(read(file).ends_with('\n'), "whole lines only");
+        }
+        assert!(
+            !PathBuf::from(format!("{}.3", target.display())).exists(),
+            "keep = 2"
+        );
+        let kept: String = files.iter().map(|f| read(f)).collect();
+        let tail: String = expected[expected.len() - kept.lines().count()..].concat();
+        assert_eq!(kept, tail, "the newest lines, in order, each once");
+        writer.write_all(b" done\n").unwrap();
+        stream.drain(&settings);
+        assert!(read(&target).ends_with("half done\n"));
+        // A line longer than the limit is written whole.
+        let long = format!("{}\n", "y".repeat(300));
+        writer.write_all(long.as_bytes()).unwrap();
+        stream.drain(&settings);
+        assert_eq!(read(&target), long);
+    }
+}

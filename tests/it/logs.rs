@@ -1,0 +1,112 @@
+//! Log capture through the log writer: bounded by size, rotated whole-line, and nothing lost
+//! or repeated when the component's manager is SIGKILLed and restarted.
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::support::{FAST_CONFIG, TestEnv, wait_until};
+
+const T: Duration = Duration::from_secs(30);
+const MAX_BYTES: u64 = 4096;
+const KEEP: u32 = 50;
+
+/// `<id>.log.<keep>` … `<id>.log.1`, `<id>.log`: oldest first.
+fn log_files(env: &TestEnv, id: &str) -> Vec<std::path::PathBuf> {
+    let current = env.home.component_logs(id).0;
+    let mut files: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(env.home.logs_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix(&format!("{id}.log."))?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    let mut files: Vec<_> = files.into_iter().map(|f| f.1).collect();
+    files.push(current);
+    files
+}
+
+fn numbers(env: &TestEnv, id: &str) -> Vec<u64> {
+    log_files(env, id)
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| {
+                    l.parse::<u64>()
+                        .unwrap_or_else(|_| panic!("not a number: {l:?}"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn a_line_every_millisecond_survives_rotation_and_a_killed_manager_exactly_once() {
+    let env = TestEnv::new();
+    let mut config: serde_json::Value = serde_json::from_str(FAST_CONFIG).unwrap();
+    config["logs"] = serde_json::json!({"max_bytes": MAX_BYTES, "keep": KEEP});
+    std::fs::write(env.home.config_path(), config.to_string()).unwrap();
+    env.script(
+        "counter.py",
+        "import sys, time\ni = 0\nwhile True:\n    print(i, flush=True)\n    i += 1\n    time.sleep(0.001)\n",
+    );
+    env.add_component("counter", "counter.py", "daemon_manager", "{}");
+    env.ctl(&["start"]).success();
+    let counter = env.wait_pid("counter", "counter to run");
+    wait_until(T, "a few rotations", || {
+        log_files(&env, "counter").len() >= 3
+    });
+
+    // The manager dies; the component goes on writing, into the log writer's pipe.
+    let manager = env.pid_of("daemon_manager").unwrap();
+    let before = numbers(&env, "counter").len();
+    kill(Pid::from_raw(manager), Signal::SIGKILL).unwrap();
+    env.wait_new_pid(
+        "daemon_manager",
+        manager,
+        T,
+        "boot to restart daemon_manager",
+    );
+    wait_until(T, "counter adopted", || {
+        env.count_events("counter", "ADOPTED") == 1
+    });
+    assert_eq!(
+        env.pid_of("counter"),
+        Some(counter),
+        "not restarted: its numbering goes on"
+    );
+    wait_until(T, "more lines after the restart", || {
+        numbers(&env, "counter").len() > before + 500
+    });
+    env.ctl(&["stop"]).success();
+
+    let all = numbers(&env, "counter");
+    let expected: Vec<u64> = (0..all.len() as u64).collect();
+    assert!(
+        all == expected,
+        "every number once, in order ({} lines; first gap at {:?})",
+        all.len(),
+        all.iter().zip(&expected).position(|(a, b)| a != b)
+    );
+    let files = log_files(&env, "counter");
+    assert!(files.len() >= 3, "rotated: {files:?}");
+    assert!(files.len() as u32 <= KEEP + 1, "at most keep old files");
+    let longest_line = all.last().unwrap().to_string().len() as u64 + 1;
+    for file in &files {
+        let size = std::fs::metadata(file).unwrap().len();
+        assert!(
+            size <= MAX_BYTES + longest_line,
+            "{} is {size} bytes",
+            file.display()
+        );
+    }
+    // The component was never handed a broken pipe.
+    let err = std::fs::read_to_string(env.home.component_logs("counter").1).unwrap_or_default();
+    assert!(!err.contains("BrokenPipe"), "{err}");
+}
