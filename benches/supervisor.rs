@@ -3,7 +3,8 @@
 //! `cargo bench --bench supervisor` (release build). Set `BENCH_KILLS` for the number of
 //! SIGKILLs per restart scenario (default 200, 1.5 s apart: 5 minutes each), `BENCH_IDLE_SECS`
 //! to shorten the idle-CPU window (default 60 s), `BENCH_MANY` for the large start
-//! (default 500) and `BENCH_ONLY=restart` to measure restarts alone.
+//! (default 500) and `BENCH_ONLY=restart` to measure restarts alone (with and without log
+//! capture, and the log writer at 10 MB/s).
 
 #![allow(clippy::disallowed_methods)] // the benchmark starts the binaries under test
 
@@ -23,6 +24,7 @@ fn bin(name: &str) -> PathBuf {
         "n0m1ctl" => env!("CARGO_BIN_EXE_n0m1ctl"),
         "daemon_manager" => env!("CARGO_BIN_EXE_daemon_manager"),
         "boot_system" => env!("CARGO_BIN_EXE_boot_system"),
+        "n0m1_logd" => env!("CARGO_BIN_EXE_n0m1_logd"),
         other => panic!("{other}"),
     })
 }
@@ -237,6 +239,82 @@ fn runit_gaps(kills: usize, every: Duration) -> Option<Vec<f64>> {
     Some(gaps)
 }
 
+/// CPU seconds (user + system) and resident/peak memory of `pid`, from /proc.
+fn usage_of(pid: i32) -> (f64, u64, u64) {
+    let cpu = ProcStat::read(pid).map_or(0.0, |s| {
+        (s.utime_ticks + s.stime_ticks) as f64 / n0m1_core::process::clock_ticks_per_second() as f64
+    });
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (cpu, kib("VmRSS:"), kib("VmHWM:"))
+}
+
+/// The same restart measurement with log capture on (the component's stdout and stderr are
+/// FIFOs read by `n0m1_logd`), then the log writer's CPU and memory while one component
+/// writes 10 MB/s of 100-byte lines for 10 s.
+fn log_capture(kills: usize, every: Duration) {
+    let mut bench = Bench::new(&fast_config(0.2));
+    let logd = bench.spawn("n0m1_logd");
+    wait_for(Duration::from_secs(10), || bench.pid("n0m1_logd")).expect("log writer up");
+    bench.add_sleepers(1, "daemon_manager");
+    bench.spawn("daemon_manager");
+    let gaps = kill_gaps(&bench, kills, every);
+    let fifo = bench
+        .home
+        .log_fifo(n0m1_core::home::LogOwner::Component, "s0", false);
+    println!(
+        "restart after SIGKILL with log capture on ({} a FIFO), {kills} kills: {}",
+        if n0m1_core::logpipe::is_fifo(&fifo) {
+            "stdout is"
+        } else {
+            "NOT"
+        },
+        summary(&gaps)
+    );
+    let writer = bench.home.components_dir().join("writer.py");
+    std::fs::write(
+        &writer,
+        "import sys, time\nchunk = (b'x' * 99 + b'\\n') * 100\nstart = time.time()\nsent = 0\n\
+         while time.time() - start < 10:\n    sys.stdout.buffer.write(chunk); sys.stdout.flush(); sent += len(chunk)\n\
+         \x20   pause = start + sent / 10e6 - time.time()\n    if pause > 0: time.sleep(pause)\n\
+         print(sent, file=sys.stderr, flush=True)\ntime.sleep(100000)\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&writer, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (cpu_before, _, _) = usage_of(logd);
+    let started = Instant::now();
+    bench.sql("INSERT INTO autorun_components (component_id, base_script_name, manager_affinity, desired_state) VALUES ('writer', 'writer.py', 'daemon_manager', 'active')");
+    let err_log = bench.home.component_logs("writer").1;
+    let sent: Option<u64> = wait_for(Duration::from_secs(40), || {
+        std::fs::read_to_string(&err_log).ok()?.trim().parse().ok()
+    });
+    let wall = started.elapsed().as_secs_f64();
+    let (cpu_after, rss, peak) = usage_of(logd);
+    let logged: u64 = std::fs::read_dir(bench.home.logs_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("writer.log"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "log writer while a component writes 10 MB/s for 10 s: CPU {:.1} % of one core ({:.2} s in {:.1} s), RSS {} KiB (peak {} KiB); sent {} MB, {} MB on disk after rotation (10 MiB x 6 files at most)",
+        (cpu_after - cpu_before) / wall * 100.0,
+        cpu_after - cpu_before,
+        wall,
+        rss,
+        peak,
+        sent.unwrap_or(0) / 1_000_000,
+        logged / 1_000_000
+    );
+}
+
 fn restart_latency() {
     let kills: usize = std::env::var("BENCH_KILLS")
         .ok()
@@ -258,6 +336,8 @@ fn restart_latency() {
         ),
         None => println!("runit (runsv): not installed, anchor skipped"),
     }
+
+    log_capture(kills, every);
 
     let mut locker = Command::new(std::env::current_exe().unwrap())
         .env(LOCKER_ENV, bench.home.db_path())
