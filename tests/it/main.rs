@@ -30,3 +30,5 @@ mod health;
 mod dependencies;
 // Log capture through n0m1_logd: rotation, and no line lost or repeated across a manager kill.
 mod logs;
+// Alerts: alert_rules to webhooks and exec hooks, suppression, RECOVERED, hanging hooks.
+mod alerts;

@@ -237,6 +237,34 @@ pub fn recent(
     rows.collect()
 }
 
+/// Events after row `after_id`, oldest first, at most `limit`.
+pub fn after(conn: &Connection, after_id: i64, limit: usize) -> rusqlite::Result<Vec<LoggedEvent>> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT id, event_timestamp, component_id, process_pid, event_type, message
+         FROM {COMPONENT_LIFECYCLE_LOG} WHERE id > ?1 ORDER BY id LIMIT ?2"
+    ))?;
+    let rows = statement.query_map(rusqlite::params![after_id, limit as i64], |row| {
+        Ok(LoggedEvent {
+            id: row.get(0)?,
+            timestamp: row.get(1)?,
+            component_id: row.get(2)?,
+            pid: row.get(3)?,
+            event_type: row.get(4)?,
+            message: row.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The newest row's id (0 for an empty log).
+pub fn last_id(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        &format!("SELECT coalesce(max(id), 0) FROM {COMPONENT_LIFECYCLE_LOG}"),
+        [],
+        |r| r.get(0),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

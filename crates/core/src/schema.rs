@@ -12,6 +12,9 @@ pub const COMPONENT_STATE: &str = "component_state";
 pub const COMPONENT_READINESS: &str = "component_readiness";
 pub const COMPONENT_HEALTH: &str = "component_health";
 pub const COMPONENT_DEPENDENCIES: &str = "component_dependencies";
+pub const ALERT_RULES: &str = "alert_rules";
+pub const ALERT_LOG: &str = "alert_log";
+pub const ALERT_CURSOR: &str = "alert_cursor";
 pub const CPU_TEMPERATURE_LOG: &str = "cpu_temperature_log";
 pub const CPU_USAGE_LOG: &str = "cpu_usage_log";
 pub const MEMORY_USAGE_LOG: &str = "memory_usage_log";
@@ -54,6 +57,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../../../migrations/04-readiness/up.sql"),
     include_str!("../../../migrations/05-health/up.sql"),
     include_str!("../../../migrations/06-dependencies/up.sql"),
+    include_str!("../../../migrations/07-alerts/up.sql"),
 ];
 
 /// The schema's migrations, oldest first.
@@ -101,7 +105,8 @@ pub struct DefaultComponent {
     pub description: &'static str,
 }
 
-/// The original's default rows, plus `llm_command_daemon` (inactive, like the processor).
+/// The original's default rows, plus `llm_command_daemon` (inactive, like the processor) and
+/// the alerter `n0m1_alerts` (active; with no rule it sends nothing).
 pub const DEFAULT_COMPONENTS: &[DefaultComponent] = &[
     DefaultComponent {
         component_id: "temp_main_daemon",
@@ -142,6 +147,14 @@ pub const DEFAULT_COMPONENTS: &[DefaultComponent] = &[
         desired_state: "inactive",
         launch_args_json: "{}",
         description: "Lets the main LLM start nano instances with CMD:START",
+    },
+    DefaultComponent {
+        component_id: "n0m1_alerts",
+        base_script_name: "n0m1_alerts",
+        manager_affinity: DAEMON_MANAGER,
+        desired_state: "active",
+        launch_args_json: "{}",
+        description: "Sends alert_rules alerts to hooks and webhooks",
     },
     DefaultComponent {
         component_id: "main_llm_processor",

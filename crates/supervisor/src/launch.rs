@@ -17,6 +17,7 @@ pub const BUNDLED_COMPONENTS: &[&str] = &[
     "nano_instance",
     "llm_config_daemon",
     "llm_command_daemon",
+    "n0m1_alerts",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

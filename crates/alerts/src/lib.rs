@@ -1,0 +1,315 @@
+//! The alerter (`n0m1_alerts`, a bundled component): reads the lifecycle log after its
+//! cursor, matches each event against `alert_rules` (`tracker`), and delivers alerts to exec
+//! hooks and webhooks on threads of their own, so a dead or slow target delays nothing; each
+//! attempt and its outcome is a row in `alert_log`. It never runs in a supervisor, so no alert
+//! is ever sent from a restart path.
+
+pub mod rules;
+pub mod tracker;
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use n0m1_core::home::{ENV_HOME, Home};
+use n0m1_core::lifecycle::{self, LifecycleEvent, LifecycleRecord};
+use n0m1_core::process::{self, SpawnSpec};
+use n0m1_core::runtime::{Event, Runtime, SignalSet};
+use n0m1_core::schema::{ALERT_CURSOR, ALERT_LOG};
+use n0m1_core::{db, notify};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use rules::{Action, Rule};
+use tracker::{Alert, Decision, Seen, Tracker};
+
+/// An exec hook is killed after this long.
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// A webhook gives up after this long.
+pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the loop looks for delivery results and new events at the least.
+const POLL: Duration = Duration::from_millis(200);
+
+/// What became of one delivery.
+struct Outcome {
+    alert: Alert,
+    ok: bool,
+    detail: String,
+}
+
+pub fn run(home: Home, component_id: String) -> anyhow::Result<()> {
+    let mut runtime = Runtime::start(SignalSet::Component)?;
+    let db_path = home.db_path();
+    let conn = db::open(&db_path)?;
+    runtime.watch_database(
+        db::DatabaseFile::capture(&db_path)?,
+        Duration::from_millis(100),
+    );
+    let mut cursor = load_cursor(&conn)?;
+    let (done_tx, done_rx) = mpsc::channel::<Outcome>();
+    let mut tracker = Tracker::default();
+    let mut reported: HashMap<i64, String> = HashMap::new();
+    let mut rules = load_rules(&conn, &home, &component_id, &mut reported);
+    let event = |event, message: &str| {
+        if let Err(error) = LifecycleRecord::new(component_id.as_str(), event)
+            .pid(std::process::id() as i32)
+            .message(message)
+            .write(&conn)
+        {
+            tracing::warn!("cannot record {event}: {error}");
+        }
+    };
+    event(
+        LifecycleEvent::StartedSuccessfully,
+        &format!(
+            "watching the lifecycle log after row {cursor} with {} rules",
+            rules.len()
+        ),
+    );
+    let _ = notify::notify("READY=1\nSTATUS=watching the lifecycle log");
+    let mut watchdog = notify::WatchdogPinger::from_env();
+    loop {
+        watchdog.ping_if_due();
+        let now = Instant::now();
+        let wake = [
+            Some(now + POLL),
+            tracker.next_deadline(&rules),
+            watchdog.due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + POLL);
+        match runtime.next(Some(wake)) {
+            Some(Event::Shutdown) => break,
+            Some(Event::DatabaseReplaced) => {
+                tracing::error!("the database was deleted or replaced; stopping");
+                break;
+            }
+            Some(Event::DatabaseChanged) => {
+                rules = load_rules(&conn, &home, &component_id, &mut reported)
+            }
+            _ => {}
+        }
+        while let Ok(outcome) = done_rx.try_recv() {
+            log_outcome(&conn, &outcome);
+        }
+        let events = match lifecycle::after(&conn, cursor, 500) {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::warn!("cannot read the lifecycle log: {error}; trying again");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let mut decisions = Vec::new();
+        for logged in &events {
+            cursor = logged.id;
+            // Our own errors are not alerts about us (that way lies a loop).
+            if logged.component_id == component_id {
+                continue;
+            }
+            let seen = Seen {
+                component: logged.component_id.clone(),
+                event: logged.event_type.clone(),
+                message: logged.message.clone().unwrap_or_default(),
+                timestamp: logged.timestamp.clone(),
+            };
+            decisions.extend(tracker.on_event(&rules, &seen, now));
+        }
+        decisions.extend(tracker.on_tick(&rules, now));
+        if !events.is_empty() {
+            save_cursor(&conn, cursor);
+        }
+        for decision in decisions {
+            match decision {
+                Decision::Suppress {
+                    rule_id,
+                    component,
+                    event,
+                } => {
+                    let _ = conn.execute(
+                        &format!("INSERT INTO {ALERT_LOG} (rule_id, component_id, event_type, outcome, detail) VALUES (?1, ?2, ?3, 'suppressed', 'within min_interval_s of the last delivery')"),
+                        params![rule_id, component, event],
+                    );
+                }
+                Decision::Send(alert) => {
+                    let Some(rule) = rules.iter().find(|r| r.id == alert.rule_id) else {
+                        continue;
+                    };
+                    deliver(rule.action.clone(), alert, &home, done_tx.clone());
+                }
+            }
+        }
+    }
+    // Deliveries still out finish on their own threads (hooks are in the home's process
+    // sweep, so `n0m1ctl stop` ends them); record what has come back.
+    while let Ok(outcome) = done_rx.try_recv() {
+        log_outcome(&conn, &outcome);
+    }
+    event(LifecycleEvent::Stopped, "stopped on signal");
+    Ok(())
+}
+
+fn load_cursor(conn: &Connection) -> rusqlite::Result<i64> {
+    let saved: Option<i64> = conn
+        .query_row(
+            &format!("SELECT last_event_id FROM {ALERT_CURSOR} WHERE id = 1"),
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match saved {
+        Some(id) => Ok(id),
+        // First start: history is not news.
+        None => {
+            let last = lifecycle::last_id(conn)?;
+            save_cursor(conn, last);
+            Ok(last)
+        }
+    }
+}
+
+fn save_cursor(conn: &Connection, id: i64) {
+    if let Err(error) = conn.execute(
+        &format!("INSERT INTO {ALERT_CURSOR} (id, last_event_id) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET last_event_id = excluded.last_event_id"),
+        [id],
+    ) {
+        tracing::warn!("cannot save the alert cursor: {error}");
+    }
+}
+
+/// The valid rules; a bad row is one ERROR event naming it and its field.
+fn load_rules(
+    conn: &Connection,
+    home: &Home,
+    me: &str,
+    reported: &mut HashMap<i64, String>,
+) -> Vec<Rule> {
+    let rows = match rules::all(conn) {
+        Ok(rows) => rows,
+        Err(error) => {
+            tracing::warn!("cannot read alert rules: {error}");
+            return Vec::new();
+        }
+    };
+    let hooks = home.hooks_dir();
+    let mut valid = Vec::new();
+    let mut now_reported = HashMap::new();
+    for row in rows.iter().filter(|r| r.enabled) {
+        match row.validate(&hooks) {
+            Ok(rule) => valid.push(rule),
+            Err(error) => {
+                let message = error.to_string();
+                if reported.get(&row.id) != Some(&message) {
+                    let _ = LifecycleRecord::new(me, LifecycleEvent::Error)
+                        .pid(std::process::id() as i32)
+                        .message(message.as_str())
+                        .write(conn);
+                }
+                now_reported.insert(row.id, message);
+            }
+        }
+    }
+    *reported = now_reported;
+    valid
+}
+
+fn log_outcome(conn: &Connection, outcome: &Outcome) {
+    let alert = &outcome.alert;
+    if let Err(error) = conn.execute(
+        &format!("INSERT INTO {ALERT_LOG} (rule_id, component_id, event_type, outcome, detail, suppressed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+        params![
+            alert.rule_id,
+            alert.component,
+            alert.event,
+            if outcome.ok { "delivered" } else { "failed" },
+            outcome.detail,
+            alert.suppressed
+        ],
+    ) {
+        tracing::warn!("cannot record an alert's outcome: {error}");
+    }
+}
+
+/// Delivers on a thread of its own; the outcome comes back on `done`.
+fn deliver(action: Action, alert: Alert, home: &Home, done: mpsc::Sender<Outcome>) {
+    let home = home.clone();
+    let spawned = std::thread::Builder::new()
+        .name("alert".into())
+        .spawn(move || {
+            let (ok, detail) = match &action {
+                Action::Exec(program) => run_hook(program, &alert, &home),
+                Action::Webhook(url) => post(url, &alert),
+            };
+            let _ = done.send(Outcome { alert, ok, detail });
+        });
+    if let Err(error) = spawned {
+        tracing::error!("cannot start an alert delivery: {error}");
+    }
+}
+
+fn run_hook(program: &std::path::Path, alert: &Alert, home: &Home) -> (bool, String) {
+    let log = home.logs_dir().join("n0m1_alerts.hooks");
+    let spec = SpawnSpec {
+        program: program.to_path_buf(),
+        args: Vec::new(),
+        env: vec![
+            (ENV_HOME.to_owned(), home.root().as_os_str().to_owned()),
+            ("N0M1_EVENT".to_owned(), alert.event.clone().into()),
+            ("N0M1_COMPONENT".to_owned(), alert.component.clone().into()),
+            ("N0M1_MESSAGE".to_owned(), alert.message.clone().into()),
+            (
+                "N0M1_SUPPRESSED".to_owned(),
+                alert.suppressed.to_string().into(),
+            ),
+            ("N0M1_TIMESTAMP".to_owned(), alert.timestamp.clone().into()),
+        ],
+        stdout: log.clone(),
+        stderr: log,
+        current_dir: home.root().to_path_buf(),
+    };
+    let pid = match process::spawn(&spec) {
+        Ok(spawned) => spawned.pid,
+        Err(error) => return (false, error.to_string()),
+    };
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let target = nix::unistd::Pid::from_raw(pid);
+    let deadline = Instant::now() + HOOK_TIMEOUT;
+    loop {
+        match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, 0)) => return (true, "exit code 0".into()),
+            Ok(WaitStatus::Exited(_, code)) => return (false, format!("exit code {code}")),
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                return (false, format!("killed by {signal}"));
+            }
+            Ok(_) => {}
+            Err(error) => return (false, format!("cannot wait for the hook: {error}")),
+        }
+        if Instant::now() >= deadline {
+            process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(target, None);
+            return (false, format!("killed after {} s", HOOK_TIMEOUT.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn post(url: &str, alert: &Alert) -> (bool, String) {
+    let body = serde_json::json!({
+        "event": alert.event,
+        "component": alert.component,
+        "message": alert.message,
+        "timestamp": alert.timestamp,
+        "suppressed": alert.suppressed,
+    });
+    let agent = ureq::AgentBuilder::new().timeout(WEBHOOK_TIMEOUT).build();
+    match agent
+        .post(url)
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+    {
+        Ok(response) => (true, format!("HTTP {}", response.status())),
+        Err(ureq::Error::Status(code, _)) => (false, format!("HTTP {code}")),
+        Err(error) => (false, error.to_string()),
+    }
+}
