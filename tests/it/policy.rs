@@ -326,6 +326,7 @@ fn reload_applies_supervisor_settings_without_restarting_components() {
     env.ctl(&["reload"])
         .success()
         .stdout(contains("SIGHUP sent to boot_system"))
+        .stdout(contains("n0m1_logd"))
         .stdout(contains("daemon_manager"));
     wait_until(T, "each manager to apply it", || {
         ["daemon_manager", "nano_manager", "main_llm_manager"]

@@ -303,10 +303,13 @@ pub fn reload(home: &Home) -> anyhow::Result<()> {
     };
     process::signal_process(boot, Signal::SIGHUP);
     let mut told = vec![format!("boot_system (pid {boot})")];
-    for manager in &config.managers {
-        if let Some(pid) = PidFile::inspect(&home.pid_file(&manager.binary))?.live_pid() {
+    // The log writer takes the `logs` settings, each manager the `supervisor` ones.
+    let stems = std::iter::once(n0m1_core::home::LOGD_STEM)
+        .chain(config.managers.iter().map(|m| m.binary.as_str()));
+    for stem in stems {
+        if let Some(pid) = PidFile::inspect(&home.pid_file(stem))?.live_pid() {
             process::signal_process(pid, Signal::SIGHUP);
-            told.push(format!("{} (pid {pid})", manager.binary));
+            told.push(format!("{stem} (pid {pid})"));
         }
     }
     println!("reloading config.json: SIGHUP sent to {}", told.join(", "));

@@ -136,6 +136,19 @@ fn follow(mut followed: Vec<Followed>) -> anyhow::Result<()> {
             // start again from the beginning of what is there now.
             match std::fs::metadata(&f.path) {
                 Ok(meta) if meta.ino() != f.inode || meta.len() < f.offset => {
+                    // Rotated: what was written to the old file after our last read is still
+                    // there through the open handle (now `<id>.log.1`): print it first.
+                    if meta.ino() != f.inode
+                        && let Some(old) = &mut f.file
+                    {
+                        old.seek(SeekFrom::Start(f.offset))?;
+                        let mut rest = Vec::new();
+                        old.read_to_end(&mut rest)?;
+                        let mut out = stdout.lock();
+                        if out.write_all(&rest).and_then(|()| out.flush()).is_err() {
+                            return Ok(());
+                        }
+                    }
                     f.file = File::open(&f.path).ok();
                     f.inode = meta.ino();
                     f.offset = 0;
