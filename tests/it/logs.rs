@@ -110,3 +110,30 @@ fn a_line_every_millisecond_survives_rotation_and_a_killed_manager_exactly_once(
     let err = std::fs::read_to_string(env.home.component_logs("counter").1).unwrap_or_default();
     assert!(!err.contains("BrokenPipe"), "{err}");
 }
+
+/// Boot's own log, the file `n0m1ctl start` gave it, is rotated the same way: boot moves its
+/// stdout and stderr to fresh files.
+#[test]
+fn boots_own_log_is_bounded_too() {
+    let env = TestEnv::new();
+    let mut config: serde_json::Value = serde_json::from_str(FAST_CONFIG).unwrap();
+    config["logs"] = serde_json::json!({"max_bytes": 1024, "keep": 2});
+    std::fs::write(env.home.config_path(), config.to_string()).unwrap();
+    env.ctl(&["start"]).success();
+    let boot = env.pid_of("boot_system").unwrap();
+    let (stdout, _) = env.home.manager_logs(n0m1_core::home::BOOT_LOG_STEM);
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&stdout)
+            .unwrap();
+        file.write_all(&vec![b'x'; 4096]).unwrap();
+    }
+    let rotated = std::path::PathBuf::from(format!("{}.1", stdout.display()));
+    wait_until(T, "boot to rotate its log", || rotated.exists());
+    let fd1 = std::fs::read_link(format!("/proc/{boot}/fd/1")).unwrap();
+    assert_eq!(fd1, stdout, "boot writes to the fresh file");
+    assert!(std::fs::metadata(&stdout).unwrap().len() < 1024);
+    env.ctl(&["stop"]).success();
+}

@@ -97,3 +97,69 @@ pub fn is_fifo(path: &std::path::Path) -> bool {
 pub fn log_writer_running(home: &Home) -> bool {
     PidFile::inspect(&home.pid_file(LOGD_STEM)).is_ok_and(|status| status.live_pid().is_some())
 }
+
+/// Rotates `target`: `<target>.<k>` → `<target>.<k+1>` down to `<target>` → `<target>.1`;
+/// the oldest beyond `keep` is overwritten (with `keep` 0, `target` is removed). Never
+/// copytruncate: a writer still holding the old file keeps writing into `<target>.1`.
+pub fn rotate(target: &std::path::Path, keep: u32) -> std::io::Result<()> {
+    let numbered = |k: u32| PathBuf::from(format!("{}.{k}", target.display()));
+    if keep == 0 {
+        return match std::fs::remove_file(target) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        };
+    }
+    for k in (1..keep).rev() {
+        match std::fs::rename(numbered(k), numbered(k + 1)) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+    }
+    std::fs::rename(target, numbered(1))
+}
+
+/// For a process whose stdout and stderr are its own log files (boot started by
+/// `n0m1ctl start`): once a file passes `max_bytes`, rotate it and point the descriptor at
+/// a fresh one. Output that is not such a file (systemd's journal, a terminal) is left alone.
+pub fn rotate_own_output(
+    stdout: &std::path::Path,
+    stderr: &std::path::Path,
+    max_bytes: u64,
+    keep: u32,
+) {
+    use std::os::unix::fs::MetadataExt;
+    for (path, is_stderr) in [(stdout, false), (stderr, true)] {
+        let fd = if is_stderr {
+            rustix::stdio::stderr()
+        } else {
+            rustix::stdio::stdout()
+        };
+        let Ok(stat) = rustix::fs::fstat(fd) else {
+            continue;
+        };
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        let same_file = meta.ino() == stat.st_ino && meta.dev() == stat.st_dev;
+        if !same_file || !meta.is_file() || meta.len() <= max_bytes {
+            continue;
+        }
+        if let Err(error) = rotate(path, keep) {
+            tracing::warn!("cannot rotate {}: {error}", path.display());
+            continue;
+        }
+        match crate::home::open_private_append(path) {
+            Ok(file) => {
+                let moved = if is_stderr {
+                    rustix::stdio::dup2_stderr(&file)
+                } else {
+                    rustix::stdio::dup2_stdout(&file)
+                };
+                if let Err(error) = moved {
+                    tracing::warn!("cannot reopen {}: {error}", path.display());
+                }
+            }
+            Err(error) => tracing::warn!("cannot reopen {}: {error}", path.display()),
+        }
+    }
+}

@@ -131,19 +131,11 @@ impl Stream {
         }
     }
 
-    /// `<target>.<k>` → `<target>.<k+1>` down to `<target>` → `<target>.1`; the oldest goes.
+    /// Rotated whole: `core::logpipe::rotate`.
     fn rotate(&mut self, settings: &LogSettings) {
         self.file = None;
-        let numbered = |k: u32| PathBuf::from(format!("{}.{k}", self.target.display()));
-        if settings.keep == 0 {
-            let _ = std::fs::remove_file(&self.target);
-        } else {
-            for k in (1..settings.keep).rev() {
-                let _ = std::fs::rename(numbered(k), numbered(k + 1));
-            }
-            if let Err(error) = std::fs::rename(&self.target, numbered(1)) {
-                tracing::error!("cannot rotate {}: {error}", self.target.display());
-            }
+        if let Err(error) = logpipe::rotate(&self.target, settings.keep) {
+            tracing::error!("cannot rotate {}: {error}", self.target.display());
         }
         self.size = 0;
     }

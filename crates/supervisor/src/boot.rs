@@ -488,6 +488,17 @@ impl Boot {
         if self.database_gone.is_none() {
             self.database_replaced();
         }
+        // Boot's own log (the files `n0m1ctl start` gave it) is bounded like the others.
+        let (stdout, stderr) = self
+            .options
+            .home
+            .manager_logs(n0m1_core::home::BOOT_LOG_STEM);
+        n0m1_core::logpipe::rotate_own_output(
+            &stdout,
+            &stderr,
+            self.config.logs.max_bytes,
+            self.config.logs.keep,
+        );
         if let Some(deadline) = self.shutdown_deadline {
             self.stop_next_manager();
             if now >= deadline {
