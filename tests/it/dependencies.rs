@@ -29,28 +29,6 @@ fn last_event(env: &TestEnv, id: &str, event: &str) -> Option<i64> {
         .unwrap()
 }
 
-fn message(env: &TestEnv, id: &str, event: &str) -> String {
-    env.db()
-        .query_row(
-            "SELECT message FROM component_lifecycle_log WHERE component_id = ?1 AND event_type = ?2 ORDER BY id DESC LIMIT 1",
-            [id, event],
-            |r| r.get(0),
-        )
-        .unwrap_or_default()
-}
-
-fn status_note(env: &TestEnv, id: &str) -> serde_json::Value {
-    let out = env.ctl(&["status", "--json"]);
-    let view: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
-    view["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["component_id"] == id)
-        .cloned()
-        .unwrap()
-}
-
 #[test]
 fn dependents_start_after_their_dependency_is_ready_and_stop_before_it() {
     let env = TestEnv::new();
@@ -83,12 +61,9 @@ fn dependents_start_after_their_dependency_is_ready_and_stop_before_it() {
 
     // While base warms up, dependent waits and says for what.
     wait_until(T, "dependent to wait", || {
-        status_note(&env, "dependent")["actual"] == "waiting"
+        env.status_json("dependent")["actual"] == "waiting"
     });
-    assert_eq!(
-        status_note(&env, "dependent")["waiting_for"],
-        "base (ready)"
-    );
+    assert_eq!(env.status_json("dependent")["waiting_for"], "base (ready)");
     wait_until(T, "dependent to start", || {
         first_event(&env, "dependent", "START_ATTEMPT").is_some()
     });
@@ -103,16 +78,19 @@ fn dependents_start_after_their_dependency_is_ready_and_stop_before_it() {
     wait_until(T, "the cycle reported", || {
         env.count_events("c1", "ERROR") == 1 && env.count_events("c2", "ERROR") == 1
     });
-    assert!(message(&env, "c1", "ERROR").contains("dependency cycle c1 → c2 → c1"));
+    assert!(
+        env.last_message("c1", "ERROR")
+            .contains("dependency cycle c1 → c2 → c1")
+    );
     assert_eq!(env.count_events("c1", "START_ATTEMPT"), 0);
     assert_eq!(env.count_events("c2", "START_ATTEMPT"), 0);
-    assert_eq!(status_note(&env, "c1")["actual"], "waiting");
+    assert_eq!(env.status_json("c1")["actual"], "waiting");
 
     // Never met: FAILED after start_timeout, saying what it waited for.
     wait_until(T, "impatient to fail", || {
         env.count_events("impatient", "FAILED") == 1
     });
-    let failed = message(&env, "impatient", "FAILED");
+    let failed = env.last_message("impatient", "FAILED");
     assert!(failed.contains("for never_ready (ready)"), "{failed}");
     assert!(failed.contains("supervisor.start_timeout"), "{failed}");
 
@@ -154,10 +132,11 @@ fn dependents_start_after_their_dependency_is_ready_and_stop_before_it() {
         "dependent {dependent_stopped} before base {base_stopped}"
     );
     assert!(
-        message(&env, "dependent", "STOP_REQUESTED").contains("its dependency base is disabled")
+        env.last_message("dependent", "STOP_REQUESTED")
+            .contains("its dependency base is disabled")
     );
     wait_until(T, "dependent to wait again", || {
-        status_note(&env, "dependent")["actual"] == "waiting"
+        env.status_json("dependent")["actual"] == "waiting"
     });
     // Enabled again: base, then the dependent once base is ready.
     env.ctl(&["enable", "base"]).success();

@@ -11,16 +11,6 @@ use crate::support::{TestEnv, alive, file_contains, wait_until};
 
 const T: Duration = Duration::from_secs(20);
 
-fn message_of(env: &TestEnv, id: &str, event: &str) -> String {
-    env.db()
-        .query_row(
-            "SELECT message FROM component_lifecycle_log WHERE component_id = ?1 AND event_type = ?2 ORDER BY id DESC LIMIT 1",
-            [id, event],
-            |r| r.get(0),
-        )
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_sigstopped_component_misses_its_watchdog_and_runs_again_within_three_seconds() {
     let mut env = TestEnv::new();
@@ -66,7 +56,7 @@ fn a_sigstopped_component_misses_its_watchdog_and_runs_again_within_three_second
     );
     assert!(alive(second));
     assert!(!alive(first), "the hung process was killed");
-    let unhealthy = message_of(&env, "pinger", "UNHEALTHY");
+    let unhealthy = env.last_message("pinger", "UNHEALTHY");
     assert!(unhealthy.contains("no WATCHDOG=1 for"), "{unhealthy}");
     assert!(unhealthy.contains("watchdog_s = 1"), "{unhealthy}");
 }
@@ -107,7 +97,7 @@ fn a_failing_probe_is_unhealthy_and_bad_rows_name_their_field() {
         Duration::from_secs(3),
         "probed to run again",
     );
-    let unhealthy = message_of(&env, "probed", "UNHEALTHY");
+    let unhealthy = env.last_message("probed", "UNHEALTHY");
     assert!(
         unhealthy.contains("check.sh failed 2 times in a row"),
         "{unhealthy}"
@@ -118,7 +108,7 @@ fn a_failing_probe_is_unhealthy_and_bad_rows_name_their_field() {
     wait_until(T, "the bad row's error", || {
         env.count_events("badly_checked", "ERROR") == 1
     });
-    let error = message_of(&env, "badly_checked", "ERROR");
+    let error = env.last_message("badly_checked", "ERROR");
     assert!(
         error.contains("component_health row \"badly_checked\": probe"),
         "{error}"

@@ -11,18 +11,6 @@ use crate::support::{TestEnv, wait_until};
 
 const T: Duration = Duration::from_secs(20);
 
-fn status_of(env: &TestEnv, id: &str) -> serde_json::Value {
-    let out = env.ctl(&["status", "--json"]);
-    let view: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
-    view["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["component_id"] == id)
-        .cloned()
-        .unwrap_or_else(|| panic!("{id} not in status"))
-}
-
 #[test]
 fn ready_and_status_come_from_the_component_and_nobody_else() {
     let mut env = TestEnv::new();
@@ -43,7 +31,7 @@ fn ready_and_status_come_from_the_component_and_nobody_else() {
     wait_until(T, "notifier READY", || {
         env.count_events("notifier", "READY") == 1
     });
-    let notifier = status_of(&env, "notifier");
+    let notifier = env.status_json("notifier");
     assert_eq!(notifier["ready"], true, "{notifier}");
     assert_eq!(notifier["status_text"], "serving 3 tables", "{notifier}");
     env.ctl(&["status"])
@@ -55,7 +43,7 @@ fn ready_and_status_come_from_the_component_and_nobody_else() {
     });
     assert!(env.count_rows("memory_usage_log") >= 1);
     assert_eq!(
-        status_of(&env, "mem_usage_daemon")["status_text"],
+        env.status_json("mem_usage_daemon")["status_text"],
         "writing memory_usage_log"
     );
 
@@ -69,7 +57,7 @@ fn ready_and_status_come_from_the_component_and_nobody_else() {
         )
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let spoofed = status_of(&env, "sleepy");
+    let spoofed = env.status_json("sleepy");
     assert_eq!(spoofed["ready"], false, "{spoofed}");
     assert!(spoofed.get("status_text").is_none(), "{spoofed}");
     assert_eq!(env.count_events("sleepy", "READY"), 0);
@@ -82,7 +70,7 @@ fn ready_and_status_come_from_the_component_and_nobody_else() {
     wait_until(T, "notifier adopted", || {
         env.count_events("notifier", "ADOPTED") == 1
     });
-    let adopted = status_of(&env, "notifier");
+    let adopted = env.status_json("notifier");
     assert_eq!(adopted["ready"], true, "{adopted}");
     assert_eq!(adopted["status_text"], "serving 3 tables", "{adopted}");
 }
@@ -104,7 +92,7 @@ fn systemd_notify_from_a_script_works_unchanged() {
     env.spawn("daemon_manager");
     wait_until(T, "sd READY", || env.count_events("sd", "READY") == 1);
     assert_eq!(
-        status_of(&env, "sd")["status_text"],
+        env.status_json("sd")["status_text"],
         "up via systemd-notify"
     );
     let log = env.home.component_logs("sd").0;

@@ -268,6 +268,30 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// The message of `id`'s latest `event` row ("" if none).
+    pub fn last_message(&self, id: &str, event: &str) -> String {
+        self.db()
+            .query_row(
+                "SELECT message FROM component_lifecycle_log WHERE component_id = ?1 AND event_type = ?2 ORDER BY id DESC LIMIT 1",
+                [id, event],
+                |r| r.get(0),
+            )
+            .unwrap_or_default()
+    }
+
+    /// `id`'s entry in `n0m1ctl status --json`.
+    pub fn status_json(&self, id: &str) -> serde_json::Value {
+        let out = self.ctl(&["status", "--json"]);
+        let view: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        view["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["component_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not in status"))
+    }
+
     pub fn count_events(&self, id: &str, event: &str) -> usize {
         self.events_of(id).iter().filter(|e| *e == event).count()
     }

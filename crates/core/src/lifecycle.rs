@@ -224,17 +224,20 @@ pub fn recent(
         "SELECT id, event_timestamp, component_id, process_pid, event_type, message
          FROM {COMPONENT_LIFECYCLE_LOG} {filter} ORDER BY id DESC LIMIT ?1"
     ))?;
-    let rows = statement.query_map([limit as i64], |row| {
-        Ok(LoggedEvent {
-            id: row.get(0)?,
-            timestamp: row.get(1)?,
-            component_id: row.get(2)?,
-            pid: row.get(3)?,
-            event_type: row.get(4)?,
-            message: row.get(5)?,
-        })
-    })?;
+    let rows = statement.query_map([limit as i64], logged_event)?;
     rows.collect()
+}
+
+/// A row of `SELECT id, event_timestamp, component_id, process_pid, event_type, message`.
+fn logged_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<LoggedEvent> {
+    Ok(LoggedEvent {
+        id: row.get(0)?,
+        timestamp: row.get(1)?,
+        component_id: row.get(2)?,
+        pid: row.get(3)?,
+        event_type: row.get(4)?,
+        message: row.get(5)?,
+    })
 }
 
 /// Events after row `after_id`, oldest first, at most `limit`.
@@ -243,16 +246,7 @@ pub fn after(conn: &Connection, after_id: i64, limit: usize) -> rusqlite::Result
         "SELECT id, event_timestamp, component_id, process_pid, event_type, message
          FROM {COMPONENT_LIFECYCLE_LOG} WHERE id > ?1 ORDER BY id LIMIT ?2"
     ))?;
-    let rows = statement.query_map(rusqlite::params![after_id, limit as i64], |row| {
-        Ok(LoggedEvent {
-            id: row.get(0)?,
-            timestamp: row.get(1)?,
-            component_id: row.get(2)?,
-            pid: row.get(3)?,
-            event_type: row.get(4)?,
-            message: row.get(5)?,
-        })
-    })?;
+    let rows = statement.query_map(rusqlite::params![after_id, limit as i64], logged_event)?;
     rows.collect()
 }
 

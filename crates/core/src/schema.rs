@@ -6,6 +6,8 @@
 use rusqlite::{Connection, params};
 use rusqlite_migration::{M, Migrations};
 
+use crate::dependencies::Condition;
+
 pub const AUTORUN_COMPONENTS: &str = "autorun_components";
 pub const COMPONENT_LIFECYCLE_LOG: &str = "component_lifecycle_log";
 pub const COMPONENT_STATE: &str = "component_state";
@@ -218,33 +220,21 @@ pub const DEFAULT_NANO_PROMPT_IDS: &[&str] = &[
 pub const MAIN_LLM_ID: &str = "main_llm_processor";
 pub const MAIN_LLM_READ_TABLES: &str = "cpu_temp_summary,cpu_usage_summary,memory_usage_summary";
 
-/// Inserts the default rows that are missing; rows already present (and so any change an
-/// operator made to them) are left alone. Returns how many rows were inserted.
 /// Default start order: each metric nano instance after its metric daemon is ready, the main
 /// processor after the config daemon has started.
-pub const DEFAULT_DEPENDENCIES: &[(&str, &str, crate::dependencies::Condition)] = &[
-    (
-        "nano_cpu_usage",
-        "cpu_usage_daemon",
-        crate::dependencies::Condition::Ready,
-    ),
-    (
-        "nano_mem_usage",
-        "mem_usage_daemon",
-        crate::dependencies::Condition::Ready,
-    ),
-    (
-        "nano_cpu_temp",
-        "temp_main_daemon",
-        crate::dependencies::Condition::Ready,
-    ),
+pub const DEFAULT_DEPENDENCIES: &[(&str, &str, Condition)] = &[
+    ("nano_cpu_usage", "cpu_usage_daemon", Condition::Ready),
+    ("nano_mem_usage", "mem_usage_daemon", Condition::Ready),
+    ("nano_cpu_temp", "temp_main_daemon", Condition::Ready),
     (
         "main_llm_processor",
         "llm_config_daemon",
-        crate::dependencies::Condition::Started,
+        Condition::Started,
     ),
 ];
 
+/// Inserts the default rows that are missing; rows already present (and so any change an
+/// operator made to them) are left alone. Returns how many rows were inserted.
 pub fn insert_defaults(conn: &Connection) -> rusqlite::Result<usize> {
     let mut inserted = 0;
     for row in DEFAULT_COMPONENTS {

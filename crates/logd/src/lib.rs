@@ -45,11 +45,11 @@ impl Stream {
         })
     }
 
-    /// Reads what is waiting and writes every complete line.
-    fn drain(&mut self, settings: &LogSettings) {
-        let mut buf = vec![0u8; 64 * 1024];
+    /// Reads what is waiting (into `buf`, shared by every stream) and writes every complete
+    /// line.
+    fn drain(&mut self, settings: &LogSettings, buf: &mut [u8]) {
         loop {
-            match rustix::io::read(&self.fifo, &mut buf) {
+            match rustix::io::read(&self.fifo, &mut *buf) {
                 Ok(0) => break,
                 Ok(n) => {
                     self.partial.extend_from_slice(&buf[..n]);
@@ -173,6 +173,7 @@ pub fn run(home: Home) -> Result<(), LogdError> {
     let mut settings = load_settings(&home, &LogSettings::default());
     let heartbeat = load_heartbeat(&home);
     let mut streams: HashMap<PathBuf, Stream> = HashMap::new();
+    let mut buf = vec![0u8; 64 * 1024];
     let mut next_scan = Instant::now();
     let mut next_heartbeat = Instant::now();
     loop {
@@ -190,17 +191,19 @@ pub fn run(home: Home) -> Result<(), LogdError> {
         match runtime.next(Some(next_scan.min(next_heartbeat))) {
             Some(Event::Shutdown) => break,
             Some(Event::Reload) => settings = load_settings(&home, &settings),
-            Some(Event::Readable) | None => {}
-            Some(_) => {}
-        }
-        for stream in streams.values_mut() {
-            stream.drain(&settings);
+            // Every FIFO is polled by the runtime: read only when one has data.
+            Some(Event::Readable) => {
+                for stream in streams.values_mut() {
+                    stream.drain(&settings, &mut buf);
+                }
+            }
+            Some(_) | None => {}
         }
     }
     // Whatever the stopped processes wrote last.
     scan(&home, &mut streams, &mut runtime);
     for stream in streams.values_mut() {
-        stream.drain(&settings);
+        stream.drain(&settings, &mut buf);
         stream.flush_partial(&settings);
     }
     pid_file.remove();
@@ -269,7 +272,8 @@ mod tests {
         }
         // A line without its end waits for the rest.
         writer.write_all(b"half").unwrap();
-        stream.drain(&settings);
+        let mut buf = vec![0u8; 64 * 1024];
+        stream.drain(&settings, &mut buf);
         let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
         let files = [
             PathBuf::from(format!("{}.2", target.display())),
@@ -289,12 +293,12 @@ mod tests {
         let tail: String = expected[expected.len() - kept.lines().count()..].concat();
         assert_eq!(kept, tail, "the newest lines, in order, each once");
         writer.write_all(b" done\n").unwrap();
-        stream.drain(&settings);
+        stream.drain(&settings, &mut buf);
         assert!(read(&target).ends_with("half done\n"));
         // A line longer than the limit is written whole.
         let long = format!("{}\n", "y".repeat(300));
         writer.write_all(long.as_bytes()).unwrap();
-        stream.drain(&settings);
+        stream.drain(&settings, &mut buf);
         assert_eq!(read(&target), long);
     }
 }

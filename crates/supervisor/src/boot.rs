@@ -149,7 +149,8 @@ impl Boot {
             database,
             database_gone: None,
             log_pipes: LogPipes::default(),
-            told_ready: false,
+            // Nobody to tell outside systemd.
+            told_ready: std::env::var_os(notify::ENV_NOTIFY_SOCKET).is_none(),
             watchdog: WatchdogPinger::from_env(),
         };
         boot.journal.event(

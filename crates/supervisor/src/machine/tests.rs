@@ -856,6 +856,33 @@ fn a_component_waits_for_its_dependencies_then_starts_or_fails_after_the_timeout
 }
 
 #[test]
+fn a_halted_dependent_waits_without_a_timeout_and_its_clock_starts_when_the_dependency_returns() {
+    let halt = || Input::Dependencies(Gate::Halt("its dependency d is disabled".into()));
+    let c = check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (5000, halt(), &["term 10", "STOP_REQUESTED", "save"]),
+        (5010, exited(10, ExitCause::Signal(Signal::SIGTERM)), &[]),
+        (
+            5010,
+            Input::TreeGone,
+            &["STOPPED_SUCCESSFULLY", "release", "save", "orphans"],
+        ),
+        // Disabled for an hour: no timeout.
+        (3_600_000, Input::Tick, &[]),
+        // Enabled again: it waits for the condition, with a fresh start_timeout.
+        (
+            3_600_000,
+            Input::Dependencies(Gate::Waiting("d (ready)".into())),
+            &[],
+        ),
+        (3_629_999, Input::Tick, &[]),
+        (3_630_000, Input::Dependencies(Gate::Open), &["spawn"]),
+    ]);
+    assert_eq!(c.run_state(), RunState::Running);
+}
+
+#[test]
 fn a_component_in_a_cycle_is_refused_once_and_never_times_out() {
     let cycle = || Input::Dependencies(Gate::Cycle("c → d → c".into()));
     let c = check(&[

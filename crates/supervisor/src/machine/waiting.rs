@@ -43,7 +43,15 @@ impl Component {
         if self.gate == gate {
             return;
         }
+        // The start timeout counts from when the dependencies could come: a dependent that
+        // waited for a disabled (or cyclic) dependency starts its clock when that ends.
+        let clock_starts =
+            !matches!(self.gate, Gate::Waiting(_)) && matches!(gate, Gate::Waiting(_));
         self.gate = gate;
+        if clock_starts && let Phase::Waiting { since, give_up } = &mut self.phase {
+            *since = cx.now;
+            *give_up = cx.now + cx.policy.start_timeout.duration();
+        }
         if let (Phase::Running(_), Gate::Halt(reason)) = (&self.phase, &self.gate) {
             let reason = reason.clone();
             self.begin_stop(super::AfterStop::Restart, &reason, cx, out);
