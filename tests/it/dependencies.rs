@@ -123,7 +123,10 @@ fn dependents_start_after_their_dependency_is_ready_and_stop_before_it() {
     let stops_before = last_event(&env, "dependent", "STOPPED_SUCCESSFULLY");
     assert_eq!(stops_before, None);
     env.ctl(&["disable", "base"]).success();
-    wait_until(T, "base to stop", || env.pid_of("base").is_none());
+    // The PID file goes with the process; the rows follow through the manager's writer.
+    wait_until(T, "base's stop recorded", || {
+        last_event(&env, "base", "STOPPED_SUCCESSFULLY").is_some()
+    });
     let dependent_stopped =
         last_event(&env, "dependent", "STOPPED_SUCCESSFULLY").expect("dependent stopped");
     let base_stopped = last_event(&env, "base", "STOPPED_SUCCESSFULLY").expect("base stopped");
