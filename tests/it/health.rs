@@ -50,9 +50,12 @@ fn a_sigstopped_component_misses_its_watchdog_and_runs_again_within_three_second
         Duration::from_secs(3),
         "pinger to run again within 3 s",
     );
+    // Not at once: the last ping came up to a fifth of the period (plus scheduling delay on
+    // a loaded machine) before the stop, and the miss is a full period after it.
+    let found = stopped.elapsed();
     assert!(
-        stopped.elapsed() >= Duration::from_millis(900),
-        "not before the period"
+        found >= Duration::from_millis(500),
+        "not before the period: {found:?}"
     );
     assert!(alive(second));
     assert!(!alive(first), "the hung process was killed");
