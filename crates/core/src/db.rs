@@ -343,6 +343,17 @@ impl fmt::Display for FileChange {
     }
 }
 
+/// What became of the file `path` named when it had identity `was`; `None` when it is the
+/// same file (or the path cannot be looked at: an unreadable folder is no evidence).
+fn change_since(path: &Path, was: FileId) -> Option<FileChange> {
+    match FileId::of(path) {
+        Ok(Some(id)) if id == was => None,
+        Ok(Some(id)) => Some(FileChange::ReplacedBy(id)),
+        Ok(None) => Some(FileChange::Deleted),
+        Err(_) => None,
+    }
+}
+
 /// The database file a long-running process works on. SQLite keeps writing into an unlinked
 /// file without complaint, so processes check now and then that the path still names it.
 #[derive(Debug, Clone)]
@@ -380,13 +391,7 @@ impl DatabaseFile {
 
     /// What happened to the file since `capture`, if anything (one `stat`).
     pub fn change(&self) -> Option<FileChange> {
-        match FileId::of(&self.path) {
-            Ok(Some(id)) if id == self.id => None,
-            Ok(Some(id)) => Some(FileChange::ReplacedBy(id)),
-            Ok(None) => Some(FileChange::Deleted),
-            // Unreadable folder, say: not evidence of a replacement.
-            Err(_) => None,
-        }
+        change_since(&self.path, self.id)
     }
 
     /// `Err(Replaced)` once the path names another file or none.
@@ -428,11 +433,8 @@ impl DatabaseFile {
         else {
             return Ok(());
         };
-        let current = match FileId::of(path) {
-            Ok(Some(id)) if id == running => return Ok(()),
-            Ok(Some(id)) => FileChange::ReplacedBy(id),
-            Ok(None) => FileChange::Deleted,
-            Err(_) => return Ok(()),
+        let Some(current) = change_since(path, running) else {
+            return Ok(());
         };
         Err(DbError::RunningOnAnotherFile {
             path: path.to_path_buf(),

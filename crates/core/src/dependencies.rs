@@ -190,6 +190,28 @@ pub struct Standing {
     pub exited_ok: bool,
 }
 
+impl Standing {
+    /// A component's standing from its recorded state. Recorded running, but its process is
+    /// gone (its manager died with it unwatched): down, neither a met dependency nor a
+    /// dependent to wait for.
+    pub fn of(saved: &crate::state::ComponentState) -> Standing {
+        let live = match (saved.pid, saved.pid_start_ticks) {
+            (Some(pid), Some(ticks)) => crate::process::is_same_process(pid, ticks),
+            _ => false,
+        };
+        let state = match saved.state {
+            RunState::Running | RunState::Stopping if !live => RunState::Dead,
+            state => state,
+        };
+        Standing {
+            state,
+            ready: saved.ready,
+            // `completed` is only ever a one-shot's clean exit.
+            exited_ok: saved.state == RunState::Completed,
+        }
+    }
+}
+
 /// True when `standing` meets `condition`.
 pub fn met(condition: Condition, standing: Option<&Standing>) -> bool {
     let Some(standing) = standing else {

@@ -88,14 +88,7 @@ impl WaitingView {
             dependencies::validate(&dependencies::all(conn).unwrap_or_default(), &known);
         let standings = saved
             .iter()
-            .map(|(id, s)| {
-                let standing = dependencies::Standing {
-                    state: s.state,
-                    ready: s.ready,
-                    exited_ok: s.state == RunState::Completed,
-                };
-                (id.clone(), standing)
-            })
+            .map(|(id, s)| (id.clone(), dependencies::Standing::of(s)))
             .collect();
         WaitingView {
             cycles: dependencies::cycles(&deps),

@@ -6,7 +6,6 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use n0m1_core::components;
 use n0m1_core::dependencies::{self, Standing};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
-use n0m1_core::process;
 use n0m1_core::state::{self, RunState};
 use rusqlite::Connection;
 
@@ -52,22 +51,7 @@ impl DependencyView {
             .into_iter()
             .filter(|s| wanted.contains(s.component_id.as_str()))
             .map(|s| {
-                // Recorded running, but its process is gone (its manager died with it
-                // unwatched): neither a met dependency nor a dependent to wait for.
-                let live = match (s.pid, s.pid_start_ticks) {
-                    (Some(pid), Some(ticks)) => process::is_same_process(pid, ticks),
-                    _ => false,
-                };
-                let state = match s.state {
-                    RunState::Running | RunState::Stopping if !live => RunState::Dead,
-                    state => state,
-                };
-                let standing = Standing {
-                    state,
-                    ready: s.ready,
-                    // `completed` is only ever a one-shot's clean exit.
-                    exited_ok: s.state == RunState::Completed,
-                };
+                let standing = Standing::of(&s);
                 (s.component_id, standing)
             })
             .collect();
