@@ -72,15 +72,18 @@ fn a_killed_component_is_restarted_and_the_old_one_reaped() {
     wait_until(T, "CRASHED in the lifecycle log", || {
         env.count_events("sleepy", "CRASHED") == 1
     });
-    let restarts: i64 = env
-        .db()
-        .query_row(
-            "SELECT restarts FROM component_state WHERE component_id = 'sleepy'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(restarts, 1);
+    // The state row follows through the writer thread, maybe in a later batch than CRASHED.
+    let restarts = || -> i64 {
+        env.db()
+            .query_row(
+                "SELECT restarts FROM component_state WHERE component_id = 'sleepy'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    wait_until(T, "restarts = 1 in component_state", || restarts() == 1);
+    assert_eq!(restarts(), 1);
 }
 
 #[test]
