@@ -32,3 +32,11 @@ mod dependencies;
 mod logs;
 // Alerts: alert_rules to webhooks and exec hooks, suppression, RECOVERED, hanging hooks.
 mod alerts;
+// n0m1_web: every API endpoint, hostile requests, SSE resume, fds, n0m1ctl --remote.
+mod web;
+// The CLI verbs restart ID, status ID, add, remove, events; resource sampling by managers.
+mod verbs;
+// Prometheus: promtool on a live /metrics and deploy/ rules; a real server scrapes n0m1_web.
+mod prometheus;
+// The dashboard in headless Chromium (fantoccini): lists, disables live, draws a graph.
+mod browser;

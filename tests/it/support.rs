@@ -21,9 +21,39 @@ pub fn bin(name: &str) -> PathBuf {
         "temp_main_daemon" => env!("CARGO_BIN_EXE_temp_main_daemon"),
         "cpu_usage_daemon" => env!("CARGO_BIN_EXE_cpu_usage_daemon"),
         "mem_usage_daemon" => env!("CARGO_BIN_EXE_mem_usage_daemon"),
+        "n0m1_web" => env!("CARGO_BIN_EXE_n0m1_web"),
         other => panic!("no binary {other}"),
     };
     PathBuf::from(path)
+}
+
+/// A program from the system (Chromium, Prometheus) that a test needs: `None`, with the
+/// reason printed, when it is not installed, unless under CI (`CI` set), whose `.ci/run`
+/// installs it: there a missing tool fails the test.
+pub fn system_tool(name: &str, package: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+    });
+    if found.is_none() {
+        let why =
+            format!("{name} is not installed (Debian package {package}; .ci/run installs it)");
+        if std::env::var_os("CI").is_some() {
+            panic!("{why}");
+        }
+        eprintln!("skipped: {why}");
+    }
+    found
+}
+
+/// A loopback port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `condition` until it holds, or panics saying what it waited for.

@@ -104,6 +104,25 @@ pub fn set_desired(conn: &Connection, component_id: &str, active: bool) -> rusql
     Ok(changed > 0)
 }
 
+/// Deletes a row; false when no row has that id. Its manager stops the process.
+pub fn remove(conn: &Connection, component_id: &str) -> rusqlite::Result<bool> {
+    let changed = conn.execute(
+        &format!("DELETE FROM {AUTORUN_COMPONENTS} WHERE component_id = ?1"),
+        [component_id],
+    )?;
+    Ok(changed > 0)
+}
+
+/// The row with this id.
+pub fn find(conn: &Connection, component_id: &str) -> rusqlite::Result<Option<ComponentRow>> {
+    use rusqlite::OptionalExtension;
+    conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM {AUTORUN_COMPONENTS} WHERE component_id = ?1"
+    ))?
+    .query_row([component_id], from_row)
+    .optional()
+}
+
 /// A row to insert.
 #[derive(Debug, Clone, Copy)]
 pub struct NewComponent<'a> {

@@ -206,6 +206,30 @@ impl Default for LogSettings {
     }
 }
 
+/// Per-component resource sampling by the managers (`component_resource_log`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourceSettings {
+    /// Seconds between two samples of every running component's process tree.
+    pub interval: Seconds,
+}
+
+impl Default for ResourceSettings {
+    fn default() -> Self {
+        ResourceSettings {
+            interval: Seconds(10.0),
+        }
+    }
+}
+
+/// `n0m1_web`'s settings (its address is a flag: `--listen`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSettings {
+    /// Reads need the token too (mutations always do). Required for a non-loopback address.
+    pub read_requires_token: bool,
+}
+
 /// Bounds that make a setting a mistake rather than a choice.
 const MIN_LOG_BYTES: u64 = 1024;
 const MAX_LOG_KEEP: u32 = 1000;
@@ -220,6 +244,10 @@ struct ConfigFile {
     retention: Retention,
     #[serde(default)]
     logs: LogSettings,
+    #[serde(default)]
+    resources: ResourceSettings,
+    #[serde(default)]
+    web: WebSettings,
 }
 
 /// The whole configuration, resolved.
@@ -230,6 +258,8 @@ pub struct Config {
     pub supervisor: SupervisorPolicy,
     pub retention: Retention,
     pub logs: LogSettings,
+    pub resources: ResourceSettings,
+    pub web: WebSettings,
 }
 
 impl Default for Config {
@@ -242,6 +272,8 @@ impl Default for Config {
             supervisor: SupervisorPolicy::default(),
             retention: Retention::default(),
             logs: LogSettings::default(),
+            resources: ResourceSettings::default(),
+            web: WebSettings::default(),
         }
     }
 }
@@ -337,8 +369,19 @@ impl Config {
             supervisor: file.supervisor,
             retention: file.retention,
             logs: file.logs,
+            resources: file.resources,
+            web: file.web,
             ..Config::default()
         };
+        if config.resources.interval.0 < 0.1 {
+            return Err(invalid(
+                "resources.interval".into(),
+                format!(
+                    "{} s is too short: sample at most ten times a second",
+                    config.resources.interval.0
+                ),
+            ));
+        }
         if config.logs.max_bytes < MIN_LOG_BYTES {
             return Err(invalid(
                 "logs.max_bytes".into(),

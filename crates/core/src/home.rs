@@ -34,6 +34,8 @@ pub const RUN_DIR: &str = "run";
 pub const COMPONENTS_DIR: &str = "components";
 pub const CTL_LOCK_FILE: &str = ".n0m1ctl.lock";
 pub const MODELS_DIR: &str = "models";
+/// The web server's bearer token (32 random bytes in hex, mode 0600).
+pub const WEB_TOKEN_FILE: &str = "web.token";
 /// Boot's own log, as the original named it.
 pub const BOOT_LOG_STEM: &str = "boot_system_daemon";
 /// The log writer: its binary, PID file stem and log stem.
@@ -214,6 +216,9 @@ impl Home {
     }
     pub fn components_dir(&self) -> PathBuf {
         self.root.join(COMPONENTS_DIR)
+    }
+    pub fn web_token(&self) -> PathBuf {
+        self.root.join(WEB_TOKEN_FILE)
     }
     pub fn models_dir(&self) -> PathBuf {
         self.root.join(MODELS_DIR)

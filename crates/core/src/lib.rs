@@ -16,6 +16,7 @@ pub mod logpipe;
 pub mod notify;
 pub mod pidfile;
 pub mod process;
+pub mod resources;
 pub mod runtime;
 pub mod schema;
 pub mod state;

@@ -250,6 +250,32 @@ pub fn after(conn: &Connection, after_id: i64, limit: usize) -> rusqlite::Result
     rows.collect()
 }
 
+/// Events after row `after_id`, of one component or all, oldest first: the first `limit`
+/// of them, or with `newest` the last `limit` (a tail).
+pub fn page(
+    conn: &Connection,
+    after_id: i64,
+    component_id: Option<&str>,
+    limit: usize,
+    newest: bool,
+) -> rusqlite::Result<Vec<LoggedEvent>> {
+    let order = if newest { "DESC" } else { "ASC" };
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT id, event_timestamp, component_id, process_pid, event_type, message
+         FROM {COMPONENT_LIFECYCLE_LOG}
+         WHERE id > ?1 AND (?2 IS NULL OR component_id = ?2) ORDER BY id {order} LIMIT ?3"
+    ))?;
+    let rows = statement.query_map(
+        rusqlite::params![after_id, component_id, limit as i64],
+        logged_event,
+    )?;
+    let mut events = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    if newest {
+        events.reverse();
+    }
+    Ok(events)
+}
+
 /// The newest row's id (0 for an empty log).
 pub fn last_id(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row(

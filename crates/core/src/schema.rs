@@ -17,6 +17,7 @@ pub const COMPONENT_DEPENDENCIES: &str = "component_dependencies";
 pub const ALERT_RULES: &str = "alert_rules";
 pub const ALERT_LOG: &str = "alert_log";
 pub const ALERT_CURSOR: &str = "alert_cursor";
+pub const COMPONENT_RESOURCE_LOG: &str = "component_resource_log";
 pub const CPU_TEMPERATURE_LOG: &str = "cpu_temperature_log";
 pub const CPU_USAGE_LOG: &str = "cpu_usage_log";
 pub const MEMORY_USAGE_LOG: &str = "memory_usage_log";
@@ -60,6 +61,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../../../migrations/05-health/up.sql"),
     include_str!("../../../migrations/06-dependencies/up.sql"),
     include_str!("../../../migrations/07-alerts/up.sql"),
+    include_str!("../../../migrations/08-resources/up.sql"),
 ];
 
 /// The schema's migrations, oldest first.
@@ -108,7 +110,8 @@ pub struct DefaultComponent {
 }
 
 /// The original's default rows, plus `llm_command_daemon` (inactive, like the processor) and
-/// the alerter `n0m1_alerts` (active; with no rule it sends nothing).
+/// the alerter `n0m1_alerts` (active; with no rule it sends nothing) and the web server
+/// `n0m1_web` (active, loopback only).
 pub const DEFAULT_COMPONENTS: &[DefaultComponent] = &[
     DefaultComponent {
         component_id: "temp_main_daemon",
@@ -157,6 +160,14 @@ pub const DEFAULT_COMPONENTS: &[DefaultComponent] = &[
         desired_state: "active",
         launch_args_json: "{}",
         description: "Sends alert_rules alerts to hooks and webhooks",
+    },
+    DefaultComponent {
+        component_id: "n0m1_web",
+        base_script_name: "n0m1_web",
+        manager_affinity: DAEMON_MANAGER,
+        desired_state: "active",
+        launch_args_json: "{}",
+        description: "Dashboard, JSON API and Prometheus metrics on 127.0.0.1:8686",
     },
     DefaultComponent {
         component_id: "main_llm_processor",

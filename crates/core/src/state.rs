@@ -89,7 +89,8 @@ pub struct ComponentState {
     pub started_at: Option<f64>,
     pub restarts: u32,
     pub last_exit: Option<String>,
-    pub reset_requested: bool,
+    /// What an operator asked of its manager and the manager has not yet acknowledged.
+    pub request: Option<Request>,
     /// The process said `READY=1` (sd_notify).
     pub ready: bool,
     /// Its last `STATUS=` text.
@@ -121,14 +122,15 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<ComponentState> {
         started_at: row.get(5)?,
         restarts: row.get::<_, i64>(6)?.max(0) as u32,
         last_exit: row.get(7)?,
-        reset_requested: row.get::<_, i64>(8)? != 0,
+        request: Request::from_code(row.get(8)?),
         ready: row.get::<_, i64>(9)? != 0,
         status_text: row.get(10)?,
     })
 }
 
 impl ComponentState {
-    /// Inserts or replaces the row; `reset_requested` is left as the operator set it.
+    /// Inserts or replaces the row; the request column (`reset_requested`) is left as the
+    /// operator set it.
     pub fn save(&self, conn: &Connection) -> rusqlite::Result<()> {
         conn.prepare_cached(&format!(
             "INSERT INTO {COMPONENT_STATE}
@@ -190,20 +192,64 @@ pub fn load_all(conn: &Connection, manager: Option<&str>) -> rusqlite::Result<Ve
     rows.collect()
 }
 
-/// Asks the owning manager to take a FAILED component out of that state (`n0m1ctl enable`).
-pub fn request_reset(conn: &Connection, component_id: &str) -> rusqlite::Result<()> {
-    conn.execute(
-        &format!("UPDATE {COMPONENT_STATE} SET reset_requested = 1 WHERE component_id = ?1"),
-        [component_id],
-    )?;
-    Ok(())
+/// An operator's request to a component's manager, kept in `component_state.reset_requested`
+/// (0 none, 1 reset, 2 restart) until the manager acknowledges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Request {
+    /// Take a FAILED or COMPLETED component out of that state (`n0m1ctl enable`).
+    Reset,
+    /// Stop the running process and start it again, desired state unchanged (`n0m1ctl
+    /// restart`); a failed, completed or backing-off component starts at once.
+    Restart,
 }
 
-/// The manager acknowledges a reset request.
-pub fn clear_reset(conn: &Connection, component_id: &str) -> rusqlite::Result<()> {
+impl Request {
+    fn code(self) -> i64 {
+        match self {
+            Request::Reset => 1,
+            Request::Restart => 2,
+        }
+    }
+    fn from_code(code: i64) -> Option<Request> {
+        match code {
+            0 => None,
+            2 => Some(Request::Restart),
+            _ => Some(Request::Reset),
+        }
+    }
+}
+
+/// Asks the owning manager to take a FAILED component out of that state (`n0m1ctl enable`).
+pub fn request_reset(conn: &Connection, component_id: &str) -> rusqlite::Result<()> {
+    request(conn, component_id, Request::Reset).map(|_| ())
+}
+
+/// Files `request` for the component; a restart supersedes a pending reset, never the reverse.
+/// False when the component has no state row (it never ran under this database).
+pub fn request(conn: &Connection, component_id: &str, request: Request) -> rusqlite::Result<bool> {
+    let changed = conn.execute(
+        &format!(
+            "UPDATE {COMPONENT_STATE} SET reset_requested = max(reset_requested, ?2)
+             WHERE component_id = ?1"
+        ),
+        rusqlite::params![component_id, request.code()],
+    )?;
+    Ok(changed > 0)
+}
+
+/// The manager acknowledges `request`; a request filed since it was read (a restart after
+/// a reset) stays for the next pass.
+pub fn clear_request(
+    conn: &Connection,
+    component_id: &str,
+    request: Request,
+) -> rusqlite::Result<()> {
     conn.execute(
-        &format!("UPDATE {COMPONENT_STATE} SET reset_requested = 0 WHERE component_id = ?1"),
-        [component_id],
+        &format!(
+            "UPDATE {COMPONENT_STATE} SET reset_requested = 0
+             WHERE component_id = ?1 AND reset_requested = ?2"
+        ),
+        rusqlite::params![component_id, request.code()],
     )?;
     Ok(())
 }
@@ -225,7 +271,7 @@ mod tests {
             started_at: Some(1.5),
             restarts: 2,
             last_exit: Some("signal SIGKILL".into()),
-            reset_requested: false,
+            request: None,
             ready: true,
             status_text: Some("serving 3 tables".into()),
         };
@@ -235,12 +281,20 @@ mod tests {
         row.state = RunState::Failed;
         row.save(&conn).unwrap();
         let loaded = load(&conn, "x").unwrap().unwrap();
-        assert!(
-            loaded.reset_requested,
+        assert_eq!(
+            loaded.request,
+            Some(Request::Reset),
             "save keeps the operator's reset request"
         );
-        clear_reset(&conn, "x").unwrap();
-        assert!(!load(&conn, "x").unwrap().unwrap().reset_requested);
+        // A restart filed after the reset was read survives the reset's acknowledgement.
+        assert!(request(&conn, "x", Request::Restart).unwrap());
+        request_reset(&conn, "x").unwrap();
+        clear_request(&conn, "x", Request::Reset).unwrap();
+        let pending = load(&conn, "x").unwrap().unwrap().request;
+        assert_eq!(pending, Some(Request::Restart));
+        clear_request(&conn, "x", Request::Restart).unwrap();
+        assert_eq!(load(&conn, "x").unwrap().unwrap().request, None);
+        assert!(!request(&conn, "never_ran", Request::Restart).unwrap());
         assert_eq!(load_all(&conn, Some("nano_manager")).unwrap().len(), 0);
         assert_eq!(load_all(&conn, None).unwrap().len(), 1);
     }

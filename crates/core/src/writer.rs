@@ -16,14 +16,20 @@ use rusqlite::Connection;
 
 use crate::db::{self, DbError, is_transient};
 use crate::lifecycle::LifecycleRecord;
-use crate::state::{self, ComponentState};
+use crate::resources::{self, ResourceSample};
+use crate::state::{self, ComponentState, Request};
 
 /// What the writer can be asked to write.
 #[derive(Debug)]
 enum Row {
     Event(LifecycleRecord),
     State(ComponentState),
-    ClearReset(String),
+    ClearRequest(String, Request),
+    Resources(Vec<ResourceSample>),
+    PruneResources {
+        manager: String,
+        before: f64,
+    },
     /// Answered once everything sent before it is written.
     Barrier(Sender<()>),
 }
@@ -35,6 +41,8 @@ const RETRY_DELAY: Duration = Duration::from_millis(50);
 /// Bound on queued rows while the database is unwritable, so a long outage cannot exhaust
 /// memory; the oldest state rows go first (a later one supersedes them anyway).
 const MAX_PENDING: usize = 100_000;
+/// Resource samples deleted per prune request.
+const PRUNE_BATCH: u32 = 5_000;
 
 /// The sending half; cheap to use from the loop's thread.
 pub struct Writer {
@@ -91,9 +99,24 @@ impl Writer {
         self.send(Row::State(row));
     }
 
-    /// Queues the acknowledgement of an operator's reset request.
-    pub fn clear_reset(&self, component_id: &str) {
-        self.send(Row::ClearReset(component_id.to_owned()));
+    /// Queues the acknowledgement of an operator's request.
+    pub fn clear_request(&self, component_id: &str, request: Request) {
+        self.send(Row::ClearRequest(component_id.to_owned(), request));
+    }
+
+    /// Queues resource samples (`component_resource_log`).
+    pub fn resources(&self, samples: Vec<ResourceSample>) {
+        if !samples.is_empty() {
+            self.send(Row::Resources(samples));
+        }
+    }
+
+    /// Queues the pruning of one manager's resource samples older than `before` (Unix time).
+    pub fn prune_resources(&self, manager: &str, before: f64) {
+        self.send(Row::PruneResources {
+            manager: manager.to_owned(),
+            before,
+        });
     }
 
     /// Waits until everything queued so far is written, at most `timeout`; false on timeout.
@@ -195,7 +218,16 @@ fn flush(conn: &Connection, pending: &mut Vec<Row>) {
                 }
                 Row::State(state) if !skip => state.save(&transaction)?,
                 Row::State(_) | Row::Barrier(_) => {}
-                Row::ClearReset(id) => state::clear_reset(&transaction, id)?,
+                Row::ClearRequest(id, request) => state::clear_request(&transaction, id, *request)?,
+                Row::Resources(samples) => {
+                    for sample in samples {
+                        sample.write(&transaction)?;
+                    }
+                }
+                Row::PruneResources { manager, before } => {
+                    // Batches keep each transaction short; the next prune takes the rest.
+                    resources::prune(&transaction, manager, *before, PRUNE_BATCH)?;
+                }
             }
         }
         transaction.commit()
@@ -275,7 +307,7 @@ mod tests {
             started_at: None,
             restarts,
             last_exit: None,
-            reset_requested: false,
+            request: None,
             ready: false,
             status_text: None,
         };

@@ -13,10 +13,13 @@ use n0m1_core::{Home, PidFile};
 
 pub mod components;
 pub mod control;
+pub mod events;
 pub mod init;
 pub mod logs;
 pub mod metrics;
+pub mod remote;
 pub mod status;
+pub mod token;
 
 /// Refuses to work on the home's database when the running system opened another file
 /// there (the first was deleted or replaced): every answer would then be about the wrong file.
@@ -46,6 +49,13 @@ pub struct Cli {
     /// The n0m1 home folder (default: $N0M1_HOME, else ~/n0m1_agi).
     #[arg(long, global = true, value_name = "DIR")]
     pub home: Option<PathBuf>,
+    /// Drive a system through its n0m1_web instead (`http://HOST:8686`): status, enable,
+    /// disable, restart, logs and events.
+    #[arg(long, global = true, value_name = "URL")]
+    pub remote: Option<String>,
+    /// The token for --remote (default: the home's web.token, when there is one).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -62,13 +72,16 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Stop, then start.
-    Restart,
+    /// With an id: stop and start that component (its desired state unchanged). Without:
+    /// stop the whole system, then start it.
+    Restart { component_id: Option<String> },
     /// Re-read config.json: boot applies its managers' settings, each manager its supervisor
     /// settings, without restarting any component (SIGHUP to each).
     Reload,
-    /// Show boot, the managers and every component, as they really are.
+    /// Show boot, the managers and every component, as they really are; with an id, that
+    /// component in full (state, pid, restarts, last exit, what it waits for, its log).
     Status {
+        component_id: Option<String>,
         /// Add memory, CPU and recent errors.
         #[arg(long)]
         detailed: bool,
@@ -80,6 +93,26 @@ pub enum Command {
     Enable { component_id: String },
     /// Set a component inactive.
     Disable { component_id: String },
+    /// Add a row to autorun_components (checked as its manager will check it).
+    Add {
+        component_id: String,
+        /// A bundled component or an executable in the home's components/.
+        #[arg(long)]
+        script: String,
+        /// daemon_manager, nano_manager or main_llm_manager.
+        #[arg(long)]
+        manager: String,
+        /// launch_args_json: an object such as '{"--interval": "5"}'.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// Add it inactive (default: active, started within a second).
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// Delete a row from autorun_components; its manager stops the process.
+    Remove { component_id: String },
+    /// The lifecycle log: the latest events, or followed with -f.
+    Events(events::EventsArgs),
     /// Show a component's or manager's logs; without an id, list the logs.
     Logs(logs::LogsArgs),
     /// Recent CPU usage, memory and temperature: last, average, min, max and a sparkline.
@@ -138,20 +171,59 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         command => command,
     };
+    if let Some(url) = &cli.remote {
+        let home_token = Home::resolve(cli.home.as_deref())
+            .ok()
+            .map(|home| home.web_token());
+        let remote = remote::Remote::new(url, cli.token_file.as_deref(), home_token.as_deref())?;
+        return run_remote(&remote, command);
+    }
     let home = Home::resolve(cli.home.as_deref())?;
     match command {
         Command::Init(args) => init::run(&home, &args).map(|()| ExitCode::SUCCESS),
         Command::Start => control::start(&home).map(|()| ExitCode::SUCCESS),
         Command::Stop { force } => control::stop(&home, force).map(|()| ExitCode::SUCCESS),
-        Command::Restart => control::restart(&home).map(|()| ExitCode::SUCCESS),
+        Command::Restart { component_id: None } => {
+            control::restart(&home).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Restart {
+            component_id: Some(id),
+        } => say(components::restart(&home, &id)),
         Command::Reload => control::reload(&home).map(|()| ExitCode::SUCCESS),
-        Command::Status { detailed, json } => status::run(&home, detailed, json),
+        Command::Status {
+            component_id: None,
+            detailed,
+            json,
+        } => status::run(&home, detailed, json),
+        Command::Status {
+            component_id: Some(id),
+            json,
+            ..
+        } => status::print_detail(&status::detail(&home, &id)?, json),
         Command::Enable { component_id } => {
-            components::set_desired(&home, &component_id, true).map(|()| ExitCode::SUCCESS)
+            say(components::set_desired(&home, &component_id, true))
         }
         Command::Disable { component_id } => {
-            components::set_desired(&home, &component_id, false).map(|()| ExitCode::SUCCESS)
+            say(components::set_desired(&home, &component_id, false))
         }
+        Command::Add {
+            component_id,
+            script,
+            manager,
+            args,
+            inactive,
+        } => say(components::add(
+            &home,
+            &components::NewRow {
+                component_id,
+                script,
+                manager,
+                args_json: args,
+                active: !inactive,
+            },
+        )),
+        Command::Remove { component_id } => say(components::remove(&home, &component_id)),
+        Command::Events(args) => events::run(&home, &args).map(|()| ExitCode::SUCCESS),
         Command::Logs(args) => logs::run(&home, &args).map(|()| ExitCode::SUCCESS),
         Command::Model { args } => {
             let tool = n0m1_core::process::own_bin_dir()
@@ -171,5 +243,41 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             action: ConfigAction::Check { json },
         } => control::config_check(&home, json).map(|()| ExitCode::SUCCESS),
         Command::Completions { .. } => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Prints a command's sentence.
+fn say(result: anyhow::Result<String>) -> anyhow::Result<ExitCode> {
+    println!("{}", result?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The commands `--remote` carries; the rest need the machine itself.
+fn run_remote(remote: &remote::Remote, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Status {
+            component_id: None,
+            detailed,
+            json,
+        } => remote.status(detailed, json),
+        Command::Status {
+            component_id: Some(id),
+            json,
+            ..
+        } => remote.status_of(&id, json),
+        Command::Enable { component_id } => say(remote.act(&component_id, "enable")),
+        Command::Disable { component_id } => say(remote.act(&component_id, "disable")),
+        Command::Restart {
+            component_id: Some(id),
+        } => say(remote.act(&id, "restart")),
+        Command::Logs(logs::LogsArgs {
+            id: Some(id),
+            lines,
+            follow,
+        }) => remote.logs(&id, lines, follow).map(|()| ExitCode::SUCCESS),
+        Command::Events(args) => remote.events(&args).map(|()| ExitCode::SUCCESS),
+        _ => anyhow::bail!(
+            "--remote carries status, enable, disable, restart ID, logs ID and events; run this command on the machine itself"
+        ),
     }
 }

@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use n0m1_core::Home;
 use n0m1_core::home::BOOT_LOG_STEM;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Args)]
 pub struct LogsArgs {
@@ -54,10 +55,15 @@ fn last_lines(file: &mut File, size: u64, n: usize) -> anyhow::Result<String> {
     Ok(lines[lines.len().saturating_sub(n)..].join("\n"))
 }
 
-pub fn run(home: &Home, args: &LogsArgs) -> anyhow::Result<()> {
-    let Some(id) = &args.id else {
-        return list(home);
-    };
+/// The last lines of one log file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogFileTail {
+    pub path: String,
+    pub lines: Vec<String>,
+}
+
+/// The files of an id, or an error naming where no log was found.
+fn existing_files(home: &Home, id: &str) -> anyhow::Result<Vec<PathBuf>> {
     n0m1_core::home::validate_component_id(id)?;
     let files = files_of(home, id);
     if files.is_empty() {
@@ -67,6 +73,44 @@ pub fn run(home: &Home, args: &LogsArgs) -> anyhow::Result<()> {
             home.manager_logs_dir().display()
         );
     }
+    Ok(files)
+}
+
+/// The last `lines` lines of each of an id's log files.
+pub fn tail(home: &Home, id: &str, lines: usize) -> anyhow::Result<Vec<LogFileTail>> {
+    existing_files(home, id)?
+        .into_iter()
+        .map(|path| {
+            let mut file =
+                File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            let size = file
+                .metadata()
+                .with_context(|| format!("reading {}", path.display()))?
+                .len();
+            let text = last_lines(&mut file, size, lines)?;
+            Ok(LogFileTail {
+                path: path.display().to_string(),
+                lines: text.lines().map(str::to_owned).collect(),
+            })
+        })
+        .collect()
+}
+
+/// Prints tails as `logs` does (`==> path <==`, then the lines).
+pub fn print_tails(tails: &[LogFileTail]) {
+    for tail in tails {
+        println!("==> {} <==", tail.path);
+        for line in &tail.lines {
+            println!("{line}");
+        }
+    }
+}
+
+pub fn run(home: &Home, args: &LogsArgs) -> anyhow::Result<()> {
+    let Some(id) = &args.id else {
+        return list(home);
+    };
+    let files = existing_files(home, id)?;
     // Each file is measured once: the tail is printed up to that size and following starts
     // there, so a line written in between is neither lost nor printed twice.
     let mut followed = Vec::with_capacity(files.len());

@@ -139,6 +139,75 @@ type Stats = (
     Option<i64>,
 );
 
+/// The three metric series, by the names the API uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    CpuUsage,
+    Memory,
+    CpuTemperature,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 3] = [Metric::CpuUsage, Metric::Memory, Metric::CpuTemperature];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::CpuUsage => "cpu_usage",
+            Metric::Memory => "memory",
+            Metric::CpuTemperature => "cpu_temperature",
+        }
+    }
+    pub fn parse(name: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.name() == name)
+    }
+    fn table_and_column(self) -> (&'static str, &'static str) {
+        match self {
+            Metric::CpuUsage => (CPU_USAGE_LOG, "cpu_usage"),
+            Metric::Memory => (MEMORY_USAGE_LOG, "mem_usage"),
+            Metric::CpuTemperature => (CPU_TEMPERATURE_LOG, "temperature_celsius"),
+        }
+    }
+}
+
+/// `(unix time, value)` samples of a metric after `since`, oldest first, the newest `limit`.
+pub fn series(
+    conn: &Connection,
+    metric: Metric,
+    since: f64,
+    limit: u32,
+) -> anyhow::Result<Vec<(f64, f64)>> {
+    let (table, column) = metric.table_and_column();
+    let mut statement = conn
+        .prepare_cached(&format!(
+            "SELECT t, v FROM (SELECT id, unixepoch(timestamp) AS t, {column} AS v FROM {table}
+               WHERE {column} IS NOT NULL AND timestamp > datetime(?1, 'unixepoch')
+               ORDER BY id DESC LIMIT ?2)
+             ORDER BY id"
+        ))
+        .with_context(|| format!("reading {table}"))?;
+    let rows = statement
+        .query_map(rusqlite::params![since, limit], |r| {
+            Ok((r.get::<_, Option<f64>>(0)?.unwrap_or(0.0), r.get(1)?))
+        })
+        .with_context(|| format!("reading {table}"))?;
+    rows.collect::<Result<_, _>>()
+        .with_context(|| format!("reading {table}"))
+}
+
+/// The newest value of a metric.
+pub fn latest(conn: &Connection, metric: Metric) -> anyhow::Result<Option<f64>> {
+    let (table, column) = metric.table_and_column();
+    conn.query_row(
+        &format!(
+            "SELECT {column} FROM {table} WHERE {column} IS NOT NULL ORDER BY id DESC LIMIT 1"
+        ),
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+    .with_context(|| format!("reading {table}"))
+}
+
 pub fn collect(home: &Home, limit: u64) -> anyhow::Result<Vec<MetricSummary>> {
     let conn = crate::open_database(home)?;
     let mut summaries = vec![

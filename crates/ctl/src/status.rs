@@ -13,7 +13,7 @@ use n0m1_core::schema::{AUTORUN_COMPONENTS, COMPONENT_STATE, MANAGERS};
 use n0m1_core::state::{self, ComponentState, RunState, unix_now};
 use n0m1_core::text::printable;
 use n0m1_core::{Config, Home, PidFile, components};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 fn run_state_text<S: serde::Serializer>(
     state: &RunState,
@@ -22,24 +22,32 @@ fn run_state_text<S: serde::Serializer>(
     serializer.serialize_str(state.as_str())
 }
 
+fn run_state_from_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<RunState, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse()
+        .map_err(|_| serde::de::Error::custom(format!("unknown state {text:?}")))
+}
+
 use crate::EXIT_NOT_RUNNING;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessView {
     pub name: String,
     /// running, stopped, or stale (a PID file nobody holds).
     pub state: String,
     pub pid: Option<i32>,
     pub uptime_secs: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_age_secs: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_kib: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_percent: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ComponentView {
     pub component_id: String,
     pub manager: String,
@@ -47,26 +55,32 @@ pub struct ComponentView {
     /// One of `RunState`: running, stopped, stopping, backoff, failed, completed, dead (the
     /// recorded process is gone and no manager noticed) or unsupervised (alive, its manager
     /// is not).
-    #[serde(serialize_with = "run_state_text")]
+    #[serde(
+        serialize_with = "run_state_text",
+        deserialize_with = "run_state_from_text"
+    )]
     pub actual: RunState,
     pub pid: Option<i32>,
+    /// Unix time at which the current process started (while it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<f64>,
     pub uptime_secs: Option<f64>,
     pub restarts: u32,
     pub last_exit: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_kib: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_percent: Option<f64>,
     /// It said `READY=1` on its notification socket (only while running).
     pub ready: bool,
     /// Its last `STATUS=` text, while running.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_text: Option<String>,
     /// While `actual` is waiting: the dependencies not met yet, or the cycle it is in.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
     /// Why no manager will ever run this row (then `actual` is failed).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
 }
 
@@ -133,7 +147,7 @@ pub fn cannot_run(component_id: &str, affinity: &str, managers: &[String]) -> Op
     None
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorView {
     pub timestamp: String,
     pub component_id: String,
@@ -141,13 +155,13 @@ pub struct ErrorView {
     pub message: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SystemView {
     pub home: String,
     pub boot: ProcessView,
     pub managers: Vec<ProcessView>,
     pub components: Vec<ComponentView>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_errors: Vec<ErrorView>,
 }
 
@@ -275,6 +289,7 @@ pub fn collect(home: &Home, detailed: bool) -> anyhow::Result<SystemView> {
                 manager: row.manager_affinity,
                 actual,
                 pid: saved.and_then(|s| s.pid).filter(|_| alive),
+                started_at: saved.and_then(|s| s.started_at).filter(|_| alive),
                 uptime_secs: saved
                     .and_then(|s| s.started_at)
                     .filter(|_| alive)
@@ -332,7 +347,11 @@ fn opt<T: ToString>(value: Option<T>) -> String {
 }
 
 pub fn run(home: &Home, detailed: bool, json: bool) -> anyhow::Result<ExitCode> {
-    let view = collect(home, detailed)?;
+    print(&collect(home, detailed)?, detailed, json)
+}
+
+/// Prints a view (collected here or fetched from `n0m1_web`) and returns status's exit code.
+pub fn print(view: &SystemView, detailed: bool, json: bool) -> anyhow::Result<ExitCode> {
     let code = if view.boot.state == "running" {
         ExitCode::SUCCESS
     } else {
@@ -347,7 +366,7 @@ pub fn run(home: &Home, detailed: bool, json: bool) -> anyhow::Result<ExitCode> 
         "\n{:<20} {:<9} {:>8} {:>9} {:>10}",
         "PROCESS", "STATE", "PID", "UPTIME", "HEARTBEAT"
     );
-    for p in std::iter::once(&view.boot).chain(&view.managers) {
+    for p in std::iter::once(&view.boot).chain(view.managers.iter()) {
         let mut line = format!(
             "{:<20} {:<9} {:>8} {:>9} {:>10}",
             p.name,
@@ -422,4 +441,100 @@ pub fn run(home: &Home, detailed: bool, json: bool) -> anyhow::Result<ExitCode> 
         }
     }
     Ok(code)
+}
+
+/// `status ID`: one component as `systemctl status` shows a unit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComponentDetail {
+    pub component: ComponentView,
+    /// Whether its manager runs (else nothing acts on the row).
+    pub manager_running: bool,
+    pub log: Vec<crate::logs::LogFileTail>,
+}
+
+/// Lines of log shown by `status ID`.
+pub const DETAIL_LOG_LINES: usize = 10;
+
+pub fn detail(home: &Home, component_id: &str) -> anyhow::Result<ComponentDetail> {
+    let view = collect(home, true)?;
+    let Some(component) = view
+        .components
+        .into_iter()
+        .find(|c| c.component_id == component_id)
+    else {
+        let conn = crate::open_database(home)?;
+        return Err(crate::components::unknown(&conn, component_id));
+    };
+    let manager = component
+        .manager
+        .strip_suffix(".py")
+        .unwrap_or(&component.manager);
+    let manager_running = view
+        .managers
+        .iter()
+        .any(|m| m.name == manager && m.state == "running");
+    let log = crate::logs::tail(home, component_id, DETAIL_LOG_LINES).unwrap_or_default();
+    Ok(ComponentDetail {
+        component,
+        manager_running,
+        log,
+    })
+}
+
+pub fn print_detail(detail: &ComponentDetail, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(detail)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = &detail.component;
+    let mark = match c.actual {
+        RunState::Running => "●",
+        RunState::Failed | RunState::Dead => "×",
+        _ => "○",
+    };
+    println!(
+        "{mark} {} (manager {})",
+        printable(&c.component_id),
+        printable(&c.manager)
+    );
+    println!("     Desired: {}", printable(&c.desired));
+    let mut actual = c.actual.as_str().to_owned();
+    if let Some(uptime) = c.uptime_secs {
+        actual.push_str(&format!(" for {}", duration(Some(uptime))));
+    }
+    if c.pid.is_some() {
+        actual.push_str(if c.ready { ", ready" } else { ", not ready" });
+    }
+    println!("      Actual: {actual}");
+    if !detail.manager_running {
+        println!("     Manager: not running: nothing acts on this row until it is");
+    }
+    println!("         PID: {}", opt(c.pid));
+    if let (Some(rss), Some(cpu)) = (c.rss_kib, c.cpu_percent) {
+        println!("      Memory: {rss} KiB (cpu {cpu}% since start)");
+    }
+    println!("    Restarts: {}", c.restarts);
+    println!(
+        "   Last exit: {}",
+        printable(c.last_exit.as_deref().unwrap_or("-"))
+    );
+    if let Some(text) = &c.status_text {
+        println!("      Status: {}", printable(text));
+    }
+    if let Some(waiting) = &c.waiting_for {
+        println!("  Waits for: {}", printable(waiting));
+    }
+    if let Some(problem) = &c.problem {
+        println!("     Problem: {}", printable(problem));
+    }
+    for file in &detail.log {
+        println!("\n==> {} <==", printable(&file.path));
+        for line in &file.lines {
+            println!("{}", printable(line));
+        }
+    }
+    Ok(match c.actual {
+        RunState::Running => ExitCode::SUCCESS,
+        _ => ExitCode::from(EXIT_NOT_RUNNING),
+    })
 }

@@ -18,6 +18,7 @@ pub const BUNDLED_COMPONENTS: &[&str] = &[
     "llm_config_daemon",
     "llm_command_daemon",
     "n0m1_alerts",
+    "n0m1_web",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -15,7 +15,7 @@ use n0m1_core::config::SupervisorPolicy;
 use n0m1_core::home::validate_supervised_id;
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::notify::Notice;
-use n0m1_core::state::RunState;
+use n0m1_core::state::{Request, RunState};
 
 use crate::reaper::ExitCause;
 
@@ -47,7 +47,8 @@ pub enum Input {
     /// The component's row, as the latest pass over `autorun_components` read it.
     Row {
         row: ComponentRow,
-        reset_requested: bool,
+        /// An operator's pending request (`n0m1ctl enable` or `restart`).
+        request: Option<Request>,
     },
     /// The row was deleted or moved to another manager.
     RowGone,
@@ -344,10 +345,7 @@ impl Component {
     pub fn handle(&mut self, input: Input, cx: &Context<'_>) -> Vec<Effect> {
         let mut out = Vec::new();
         match input {
-            Input::Row {
-                row,
-                reset_requested,
-            } => self.on_row(row, reset_requested, cx, &mut out),
+            Input::Row { row, request } => self.on_row(row, request, cx, &mut out),
             Input::RowGone => match &mut self.phase {
                 Phase::Running(_) => self.begin_stop(
                     AfterStop::Forget,
@@ -452,7 +450,7 @@ impl Component {
     fn on_row(
         &mut self,
         row: ComponentRow,
-        reset_requested: bool,
+        request: Option<Request>,
         cx: &Context<'_>,
         out: &mut Vec<Effect>,
     ) {
@@ -464,7 +462,8 @@ impl Component {
             }
             return;
         }
-        let reset = reset_requested
+        let restart = request == Some(Request::Restart);
+        let reset = request.is_some()
             || self
                 .settled_row
                 .as_ref()
@@ -483,6 +482,20 @@ impl Component {
                 out.push(Effect::Record(
                     self.record(LifecycleEvent::Reset)
                         .message("reset by an operator; starting again"),
+                ));
+                self.start(cx, out);
+            }
+            (Phase::Running(_), true) if restart => self.begin_stop(
+                AfterStop::Restart,
+                "restart requested by an operator",
+                cx,
+                out,
+            ),
+            (Phase::Backoff { .. }, true) if restart => {
+                self.quick_deaths = 0;
+                out.push(Effect::Record(
+                    self.record(LifecycleEvent::Reset)
+                        .message("restart requested by an operator; starting now"),
                 ));
                 self.start(cx, out);
             }

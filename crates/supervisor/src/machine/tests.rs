@@ -39,14 +39,14 @@ fn row(active: bool) -> ComponentRow {
 fn active() -> Input {
     Input::Row {
         row: row(true),
-        reset_requested: false,
+        request: None,
     }
 }
 
 fn inactive() -> Input {
     Input::Row {
         row: row(false),
-        reset_requested: false,
+        request: None,
     }
 }
 
@@ -217,7 +217,7 @@ fn failed() -> Component {
 fn enable_or_any_edit_of_the_row_resets_a_failed_component() {
     let reset = Input::Row {
         row: row(true),
-        reset_requested: true,
+        request: Some(Request::Reset),
     };
     let c = check_with(failed(), &policy(), &[(0, reset, &["RESET", "spawn"])]);
     assert_eq!(c.run_state(), RunState::Running);
@@ -226,13 +226,64 @@ fn enable_or_any_edit_of_the_row_resets_a_failed_component() {
     edited.modified = Some("2026-12-01 00:00:05".into());
     let edit = Input::Row {
         row: edited,
-        reset_requested: false,
+        request: None,
     };
     check_with(failed(), &policy(), &[(0, edit, &["RESET", "spawn"])]);
 
     // Disabling a failed component forgets the failure.
     let c = check_with(failed(), &policy(), &[(0, inactive(), &["save"])]);
     assert_eq!(c.run_state(), RunState::Stopped);
+}
+
+#[test]
+fn an_operator_restart_stops_and_starts_a_running_component_and_wakes_a_backing_off_one() {
+    let restart = || Input::Row {
+        row: row(true),
+        request: Some(Request::Restart),
+    };
+    let c = check(&[
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (2_000, restart(), &["term 10", "STOP_REQUESTED", "save"]),
+        (2_010, exited(10, ExitCause::Signal(Signal::SIGTERM)), &[]),
+        (
+            2_020,
+            Input::TreeGone,
+            &["STOPPED_SUCCESSFULLY", "release", "spawn", "orphans"],
+        ),
+        (2_020, spawned(11), &["START_ATTEMPT", "save"]),
+        // Died at once: backing off; a restart request does not wait for the backoff.
+        (
+            2_100,
+            exited(11, ExitCause::Code(1)),
+            &[
+                "kill 11",
+                "release",
+                "CRASHED",
+                "RESTART_SCHEDULED",
+                "save",
+                "orphans",
+            ],
+        ),
+        (2_200, restart(), &["RESET", "spawn"]),
+        (2_200, spawned(12), &["START_ATTEMPT", "save"]),
+    ]);
+    assert_eq!(c.run_state(), RunState::Running);
+    // The desired state is the row's: a restart of an inactive component does nothing, and
+    // a failed one starts again.
+    check_with(
+        Component::new(row(false)),
+        &policy(),
+        &[(
+            0,
+            Input::Row {
+                row: row(false),
+                request: Some(Request::Restart),
+            },
+            &[],
+        )],
+    );
+    check_with(failed(), &policy(), &[(0, restart(), &["RESET", "spawn"])]);
 }
 
 #[test]
@@ -262,7 +313,7 @@ fn a_oneshot_runs_once_after_a_clean_exit_and_again_after_a_crash() {
                 0,
                 Input::Row {
                     row: oneshot.clone(),
-                    reset_requested: false,
+                    request: None,
                 },
                 &["spawn"],
             ),
@@ -282,7 +333,7 @@ fn a_oneshot_runs_once_after_a_clean_exit_and_again_after_a_crash() {
                 9_000,
                 Input::Row {
                     row: oneshot,
-                    reset_requested: false,
+                    request: None,
                 },
                 &[],
             ),
@@ -302,7 +353,7 @@ fn changed_launch_settings_restart_a_running_component() {
             2_000,
             Input::Row {
                 row: changed,
-                reset_requested: false,
+                request: None,
             },
             &["term 10", "STOP_REQUESTED", "save"],
         ),
@@ -555,7 +606,7 @@ fn exits_of_other_pids_and_unsafe_ids_are_refused() {
                 0,
                 Input::Row {
                     row: bad.clone(),
-                    reset_requested: false,
+                    request: None,
                 },
                 &["START_FAILED", "save"],
             ),
@@ -563,7 +614,7 @@ fn exits_of_other_pids_and_unsafe_ids_are_refused() {
                 10,
                 Input::Row {
                     row: bad,
-                    reset_requested: true,
+                    request: Some(Request::Reset),
                 },
                 &[],
             ),
@@ -579,7 +630,7 @@ fn exits_of_other_pids_and_unsafe_ids_are_refused() {
         let effects = c.handle(
             Input::Row {
                 row: hijack,
-                reset_requested: false,
+                request: None,
             },
             &Context {
                 now: Instant::now(),

@@ -252,7 +252,7 @@ impl Manager {
             started_at: proc.map(|p| p.started_unix),
             restarts: component.restarts(),
             last_exit: component.last_exit().map(str::to_owned),
-            reset_requested: false,
+            request: None,
             ready: component.ready(),
             status_text: component.status_text().map(str::to_owned),
         });

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use n0m1_core::components::{self, ComponentRow};
-use n0m1_core::config::{Config, SupervisorPolicy};
+use n0m1_core::config::{Config, ResourceSettings, Retention, SupervisorPolicy};
 use n0m1_core::db::{self, DatabaseFile, DbError};
 use n0m1_core::health::{self, HealthCheck};
 use n0m1_core::home::{ENV_BOOT_PID, Home, HomeError};
@@ -25,8 +25,9 @@ use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::notify::NotifySocket;
 use n0m1_core::pidfile::{PidError, PidFile};
 use n0m1_core::process::{self, ProcStat};
+use n0m1_core::resources::{self, ResourceSample};
 use n0m1_core::runtime::{Event, PidWatcher, Runtime, SignalSet};
-use n0m1_core::state::{self, unix_now};
+use n0m1_core::state::{self, Request, unix_now};
 use n0m1_core::writer::Writer;
 use rusqlite::Connection;
 
@@ -108,6 +109,9 @@ pub struct Manager {
     log_pipes: n0m1_core::logpipe::LogPipes,
     /// Started by boot (which runs the log writer).
     under_boot: bool,
+    /// How often the components' trees are sampled, and how long samples are kept.
+    resources: ResourceSettings,
+    retention: Retention,
 }
 
 impl Manager {
@@ -182,6 +186,8 @@ impl Manager {
             shutdown_pending: Default::default(),
             log_pipes: Default::default(),
             under_boot: std::env::var_os(ENV_BOOT_PID).is_some(),
+            resources: ResourceSettings::default(),
+            retention: Retention::default(),
             options,
         };
         manager.load_policy();
@@ -223,8 +229,20 @@ impl Manager {
             .max(Duration::from_millis(100));
         let mut next_heartbeat = Instant::now();
         let mut next_pass = Instant::now() + PERIODIC_PASS;
+        let mut next_sample = Instant::now() + self.resources.interval.duration();
+        let mut next_prune = Instant::now();
         loop {
             let now = Instant::now();
+            if now >= next_sample {
+                self.sample_resources();
+                next_sample = now + self.resources.interval.duration();
+            }
+            if now >= next_prune {
+                let max_age = self.retention.max_age_days.0 * 86_400.0;
+                self.writer
+                    .prune_resources(&self.options.manager, unix_now() - max_age);
+                next_prune = now + self.retention.prune_interval.duration();
+            }
             if now >= next_heartbeat {
                 if let Err(error) = own_pid_file.touch() {
                     tracing::warn!("heartbeat failed: {error}");
@@ -241,7 +259,13 @@ impl Manager {
                 .components
                 .values()
                 .filter_map(|c| c.deadline(now))
-                .fold(next_heartbeat.min(next_pass), Instant::min);
+                .fold(
+                    next_heartbeat
+                        .min(next_pass)
+                        .min(next_sample)
+                        .min(next_prune),
+                    Instant::min,
+                );
             match self.runtime.next(Some(wake)) {
                 Some(Event::ChildExited) => self.reap(),
                 Some(Event::ProcessExited { pid }) => self.adopted_exited(pid),
@@ -282,7 +306,11 @@ impl Manager {
 
     fn load_policy(&mut self) {
         match Config::load(&self.options.home.config_path()) {
-            Ok(config) => self.policy = config.supervisor,
+            Ok(config) => {
+                self.policy = config.supervisor;
+                self.resources = config.resources;
+                self.retention = config.retention;
+            }
             Err(error) => self.writer.event(
                 LifecycleRecord::new(&self.options.manager, LifecycleEvent::Error)
                     .message(format!("{error}; keeping the previous supervisor policy")),
@@ -313,6 +341,36 @@ impl Manager {
         }
     }
 
+    /// One `component_resource_log` row per running component: its tree's RSS and CPU time,
+    /// from one /proc snapshot for all of them. Off the restart path (a timer, not a SIGCHLD).
+    fn sample_resources(&mut self) {
+        let running: Vec<(&String, i32)> = self
+            .components
+            .iter()
+            .filter_map(|(id, c)| Some((id, c.proc()?.pid)))
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        let snapshot = process::all_processes();
+        let sampled_at = unix_now();
+        let samples = running
+            .into_iter()
+            .map(|(id, pid)| {
+                let usage = resources::tree_usage(&snapshot, pid);
+                ResourceSample {
+                    component_id: id.clone(),
+                    manager: self.options.manager.clone(),
+                    sampled_at,
+                    rss_bytes: usage.rss_bytes,
+                    cpu_seconds: usage.cpu_seconds,
+                    processes: usage.processes,
+                }
+            })
+            .collect();
+        self.writer.resources(samples);
+    }
+
     /// Makes the machines see the table.
     fn reconcile(&mut self) {
         let rows = match components::of_manager(&self.conn, &self.options.manager) {
@@ -325,7 +383,7 @@ impl Manager {
                 return;
             }
         };
-        let resets = reset_requests(&self.conn, &self.options.manager);
+        let requests = operator_requests(&self.conn, &self.options.manager);
         let ids: HashSet<&str> = rows.iter().map(|r| r.component_id.as_str()).collect();
         let mut checks = self.health_checks(&ids);
         let (mut gates, held) = self.dependency_gates(&ids);
@@ -334,9 +392,9 @@ impl Manager {
             let id = row.component_id.clone();
             let health = checks.remove(&id).unwrap_or_default();
             let gate = gates.remove(&id).unwrap_or_default();
-            let reset_requested = resets.contains(&id);
-            if reset_requested {
-                self.writer.clear_reset(&id);
+            let request = requests.get(&id).copied();
+            if let Some(request) = request {
+                self.writer.clear_request(&id, request);
             }
             self.components
                 .entry(id.clone())
@@ -351,13 +409,7 @@ impl Manager {
                 seen.insert(id);
                 continue;
             }
-            self.dispatch(
-                &id,
-                Input::Row {
-                    row,
-                    reset_requested,
-                },
-            );
+            self.dispatch(&id, Input::Row { row, request });
             seen.insert(id);
         }
         let gone: Vec<String> = self
@@ -575,26 +627,26 @@ impl Manager {
 }
 
 /// What the database watcher compares to decide whether this manager must look again: its
-/// rows and its pending reset requests, nothing else.
+/// rows and its pending operator requests, nothing else.
 fn rows_fingerprint(conn: &Connection, manager: &str) -> rusqlite::Result<u64> {
     let rows: Vec<ComponentRow> = components::of_manager(conn, manager)?;
-    let mut resets: Vec<String> = reset_requests(conn, manager).into_iter().collect();
-    resets.sort();
+    let mut requests: Vec<(String, Request)> =
+        operator_requests(conn, manager).into_iter().collect();
+    requests.sort_by(|a, b| a.0.cmp(&b.0));
     let checks = health::all(conn)?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     rows.hash(&mut hasher);
-    resets.hash(&mut hasher);
+    requests.hash(&mut hasher);
     checks.hash(&mut hasher);
     gates::fingerprint(conn, &mut hasher)?;
     Ok(hasher.finish())
 }
 
-fn reset_requests(conn: &Connection, manager: &str) -> HashSet<String> {
+fn operator_requests(conn: &Connection, manager: &str) -> HashMap<String, Request> {
     state::load_all(conn, Some(manager))
         .map(|rows| {
             rows.into_iter()
-                .filter(|r| r.reset_requested)
-                .map(|r| r.component_id)
+                .filter_map(|r| Some((r.component_id, r.request?)))
                 .collect()
         })
         .unwrap_or_default()

@@ -1,0 +1,115 @@
+//! `events`: the lifecycle log, the last N events or followed like `journalctl -f`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use n0m1_core::Home;
+use n0m1_core::lifecycle::{self, LoggedEvent};
+use n0m1_core::schema::COMPONENT_LIFECYCLE_LOG;
+use n0m1_core::text::printable;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    /// Only this component's (or manager's) events.
+    #[arg(long, value_name = "ID")]
+    pub component: Option<String>,
+    /// How many of the latest events to show first.
+    #[arg(short = 'n', long = "lines", default_value_t = 20)]
+    pub lines: usize,
+    /// Keep printing new events as they are recorded (Ctrl-C to stop).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+}
+
+/// One lifecycle row, as `events` and `n0m1_web` show it; `id` is the row id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventView {
+    pub id: i64,
+    pub timestamp: String,
+    pub component_id: String,
+    pub pid: Option<i32>,
+    pub event_type: String,
+    pub message: Option<String>,
+}
+
+impl From<LoggedEvent> for EventView {
+    fn from(e: LoggedEvent) -> Self {
+        EventView {
+            id: e.id,
+            timestamp: e.timestamp,
+            component_id: e.component_id,
+            pid: e.pid,
+            event_type: e.event_type,
+            message: e.message,
+        }
+    }
+}
+
+/// The most events one request returns.
+pub const MAX_PAGE: usize = 1000;
+
+/// Events after row `after`, oldest first (`newest`: the last `limit` of them).
+pub fn page(
+    conn: &rusqlite::Connection,
+    after: i64,
+    component: Option<&str>,
+    limit: usize,
+    newest: bool,
+) -> anyhow::Result<Vec<EventView>> {
+    Ok(
+        lifecycle::page(conn, after, component, limit.min(MAX_PAGE), newest)
+            .with_context(|| format!("reading {COMPONENT_LIFECYCLE_LOG}"))?
+            .into_iter()
+            .map(EventView::from)
+            .collect(),
+    )
+}
+
+/// One line per event: `id time component event [pid N]: message`.
+pub fn print(event: &EventView) -> bool {
+    use std::io::Write;
+    let line = format!(
+        "{:>7} {} {} {}{}: {}\n",
+        event.id,
+        printable(&event.timestamp),
+        printable(&event.component_id),
+        printable(&event.event_type),
+        event.pid.map(|p| format!(" pid {p}")).unwrap_or_default(),
+        printable(event.message.as_deref().unwrap_or(""))
+    );
+    // A closed pipe (`events -f | head`) ends the command quietly.
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes())
+        .and_then(|()| out.flush())
+        .is_ok()
+}
+
+pub fn run(home: &Home, args: &EventsArgs) -> anyhow::Result<()> {
+    let conn = crate::open_database(home)?;
+    let component = args.component.as_deref();
+    let mut last = 0;
+    for event in page(&conn, 0, component, args.lines, true)? {
+        last = event.id;
+        if !print(&event) {
+            return Ok(());
+        }
+    }
+    if !args.follow {
+        return Ok(());
+    }
+    if last == 0 {
+        last = lifecycle::last_id(&conn)
+            .with_context(|| format!("reading {COMPONENT_LIFECYCLE_LOG}"))?;
+    }
+    loop {
+        for event in page(&conn, last, component, MAX_PAGE, false)? {
+            last = event.id;
+            if !print(&event) {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

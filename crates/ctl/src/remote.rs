@@ -1,0 +1,198 @@
+//! `n0m1ctl --remote URL`: the same commands through `n0m1_web`'s JSON API, printed by the
+//! same code as the local ones.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::events::EventView;
+use crate::logs::LogFileTail;
+use crate::status::{ComponentDetail, SystemView};
+
+/// What the API answers to a mutation.
+#[derive(Debug, Deserialize)]
+pub struct Message {
+    pub message: String,
+}
+
+pub struct Remote {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// Path segments are percent-encoded, so an id can never become another path.
+pub fn segment(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+impl Remote {
+    /// `url` is n0m1_web's base address (`http://127.0.0.1:8686`); the token is read from
+    /// `token_file`, else from the home's `web.token` when there is one.
+    pub fn new(
+        url: &str,
+        token_file: Option<&Path>,
+        home_token: Option<&Path>,
+    ) -> anyhow::Result<Remote> {
+        let base = url.trim_end_matches('/').to_owned();
+        if !base.starts_with("http://") {
+            bail!(
+                "--remote {url}: expected an http:// address such as http://127.0.0.1:8686 (put a TLS proxy in front of n0m1_web for https)"
+            );
+        }
+        let token = match (token_file, home_token) {
+            (Some(path), _) => Some(crate::token::read(path)?),
+            (None, Some(path)) if path.exists() => Some(crate::token::read(path)?),
+            _ => None,
+        };
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout_read(Duration::from_secs(30))
+            .build();
+        Ok(Remote { base, token, agent })
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let request = self.agent.request(method, &format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.set("Authorization", &format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    fn answer(
+        &self,
+        path: &str,
+        result: Result<ureq::Response, ureq::Error>,
+    ) -> anyhow::Result<ureq::Response> {
+        match result {
+            Ok(response) => Ok(response),
+            Err(ureq::Error::Status(code, response)) => {
+                let text = response.into_string().unwrap_or_default();
+                let message = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+                    .unwrap_or(text);
+                let hint = if code == 401 {
+                    " (pass the home's web.token with --token-file)"
+                } else {
+                    ""
+                };
+                bail!("{} answered {code}: {message}{hint}", self.base)
+            }
+            Err(error) => Err(anyhow::anyhow!(error))
+                .with_context(|| format!("cannot reach n0m1_web at {}{path}", self.base)),
+        }
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let response = self.answer(path, self.request("GET", path).call())?;
+        response
+            .into_json()
+            .with_context(|| format!("reading the answer of {}{path}", self.base))
+    }
+
+    pub fn post(&self, path: &str) -> anyhow::Result<String> {
+        let response = self.answer(path, self.request("POST", path).send_string(""))?;
+        let message: Message = response
+            .into_json()
+            .with_context(|| format!("reading the answer of {}{path}", self.base))?;
+        Ok(message.message)
+    }
+
+    pub fn status(&self, detailed: bool, json: bool) -> anyhow::Result<ExitCode> {
+        let view: SystemView = self.get("/api/v1/status")?;
+        crate::status::print(&view, detailed, json)
+    }
+
+    pub fn status_of(&self, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+        let detail: ComponentDetail = self.get(&format!("/api/v1/components/{}", segment(id)))?;
+        crate::status::print_detail(&detail, json)
+    }
+
+    pub fn act(&self, id: &str, verb: &str) -> anyhow::Result<String> {
+        self.post(&format!("/api/v1/components/{}/{verb}", segment(id)))
+    }
+
+    pub fn logs(&self, id: &str, lines: usize, follow: bool) -> anyhow::Result<()> {
+        let tails: Vec<LogFileTail> =
+            self.get(&format!("/api/v1/logs/{}?lines={lines}", segment(id)))?;
+        crate::logs::print_tails(&tails);
+        if follow {
+            let path = format!("/api/v1/logs/{}/stream", segment(id));
+            self.stream(&path, |data| {
+                let line: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+                println!(
+                    "{}",
+                    line.get("line").and_then(|l| l.as_str()).unwrap_or(data)
+                );
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn events(&self, args: &crate::events::EventsArgs) -> anyhow::Result<()> {
+        let component = args
+            .component
+            .as_deref()
+            .map(|c| format!("&component={}", segment(c)))
+            .unwrap_or_default();
+        let events: Vec<EventView> =
+            self.get(&format!("/api/v1/events?tail={}{component}", args.lines))?;
+        for event in &events {
+            if !crate::events::print(event) {
+                return Ok(());
+            }
+        }
+        if args.follow {
+            let after = events.last().map_or(-1, |e| e.id);
+            let path = format!("/api/v1/events/stream?after={after}{component}");
+            self.stream(&path, |data| {
+                if let Ok(event) = serde_json::from_str::<EventView>(data) {
+                    crate::events::print(&event);
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Reads a server-sent event stream, calling `each` with every event's data.
+    fn stream(&self, path: &str, mut each: impl FnMut(&str)) -> anyhow::Result<()> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .build();
+        let mut request = agent.get(&format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        let response = self.answer(path, request.call())?;
+        let reader = BufReader::new(response.into_reader());
+        let mut data = String::new();
+        for line in reader.lines() {
+            let line = line.with_context(|| format!("reading {}{path}", self.base))?;
+            if let Some(rest) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+            } else if line.is_empty() && !data.is_empty() {
+                each(&data);
+                data.clear();
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! The checks every request passes before a handler sees it: the Host header on loopback
+//! (DNS rebinding), the body size, and the bearer token for mutations (and for reads when
+//! `web.read_requires_token` is set). Headers that keep browsers from sniffing, framing or
+//! leaking are added to every answer.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+
+use crate::{ApiError, App, MAX_BODY_BYTES};
+
+/// The host part of a Host header value (`[::1]:8686` → `[::1]`, `localhost:80` → `localhost`).
+fn host_name(value: &str) -> &str {
+    if value.starts_with('[') {
+        return value.find(']').map_or(value, |end| &value[..=end]);
+    }
+    value.split(':').next().unwrap_or(value)
+}
+
+/// On loopback only names of this machine are accepted: a page on another site whose name
+/// was rebound to 127.0.0.1 sends its own name.
+pub fn host_allowed(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    matches!(
+        host_name(value).to_ascii_lowercase().as_str(),
+        "localhost" | "127.0.0.1" | "[::1]"
+    )
+}
+
+/// The request carries `Authorization: Bearer <token>` with the right token (compared in
+/// constant time).
+pub fn token_matches(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.trim().as_bytes().ct_eq(token.as_bytes()).into()
+}
+
+fn is_read(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+}
+
+pub async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    if app.loopback && !host_allowed(headers) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the Host header must name localhost, 127.0.0.1 or [::1]: n0m1_web on loopback answers only this machine's names",
+        )
+        .into_response();
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return too_large().into_response();
+    }
+    let needs_token = !is_read(request.method()) || app.read_requires_token;
+    // The dashboard itself (and its scripts) loads without the token; it asks for it.
+    let page = is_read(request.method()) && is_page(request.uri().path());
+    if needs_token && !page && !token_matches(headers, &app.token) {
+        let mut response = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "this needs the header `Authorization: Bearer <token>` with the token in {}",
+                app.home.web_token().display()
+            ),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
+        ),
+    );
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// The HTML pages and their static assets.
+fn is_page(path: &str) -> bool {
+    path == "/" || path.starts_with("/components/") || path.starts_with("/assets/")
+}
+
+pub fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(name: header::HeaderName, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn only_this_machines_names_pass_the_host_check() {
+        for ok in [
+            "localhost",
+            "localhost:8686",
+            "127.0.0.1:8686",
+            "[::1]:8686",
+            "LOCALHOST",
+        ] {
+            assert!(host_allowed(&with(header::HOST, ok)), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8686",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example:80",
+            "[::2]:8686",
+            "",
+        ] {
+            assert!(!host_allowed(&with(header::HOST, bad)), "{bad}");
+        }
+        assert!(!host_allowed(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_token_must_match_exactly() {
+        let token = "ab".repeat(32);
+        let auth = |v: &str| with(header::AUTHORIZATION, v);
+        assert!(token_matches(&auth(&format!("Bearer {token}")), &token));
+        assert!(!token_matches(
+            &auth(&format!("Bearer {}", "cd".repeat(32))),
+            &token
+        ));
+        assert!(!token_matches(
+            &auth(&format!("Bearer {}", &token[..63])),
+            &token
+        ));
+        assert!(!token_matches(&auth(&format!("Basic {token}")), &token));
+        assert!(!token_matches(&auth("Bearer "), &token));
+        assert!(!token_matches(&HeaderMap::new(), &token));
+    }
+}
