@@ -186,8 +186,9 @@ impl LifecycleRecord {
     }
 }
 
-/// A row read back from the log.
-#[derive(Debug, Clone, PartialEq)]
+/// A row read back from the log (`id` is its row id); as `n0m1ctl events` and `n0m1_web`
+/// show it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoggedEvent {
     pub id: i64,
     pub timestamp: String,

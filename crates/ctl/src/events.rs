@@ -8,7 +8,6 @@ use n0m1_core::Home;
 use n0m1_core::lifecycle::{self, LoggedEvent};
 use n0m1_core::schema::COMPONENT_LIFECYCLE_LOG;
 use n0m1_core::text::printable;
-use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Args)]
 pub struct EventsArgs {
@@ -23,30 +22,6 @@ pub struct EventsArgs {
     pub follow: bool,
 }
 
-/// One lifecycle row, as `events` and `n0m1_web` show it; `id` is the row id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EventView {
-    pub id: i64,
-    pub timestamp: String,
-    pub component_id: String,
-    pub pid: Option<i32>,
-    pub event_type: String,
-    pub message: Option<String>,
-}
-
-impl From<LoggedEvent> for EventView {
-    fn from(e: LoggedEvent) -> Self {
-        EventView {
-            id: e.id,
-            timestamp: e.timestamp,
-            component_id: e.component_id,
-            pid: e.pid,
-            event_type: e.event_type,
-            message: e.message,
-        }
-    }
-}
-
 /// The most events one request returns.
 pub const MAX_PAGE: usize = 1000;
 
@@ -57,18 +32,13 @@ pub fn page(
     component: Option<&str>,
     limit: usize,
     newest: bool,
-) -> anyhow::Result<Vec<EventView>> {
-    Ok(
-        lifecycle::page(conn, after, component, limit.min(MAX_PAGE), newest)
-            .with_context(|| format!("reading {COMPONENT_LIFECYCLE_LOG}"))?
-            .into_iter()
-            .map(EventView::from)
-            .collect(),
-    )
+) -> anyhow::Result<Vec<LoggedEvent>> {
+    lifecycle::page(conn, after, component, limit.min(MAX_PAGE), newest)
+        .with_context(|| format!("reading {COMPONENT_LIFECYCLE_LOG}"))
 }
 
 /// One line per event: `id time component event [pid N]: message`.
-pub fn print(event: &EventView) -> bool {
+pub fn print(event: &LoggedEvent) -> bool {
     use std::io::Write;
     let line = format!(
         "{:>7} {} {} {}{}: {}\n",

@@ -10,9 +10,9 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::events::EventView;
 use crate::logs::LogFileTail;
 use crate::status::{ComponentDetail, SystemView};
+use n0m1_core::lifecycle::LoggedEvent;
 
 /// What the API answers to a mutation.
 #[derive(Debug, Deserialize)]
@@ -150,7 +150,7 @@ impl Remote {
             .as_deref()
             .map(|c| format!("&component={}", segment(c)))
             .unwrap_or_default();
-        let events: Vec<EventView> =
+        let events: Vec<LoggedEvent> =
             self.get(&format!("/api/v1/events?tail={}{component}", args.lines))?;
         for event in &events {
             if !crate::events::print(event) {
@@ -161,7 +161,7 @@ impl Remote {
             let after = events.last().map_or(-1, |e| e.id);
             let path = format!("/api/v1/events/stream?after={after}{component}");
             self.stream(&path, |data| {
-                if let Ok(event) = serde_json::from_str::<EventView>(data) {
+                if let Ok(event) = serde_json::from_str::<LoggedEvent>(data) {
                     crate::events::print(&event);
                 }
             })?;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::response::sse::{Event, KeepAlive, KeepAliveStream, Sse};
 use futures_util::Stream;
 use n0m1_core::Home;
-use n0m1_ctl::events::EventView;
+use n0m1_core::lifecycle::LoggedEvent;
 use tokio::sync::watch;
 
 use crate::{ApiError, App, blocking};
@@ -79,7 +79,7 @@ struct LifecycleCursor {
     app: Arc<App>,
     after: i64,
     component: Option<String>,
-    pending: VecDeque<EventView>,
+    pending: VecDeque<LoggedEvent>,
     changes: watch::Receiver<i64>,
     shutdown: watch::Receiver<bool>,
 }
