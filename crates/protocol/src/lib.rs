@@ -3,6 +3,8 @@
 //! the processor and nano instance loops. `tables` guards every table name that comes from
 //! data.
 
+pub mod alerting;
+pub mod checker;
 pub mod cli;
 pub mod command_daemon;
 pub mod config_daemon;

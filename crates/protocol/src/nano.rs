@@ -13,6 +13,8 @@ use n0m1_core::lifecycle::LifecycleEvent;
 use n0m1_core::schema::NANO_PROMPTS;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::alerting::AlertTracker;
+use crate::checker;
 use crate::generator::{Generator, Loaded, Unavailable};
 use crate::runtime::{Runtime, Wake};
 use crate::tables::{self, TableName};
@@ -27,15 +29,9 @@ pub struct NanoOptions {
     pub context_window: usize,
     pub system_prompt_file: Option<PathBuf>,
     pub mode: Option<String>,
+    /// Seconds between reminders while a value stays above its threshold (0: none).
+    pub alert_remind: f64,
 }
-
-/// The original's alert thresholds, by column.
-const THRESHOLDS: &[(&str, f64, &str)] = &[
-    ("temperature_celsius", 80.0, "CPU temperature"),
-    ("cpu_temp", 80.0, "CPU temperature"),
-    ("cpu_usage", 90.0, "CPU usage"),
-    ("mem_usage", 90.0, "memory usage"),
-];
 
 const DEFAULT_PROMPT: &str =
     "You watch one metric of a computer. In one sentence, say what the numbers show.";
@@ -113,22 +109,6 @@ pub fn window_stats(window: &VecDeque<MetricRow>) -> Vec<ColumnStats> {
         .collect()
 }
 
-/// Alerts a row raises (the original's thresholds).
-pub fn alerts(row: &MetricRow, table: &str) -> Vec<String> {
-    row.values
-        .iter()
-        .filter_map(|(column, value)| {
-            let (_, limit, what) = THRESHOLDS.iter().find(|(c, _, _)| c == column)?;
-            (*value > *limit).then(|| {
-                format!(
-                    "ALERT: {what} {value:.1} > {limit:.0} ({table} row {})",
-                    row.id
-                )
-            })
-        })
-        .collect()
-}
-
 fn newest_row(conn: &Connection, table: &TableName) -> rusqlite::Result<Option<MetricRow>> {
     let mut rows = tables::latest_rows(conn, table, 1, |names, row| {
         let mut id = 0;
@@ -155,6 +135,7 @@ pub struct NanoInstance {
     prompt: String,
     file_prompt: Option<String>,
     generator: Option<Box<dyn Generator>>,
+    alerts: AlertTracker,
 }
 
 impl NanoInstance {
@@ -185,7 +166,6 @@ impl NanoInstance {
         };
         Ok((
             NanoInstance {
-                options,
                 metrics,
                 summary,
                 window: VecDeque::new(),
@@ -193,6 +173,8 @@ impl NanoInstance {
                 prompt: String::new(),
                 file_prompt,
                 generator,
+                alerts: AlertTracker::new(options.alert_remind),
+                options,
             },
             warnings,
         ))
@@ -253,7 +235,9 @@ impl NanoInstance {
             return Ok(Vec::new());
         }
         self.last_id = Some(row.id);
-        let raised = alerts(&row, self.metrics.as_str());
+        let raised = self
+            .alerts
+            .observe(&row, self.metrics.as_str(), n0m1_core::state::unix_now());
         for alert in &raised {
             self.write(conn, alert)?;
         }
@@ -293,10 +277,13 @@ impl NanoInstance {
                 recent.join(", ")
             );
             match generator.complete(Some(&prompt), &request) {
-                Ok(text) if !text.trim().is_empty() => {
-                    content.push_str(&format!(" | model: {}", text.trim()))
-                }
-                Ok(_) => {}
+                Ok(text) => match checker::check(&text, &stats) {
+                    Ok(reading) => content.push_str(&format!(" | model: {reading}")),
+                    Err(reason) => content.push_str(&format!(
+                        " | model: rejected ({reason}) | reading: {}",
+                        checker::plain_reading(&stats)
+                    )),
+                },
                 Err(error) => tracing::warn!("generation failed ({error}); statistics only"),
             }
         }
@@ -379,6 +366,7 @@ mod tests {
             context_window: 3,
             system_prompt_file: None,
             mode: None,
+            alert_remind: 300.0,
         }
     }
 
@@ -410,6 +398,72 @@ mod tests {
             .unwrap();
         assert_eq!(flag, 0);
         assert_eq!(nano.effective_prompt(), "Watch the CPU");
+    }
+
+    #[test]
+    fn a_scripted_cpu_trace_alerts_on_crossing_and_recovers_once() {
+        let conn = db();
+        let (mut nano, _) = NanoInstance::new(&conn, options(), None).unwrap();
+        // Above 90 for eight samples, hovering between 85 and 90 for two, down, up again.
+        let trace = [
+            50.0, 95.0, 97.0, 99.0, 88.0, 91.0, 93.0, 89.0, 96.0, 94.0, 84.0, 60.0, 92.0,
+        ];
+        for value in trace {
+            conn.execute("INSERT INTO cpu_usage_log (cpu_usage) VALUES (?1)", [value])
+                .unwrap();
+            nano.pull(&conn).unwrap();
+        }
+        let rows =
+            crate::testing::texts(&conn, "SELECT content FROM cpu_usage_summary ORDER BY id");
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert_eq!(rows[0], "ALERT: CPU usage 95.0 > 90 (cpu_usage_log row 2)");
+        assert!(
+            rows[1].starts_with("RECOVERED: CPU usage 84.0 <= 85 (cpu_usage_log row 11)"),
+            "{}",
+            rows[1]
+        );
+        assert_eq!(rows[2], "ALERT: CPU usage 92.0 > 90 (cpu_usage_log row 13)");
+    }
+
+    /// Answers every prompt with the same text.
+    struct Scripted(&'static str);
+
+    impl Generator for Scripted {
+        fn complete(
+            &mut self,
+            _system: Option<&str>,
+            _prompt: &str,
+        ) -> Result<String, crate::generator::GenerateError> {
+            Ok(self.0.to_owned())
+        }
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+    }
+
+    #[test]
+    fn a_model_text_with_a_foreign_number_is_replaced_by_the_plain_reading() {
+        for (said, expected) in [
+            (
+                "CPU usage rose to 60.00.",
+                " | model: CPU usage rose to 60.00.",
+            ),
+            (
+                "CPU usage hit 93.1 and is falling. CPU usage hit 93.1",
+                " | model: rejected (number 93.1 not in window) | reading: cpu_usage rising over 3 samples: mean 36.67, min 20.00, max 60.00, last 60.00.",
+            ),
+        ] {
+            let conn = db();
+            let (mut nano, _) =
+                NanoInstance::new(&conn, options(), Some(Box::new(Scripted(said)))).unwrap();
+            for value in [20.0, 30.0, 60.0] {
+                conn.execute("INSERT INTO cpu_usage_log (cpu_usage) VALUES (?1)", [value])
+                    .unwrap();
+                nano.pull(&conn).unwrap();
+            }
+            let text = nano.summarise(&conn).unwrap().unwrap();
+            assert!(text.ends_with(expected), "{text}");
+        }
     }
 
     #[test]

@@ -136,7 +136,14 @@ impl Processor {
                         rows.join("\n")
                     );
                     match generator.complete(Some(SYSTEM_PROMPT), &prompt) {
-                        Ok(text) => format!("{table}: {}", text.trim()),
+                        Ok(text) => match crate::checker::check_against(&text, &rows.join("\n")) {
+                            Ok(reading) => format!("{table}: {reading}"),
+                            Err(reason) => format!(
+                                "{table}: model: rejected ({reason}) | {} rows, newest: {}",
+                                rows.len(),
+                                rows[0].chars().take(300).collect::<String>()
+                            ),
+                        },
                         Err(error) => {
                             handled.events.push((
                                 LifecycleEvent::Error,
@@ -296,7 +303,8 @@ mod tests {
             "echo".into()
         }
         fn complete(&mut self, _: Option<&str>, prompt: &str) -> Result<String, GenerateError> {
-            Ok(format!("saw {} lines", prompt.lines().count()))
+            // The newest row it was shown (numbers from the rows pass the checker).
+            Ok(format!("saw {}", prompt.lines().nth(1).unwrap_or_default()))
         }
     }
 
@@ -344,11 +352,12 @@ mod tests {
             out[0], "cpu_temp_summary: no rows yet",
             "an empty table is not sent to the model"
         );
-        assert!(out[1].starts_with("cpu_usage_summary: saw"), "{out:?}");
         assert!(
-            out[3].starts_with("cpu_usage_summary: saw 4 lines"),
+            out[1].starts_with("cpu_usage_summary: saw id=2,"),
             "{out:?}"
         );
+        assert!(out[1].ends_with("content=calm"), "newest first: {out:?}");
+        assert_eq!(out[3], out[1], "PUSH reads the same rows");
         assert_eq!(out[4], "REQUEST:metrics");
         let unprocessed: i64 = conn
             .query_row(

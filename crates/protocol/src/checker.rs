@@ -1,0 +1,275 @@
+//! What a model says about a window is checked before it is written: repeated phrases are
+//! cut, every number must be one of the window's statistics (after rounding), and a trend
+//! word must agree with the computed trend. A text that fails is replaced by a plain sentence
+//! built from the statistics, and the reason is kept in the row.
+
+use crate::nano::ColumnStats;
+
+/// Words that claim a direction, by the trend they claim.
+const TREND_WORDS: &[(&str, &[&str])] = &[
+    (
+        "rising",
+        &[
+            "rising",
+            "rise",
+            "rises",
+            "rose",
+            "increasing",
+            "increase",
+            "increases",
+            "increased",
+            "climbing",
+            "climbs",
+            "growing",
+            "grows",
+            "upward",
+            "higher",
+        ],
+    ),
+    (
+        "falling",
+        &[
+            "falling",
+            "fall",
+            "falls",
+            "fell",
+            "decreasing",
+            "decrease",
+            "decreases",
+            "decreased",
+            "dropping",
+            "drops",
+            "dropped",
+            "declining",
+            "declines",
+            "downward",
+            "lower",
+        ],
+    ),
+    (
+        "flat",
+        &["flat", "stable", "steady", "unchanged", "constant"],
+    ),
+];
+
+/// Words in a repeated run that makes the rest of a text a loop.
+const REPEAT_NGRAM: usize = 3;
+
+/// The text up to the first phrase of `REPEAT_NGRAM` words that it already said.
+pub fn cut_repetition(text: &str) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let key = |w: &str| {
+        w.trim_matches(|c: char| !c.is_alphanumeric())
+            .to_lowercase()
+    };
+    let keys: Vec<String> = words.iter().map(|w| key(w)).collect();
+    let mut seen = std::collections::HashSet::new();
+    for start in 0..keys.len().saturating_sub(REPEAT_NGRAM - 1) {
+        let gram = &keys[start..start + REPEAT_NGRAM];
+        if gram.iter().all(|k| k.is_empty()) {
+            continue;
+        }
+        if !seen.insert(gram.to_vec()) {
+            return words[..start].join(" ");
+        }
+    }
+    words.join(" ")
+}
+
+/// The numbers written in a text (`93.1`, `-2`, `40%` → 40).
+pub fn numbers(text: &str) -> Vec<(f64, usize)> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let starts = chars[i].is_ascii_digit()
+            || (chars[i] == '-'
+                && chars.get(i + 1).is_some_and(|c| c.is_ascii_digit())
+                && (i == 0 || !chars[i - 1].is_alphanumeric()));
+        // A digit inside a word (`cpu2`, `x86_64`) is a name, not a number.
+        if !starts || (i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_')) {
+            i += 1;
+            continue;
+        }
+        let begin = i;
+        i += 1;
+        while i < chars.len() && chars[i].is_ascii_digit() {
+            i += 1;
+        }
+        let mut decimals = 0;
+        if i + 1 < chars.len() && chars[i] == '.' && chars[i + 1].is_ascii_digit() {
+            i += 1;
+            while i < chars.len() && chars[i].is_ascii_digit() {
+                i += 1;
+                decimals += 1;
+            }
+        }
+        let text: String = chars[begin..i].iter().collect();
+        if let Ok(value) = text.parse::<f64>() {
+            out.push((value, decimals));
+        }
+        while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn round(value: f64, decimals: usize) -> f64 {
+    let scale = 10f64.powi(decimals.min(6) as i32);
+    (value * scale).round() / scale
+}
+
+/// Whether `value`, written with `decimals` digits, is one of the statistics rounded so.
+fn is_a_statistic(value: f64, decimals: usize, stats: &[ColumnStats]) -> bool {
+    stats.iter().any(|s| {
+        [s.min, s.mean, s.max, s.last, s.count as f64]
+            .into_iter()
+            .any(|stat| (round(stat, decimals) - value).abs() < 1e-9)
+    })
+}
+
+/// The model's text, cleaned, or why it cannot be written.
+pub fn check(text: &str, stats: &[ColumnStats]) -> Result<String, String> {
+    let cleaned = cut_repetition(text.trim());
+    if cleaned.is_empty() {
+        return Err("empty".into());
+    }
+    for (value, decimals) in numbers(&cleaned) {
+        if !is_a_statistic(value, decimals, stats) {
+            return Err(format!("number {value} not in window"));
+        }
+    }
+    let words: Vec<String> = cleaned
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    for (claimed, list) in TREND_WORDS {
+        if let Some(word) = words.iter().find(|w| list.contains(&w.as_str()))
+            && !stats.iter().any(|s| s.trend == *claimed)
+        {
+            let actual: Vec<&str> = stats.iter().map(|s| s.trend).collect();
+            return Err(format!(
+                "trend word '{word}' but the window is {}",
+                actual.join(", ")
+            ));
+        }
+    }
+    Ok(cleaned)
+}
+
+/// The main model's reading of rows it was shown: cleaned of repeats, and every number in it
+/// must be one written in those rows (after rounding to the digits the text gives).
+pub fn check_against(text: &str, source: &str) -> Result<String, String> {
+    let cleaned = cut_repetition(text.trim());
+    if cleaned.is_empty() {
+        return Err("empty".into());
+    }
+    let known: Vec<f64> = numbers(source).into_iter().map(|(v, _)| v).collect();
+    for (value, decimals) in numbers(&cleaned) {
+        if !known
+            .iter()
+            .any(|k| (round(*k, decimals) - value).abs() < 1e-9)
+        {
+            return Err(format!("number {value} not in the rows read"));
+        }
+    }
+    Ok(cleaned)
+}
+
+/// A plain sentence from the statistics alone (it passes `check` by construction).
+pub fn plain_reading(stats: &[ColumnStats]) -> String {
+    stats
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} over {} samples: mean {:.2}, min {:.2}, max {:.2}, last {:.2}.",
+                s.column, s.trend, s.count, s.mean, s.min, s.max, s.last
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(values: &[f64]) -> Vec<ColumnStats> {
+        let window = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| crate::nano::MetricRow {
+                id: i as i64,
+                values: vec![("cpu_usage".into(), *v)],
+            })
+            .collect();
+        crate::nano::window_stats(&window)
+    }
+
+    #[test]
+    fn a_foreign_number_or_a_wrong_trend_is_rejected_by_name() {
+        let rising = stats(&[20.0, 40.0, 60.5]);
+        assert_eq!(
+            check("CPU usage rose to 60.5% from 20, averaging 40.17.", &rising),
+            Ok("CPU usage rose to 60.5% from 20, averaging 40.17.".into())
+        );
+        assert_eq!(
+            check("CPU usage peaked at 93.1%.", &rising),
+            Err("number 93.1 not in window".into())
+        );
+        assert_eq!(
+            check("CPU usage is falling.", &rising),
+            Err("trend word 'falling' but the window is rising".into())
+        );
+        assert_eq!(
+            check("Usage is stable around 40.", &rising).unwrap_err(),
+            "trend word 'stable' but the window is rising"
+        );
+        // 3 is the count; 61 is 60.5 written without decimals; 60 is nothing.
+        assert!(check("3 samples, last 61.", &rising).is_ok());
+        assert!(check("3 samples, last 60.5.", &rising).is_ok());
+        assert_eq!(
+            check("last 60", &rising),
+            Err("number 60 not in window".into())
+        );
+        // Names with digits are not numbers.
+        assert!(check("cpu0 on x86_64 is rising", &rising).is_ok());
+    }
+
+    #[test]
+    fn repeated_phrases_are_cut_and_a_loop_of_numbers_is_caught() {
+        assert_eq!(
+            cut_repetition("CPU is busy. CPU is busy. CPU is busy."),
+            "CPU is busy."
+        );
+        assert_eq!(cut_repetition("all quiet here"), "all quiet here");
+        let flat = stats(&[100.0, 100.0, 100.0]);
+        // The original model's output: `- 100.0: 100.0 - 99.9: 99.9 - …`
+        assert_eq!(
+            check("- 100.0: 100.0 - 99.9: 99.9 - 99.8", &flat),
+            Err("number 99.9 not in window".into())
+        );
+    }
+
+    #[test]
+    fn the_main_models_reading_may_only_quote_numbers_of_the_rows_it_read() {
+        let rows = "cpu_usage_log window: cpu_usage: count=10 min=12.00 mean=41.37 max=88.20\nALERT: CPU usage 95.0 > 90";
+        assert!(check_against("CPU peaked at 95 and averaged 41.4.", rows).is_ok());
+        assert_eq!(
+            check_against("CPU peaked at 97.", rows),
+            Err("number 97 not in the rows read".into())
+        );
+        assert_eq!(check_against("ok ok ok ok ok ok", rows), Ok("ok".into()));
+    }
+
+    #[test]
+    fn the_plain_reading_passes_the_checker() {
+        for values in [&[1.0, 2.0, 3.0][..], &[5.0, 5.0], &[90.0, 10.0, 50.25]] {
+            let s = stats(values);
+            let text = plain_reading(&s);
+            assert_eq!(check(&text, &s), Ok(text.clone()), "{text}");
+        }
+    }
+}
