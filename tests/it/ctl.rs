@@ -79,7 +79,23 @@ fn logs_list_and_unknown_ids_and_config_check() {
         .stderr(contains("invalid component id"));
     env.ctl(&["config", "check"])
         .success()
-        .stdout(contains("daemon_manager"));
+        .stdout(contains("daemon_manager"))
+        .stdout(contains("models: default (built-in), nice 10"))
+        .stdout(contains("resources sampled every 10 s"));
+    for (bad, key) in [
+        (r#"{"models": {"nice": 25}}"#, "models.nice"),
+        (r#"{"models": {"default": " "}}"#, "models.default"),
+        (r#"{"resources": {"interval": 0}}"#, "resources.interval"),
+        (
+            r#"{"web": {"read_requires_token": "yes"}}"#,
+            "web.read_requires_token",
+        ),
+    ] {
+        std::fs::write(env.home.config_path(), bad).unwrap();
+        env.ctl(&["config", "check"])
+            .failure()
+            .stderr(contains(key));
+    }
     std::fs::write(
         env.home.config_path(),
         r#"{"supervisor": {"stop_timeout": "soon"}}"#,

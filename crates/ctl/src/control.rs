@@ -348,5 +348,22 @@ pub fn config_check(home: &Home, json: bool) -> anyhow::Result<()> {
         p.crash_window.0,
         p.stop_timeout.0
     );
+    println!(
+        "  logs: rotated at {} bytes, {} kept; resources sampled every {} s; retention {} days",
+        config.logs.max_bytes,
+        config.logs.keep,
+        config.resources.interval.0,
+        config.retention.max_age_days.0
+    );
+    println!(
+        "  web: reads {}; models: default {}, nice {}",
+        if config.web.read_requires_token {
+            "need the token"
+        } else {
+            "open on loopback"
+        },
+        config.models.default.as_deref().unwrap_or("(built-in)"),
+        config.models.nice
+    );
     Ok(())
 }

@@ -21,6 +21,8 @@ use n0m1_protocol::runtime::{Runtime, component_id_or};
 pub struct EngineGenerator {
     model: LoadedModel,
     options: GenerationOptions,
+    /// Tokens generated so far, for the evaluation's per-summary figures.
+    pub generated_tokens: usize,
 }
 
 impl Generator for EngineGenerator {
@@ -29,13 +31,15 @@ impl Generator for EngineGenerator {
     }
     fn complete(&mut self, system: Option<&str>, prompt: &str) -> Result<String, GenerateError> {
         let text = self.model.format_prompt(system, prompt);
-        self.model
-            .generate(&text, &self.options)
-            .map(|c| c.text)
-            .map_err(|error| match error {
-                LlmError::ContextFull { limit, .. } => GenerateError::ContextFull { limit },
-                other => GenerateError::Engine(Box::new(other)),
-            })
+        let completion =
+            self.model
+                .generate(&text, &self.options)
+                .map_err(|error| match error {
+                    LlmError::ContextFull { limit, .. } => GenerateError::ContextFull { limit },
+                    other => GenerateError::Engine(Box::new(other)),
+                })?;
+        self.generated_tokens += completion.token_ids.len();
+        Ok(completion.text)
     }
 }
 
@@ -89,6 +93,15 @@ pub fn set_threads(threads: Option<usize>) {
 /// Resolves and loads the model; `Err` says why there is none (`--model none`, or the
 /// engine's `LlmError`, which names the model, the places tried and the fix).
 pub fn load_generator(args: &ModelArgs, default_id: &str, home: &Home) -> Loaded {
+    load_engine(args, default_id, home).map(|engine| Box::new(engine) as Box<dyn Generator>)
+}
+
+/// `load_generator` without the box, for callers that read its counters.
+pub fn load_engine(
+    args: &ModelArgs,
+    default_id: &str,
+    home: &Home,
+) -> Result<EngineGenerator, Unavailable> {
     if args.model == "none" {
         return Err(Unavailable::Disabled);
     }
@@ -114,13 +127,14 @@ pub fn load_generator(args: &ModelArgs, default_id: &str, home: &Home) -> Loaded
         lora: args.lora.clone(),
     };
     let model = LoadedModel::load(location.path(), &options).map_err(unavailable)?;
-    Ok(Box::new(EngineGenerator {
+    Ok(EngineGenerator {
         model,
         options: GenerationOptions {
             max_new_tokens: args.max_new_tokens,
             ..Default::default()
         },
-    }))
+        generated_tokens: 0,
+    })
 }
 
 #[derive(Debug, Parser)]
