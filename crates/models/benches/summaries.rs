@@ -1,6 +1,6 @@
 //! The nano summariser's evaluation: prints figures, asserts nothing.
 //!
-//! `cargo bench -p n0m1-models --bench summaries` (release build). 56 synthetic windows
+//! `cargo bench -p n0m1-models --bench summaries` (release build). 50 synthetic windows
 //! (rising, falling, flat, spike, oscillating, just under and just over the threshold, each 7
 //! ways, plus a missing sensor) go through the real `NanoInstance` with each local model: the
 //! seeded tiny fixture always, and every `.gguf` file in `BENCH_MODELS` (a colon-separated list
@@ -164,6 +164,7 @@ fn evaluate(name: &str, model: &Path, home: &Home) {
     let mut tokens = 0;
     let mut cpu = 0.0;
     let mut missing_ok = 0;
+    let mut examples = Vec::new();
     let total = windows().len();
     for (kind, values) in windows() {
         let conn = n0m1_core::db::open(&db).unwrap();
@@ -218,8 +219,17 @@ fn evaluate(name: &str, model: &Path, home: &Home) {
                 }
             }
             if let Err(reason) = checker::check(raw, &stats) {
-                let kind = reason.split(' ').take(2).collect::<Vec<_>>().join(" ");
+                let kind = if reason.starts_with("number") {
+                    "a number not in the window".to_owned()
+                } else if reason.starts_with("trend") {
+                    "a wrong trend word".to_owned()
+                } else {
+                    reason
+                };
                 *rejected.entry(kind).or_default() += 1;
+            }
+            if examples.len() < 3 {
+                examples.push(format!("{kind}: {}", raw.trim().replace('\n', " ")));
             }
         }
         assert!(content.contains("| model: "), "{content}");
@@ -246,6 +256,9 @@ fn evaluate(name: &str, model: &Path, home: &Home) {
         tokens as f64 / summaries.max(1) as f64,
         cpu / summaries.max(1) as f64
     );
+    for example in examples {
+        println!("  e.g. {}", example.chars().take(160).collect::<String>());
+    }
 }
 
 fn alerts_for_a_scripted_trace() {
@@ -253,6 +266,7 @@ fn alerts_for_a_scripted_trace() {
     // (inside the hysteresis band), calm, a short second high.
     let mut tracker = AlertTracker::new(300.0);
     let mut rows = Vec::new();
+    let mut above = 0;
     for i in 0..360 {
         let t = f64::from(i) * 5.0;
         let value = match i {
@@ -272,11 +286,12 @@ fn alerts_for_a_scripted_trace() {
             id: i64::from(i) + 1,
             values: vec![("cpu_usage".into(), value)],
         };
+        above += usize::from(value > 90.0);
         rows.extend(tracker.observe(&row, "cpu_usage_log", t));
     }
     let unique: std::collections::HashSet<&String> = rows.iter().collect();
     println!(
-        "scripted CPU trace (360 samples, 164 of them above 90): {} alert rows, {} distinct",
+        "scripted CPU trace (360 samples 5 s apart, {above} of them above 90): {} alert rows, {} distinct",
         rows.len(),
         unique.len()
     );

@@ -129,12 +129,25 @@ fn is_a_statistic(value: f64, decimals: usize, stats: &[ColumnStats]) -> bool {
     })
 }
 
-/// The model's text, cleaned, or why it cannot be written.
-pub fn check(text: &str, stats: &[ColumnStats]) -> Result<String, String> {
+/// Repeats cut, and refused when it is not text: empty, undecodable bytes (U+FFFD, what a
+/// model emits for broken UTF-8) or control characters.
+fn readable(text: &str) -> Result<String, String> {
     let cleaned = cut_repetition(text.trim());
     if cleaned.is_empty() {
         return Err("empty".into());
     }
+    if cleaned.chars().any(|c| c == '\u{FFFD}' || c.is_control()) {
+        return Err("not text (undecodable bytes or control characters)".into());
+    }
+    if !cleaned.chars().any(char::is_alphabetic) {
+        return Err("no words".into());
+    }
+    Ok(cleaned)
+}
+
+/// The model's text, cleaned, or why it cannot be written.
+pub fn check(text: &str, stats: &[ColumnStats]) -> Result<String, String> {
+    let cleaned = readable(text)?;
     for (value, decimals) in numbers(&cleaned) {
         if !is_a_statistic(value, decimals, stats) {
             return Err(format!("number {value} not in window"));
@@ -162,10 +175,7 @@ pub fn check(text: &str, stats: &[ColumnStats]) -> Result<String, String> {
 /// The main model's reading of rows it was shown: cleaned of repeats, and every number in it
 /// must be one written in those rows (after rounding to the digits the text gives).
 pub fn check_against(text: &str, source: &str) -> Result<String, String> {
-    let cleaned = cut_repetition(text.trim());
-    if cleaned.is_empty() {
-        return Err("empty".into());
-    }
+    let cleaned = readable(text)?;
     let known: Vec<f64> = numbers(source).into_iter().map(|(v, _)| v).collect();
     for (value, decimals) in numbers(&cleaned) {
         if !known
@@ -249,6 +259,10 @@ mod tests {
         // The original model's output: `- 100.0: 100.0 - 99.9: 99.9 - …`
         assert_eq!(
             check("- 100.0: 100.0 - 99.9: 99.9 - 99.8", &flat),
+            Err("no words".into())
+        );
+        assert_eq!(
+            check("CPU at 100.0, then 99.9, then 99.8", &flat),
             Err("number 99.9 not in window".into())
         );
     }
@@ -262,6 +276,23 @@ mod tests {
             Err("number 97 not in the rows read".into())
         );
         assert_eq!(check_against("ok ok ok ok ok ok", rows), Ok("ok".into()));
+    }
+
+    #[test]
+    fn bytes_that_are_not_text_are_rejected() {
+        let s = stats(&[1.0, 2.0]);
+        assert!(
+            check("\u{FFFD}\u{FFFD}\u{FFFD}", &s)
+                .unwrap_err()
+                .starts_with("not text")
+        );
+        assert!(
+            check("ok\u{1b}[2J", &s)
+                .unwrap_err()
+                .starts_with("not text")
+        );
+        assert_eq!(check("... !!", &s), Err("no words".into()));
+        assert_eq!(check("   ", &s), Err("empty".into()));
     }
 
     #[test]

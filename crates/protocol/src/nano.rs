@@ -258,23 +258,14 @@ impl NanoInstance {
         let mut content = format!("{} window: {}", self.metrics, facts.join("; "));
         let prompt = self.effective_prompt().to_owned();
         if let Some(generator) = &mut self.generator {
-            let recent: Vec<String> = self
-                .window
-                .iter()
-                .map(|r| {
-                    r.values
-                        .iter()
-                        .map(|(c, v)| format!("{c}={v:.1}"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .collect();
+            // Only the statistics: a text may quote nothing else (the checker holds it to
+            // that), so raw samples in the prompt would only invite rejected numbers.
             let request = format!(
-                "Metric table {} ({} mode). Statistics: {}.\nRecent values, oldest first: {}\nReading:",
+                "Metric table {} ({} mode). Statistics of the last {} samples: {}.\nIn one sentence, using only these numbers, say what they show:",
                 self.metrics,
                 self.options.mode.as_deref().unwrap_or("summary"),
-                facts.join("; "),
-                recent.join(", ")
+                self.window.len(),
+                facts.join("; ")
             );
             match generator.complete(Some(&prompt), &request) {
                 Ok(text) => match checker::check(&text, &stats) {
