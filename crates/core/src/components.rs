@@ -70,6 +70,12 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ComponentRow> {
     })
 }
 
+/// The manager a `manager_affinity` value names: rows written for the original name it by
+/// its script (`daemon_manager.py`).
+pub fn manager_name(affinity: &str) -> &str {
+    affinity.strip_suffix(".py").unwrap_or(affinity)
+}
+
 /// The rows one manager owns, by id. Rows written for the original may name the manager by
 /// its script (`daemon_manager.py`).
 pub fn of_manager(conn: &Connection, manager: &str) -> rusqlite::Result<Vec<ComponentRow>> {

@@ -12,7 +12,7 @@ use n0m1_supervisor::launch::{ScriptResolver, launch_args};
 
 /// The manager a row names, if it is running (a row may name one by its script).
 fn manager_running(home: &Home, affinity: &str) -> anyhow::Result<bool> {
-    let manager = affinity.strip_suffix(".py").unwrap_or(affinity);
+    let manager = components::manager_name(affinity);
     if n0m1_core::home::validate_component_id(manager).is_err() {
         return Ok(false);
     }
@@ -28,7 +28,7 @@ fn when(home: &Home, affinity: &str) -> anyhow::Result<String> {
     } else {
         format!(
             "its manager {} is not running, so it takes effect when that starts",
-            printable(affinity.strip_suffix(".py").unwrap_or(affinity))
+            printable(components::manager_name(affinity))
         )
     })
 }

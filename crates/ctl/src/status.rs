@@ -136,7 +136,7 @@ pub fn cannot_run(component_id: &str, affinity: &str, managers: &[String]) -> Op
     if let Err(error) = n0m1_core::home::validate_supervised_id(component_id) {
         return Some(error.to_string());
     }
-    let manager = affinity.strip_suffix(".py").unwrap_or(affinity);
+    let manager = components::manager_name(affinity);
     if !managers.iter().any(|m| m == manager) {
         return Some(format!(
             "no manager is called '{}' (manager_affinity); known managers: {}",
@@ -214,7 +214,15 @@ fn view_pid_file(home: &Home, name: &str, stem: &str, detailed: bool) -> Process
 }
 
 pub fn collect(home: &Home, detailed: bool) -> anyhow::Result<SystemView> {
-    let conn = crate::open_database(home)?;
+    collect_from(&crate::open_database(home)?, home, detailed)
+}
+
+/// `collect` on a connection the caller already opened (and goes on using).
+pub fn collect_from(
+    conn: &rusqlite::Connection,
+    home: &Home,
+    detailed: bool,
+) -> anyhow::Result<SystemView> {
     let boot = view_pid_file(
         home,
         "boot_system",
@@ -237,20 +245,20 @@ pub fn collect(home: &Home, detailed: bool) -> anyhow::Result<SystemView> {
         )
         .collect();
     let manager_alive = |name: &str| {
-        let name = name.strip_suffix(".py").unwrap_or(name);
+        let name = components::manager_name(name);
         managers
             .iter()
             .any(|m| m.name == name && m.state == "running")
     };
 
-    let rows = components::all(&conn).with_context(|| format!("reading {AUTORUN_COMPONENTS}"))?;
-    let saved: HashMap<String, ComponentState> = state::load_all(&conn, None)
+    let rows = components::all(conn).with_context(|| format!("reading {AUTORUN_COMPONENTS}"))?;
+    let saved: HashMap<String, ComponentState> = state::load_all(conn, None)
         .with_context(|| format!("reading {COMPONENT_STATE}"))?
         .into_iter()
         .map(|s| (s.component_id.clone(), s))
         .collect();
     let now = unix_now();
-    let waiting = WaitingView::read(&conn, &rows, &saved);
+    let waiting = WaitingView::read(conn, &rows, &saved);
     let components = rows
         .into_iter()
         .map(|row| {
@@ -308,7 +316,7 @@ pub fn collect(home: &Home, detailed: bool) -> anyhow::Result<SystemView> {
         })
         .collect();
     let recent_errors = if detailed {
-        lifecycle::recent(&conn, 10, true)?
+        lifecycle::recent(conn, 10, true)?
             .into_iter()
             .map(|e| ErrorView {
                 timestamp: e.timestamp,
@@ -456,19 +464,16 @@ pub struct ComponentDetail {
 pub const DETAIL_LOG_LINES: usize = 10;
 
 pub fn detail(home: &Home, component_id: &str) -> anyhow::Result<ComponentDetail> {
-    let view = collect(home, true)?;
+    let conn = crate::open_database(home)?;
+    let view = collect_from(&conn, home, true)?;
     let Some(component) = view
         .components
         .into_iter()
         .find(|c| c.component_id == component_id)
     else {
-        let conn = crate::open_database(home)?;
         return Err(crate::components::unknown(&conn, component_id));
     };
-    let manager = component
-        .manager
-        .strip_suffix(".py")
-        .unwrap_or(&component.manager);
+    let manager = components::manager_name(&component.manager);
     let manager_running = view
         .managers
         .iter()

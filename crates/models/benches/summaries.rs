@@ -99,46 +99,10 @@ fn windows() -> Vec<(&'static str, Vec<f64>)> {
     out
 }
 
-const TREND_CLAIMS: &[(&str, &[&str])] = &[
-    (
-        "rising",
-        &[
-            "rising",
-            "rises",
-            "rose",
-            "increasing",
-            "increased",
-            "climbing",
-            "upward",
-        ],
-    ),
-    (
-        "falling",
-        &[
-            "falling",
-            "falls",
-            "fell",
-            "decreasing",
-            "decreased",
-            "dropping",
-            "declining",
-        ],
-    ),
-    (
-        "flat",
-        &["flat", "stable", "steady", "unchanged", "constant"],
-    ),
-];
-
+/// The first trend a text claims, by the checker's own words.
 fn claimed_trend(text: &str) -> Option<&'static str> {
-    let lower = text.to_lowercase();
-    TREND_CLAIMS
-        .iter()
-        .find(|(_, words)| {
-            lower
-                .split(|c: char| !c.is_alphanumeric())
-                .any(|w| words.contains(&w))
-        })
+    checker::claimed_trends(text)
+        .first()
         .map(|(trend, _)| *trend)
 }
 

@@ -52,6 +52,22 @@ const TREND_WORDS: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The trends a text claims, each with the first word that claims it, in `TREND_WORDS` order.
+pub fn claimed_trends(text: &str) -> Vec<(&'static str, String)> {
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    TREND_WORDS
+        .iter()
+        .filter_map(|(trend, list)| {
+            let word = words.iter().find(|w| list.contains(&w.as_str()))?;
+            Some((*trend, word.clone()))
+        })
+        .collect()
+}
+
 /// Words in a repeated run that makes the rest of a text a loop.
 const REPEAT_NGRAM: usize = 3;
 
@@ -153,15 +169,8 @@ pub fn check(text: &str, stats: &[ColumnStats]) -> Result<String, String> {
             return Err(format!("number {value} not in window"));
         }
     }
-    let words: Vec<String> = cleaned
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect();
-    for (claimed, list) in TREND_WORDS {
-        if let Some(word) = words.iter().find(|w| list.contains(&w.as_str()))
-            && !stats.iter().any(|s| s.trend == *claimed)
-        {
+    for (claimed, word) in claimed_trends(&cleaned) {
+        if !stats.iter().any(|s| s.trend == claimed) {
             let actual: Vec<&str> = stats.iter().map(|s| s.trend).collect();
             return Err(format!(
                 "trend word '{word}' but the window is {}",

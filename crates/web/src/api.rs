@@ -391,8 +391,9 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
 
 async fn metrics(State(app): AppState) -> Result<Response, ApiError> {
     let text = blocking(move || {
-        let view = n0m1_ctl::status::collect(&app.home, false).map_err(ApiError::refused)?;
         let conn = open(&app.home)?;
+        let view =
+            n0m1_ctl::status::collect_from(&conn, &app.home, false).map_err(ApiError::refused)?;
         let config = Config::load(&app.home.config_path()).unwrap_or_default();
         // Samples older than three intervals belong to processes that are gone.
         let fresh_after = unix_now() - 3.0 * config.resources.interval.0;
@@ -407,7 +408,6 @@ async fn metrics(State(app): AppState) -> Result<Response, ApiError> {
                 memory_usage_percent: latest(Metric::Memory),
                 cpu_temperature_celsius: latest(Metric::CpuTemperature),
             },
-            now: unix_now(),
         };
         Ok(prometheus::render(&snapshot))
     })

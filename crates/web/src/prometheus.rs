@@ -42,8 +42,6 @@ pub struct Snapshot<'a> {
     /// The newest resource sample of each component, recent enough to be current.
     pub resources: &'a [ResourceSample],
     pub metrics: LatestMetrics,
-    /// Unix time of the scrape.
-    pub now: f64,
 }
 
 /// Escapes a label value: backslash, double quote and newline.
@@ -97,10 +95,6 @@ impl Family<'_> {
     }
 }
 
-fn manager_of(affinity: &str) -> &str {
-    affinity.strip_suffix(".py").unwrap_or(affinity)
-}
-
 /// The whole exposition.
 pub fn render(snapshot: &Snapshot<'_>) -> String {
     let view = snapshot.view;
@@ -119,7 +113,7 @@ pub fn render(snapshot: &Snapshot<'_>) -> String {
             "n0m1_component_up",
             &[
                 ("component", c.component_id.as_str()),
-                ("manager", manager_of(&c.manager)),
+                ("manager", n0m1_core::components::manager_name(&c.manager)),
             ],
             f64::from(u8::from(up)),
         );
@@ -257,7 +251,6 @@ pub fn render(snapshot: &Snapshot<'_>) -> String {
             Family::header(&mut out, name, "gauge", help).sample(name, &[], value);
         }
     }
-    let _ = snapshot.now;
     out
 }
 
@@ -329,7 +322,6 @@ mod tests {
                 memory_usage_percent: Some(40.0),
                 cpu_temperature_celsius: None,
             },
-            now: 2.0,
         });
         for line in [
             "n0m1_component_up{component=\"a\",manager=\"daemon_manager\"} 1",
