@@ -232,6 +232,9 @@ pub struct ModelSettings {
     /// The CPU priority (nice, 0-19) model work runs at, below the supervisors and the
     /// metric daemons, so a busy model never starves what watches the machine.
     pub nice: i32,
+    /// Model components ask the model service (`run/model.sock`) for completions, so
+    /// components naming the same model share one loaded copy; `false`: each loads its own.
+    pub shared: bool,
 }
 
 impl Default for ModelSettings {
@@ -239,6 +242,7 @@ impl Default for ModelSettings {
         ModelSettings {
             default: None,
             nice: 10,
+            shared: true,
         }
     }
 }

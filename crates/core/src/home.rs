@@ -29,11 +29,14 @@ pub const MANAGER_LOGS_DIR: &str = "logs_managers";
 pub const PIDS_DIR: &str = "pids";
 /// Executables for health probes and alert hooks (run without a shell, only from here).
 pub const HOOKS_DIR: &str = "hooks";
-/// Sockets: each manager's notification socket (`run/<manager>.notify`).
+/// Sockets: each manager's notification socket (`run/<manager>.notify`) and the model
+/// service's (`run/model.sock`).
 pub const RUN_DIR: &str = "run";
 pub const COMPONENTS_DIR: &str = "components";
 pub const CTL_LOCK_FILE: &str = ".n0m1ctl.lock";
 pub const MODELS_DIR: &str = "models";
+/// The model service's socket in `run/`.
+pub const MODEL_SOCKET_FILE: &str = "model.sock";
 /// The web server's bearer token (32 random bytes in hex, mode 0600).
 pub const WEB_TOKEN_FILE: &str = "web.token";
 /// Boot's own log, as the original named it.
@@ -207,6 +210,11 @@ impl Home {
     /// The socket a manager's components send sd_notify datagrams to.
     pub fn notify_socket(&self, manager: &str) -> PathBuf {
         self.run_dir().join(format!("{manager}.notify"))
+    }
+    /// The model service's socket (mode 0600): model components ask it for completions, so
+    /// one loaded copy of each model serves them all.
+    pub fn model_socket(&self) -> PathBuf {
+        self.run_dir().join(MODEL_SOCKET_FILE)
     }
     /// Held (flock) by `n0m1ctl start`, `stop` and `restart` for as long as they run, so they
     /// take turns: a start issued during a stop waits for it, and racing starts see the

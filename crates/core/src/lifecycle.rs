@@ -88,6 +88,12 @@ lifecycle_events! {
     NoSensor = "NO_SENSOR",
     /// A model component could not load its model and serves without it.
     ModelUnavailable = "MODEL_UNAVAILABLE",
+    /// A model component has its model again (the model service answered after an outage).
+    ModelAvailable = "MODEL_AVAILABLE",
+    /// The model service loaded a model for its first client.
+    ModelLoaded = "MODEL_LOADED",
+    /// The model service freed a model its last client stopped using.
+    ModelReleased = "MODEL_RELEASED",
     /// The command daemon refused a `CMD:` line.
     CommandRejected = "COMMAND_REJECTED",
     /// Boot or a component re-read its configuration.

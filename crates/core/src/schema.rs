@@ -170,6 +170,14 @@ pub const DEFAULT_COMPONENTS: &[DefaultComponent] = &[
         description: "Dashboard, JSON API and Prometheus metrics on 127.0.0.1:8686",
     },
     DefaultComponent {
+        component_id: MODEL_SERVICE_ID,
+        base_script_name: "n0m1_model_service",
+        manager_affinity: MAIN_LLM_MANAGER,
+        desired_state: "active",
+        launch_args_json: "{}",
+        description: "One loaded copy of each model, shared by the model components over run/model.sock",
+    },
+    DefaultComponent {
         component_id: "main_llm_processor",
         base_script_name: "llm_processor.py",
         manager_affinity: MAIN_LLM_MANAGER,
@@ -229,6 +237,8 @@ pub const DEFAULT_NANO_PROMPT_IDS: &[&str] = &[
 ];
 
 pub const MAIN_LLM_ID: &str = "main_llm_processor";
+/// The model service's component id (and its lifecycle id).
+pub const MODEL_SERVICE_ID: &str = "model_service";
 pub const MAIN_LLM_READ_TABLES: &str = "cpu_temp_summary,cpu_usage_summary,memory_usage_summary";
 
 /// Default start order: each metric nano instance after its metric daemon is ready, the main

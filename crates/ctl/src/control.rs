@@ -356,14 +356,19 @@ pub fn config_check(home: &Home, json: bool) -> anyhow::Result<()> {
         config.retention.max_age_days.0
     );
     println!(
-        "  web: reads {}; models: default {}, nice {}",
+        "  web: reads {}; models: default {}, nice {}, {}",
         if config.web.read_requires_token {
             "need the token"
         } else {
             "open on loopback"
         },
         config.models.default.as_deref().unwrap_or("(built-in)"),
-        config.models.nice
+        config.models.nice,
+        if config.models.shared {
+            "one shared copy in the model service"
+        } else {
+            "a copy in each model component"
+        }
     );
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! n0m1-models: the model components (`llm_processor`, `nano_instance`) wired to the candle
 //! engine, and the `n0m1_model` tool (fixtures, listing, one-off generation).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,8 +14,12 @@ use n0m1_llm::model::{LoadOptions, LoadedModel};
 use n0m1_llm::resolve::{DEFAULT_MAIN_MODEL, DEFAULT_NANO_MODEL, ModelPlaces, resolve};
 use n0m1_protocol::cli::CommonArgs;
 use n0m1_protocol::generator::{GenerateError, Generator, Loaded, Unavailable};
+use n0m1_protocol::model_service::{ModelSpec, ServiceGenerator};
 use n0m1_protocol::nano::NanoOptions;
 use n0m1_protocol::runtime::{Runtime, component_id_or};
+
+pub mod service;
+pub use service::service_main;
 
 /// The engine as the protocol's `Generator`.
 pub struct EngineGenerator {
@@ -90,9 +94,33 @@ pub fn set_threads(threads: Option<usize>) {
     }
 }
 
-/// Resolves and loads the model; `Err` says why there is none (`--model none`, or the
-/// engine's `LlmError`, which names the model, the places tried and the fix).
+/// The model a component names: with `models.shared` (the default) opened in the model
+/// service, else resolved and loaded here. `Err` says why there is none (`--model none`, or
+/// the engine's `LlmError`, which names the model, the places tried and the fix).
 pub fn load_generator(args: &ModelArgs, default_id: &str, home: &Home) -> Loaded {
+    if args.model == "none" {
+        return Err(Unavailable::Disabled);
+    }
+    let config = n0m1_core::Config::load(&home.config_path()).unwrap_or_default();
+    if config.models.shared {
+        // Paths are the component's: the service runs elsewhere and resolves them as given.
+        let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let model = if Path::new(&args.model).exists() {
+            absolute(Path::new(&args.model))
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            args.model.clone()
+        };
+        let spec = ModelSpec {
+            model,
+            default_model: default_id.to_owned(),
+            lora: args.lora.as_deref().map(absolute),
+            quantize: args.quantize == "q8_0",
+        };
+        return ServiceGenerator::connect(&home.model_socket(), spec, args.max_new_tokens)
+            .map(|generator| Box::new(generator) as Box<dyn Generator>);
+    }
     load_engine(args, default_id, home).map(|engine| Box::new(engine) as Box<dyn Generator>)
 }
 
@@ -106,7 +134,6 @@ pub fn load_engine(
         return Err(Unavailable::Disabled);
     }
     let unavailable = |error: LlmError| Unavailable::Load(Box::new(error));
-    let places = ModelPlaces::from_env(Some(home.models_dir()));
     let config = n0m1_core::Config::load(&home.config_path()).unwrap_or_default();
     // Before the model's thread pool exists (it starts with the first tensor operation), so
     // every model thread inherits the lower priority; the database threads keep theirs.
@@ -116,17 +143,12 @@ pub fn load_engine(
             config.models.nice
         );
     }
-    // `config.json` `models.default` is what `--model default` means when it is set.
-    let spec = match (&*args.model, &config.models.default) {
-        ("default", Some(configured)) => configured.as_str(),
-        (spec, _) => spec,
-    };
-    let location = resolve(spec, default_id, &places).map_err(unavailable)?;
+    let path = service::locate(&args.model, default_id, home).map_err(unavailable)?;
     let options = LoadOptions {
         quantize: args.quantize == "q8_0",
         lora: args.lora.clone(),
     };
-    let model = LoadedModel::load(location.path(), &options).map_err(unavailable)?;
+    let model = LoadedModel::load(&path, &options).map_err(unavailable)?;
     Ok(EngineGenerator {
         model,
         options: GenerationOptions {

@@ -35,7 +35,41 @@ struct Env {
 }
 
 impl Env {
+    /// A home whose model components use the model service (the default), with the service
+    /// running.
     fn new() -> Env {
+        let mut env = Env::bare();
+        env.start_service();
+        env
+    }
+
+    /// A home whose model components each load their own copy (`models.shared: false`).
+    fn in_process() -> Env {
+        let env = Env::bare();
+        std::fs::write(
+            env.home.join("config.json"),
+            r#"{"models": {"shared": false}}"#,
+        )
+        .unwrap();
+        env
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.home.join("run/model.sock")
+    }
+
+    /// Starts `n0m1_model_service` and waits until it answers.
+    fn start_service(&mut self) -> u32 {
+        let pid = self.spawn(SERVICE, &[]);
+        let socket = self.socket();
+        wait_until("the model service to answer", || {
+            n0m1_protocol::model_service::status(&socket).is_ok()
+        });
+        pid
+    }
+
+    /// A home with the default configuration and no service running.
+    fn bare() -> Env {
         let tmp = tempfile::tempdir().unwrap();
         let home = tmp.path().join("home");
         let model = tmp.path().join("tiny");
@@ -107,6 +141,7 @@ impl Drop for Env {
 
 const PROCESSOR: &str = env!("CARGO_BIN_EXE_llm_processor");
 const NANO: &str = env!("CARGO_BIN_EXE_nano_instance");
+const SERVICE: &str = env!("CARGO_BIN_EXE_n0m1_model_service");
 
 fn root_bin(name: &str) -> PathBuf {
     // The root package's binaries land in the same folder as ours (`cargo test --workspace`
@@ -216,7 +251,7 @@ fn a_processor_killed_mid_notification_neither_loses_nor_repeats_it() {
     ];
     let first = env.spawn(PROCESSOR, &args);
     wait_until("the processor to start", || {
-        env.count("SELECT count(*) FROM component_lifecycle_log WHERE event_type = 'STARTED_SUCCESSFULLY'") == 1
+        env.count("SELECT count(*) FROM component_lifecycle_log WHERE component_id = 'main_llm_processor' AND event_type = 'STARTED_SUCCESSFULLY'") == 1
     });
     env.sql("INSERT INTO llm_notifications (llm_id, notification_type) VALUES ('main_llm_processor', 'RUN')");
     // Its first table is read before the (slow) generation: freeze it right then.
@@ -249,6 +284,224 @@ fn a_processor_killed_mid_notification_neither_loses_nor_repeats_it() {
         "exactly one output per table, none twice"
     );
     env.stop(second);
+}
+
+fn nano_args<'a>(id: &'a str, metrics: &'a str, summary: &'a str, model: &'a str) -> Vec<&'a str> {
+    vec![
+        "--instance_id",
+        id,
+        "--metrics_table",
+        metrics,
+        "--summary_table",
+        summary,
+        "--model",
+        model,
+        "--pull_interval",
+        "0.1",
+        "--summary_interval",
+        "0.3",
+        "--max_new_tokens",
+        "4",
+    ]
+}
+
+/// The nice value of a /proc stat line (field 19 of proc(5)).
+fn nice_of(stat: &str) -> i64 {
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split_whitespace()
+        .nth(19 - 3)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn components_naming_one_model_share_one_copy_and_outlive_the_service() {
+    use n0m1_protocol::model_service::{Reply, status};
+    let mut env = Env::bare();
+    let service = env.start_service();
+    env.sql(
+        "INSERT INTO cpu_usage_log (cpu_usage) VALUES (40.0);
+         INSERT INTO memory_usage_log (mem_usage) VALUES (25.0);
+         INSERT INTO cpu_usage_summary (nano_id, content) VALUES ('cpu_usage', 'earlier');",
+    );
+    let model = env.model().to_owned();
+    env.spawn(
+        NANO,
+        &nano_args("cpu_usage", "cpu_usage_log", "cpu_usage_summary", &model),
+    );
+    env.spawn(
+        NANO,
+        &nano_args(
+            "mem_usage",
+            "memory_usage_log",
+            "memory_usage_summary",
+            &model,
+        ),
+    );
+    // `default` resolves to the same file (config.json models.default), so it shares it too.
+    std::fs::write(
+        env.home.join("config.json"),
+        serde_json::json!({"models": {"default": model}}).to_string(),
+    )
+    .unwrap();
+    let processor = env.spawn(PROCESSOR, &["--model", "default", "--max_new_tokens", "4"]);
+    wait_until("model summaries from both nano instances", || {
+        env.count("SELECT count(*) FROM cpu_usage_summary WHERE content LIKE '%| model:%'") >= 1
+            && env
+                .count("SELECT count(*) FROM memory_usage_summary WHERE content LIKE '%| model:%'")
+                >= 1
+    });
+    let socket = env.socket();
+    wait_until("one model, three connections", || {
+        matches!(status(&socket), Ok(Reply::Status { ref models, connections: 3 })
+            if models.len() == 1 && models[0].clients == 3)
+    });
+    let mode = std::fs::metadata(&socket).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM component_lifecycle_log WHERE component_id = 'model_service' AND event_type = 'MODEL_LOADED'"),
+        1,
+        "loaded once for three components"
+    );
+    // Every thread of the service, the model's pool included, runs at nice 10.
+    let threads: Vec<i64> = std::fs::read_dir(format!("/proc/{service}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .map(|stat| nice_of(&stat))
+        .collect();
+    assert!(
+        threads.len() > 2 && threads.iter().all(|n| *n == 10),
+        "{threads:?}"
+    );
+
+    // The service dies. The nano instances go on with statistics alone...
+    kill(service, Signal::SIGKILL);
+    let _ = env
+        .children
+        .iter_mut()
+        .find(|c| c.id() == service)
+        .unwrap()
+        .wait();
+    let killed_at = env.count("SELECT MAX(id) FROM cpu_usage_summary");
+    wait_until("statistics written while the service is down", || {
+        env.count(&format!(
+            "SELECT count(*) FROM cpu_usage_summary WHERE id > {killed_at} AND content LIKE 'cpu_usage_log window:%' AND content NOT LIKE '%| model:%'"
+        )) >= 2
+    });
+    wait_until("MODEL_UNAVAILABLE from the nano instance", || {
+        env.count("SELECT count(*) FROM component_lifecycle_log WHERE component_id = 'nano_instance_cpu_usage' AND event_type = 'MODEL_UNAVAILABLE' AND message LIKE '%model.sock%'") == 1
+    });
+    // ...and a notification waits, unprocessed, while the processor knows the service is down.
+    env.sql("INSERT INTO llm_notifications (llm_id, notification_type) VALUES ('main_llm_processor', 'RUN')");
+    wait_until("the processor to report the notification waiting", || {
+        env.count("SELECT count(*) FROM component_lifecycle_log WHERE component_id = 'main_llm_processor' AND event_type = 'MODEL_UNAVAILABLE' AND message LIKE '%wait, unprocessed%'") == 1
+    });
+    assert_eq!(
+        env.count("SELECT count(*) FROM llm_notifications WHERE COALESCE(processed, 0) = 0"),
+        1,
+        "still unprocessed after the processor found the service down"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM llm_outputs"), 0);
+
+    // Back: model text again, the notification handled once, one event each for the return.
+    let restarted_at = env.count("SELECT MAX(id) FROM cpu_usage_summary");
+    env.start_service();
+    wait_until("model summaries after the restart", || {
+        env.count(&format!(
+            "SELECT count(*) FROM cpu_usage_summary WHERE id > {restarted_at} AND content LIKE '%| model:%'"
+        )) >= 1
+    });
+    wait_until("the notification processed", || {
+        env.count("SELECT count(*) FROM llm_notifications WHERE processed = 1") == 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let outputs = env.texts("SELECT content FROM llm_outputs ORDER BY id");
+    assert_eq!(
+        outputs.len(),
+        3,
+        "one output per read table, none twice: {outputs:?}"
+    );
+    assert!(
+        outputs.iter().any(|o| o.starts_with("cpu_usage_summary: ")),
+        "{outputs:?}"
+    );
+    for component in ["nano_instance_cpu_usage", "main_llm_processor"] {
+        assert_eq!(
+            env.count(&format!("SELECT count(*) FROM component_lifecycle_log WHERE component_id = '{component}' AND event_type = 'MODEL_AVAILABLE'")),
+            1,
+            "{component}"
+        );
+    }
+    env.stop(processor);
+}
+
+#[test]
+fn the_model_service_refuses_bad_requests_by_name_and_keeps_serving() {
+    use std::io::{BufRead, BufReader, Write};
+    let env = Env::new();
+    let socket = env.socket();
+    let stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    stream.set_read_timeout(Some(T)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut ask = |line: &[u8]| -> String {
+        // The long line's tail meets a closed connection: EPIPE there is the point.
+        let _ = writer.write_all(line);
+        let mut reply = String::new();
+        let _ = reader.read_line(&mut reply);
+        reply
+    };
+    let reply = ask(b"{not json\n");
+    assert!(
+        reply.contains("bad_request") && reply.contains("one JSON object per line"),
+        "{reply}"
+    );
+    let reply = ask(
+        b"{\"op\": \"complete\", \"system\": null, \"prompt\": \"hi\", \"max_new_tokens\": 3}\n",
+    );
+    assert!(
+        reply.contains("not_open") && reply.contains("open"),
+        "{reply}"
+    );
+    let reply = ask(b"{\"op\": \"open\", \"model\": \"/nowhere/no-such-model.gguf\", \"default_model\": \"x\", \"lora\": null, \"quantize\": false}\n");
+    assert!(
+        reply.contains("\"load\"") && reply.contains("no-such-model"),
+        "{reply}"
+    );
+    let reply = ask(b"{\"op\": \"launch_missiles\"}\n");
+    assert!(
+        reply.contains("bad_request") && reply.contains("launch_missiles"),
+        "{reply}"
+    );
+    // A line past the limit is refused and the connection closed; the service goes on.
+    let mut long = vec![b'x'; n0m1_protocol::model_service::MAX_LINE_BYTES + 10];
+    long.push(b'\n');
+    let reply = ask(&long);
+    assert!(reply.contains("longer than"), "{reply}");
+    assert_eq!(
+        ask(b"{\"op\": \"status\"}\n"),
+        "",
+        "closed after the long line"
+    );
+    let model = env.model().to_owned();
+    let mut generator = n0m1_protocol::model_service::ServiceGenerator::connect(
+        &socket,
+        n0m1_protocol::model_service::ModelSpec {
+            model,
+            default_model: "x".into(),
+            lora: None,
+            quantize: false,
+        },
+        3,
+    )
+    .unwrap();
+    use n0m1_protocol::generator::Generator;
+    assert!(generator.describe().contains("model service"));
+    generator.complete(None, "hello").unwrap();
 }
 
 #[test]
@@ -321,7 +574,8 @@ fn hostile_tables_and_commands_leave_the_database_intact() {
 
 #[test]
 fn a_nano_instance_alerts_summarises_and_clears_needs_reload() {
-    let mut env = Env::new();
+    // Its own copy of the model, so its own threads are the model's.
+    let mut env = Env::in_process();
     env.sql(
         "UPDATE nano_prompts SET prompt = 'Watch the CPU closely', needs_reload = 1 WHERE nano_id = 'cpu_usage';
          INSERT INTO cpu_usage_log (cpu_usage) VALUES (40.0), (95.0);",
@@ -359,15 +613,6 @@ fn a_nano_instance_alerts_summarises_and_clears_needs_reload() {
     wait_until("a window summary", || {
         env.count("SELECT count(*) FROM cpu_usage_summary WHERE content LIKE '%window%'") >= 1
     });
-    let nice_of = |stat: &str| -> i64 {
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        // Field 19 of proc(5); `rest` starts at field 3.
-        rest.split_whitespace()
-            .nth(19 - 3)
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
     let main_stat = std::fs::read_to_string(format!("/proc/{nano}/stat")).unwrap();
     assert_eq!(nice_of(&main_stat), 10, "the model's main thread");
     let model_threads: Vec<i64> = std::fs::read_dir(format!("/proc/{nano}/task"))
@@ -434,7 +679,8 @@ fn a_nano_instance_with_bad_flags_says_so_and_idles() {
 
 #[test]
 fn the_whole_loop_runs_under_the_managers() {
-    let env = Env::new();
+    // The main LLM manager's model_service row runs the service.
+    let env = Env::bare();
     let model = env.model().to_owned();
     std::fs::write(
         env.home.join("config.json"),
@@ -486,7 +732,7 @@ fn the_whole_loop_runs_under_the_managers() {
     conn.execute_batch(
         "UPDATE autorun_components SET desired_state = 'active', launch_args_json = '{\"--interval\": \"0.2\"}'
          WHERE component_id IN ('cpu_usage_daemon', 'mem_usage_daemon');
-         UPDATE autorun_components SET desired_state = 'active' WHERE component_id IN ('llm_config_daemon', 'llm_command_daemon');",
+         UPDATE autorun_components SET desired_state = 'active' WHERE component_id IN ('llm_config_daemon', 'llm_command_daemon', 'model_service');",
     )
     .unwrap();
     let ctl = |args: &[&str]| {
@@ -508,6 +754,32 @@ fn the_whole_loop_runs_under_the_managers() {
             && env
                 .count("SELECT count(*) FROM memory_usage_summary WHERE content LIKE '%| model:%'")
                 >= 1
+    });
+    // One copy serves all three: the service has one model open by three connections.
+    let socket = env.home.join("run/model.sock");
+    wait_until("the processor's connection too", || {
+        matches!(
+            n0m1_protocol::model_service::status(&socket),
+            Ok(n0m1_protocol::model_service::Reply::Status { ref models, .. })
+                if models.len() == 1 && models[0].clients == 3
+        )
+    });
+    // Killed, the service is restarted by its manager and the summaries go on.
+    let service_pid = || -> i64 {
+        env.count("SELECT COALESCE(MAX(pid), 0) FROM component_state WHERE component_id = 'model_service' AND state = 'running'")
+    };
+    let killed = service_pid();
+    assert!(killed > 0);
+    let before = env.count("SELECT MAX(id) FROM cpu_usage_summary");
+    kill(killed as u32, Signal::SIGKILL);
+    wait_until("the model service restarted by main_llm_manager", || {
+        let pid = service_pid();
+        pid > 0 && pid != killed
+    });
+    wait_until("model summaries after the restart", || {
+        env.count(&format!(
+            "SELECT count(*) FROM cpu_usage_summary WHERE id > {before} AND content LIKE '%| model:%'"
+        )) >= 1
     });
     env.sql("INSERT INTO llm_notifications (llm_id, notification_type) VALUES ('main_llm_processor', 'RUN')");
     wait_until("the RUN's outputs", || {

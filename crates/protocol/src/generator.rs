@@ -15,6 +15,10 @@ pub enum GenerateError {
     /// The prompt and the tokens asked for do not fit the model's context.
     #[error("the prompt does not fit the model's context of {limit} tokens")]
     ContextFull { limit: usize },
+    /// The model service is down or hung; the caller may try again later (the processor
+    /// leaves its notification unprocessed, a nano instance writes its statistics alone).
+    #[error("{0}")]
+    ServiceDown(String),
     /// The engine failed; the source says how.
     #[error("the model failed: {0}")]
     Engine(#[source] Box<dyn std::error::Error + Send + Sync>),

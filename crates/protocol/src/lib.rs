@@ -9,6 +9,7 @@ pub mod cli;
 pub mod command_daemon;
 pub mod config_daemon;
 pub mod generator;
+pub mod model_service;
 pub mod nano;
 pub mod processor;
 pub mod runtime;

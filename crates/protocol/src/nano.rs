@@ -9,13 +9,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use n0m1_core::access_log::AccessKind;
-use n0m1_core::lifecycle::LifecycleEvent;
+use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::schema::NANO_PROMPTS;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::alerting::AlertTracker;
 use crate::checker;
-use crate::generator::{Generator, Loaded, Unavailable};
+use crate::generator::{GenerateError, Generator, Loaded, Unavailable};
 use crate::runtime::{Runtime, Wake};
 use crate::tables::{self, TableName};
 
@@ -136,6 +136,10 @@ pub struct NanoInstance {
     file_prompt: Option<String>,
     generator: Option<Box<dyn Generator>>,
     alerts: AlertTracker,
+    /// The model service was down at the last summary (reported once per outage).
+    model_down: bool,
+    /// Lifecycle events for the loop to record (outage and recovery of the model service).
+    events: Vec<(LifecycleEvent, String)>,
 }
 
 impl NanoInstance {
@@ -174,6 +178,8 @@ impl NanoInstance {
                 file_prompt,
                 generator,
                 alerts: AlertTracker::new(options.alert_remind),
+                model_down: false,
+                events: Vec::new(),
                 options,
             },
             warnings,
@@ -248,6 +254,11 @@ impl NanoInstance {
         Ok(raised)
     }
 
+    /// Lifecycle events noted since the last call, for the loop to record.
+    pub fn take_events(&mut self) -> Vec<(LifecycleEvent, String)> {
+        std::mem::take(&mut self.events)
+    }
+
     /// Statistics of the window, then the model's text; `None` with an empty window.
     pub fn summarise(&mut self, conn: &Connection) -> rusqlite::Result<Option<String>> {
         let stats = window_stats(&self.window);
@@ -275,7 +286,22 @@ impl NanoInstance {
                         checker::plain_reading(&stats)
                     )),
                 },
+                Err(GenerateError::ServiceDown(reason)) => {
+                    if !std::mem::replace(&mut self.model_down, true) {
+                        self.events.push((
+                            LifecycleEvent::ModelUnavailable,
+                            format!("{reason}; writing statistics alone until it answers"),
+                        ));
+                    }
+                }
                 Err(error) => tracing::warn!("generation failed ({error}); statistics only"),
+            }
+            if self.model_down && content.contains(" | model: ") {
+                self.model_down = false;
+                self.events.push((
+                    LifecycleEvent::ModelAvailable,
+                    "the model service answers again".into(),
+                ));
             }
         }
         self.write(conn, &content)?;
@@ -325,12 +351,20 @@ pub fn run(mut runtime: Runtime, options: NanoOptions, generator: Loaded) -> any
     runtime.access(nano.summary.as_str(), AccessKind::Write);
     let mut next_summary = Instant::now() + nano.options.summary_interval;
     let pull_interval = nano.options.pull_interval;
+    let component_id = runtime.component_id.clone();
     runtime.serve(pull_interval, |conn| {
         let step = (|| -> rusqlite::Result<()> {
             nano.refresh_prompt(conn)?;
             nano.pull(conn)?;
             if Instant::now() >= next_summary {
-                nano.summarise(conn)?;
+                let written = nano.summarise(conn);
+                for (event, message) in nano.take_events() {
+                    LifecycleRecord::new(component_id.as_str(), event)
+                        .pid(std::process::id() as i32)
+                        .message(&message)
+                        .write(conn)?;
+                }
+                written?;
                 next_summary = Instant::now() + nano.options.summary_interval;
             }
             Ok(())

@@ -12,7 +12,7 @@ use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::schema::{LLM_IO_CONFIG, LLM_NOTIFICATIONS};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::generator::{Generator, Loaded, fnv1a};
+use crate::generator::{GenerateError, Generator, Loaded, fnv1a};
 use crate::runtime::Runtime;
 use crate::tables::{self, TableName};
 
@@ -73,6 +73,8 @@ pub struct Processor {
     pub component_id: String,
     pub config: Result<IoConfig, String>,
     pub generator: Option<Box<dyn Generator>>,
+    /// Notifications wait for the model service (it was down at the last try).
+    waiting_for_model: bool,
 }
 
 /// What handling one notification produced, before it is committed.
@@ -80,6 +82,9 @@ pub struct Processor {
 struct Handled {
     outputs: Vec<String>,
     events: Vec<(LifecycleEvent, String)>,
+    /// The model service is down: nothing is committed, the notification stays unprocessed
+    /// and is handled again, whole, once the service answers.
+    deferred: Option<String>,
 }
 
 impl Processor {
@@ -94,6 +99,7 @@ impl Processor {
             component_id: component_id.to_owned(),
             config: load_config(conn, llm_id),
             generator,
+            waiting_for_model: false,
         }
     }
 
@@ -135,7 +141,19 @@ impl Processor {
                         rows.len(),
                         rows.join("\n")
                     );
-                    match generator.complete(Some(SYSTEM_PROMPT), &prompt) {
+                    let completed = generator.complete(Some(SYSTEM_PROMPT), &prompt);
+                    if let Err(GenerateError::ServiceDown(reason)) = &completed {
+                        handled.deferred = Some(reason.clone());
+                        return;
+                    }
+                    if completed.is_ok() && std::mem::take(&mut self.waiting_for_model) {
+                        handled.events.push((
+                            LifecycleEvent::ModelAvailable,
+                            "the model service answers again; waiting notifications are handled"
+                                .into(),
+                        ));
+                    }
+                    match completed {
                         Ok(text) => match crate::checker::check_against(&text, &rows.join("\n")) {
                             Ok(reading) => format!("{table}: {reading}"),
                             Err(reason) => format!(
@@ -217,6 +235,18 @@ impl Processor {
             let kind = String::from_utf8_lossy(&kind).into_owned();
             let payload = payload.map(|p| String::from_utf8_lossy(&p).into_owned());
             let mut handled = self.handle(conn, &kind, payload.as_deref());
+            if let Some(reason) = handled.deferred {
+                // Later notifications wait too, so they are still handled in order.
+                if !std::mem::replace(&mut self.waiting_for_model, true) {
+                    LifecycleRecord::new(&self.component_id, LifecycleEvent::ModelUnavailable)
+                        .pid(std::process::id() as i32)
+                        .message(format!(
+                            "notification {id} ({kind}) and those after it wait, unprocessed: {reason}"
+                        ))
+                        .write(conn)?;
+                }
+                break;
+            }
             let output_table = self.config.as_ref().map(|c| c.output_table.clone());
             if !handled.outputs.is_empty() && output_table.is_err() {
                 handled.events.push((
@@ -295,7 +325,6 @@ pub fn run(mut runtime: Runtime, llm_id: &str, generator: Loaded) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generator::GenerateError;
 
     struct Echo;
     impl Generator for Echo {
@@ -369,6 +398,70 @@ mod tests {
         assert_eq!(unprocessed, 0);
         let errors: i64 = conn.query_row("SELECT count(*) FROM component_lifecycle_log WHERE event_type = 'ERROR' AND message LIKE '%BOGUS%'", [], |r| r.get(0)).unwrap();
         assert_eq!(errors, 1);
+    }
+
+    /// Down while `down` is set (shared with the test), then the echo.
+    struct Flaky(std::rc::Rc<std::cell::Cell<bool>>);
+    impl Generator for Flaky {
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+        fn complete(
+            &mut self,
+            system: Option<&str>,
+            prompt: &str,
+        ) -> Result<String, GenerateError> {
+            if self.0.get() {
+                return Err(GenerateError::ServiceDown(
+                    "the model service is down".into(),
+                ));
+            }
+            Echo.complete(system, prompt)
+        }
+    }
+
+    #[test]
+    fn while_the_model_service_is_down_notifications_wait_unprocessed_and_in_order() {
+        let conn = db();
+        let down = std::rc::Rc::new(std::cell::Cell::new(true));
+        let mut processor = Processor::new(
+            &conn,
+            "main_llm_processor",
+            "main_llm_processor",
+            Some(Box::new(Flaky(down.clone()))),
+        );
+        notify(&conn, "PUSH", Some("cpu_usage_summary"));
+        notify(&conn, "PULL_REQUEST", Some("later"));
+        let unprocessed = || -> i64 {
+            conn.query_row(
+                "SELECT count(*) FROM llm_notifications WHERE COALESCE(processed, 0) = 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let events = |kind: &str| -> Vec<String> {
+            crate::testing::texts(
+                &conn,
+                &format!("SELECT message FROM component_lifecycle_log WHERE event_type = '{kind}'"),
+            )
+        };
+        for _ in 0..3 {
+            assert_eq!(processor.handle_pending(&conn).unwrap(), 0);
+        }
+        assert_eq!(unprocessed(), 2, "both wait, the second behind the first");
+        assert!(crate::testing::texts(&conn, "SELECT content FROM llm_outputs").is_empty());
+        let waiting = events("MODEL_UNAVAILABLE");
+        assert_eq!(waiting.len(), 1, "one event per outage: {waiting:?}");
+        assert!(waiting[0].contains("notification 1 (PUSH)"), "{waiting:?}");
+        down.set(false);
+        assert_eq!(processor.handle_pending(&conn).unwrap(), 2);
+        assert_eq!(unprocessed(), 0);
+        let out = crate::testing::texts(&conn, "SELECT content FROM llm_outputs ORDER BY id");
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].starts_with("cpu_usage_summary: saw "), "{out:?}");
+        assert_eq!(out[1], "REQUEST:later");
+        assert_eq!(events("MODEL_AVAILABLE").len(), 1);
     }
 
     #[test]

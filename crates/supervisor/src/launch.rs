@@ -19,6 +19,7 @@ pub const BUNDLED_COMPONENTS: &[&str] = &[
     "llm_command_daemon",
     "n0m1_alerts",
     "n0m1_web",
+    "n0m1_model_service",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
