@@ -4,7 +4,7 @@
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 
 use crate::error::{LlmError, Result};
-use crate::model::LoadedModel;
+use crate::model::{ChatTemplate, LoadedModel};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoding {
@@ -59,14 +59,22 @@ pub struct Completion {
 impl LoadedModel {
     /// Wraps `user` in the model's chat template when it has one (ChatML instruct models).
     pub fn format_prompt(&self, system: Option<&str>, user: &str) -> String {
-        if !self.chat_template {
-            return match system {
-                Some(system) if !system.is_empty() => format!("{system}\n\n{user}"),
-                _ => user.to_owned(),
-            };
+        let system = system.filter(|s| !s.is_empty());
+        let plain = match system {
+            Some(system) => format!("{system}\n\n{user}"),
+            None => user.to_owned(),
+        };
+        match self.chat_template {
+            ChatTemplate::Plain => return plain,
+            ChatTemplate::Gemma => {
+                return format!(
+                    "<bos><start_of_turn>user\n{plain}<end_of_turn>\n<start_of_turn>model\n"
+                );
+            }
+            ChatTemplate::ChatMl => {}
         }
         let mut text = String::new();
-        if let Some(system) = system.filter(|s| !s.is_empty()) {
+        if let Some(system) = system {
             text.push_str(&format!("<|im_start|>system\n{system}<|im_end|>\n"));
         }
         text.push_str(&format!(

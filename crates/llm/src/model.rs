@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::llama as candle_llama;
-use candle_transformers::models::quantized_llama;
+use candle_transformers::models::{quantized_gemma3, quantized_llama};
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -38,6 +38,19 @@ enum Network {
     Gpt2(Box<Gpt2>),
     Llama(Box<LlamaParts>),
     QuantizedLlama(Box<quantized_llama::ModelWeights>),
+    QuantizedGemma3(Box<quantized_gemma3::ModelWeights>),
+}
+
+/// The prompt format of an instruct model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatTemplate {
+    /// No template: the system text, a blank line, the prompt.
+    Plain,
+    /// ChatML (`<|im_start|>`): SmolLM2, Qwen.
+    ChatMl,
+    /// Gemma's turns (`<start_of_turn>user … <start_of_turn>model`); no system role, so the
+    /// system text opens the user's turn.
+    Gemma,
 }
 
 /// A model ready to generate.
@@ -48,8 +61,8 @@ pub struct LoadedModel {
     pub eos_ids: Vec<u32>,
     /// Positions the model can attend to.
     pub context_length: usize,
-    /// ChatML (`<|im_start|>`) instruct models get their prompt wrapped in the template.
-    pub chat_template: bool,
+    /// How an instruct model wants its prompt wrapped.
+    pub chat_template: ChatTemplate,
     /// What was loaded, for messages.
     pub description: String,
     device: Device,
@@ -130,7 +143,7 @@ impl LoadedModel {
                     tokenizer,
                     eos_ids,
                     context_length,
-                    chat_template: false,
+                    chat_template: ChatTemplate::Plain,
                     description: format!(
                         "GPT-2 from {}{}",
                         path.display(),
@@ -157,7 +170,11 @@ impl LoadedModel {
                 let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &device);
                 let model = candle_llama::Llama::load(vb, &config)?;
                 let cache = candle_llama::Cache::new(true, DType::F32, &config, &device)?;
-                let chat_template = tokenizer.token_to_id("<|im_start|>").is_some();
+                let chat_template = if tokenizer.token_to_id("<|im_start|>").is_some() {
+                    ChatTemplate::ChatMl
+                } else {
+                    ChatTemplate::Plain
+                };
                 Ok(LoadedModel {
                     context_length: config.max_position_embeddings,
                     network: Network::Llama(Box::new(LlamaParts {
@@ -194,26 +211,72 @@ impl LoadedModel {
                 source,
             })?;
         let metadata_u32 = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
-        let eos_ids = metadata_u32("tokenizer.ggml.eos_token_id")
+        let architecture = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_else(|| "llama".into());
+        let mut eos_ids: Vec<u32> = metadata_u32("tokenizer.ggml.eos_token_id")
             .into_iter()
             .collect();
-        let context_length = metadata_u32("llama.context_length").unwrap_or(2048) as usize;
-        let chat_template = content
+        let context_length =
+            metadata_u32(&format!("{architecture}.context_length")).unwrap_or(2048) as usize;
+        let template_text = content
             .metadata
             .get("tokenizer.chat_template")
-            .and_then(|v| v.to_string().ok())
-            .is_some_and(|t| t.contains("<|im_start|>"));
-        let (content, bytes) = requantize_slow_formats(content, bytes, path)?;
-        let model =
-            quantized_llama::ModelWeights::from_gguf(content, &mut Cursor::new(&bytes), device)
+            .and_then(|v| v.to_string().ok());
+        let (network, chat_template, name) = match architecture.as_str() {
+            "llama" => {
+                let chat_template = if template_text.is_some_and(|t| t.contains("<|im_start|>")) {
+                    ChatTemplate::ChatMl
+                } else {
+                    ChatTemplate::Plain
+                };
+                let (content, bytes) = requantize_slow_formats(content, bytes, path)?;
+                let model = quantized_llama::ModelWeights::from_gguf(
+                    content,
+                    &mut Cursor::new(&bytes),
+                    device,
+                )
                 .map_err(|e| format(e.to_string()))?;
+                (
+                    Network::QuantizedLlama(Box::new(model)),
+                    chat_template,
+                    "quantized Llama",
+                )
+            }
+            "gemma3" => {
+                // An instruct turn ends with <end_of_turn>, not the file's <eos>.
+                eos_ids.extend(tokenizer.token_to_id("<end_of_turn>"));
+                let (content, bytes) = requantize_slow_formats(content, bytes, path)?;
+                let model = quantized_gemma3::ModelWeights::from_gguf(
+                    content,
+                    &mut Cursor::new(&bytes),
+                    device,
+                )
+                .map_err(|e| format(e.to_string()))?;
+                (
+                    Network::QuantizedGemma3(Box::new(model)),
+                    ChatTemplate::Gemma,
+                    "quantized Gemma 3",
+                )
+            }
+            other => {
+                return Err(LlmError::Unsupported {
+                    setting: "general.architecture",
+                    value: format!("{other:?} in {}", path.display()),
+                    supported: "GGUF files of llama (SmolLM2, TinyLlama, …) or gemma3",
+                });
+            }
+        };
         Ok(LoadedModel {
-            network: Network::QuantizedLlama(Box::new(model)),
+            network,
             tokenizer,
             eos_ids,
             context_length,
             chat_template,
-            description: format!("quantized Llama from {}", path.display()),
+            description: format!("{name} from {}", path.display()),
             device: device.clone(),
         })
     }
@@ -228,6 +291,7 @@ impl LoadedModel {
                 .forward(&input()?, position, &mut parts.cache)?
                 .squeeze(0)?,
             Network::QuantizedLlama(model) => model.forward(&input()?, position)?.squeeze(0)?,
+            Network::QuantizedGemma3(model) => model.forward(&input()?, position)?.squeeze(0)?,
         })
     }
 
@@ -240,7 +304,7 @@ impl LoadedModel {
                     candle_llama::Cache::new(true, DType::F32, &parts.config, &self.device)?
             }
             // Position 0 replaces the quantized model's cache.
-            Network::QuantizedLlama(_) => {}
+            Network::QuantizedLlama(_) | Network::QuantizedGemma3(_) => {}
         }
         Ok(())
     }
@@ -320,7 +384,9 @@ pub enum GgufTokenizerError {
     Missing { key: &'static str },
     #[error("GGUF metadata {key} is malformed: {problem}")]
     Malformed { key: &'static str, problem: String },
-    #[error("tokenizer.ggml.model {model:?} is not supported (only byte-level BPE, \"gpt2\")")]
+    #[error(
+        "tokenizer.ggml.model {model:?} is not supported (byte-level BPE \"gpt2\" and SentencePiece \"llama\" are)"
+    )]
     UnsupportedModel { model: String },
 }
 
@@ -344,17 +410,27 @@ pub fn tokenizer_from_gguf(
     const TOKENS: &str = "tokenizer.ggml.tokens";
     const MERGES: &str = "tokenizer.ggml.merges";
     let model = get(MODEL)?.to_string().map_err(malformed(MODEL))?;
-    if model != "gpt2" {
-        return Err(GgufTokenizerError::UnsupportedModel {
-            model: model.clone(),
-        });
-    }
     let tokens: Vec<String> = get(TOKENS)?
         .to_vec()
         .map_err(malformed(TOKENS))?
         .iter()
         .map(|v| v.to_string().cloned().map_err(malformed(TOKENS)))
         .collect::<std::result::Result<_, _>>()?;
+    let token_types: Vec<i32> = content
+        .metadata
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok())
+        .map(|values| values.iter().map(|v| v.to_i32().unwrap_or(1)).collect())
+        .unwrap_or_default();
+    match model.as_str() {
+        "gpt2" => {}
+        "llama" => return sentencepiece_from_gguf(content, tokens, &token_types),
+        _ => {
+            return Err(GgufTokenizerError::UnsupportedModel {
+                model: model.clone(),
+            });
+        }
+    }
     let merges: Vec<(String, String)> = get(MERGES)?
         .to_vec()
         .map_err(malformed(MERGES))?
@@ -370,12 +446,6 @@ pub fn tokenizer_from_gguf(
             Ok((a.to_owned(), b.to_owned()))
         })
         .collect::<std::result::Result<_, GgufTokenizerError>>()?;
-    let token_types: Vec<i32> = content
-        .metadata
-        .get("tokenizer.ggml.token_type")
-        .and_then(|v| v.to_vec().ok())
-        .map(|values| values.iter().map(|v| v.to_i32().unwrap_or(1)).collect())
-        .unwrap_or_default();
     let vocab: tokenizers::models::bpe::Vocab = tokens
         .iter()
         .enumerate()
@@ -396,13 +466,265 @@ pub fn tokenizer_from_gguf(
         PreTokenizerWrapper::ByteLevel(ByteLevel::default().add_prefix_space(false)),
     ]))));
     tokenizer.with_decoder(Some(ByteLevel::default()));
-    // Control tokens (type 3) are special: never split, skipped when decoding.
+    add_control_tokens(&mut tokenizer, &tokens, &token_types);
+    Ok(tokenizer)
+}
+
+/// GGUF token types (llama.cpp's `llama_token_type`).
+const TOKEN_NORMAL: i32 = 1;
+const TOKEN_CONTROL: i32 = 3;
+const TOKEN_USER_DEFINED: i32 = 4;
+
+/// Control tokens (type 3) are special: never split, skipped when decoding.
+fn add_control_tokens(tokenizer: &mut Tokenizer, tokens: &[String], token_types: &[i32]) {
     let special: Vec<AddedToken> = tokens
         .iter()
         .enumerate()
-        .filter(|(i, _)| token_types.get(*i) == Some(&3))
+        .filter(|(i, _)| token_types.get(*i) == Some(&TOKEN_CONTROL))
         .map(|(_, t)| AddedToken::from(t.clone(), true))
         .collect();
     tokenizer.add_special_tokens(&special);
+}
+
+/// The merges of a SentencePiece BPE vocabulary, which GGUF stores as pieces and scores
+/// only: every split of a normal piece into two pieces of the vocabulary is a merge, ranked
+/// by the merged piece's score (highest first), as SentencePiece merges the best-scoring
+/// adjacent pair first.
+pub fn merges_from_scores(
+    tokens: &[String],
+    scores: &[f32],
+    token_types: &[i32],
+) -> Vec<(String, String)> {
+    let ids: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut ranked: Vec<(f32, usize, usize, String, String)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if token_types.get(id).is_some_and(|t| *t != TOKEN_NORMAL) {
+            continue;
+        }
+        let score = scores.get(id).copied().unwrap_or(0.0);
+        for (split, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(split);
+            if let (Some(&l), Some(&r)) = (ids.get(left), ids.get(right)) {
+                ranked.push((score, id, l.max(r), left.to_owned(), right.to_owned()));
+            }
+        }
+    }
+    // Best score first; ties by the merged piece's id, then by the later of the two parts.
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    ranked.into_iter().map(|(_, _, _, l, r)| (l, r)).collect()
+}
+
+/// A SentencePiece BPE tokenizer (`tokenizer.ggml.model` "llama": Gemma, Llama 2) from the
+/// pieces and scores of a GGUF file: spaces become `▁`, unknown characters fall back to
+/// `<0xNN>` byte pieces, and decoding reverses both.
+fn sentencepiece_from_gguf(
+    content: &gguf_file::Content,
+    tokens: Vec<String>,
+    token_types: &[i32],
+) -> std::result::Result<Tokenizer, GgufTokenizerError> {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as Decoders;
+    use tokenizers::decoders::strip::Strip;
+    use tokenizers::normalizers::{Prepend, Replace, Sequence as Normalizers};
+    use tokenizers::{DecoderWrapper, NormalizerWrapper};
+    const SCORES: &str = "tokenizer.ggml.scores";
+    let malformed = |key: &'static str| {
+        move |e: candle_core::Error| GgufTokenizerError::Malformed {
+            key,
+            problem: e.to_string(),
+        }
+    };
+    let scores: Vec<f32> = content
+        .metadata
+        .get(SCORES)
+        .ok_or(GgufTokenizerError::Missing { key: SCORES })?
+        .to_vec()
+        .map_err(malformed(SCORES))?
+        .iter()
+        .map(|v| v.to_f32().map_err(malformed(SCORES)))
+        .collect::<std::result::Result<_, _>>()?;
+    let flag = |key: &str| {
+        content
+            .metadata
+            .get(key)
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false)
+    };
+    let space_prefix = flag("tokenizer.ggml.add_space_prefix");
+    let merges = merges_from_scores(&tokens, &scores, token_types);
+    let unknown = content
+        .metadata
+        .get("tokenizer.ggml.unknown_token_id")
+        .and_then(|v| v.to_u32().ok())
+        .and_then(|id| tokens.get(id as usize).cloned())
+        .unwrap_or_else(|| "<unk>".into());
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .unk_token(unknown)
+        .fuse_unk(true)
+        .byte_fallback(true)
+        .build()
+        .map_err(|e| GgufTokenizerError::Malformed {
+            key: SCORES,
+            problem: e.to_string(),
+        })?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let spaces = Replace::new(" ", "▁").map_err(|e| GgufTokenizerError::Malformed {
+        key: SCORES,
+        problem: e.to_string(),
+    })?;
+    let mut normalizers = Vec::new();
+    if space_prefix {
+        normalizers.push(NormalizerWrapper::Prepend(Prepend::new("▁".into())));
+    }
+    normalizers.push(NormalizerWrapper::Replace(spaces));
+    tokenizer.with_normalizer(Some(Normalizers::new(normalizers)));
+    let unspace = Replace::new("▁", " ").map_err(|e| GgufTokenizerError::Malformed {
+        key: SCORES,
+        problem: e.to_string(),
+    })?;
+    let mut decoders = vec![
+        DecoderWrapper::Replace(unspace),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+    ];
+    if space_prefix {
+        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+    }
+    tokenizer.with_decoder(Some(Decoders::new(decoders)));
+    add_control_tokens(&mut tokenizer, &tokens, token_types);
+    // User-defined pieces (Gemma's <start_of_turn>, …) are matched whole too.
+    let user: Vec<AddedToken> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| token_types.get(*i) == Some(&TOKEN_USER_DEFINED))
+        .map(|(_, t)| AddedToken::from(t.clone(), false))
+        .collect();
+    tokenizer.add_tokens(&user);
     Ok(tokenizer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::gguf_file::Value;
+
+    /// A GGUF file's metadata alone, read back as the loader reads it.
+    fn metadata_only(metadata: Vec<(&str, Value)>) -> gguf_file::Content {
+        let refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+        let mut out = Cursor::new(Vec::new());
+        gguf_file::write(&mut out, &refs, &[]).unwrap();
+        gguf_file::Content::read(&mut Cursor::new(out.into_inner())).unwrap()
+    }
+
+    #[test]
+    fn a_sentencepiece_vocabulary_merges_by_score_and_falls_back_to_bytes() {
+        let pieces = [
+            ("<unk>", 2, 0.0),
+            ("<bos>", 3, 0.0),
+            ("<0xC3>", 6, 0.0),
+            ("<0xA9>", 6, 0.0),
+            ("▁", 1, -1.0),
+            ("a", 1, -2.0),
+            ("b", 1, -3.0),
+            ("c", 1, -4.0),
+            ("ab", 1, -5.0),
+            ("▁a", 1, -6.0),
+            ("▁ab", 1, -7.0),
+            ("<start_of_turn>", 4, 0.0),
+        ];
+        let strings = |f: fn(&(&str, i32, f32)) -> Value| pieces.iter().map(f).collect();
+        let content = metadata_only(vec![
+            ("tokenizer.ggml.model", Value::String("llama".into())),
+            (
+                "tokenizer.ggml.tokens",
+                Value::Array(strings(|p| Value::String(p.0.into()))),
+            ),
+            (
+                "tokenizer.ggml.token_type",
+                Value::Array(strings(|p| Value::I32(p.1))),
+            ),
+            (
+                "tokenizer.ggml.scores",
+                Value::Array(strings(|p| Value::F32(p.2))),
+            ),
+            ("tokenizer.ggml.unknown_token_id", Value::U32(0)),
+            ("tokenizer.ggml.add_space_prefix", Value::Bool(false)),
+        ]);
+        let tokenizer = tokenizer_from_gguf(&content).unwrap();
+        let text = "<bos>ab ab c é<start_of_turn>";
+        let encoding = tokenizer.encode(text, true).unwrap();
+        assert_eq!(
+            encoding.get_tokens(),
+            [
+                "<bos>",
+                "ab",
+                "▁ab",
+                "▁",
+                "c",
+                "▁",
+                "<0xC3>",
+                "<0xA9>",
+                "<start_of_turn>"
+            ]
+        );
+        assert_eq!(
+            tokenizer.decode(encoding.get_ids(), true).unwrap(),
+            "ab ab c é<start_of_turn>",
+            "control pieces are skipped, user-defined ones kept, bytes joined"
+        );
+        // "ab" (score -5) merges before "▁a" (-6): the better-scored piece first.
+        let types: Vec<i32> = pieces.iter().map(|p| p.1).collect();
+        let scores: Vec<f32> = pieces.iter().map(|p| p.2).collect();
+        let tokens: Vec<String> = pieces.iter().map(|p| p.0.to_owned()).collect();
+        let merges = merges_from_scores(&tokens, &scores, &types);
+        assert_eq!(
+            merges,
+            [
+                ("a".to_owned(), "b".to_owned()),
+                ("▁".to_owned(), "a".to_owned()),
+                ("▁".to_owned(), "ab".to_owned()),
+                ("▁a".to_owned(), "b".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_gguf_of_an_unknown_architecture_is_refused_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("mamba.gguf");
+        crate::fixture::write_tiny_llama_gguf(&path, 1).unwrap();
+        let content = gguf_file::Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap();
+        let mut metadata: Vec<(String, Value)> = content.metadata.into_iter().collect();
+        for (key, value) in &mut metadata {
+            if key == "general.architecture" {
+                *value = Value::String("mamba".into());
+            }
+        }
+        if !metadata.iter().any(|(k, _)| k == "general.architecture") {
+            metadata.push(("general.architecture".into(), Value::String("mamba".into())));
+        }
+        let refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let mut out = std::fs::File::create(&path).unwrap();
+        gguf_file::write(&mut out, &refs, &[]).unwrap();
+        drop(out);
+        let error = LoadedModel::load(&path, &LoadOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("mamba") && error.contains("gemma3"),
+            "{error}"
+        );
+    }
 }
