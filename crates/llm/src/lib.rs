@@ -1,10 +1,11 @@
-//! n0m1-llm: the model engine. GPT-2 written on candle (`gpt2`), test models the project
+//! n0m1-llm: the model engine. GPT-2 and Gemma 3 written on candle (`gpt2`, `gemma3`), test models the project
 //! makes itself (`fixture`). Only the model binaries link this crate, so the supervisor and
 //! n0m1ctl never compile candle.
 
 pub mod download;
 pub mod error;
 pub mod fixture;
+pub mod gemma3;
 pub mod generate;
 pub mod gpt2;
 pub mod lora;

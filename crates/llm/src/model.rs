@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::llama as candle_llama;
-use candle_transformers::models::{quantized_gemma3, quantized_llama};
+use candle_transformers::models::quantized_llama;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -17,6 +17,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
 
 use crate::error::{LlmError, Result, io};
+use crate::gemma3::Gemma3;
 use crate::gpt2::{Gpt2, Gpt2Config, Gpt2Weights};
 use crate::lora::LoraAdapter;
 
@@ -38,7 +39,7 @@ enum Network {
     Gpt2(Box<Gpt2>),
     Llama(Box<LlamaParts>),
     QuantizedLlama(Box<quantized_llama::ModelWeights>),
-    QuantizedGemma3(Box<quantized_gemma3::ModelWeights>),
+    Gemma3(Box<Gemma3>),
 }
 
 /// The prompt format of an instruct model.
@@ -220,7 +221,7 @@ impl LoadedModel {
         let mut eos_ids: Vec<u32> = metadata_u32("tokenizer.ggml.eos_token_id")
             .into_iter()
             .collect();
-        let context_length =
+        let mut context_length =
             metadata_u32(&format!("{architecture}.context_length")).unwrap_or(2048) as usize;
         let template_text = content
             .metadata
@@ -250,14 +251,11 @@ impl LoadedModel {
                 // An instruct turn ends with <end_of_turn>, not the file's <eos>.
                 eos_ids.extend(tokenizer.token_to_id("<end_of_turn>"));
                 let (content, bytes) = requantize_slow_formats(content, bytes, path)?;
-                let model = quantized_gemma3::ModelWeights::from_gguf(
-                    content,
-                    &mut Cursor::new(&bytes),
-                    device,
-                )
-                .map_err(|e| format(e.to_string()))?;
+                let model = Gemma3::from_gguf(content, &mut Cursor::new(&bytes), device)
+                    .map_err(|e| format(e.to_string()))?;
+                context_length = context_length.min(model.context_length);
                 (
-                    Network::QuantizedGemma3(Box::new(model)),
+                    Network::Gemma3(Box::new(model)),
                     ChatTemplate::Gemma,
                     "quantized Gemma 3",
                 )
@@ -291,7 +289,7 @@ impl LoadedModel {
                 .forward(&input()?, position, &mut parts.cache)?
                 .squeeze(0)?,
             Network::QuantizedLlama(model) => model.forward(&input()?, position)?.squeeze(0)?,
-            Network::QuantizedGemma3(model) => model.forward(&input()?, position)?.squeeze(0)?,
+            Network::Gemma3(model) => model.forward(ids, position)?,
         })
     }
 
@@ -304,7 +302,7 @@ impl LoadedModel {
                     candle_llama::Cache::new(true, DType::F32, &parts.config, &self.device)?
             }
             // Position 0 replaces the quantized model's cache.
-            Network::QuantizedLlama(_) | Network::QuantizedGemma3(_) => {}
+            Network::QuantizedLlama(_) | Network::Gemma3(_) => {}
         }
         Ok(())
     }

@@ -54,6 +54,29 @@ fn gemma3_tokenizes_like_llama_cpp_and_generates() {
         Some("You watch a server."),
         "CPU usage went from 20 to 80 percent. Say so in one sentence.",
     );
+    // Greedy text against llama.cpp's on the same file (`llama-completion -p P -n 16 --temp 0
+    // -t 2`): the same quantized weights, so the same words until a near tie.
+    let greedy = |model: &mut n0m1_llm::model::LoadedModel, prompt: &str| {
+        model
+            .generate(
+                prompt,
+                &n0m1_llm::generate::GenerationOptions {
+                    max_new_tokens: 16,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .text
+    };
+    assert_eq!(
+        greedy(&mut model, "<bos>def fibonacci(n):"),
+        "\n    if n == 0:\n        return 0\n    elif"
+    );
+    let france = greedy(&mut model, "<bos>The capital of France is");
+    assert!(
+        france.starts_with(" the capital of the country of France. It is the"),
+        "llama.cpp: \" the capital of the country of France. It is the largest city in France.\"; n0m1: {france:?}"
+    );
     let completion = model
         .generate(
             &prompt,
@@ -63,10 +86,10 @@ fn gemma3_tokenizes_like_llama_cpp_and_generates() {
             },
         )
         .unwrap();
-    eprintln!("Gemma 3: {}", completion.text);
+    // The 270M file is the pretrained model: its answer to a turn is short, as llama.cpp's.
     assert!(
-        completion.text.split_whitespace().count() >= 3,
-        "{:?}",
+        completion.text.starts_with("You are a model."),
+        "llama.cpp answers \"You are a model.\"; n0m1: {:?}",
         completion.text
     );
 }
