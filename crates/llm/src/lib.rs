@@ -2,12 +2,15 @@
 //! makes itself (`fixture`). Only the model binaries link this crate, so the supervisor and
 //! n0m1ctl never compile candle.
 
+pub mod attention;
 pub mod download;
 pub mod error;
 pub mod fixture;
 pub mod gemma3;
 pub mod generate;
 pub mod gpt2;
+pub mod kernels;
+pub mod llama;
 pub mod lora;
 pub mod model;
 pub mod resolve;

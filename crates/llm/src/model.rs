@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::llama as candle_llama;
-use candle_transformers::models::quantized_llama;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -19,6 +18,7 @@ use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
 use crate::error::{LlmError, Result, io};
 use crate::gemma3::Gemma3;
 use crate::gpt2::{Gpt2, Gpt2Config, Gpt2Weights};
+use crate::llama::Llama;
 use crate::lora::LoraAdapter;
 
 /// How to load: `quantize` turns the big matrices into Q8_0 (GGUF files in formats without
@@ -38,7 +38,7 @@ struct LlamaParts {
 enum Network {
     Gpt2(Box<Gpt2>),
     Llama(Box<LlamaParts>),
-    QuantizedLlama(Box<quantized_llama::ModelWeights>),
+    QuantizedLlama(Box<Llama>),
     Gemma3(Box<Gemma3>),
 }
 
@@ -235,12 +235,9 @@ impl LoadedModel {
                     ChatTemplate::Plain
                 };
                 let (content, bytes) = requantize_slow_formats(content, bytes, path)?;
-                let model = quantized_llama::ModelWeights::from_gguf(
-                    content,
-                    &mut Cursor::new(&bytes),
-                    device,
-                )
-                .map_err(|e| format(e.to_string()))?;
+                let model = Llama::from_gguf(content, &mut Cursor::new(&bytes), device)
+                    .map_err(|e| format(e.to_string()))?;
+                context_length = context_length.min(model.context_length);
                 (
                     Network::QuantizedLlama(Box::new(model)),
                     chat_template,
@@ -288,7 +285,7 @@ impl LoadedModel {
                 .model
                 .forward(&input()?, position, &mut parts.cache)?
                 .squeeze(0)?,
-            Network::QuantizedLlama(model) => model.forward(&input()?, position)?.squeeze(0)?,
+            Network::QuantizedLlama(model) => model.forward(ids, position)?,
             Network::Gemma3(model) => model.forward(ids, position)?,
         })
     }
@@ -308,7 +305,8 @@ impl LoadedModel {
     }
 }
 
-/// GGUF formats candle has fast CPU kernels for; others are requantized to Q8_0 at load.
+/// GGUF formats with fast CPU kernels (candle's, or n0m1's `kernels` for Q4_0/Q4_1/Q8_0); others are
+/// requantized to Q8_0 at load.
 fn has_fast_kernels(dtype: GgmlDType) -> bool {
     matches!(
         dtype,
@@ -316,6 +314,7 @@ fn has_fast_kernels(dtype: GgmlDType) -> bool {
             | GgmlDType::F16
             | GgmlDType::Q8_0
             | GgmlDType::Q4_0
+            | GgmlDType::Q4_1
             | GgmlDType::Q4K
             | GgmlDType::Q6K
             | GgmlDType::Q8K
