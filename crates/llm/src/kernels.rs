@@ -179,13 +179,6 @@ mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn half(bytes: &[u8], at: usize) -> f32 {
-        let bits = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
     fn horizontal_sum(v: __m256) -> f32 {
         let pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let pair = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
@@ -193,11 +186,11 @@ mod avx2 {
     }
 
     /// `dot_reference` with AVX2: 32 products per block in two instructions (unsigned
-    /// nibbles or |w| times signed activations, then pairs summed to 32 bits).
+    /// nibbles, or |w| against sign-adjusted activations, then pairs summed to 32 bits), two
+    /// blocks per turn into two accumulators so the loads of one overlap the other's math.
     ///
     /// # Safety
-    /// The CPU must have AVX2, FMA and F16C (`available()`); `row` must hold `blocks` blocks
-    /// of `format` and `activations` at least `first + blocks` blocks.
+    /// The CPU must have AVX2, FMA and F16C (`available()`); the lengths are checked here.
     #[allow(unsafe_code)]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot(
@@ -210,46 +203,87 @@ mod avx2 {
         let size = format.block_bytes();
         assert!(row.len() >= blocks * size);
         assert!(activations.blocks() >= first + blocks);
-        let mut acc = _mm256_setzero_ps();
-        let mut offsets = 0f32;
-        let low = _mm_set1_epi8(0x0F);
+        let w = row.as_ptr();
+        // SAFETY (every raw read below): block `b < blocks` of the row lies in
+        // `row[b * size..(b + 1) * size]` and activation block `first + b` in
+        // `values[(first + b) * 32..][..32]`, `scales[first + b]`, `sums[first + b]`; both
+        // bounds were asserted above. Unaligned loads are allowed.
+        let x = unsafe { activations.values.as_ptr().add(first * BLOCK) };
+        let scales = &activations.scales[first..first + blocks];
+        let sums = &activations.sums[first..first + blocks];
+        let half = |at: *const u8| -> f32 {
+            // SAFETY: `at` points at two bytes of a block (see above).
+            let bits = unsafe { std::ptr::read_unaligned(at.cast::<u16>()) };
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+        };
+        let low = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        for b in 0..blocks {
-            let block = &row[b * size..(b + 1) * size];
-            let a = first + b;
-            let x = &activations.values[a * BLOCK..(a + 1) * BLOCK];
-            // SAFETY: `x` is 32 bytes (one activation block, bounds-checked by the slice
-            // above); unaligned loads are allowed.
-            let xv = unsafe { _mm256_loadu_si256(x.as_ptr().cast()) };
-            let d = half(block, 0);
-            let products = match format {
-                BlockFormat::Q8_0 => {
-                    // SAFETY: a Q8_0 block is 34 bytes: the 32 values start at byte 2.
-                    let w = unsafe { _mm256_loadu_si256(block[2..34].as_ptr().cast()) };
-                    let magnitude = _mm256_sign_epi8(w, w);
-                    let signed_x = _mm256_sign_epi8(xv, w);
-                    _mm256_maddubs_epi16(magnitude, signed_x)
+        // 32 products of one block, summed in 8 lanes of f32.
+        let nibbles = |at: *const u8, xv: __m256i| -> __m256 {
+            // SAFETY: 16 bytes of nibbles inside the block (see above).
+            let packed = unsafe { _mm_loadu_si128(at.cast()) };
+            let both = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
+            _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(both, xv), ones))
+        };
+        let bytes = |at: *const u8, xv: __m256i| -> __m256 {
+            // SAFETY: 32 signed bytes inside the block (see above).
+            let q = unsafe { _mm256_loadu_si256(at.cast()) };
+            let products = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q));
+            _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones))
+        };
+        let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut offset_even, mut offset_odd) = (0f32, 0f32);
+        let pairs = blocks / 2;
+        // SAFETY (the pointer arithmetic in each loop): `b < blocks`, see above.
+        let at = |b: usize| unsafe { (w.add(b * size), x.add(b * BLOCK)) };
+        let xv = |p: *const i8| unsafe { _mm256_loadu_si256(p.cast()) };
+        match format {
+            BlockFormat::Q8_0 => {
+                for pair in 0..pairs {
+                    let (b0, b1) = (2 * pair, 2 * pair + 1);
+                    let ((w0, x0), (w1, x1)) = (at(b0), at(b1));
+                    let p0 = bytes(unsafe { w0.add(2) }, xv(x0));
+                    let p1 = bytes(unsafe { w1.add(2) }, xv(x1));
+                    even = _mm256_fmadd_ps(_mm256_set1_ps(half(w0) * scales[b0]), p0, even);
+                    odd = _mm256_fmadd_ps(_mm256_set1_ps(half(w1) * scales[b1]), p1, odd);
                 }
-                BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-                    let start = if format == BlockFormat::Q4_1 { 4 } else { 2 };
-                    // SAFETY: 16 bytes of nibbles from `start`, inside the 18/20-byte block.
-                    let packed =
-                        unsafe { _mm_loadu_si128(block[start..start + 16].as_ptr().cast()) };
-                    let first_half = _mm_and_si128(packed, low);
-                    let second_half = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-                    let w = _mm256_set_m128i(second_half, first_half);
-                    offsets += if format == BlockFormat::Q4_1 {
-                        half(block, 2) * activations.sums[a]
-                    } else {
-                        -8.0 * d * activations.sums[a]
-                    };
-                    _mm256_maddubs_epi16(w, xv)
+                if blocks % 2 == 1 {
+                    let b = blocks - 1;
+                    let (w0, x0) = at(b);
+                    let p0 = bytes(unsafe { w0.add(2) }, xv(x0));
+                    even = _mm256_fmadd_ps(_mm256_set1_ps(half(w0) * scales[b]), p0, even);
                 }
-            };
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * activations.scales[a]), sums, acc);
+            }
+            BlockFormat::Q4_1 => {
+                for pair in 0..pairs {
+                    let (b0, b1) = (2 * pair, 2 * pair + 1);
+                    let ((w0, x0), (w1, x1)) = (at(b0), at(b1));
+                    let p0 = nibbles(unsafe { w0.add(4) }, xv(x0));
+                    let p1 = nibbles(unsafe { w1.add(4) }, xv(x1));
+                    even = _mm256_fmadd_ps(_mm256_set1_ps(half(w0) * scales[b0]), p0, even);
+                    odd = _mm256_fmadd_ps(_mm256_set1_ps(half(w1) * scales[b1]), p1, odd);
+                    offset_even += half(unsafe { w0.add(2) }) * sums[b0];
+                    offset_odd += half(unsafe { w1.add(2) }) * sums[b1];
+                }
+                if blocks % 2 == 1 {
+                    let b = blocks - 1;
+                    let (w0, x0) = at(b);
+                    let p0 = nibbles(unsafe { w0.add(4) }, xv(x0));
+                    even = _mm256_fmadd_ps(_mm256_set1_ps(half(w0) * scales[b]), p0, even);
+                    offset_even += half(unsafe { w0.add(2) }) * sums[b];
+                }
+            }
+            BlockFormat::Q4_0 => {
+                for b in 0..blocks {
+                    let (w0, x0) = at(b);
+                    let d = half(w0);
+                    let p0 = nibbles(unsafe { w0.add(2) }, xv(x0));
+                    even = _mm256_fmadd_ps(_mm256_set1_ps(d * scales[b]), p0, even);
+                    offset_even -= 8.0 * d * sums[b];
+                }
+            }
         }
-        horizontal_sum(acc) + offsets
+        horizontal_sum(_mm256_add_ps(even, odd)) + offset_even + offset_odd
     }
 }
 
@@ -269,6 +303,10 @@ fn dot(
     }
     dot_reference(format, row, activations, first, blocks)
 }
+
+/// Products smaller than this many blocks run on the calling thread: waking the pool costs
+/// more than it saves.
+pub const PARALLEL_BLOCKS: usize = 20_000;
 
 /// A weight matrix of `rows` rows of `cols` values, each row a run of blocks as in the file.
 #[derive(Debug, Clone)]
@@ -332,8 +370,16 @@ impl BlockMatrix {
         let blocks = self.cols / BLOCK;
         let activations = &*scratch;
         let threads = rayon::current_num_threads().max(1);
-        let chunk = self.rows.div_ceil(threads * 4).max(16);
+        if tokens == 1 && self.rows * blocks < PARALLEL_BLOCKS {
+            for (r, y) in out.iter_mut().enumerate() {
+                *y = dot(self.format, self.row(r), activations, 0, blocks);
+            }
+            return;
+        }
         if tokens == 1 {
+            // One even share per thread: a decode step's products are small, so every extra
+            // task is mostly the pool's wake-up cost.
+            let chunk = self.rows.div_ceil(threads).max(16);
             out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
                 for (i, y) in out.iter_mut().enumerate() {
                     *y = dot(self.format, self.row(c * chunk + i), activations, 0, blocks);
@@ -341,6 +387,7 @@ impl BlockMatrix {
             });
             return;
         }
+        let chunk = self.rows.div_ceil(threads * 4).max(16);
         // Row-major per token in `out`; tasks own row ranges, so they write [rows][tokens]
         // and the result is transposed once.
         let mut by_row = vec![0f32; tokens * self.rows];
@@ -450,5 +497,51 @@ mod tests {
         }
         assert!(BlockMatrix::new(BlockFormat::Q4_1, 2, 32, vec![0; 39]).is_err());
         assert!(BlockMatrix::new(BlockFormat::Q4_1, 2, 33, vec![0; 40]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod speed_probe {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn probe() {
+        let (rows, cols) = (49152usize, 576usize);
+        for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
+            let mut data = vec![0x37u8; rows * cols / BLOCK * format.block_bytes()];
+            for block in data.chunks_exact_mut(format.block_bytes()) {
+                block[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+                block[2..4].copy_from_slice(&half::f16::from_f32(-0.02).to_le_bytes());
+            }
+            let m = BlockMatrix::new(format, rows, cols, data).unwrap();
+            let x = vec![0.5f32; cols];
+            let mut a = Activations::default();
+            a.quantize(&x);
+            let t = std::time::Instant::now();
+            let mut s = 0f32;
+            for _ in 0..10 {
+                for r in 0..rows {
+                    s += dot(format, m.row(r), &a, 0, cols / BLOCK);
+                }
+            }
+            let secs = t.elapsed().as_secs_f64();
+            eprintln!(
+                "{format:?}: {:.2} GB/s single thread ({s})",
+                (m.size() * 10) as f64 / secs / 1e9
+            );
+            let t = std::time::Instant::now();
+            let mut sum = 0u64;
+            for _ in 0..10 {
+                sum += m
+                    .data
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                    .fold(0u64, |a, b| a.wrapping_add(b));
+            }
+            eprintln!(
+                "plain read: {:.2} GB/s ({sum})",
+                (m.size() * 10) as f64 / t.elapsed().as_secs_f64() / 1e9
+            );
+        }
     }
 }

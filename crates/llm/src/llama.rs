@@ -1,15 +1,15 @@
 //! Llama-family GGUF files (SmolLM2, TinyLlama, …) on the file's own blocks: the big products
 //! run on `kernels` for Q4_0, Q4_1 and Q8_0 (candle's QMatMul for other formats), the token
-//! embedding stays quantized and serves as the tied output head too, and each layer's
-//! key/value cache is allocated once for the whole context and written in place.
+//! embedding stays quantized and serves as the tied output head too, and the rest of a step
+//! (norms, rotary positions, attention over a key/value cache allocated once for the whole
+//! context, the gated MLP) runs on plain f32 buffers kept between steps: a decode step
+//! allocates only its logits.
 
 use std::io::{Read, Seek};
 
 use candle_core::quantized::{QMatMul, gguf_file};
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_transformers::quantized_nn::RmsNorm;
 
-use crate::attention::{Rope, attention_mask};
 use crate::kernels::{Activations, BlockFormat, BlockMatrix};
 
 /// Positions the cache holds at most (the file may allow more).
@@ -22,18 +22,34 @@ enum Linear {
 }
 
 impl Linear {
-    /// x: [1, seq, in] → [1, seq, out].
-    fn forward(&self, x: &Tensor, scratch: &mut Activations) -> Result<Tensor> {
+    fn rows(&self) -> usize {
         match self {
-            Linear::Candle(matmul) => matmul.forward(x),
-            Linear::Blocks(matrix) => {
-                let seq = x.dim(1)?;
-                let input = x.flatten_all()?.to_vec1::<f32>()?;
-                let mut out = vec![0f32; seq * matrix.rows];
-                matrix.matmul(&input, seq, scratch, &mut out);
-                Tensor::from_vec(out, (1, seq, matrix.rows), x.device())
+            Linear::Blocks(matrix) => matrix.rows,
+            Linear::Candle(matmul) => match matmul {
+                QMatMul::QTensor(t) => t.shape().dims()[0],
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims()[0],
+            },
+        }
+    }
+
+    /// `out[t] = W · x[t]` for `tokens` rows of `x`.
+    fn forward(
+        &self,
+        x: &[f32],
+        tokens: usize,
+        scratch: &mut Activations,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        out.resize(tokens * self.rows(), 0.0);
+        match self {
+            Linear::Blocks(matrix) => matrix.matmul(x, tokens, scratch, out),
+            Linear::Candle(matmul) => {
+                let input = Tensor::from_slice(x, (tokens, x.len() / tokens), &Device::Cpu)?;
+                let result = matmul.forward(&input)?.flatten_all()?.to_vec1::<f32>()?;
+                out.copy_from_slice(&result);
             }
         }
+        Ok(())
     }
 }
 
@@ -64,24 +80,69 @@ fn linear<R: Read + Seek>(
     }
 }
 
+/// A norm's weights as f32.
+fn vector<R: Read + Seek>(
+    content: &gguf_file::Content,
+    reader: &mut R,
+    name: &str,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    content
+        .tensor(reader, name, device)?
+        .dequantize(device)?
+        .flatten_all()?
+        .to_vec1::<f32>()
+}
+
+/// `x · w / rms(x)` for each `dim`-long row of `x`.
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut Vec<f32>) {
+    out.resize(x.len(), 0.0);
+    let dim = weight.len();
+    for (row, out) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let mean = row.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for ((o, v), w) in out.iter_mut().zip(row).zip(weight) {
+            *o = v * scale * w;
+        }
+    }
+}
+
 struct Layer {
     q: Linear,
     k: Linear,
     v: Linear,
     o: Linear,
-    attn_norm: RmsNorm,
-    ffn_norm: RmsNorm,
+    attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
     gate: Linear,
     up: Linear,
     down: Linear,
-    keys: Tensor,
-    values: Tensor,
+    /// [kv_heads][context][head_dim], written as positions fill (allocated zeroed, so the
+    /// pages of positions never reached are never touched).
+    keys: Vec<f32>,
+    values: Vec<f32>,
 }
 
 /// The token embedding as blocks, or dense when the file keeps it in another format.
 enum Embedding {
     Blocks(BlockMatrix),
-    Dense(Tensor),
+    Dense(Vec<f32>),
+}
+
+/// The buffers of one step, kept so a decode step reuses them.
+#[derive(Default)]
+struct Buffers {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attended: Vec<f32>,
+    projected: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    scores: Vec<f32>,
+    activations: Activations,
 }
 
 pub struct Llama {
@@ -89,15 +150,19 @@ pub struct Llama {
     /// `None`: tied to the embedding's blocks.
     output: Option<Linear>,
     layers: Vec<Layer>,
-    norm: RmsNorm,
-    rope: Rope,
+    norm: Vec<f32>,
+    eps: f32,
+    /// cos and sin of each position's angle per pair: [context][head_dim / 2].
+    cos: Vec<f32>,
+    sin: Vec<f32>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
     dim: usize,
+    vocab: usize,
     /// Positions the cache holds.
     pub context_length: usize,
-    scratch: Activations,
+    buffers: Buffers,
     device: Device,
 }
 
@@ -120,11 +185,14 @@ impl Llama {
             .map_or(heads, |v| v as usize);
         let blocks = meta("block_count")?.to_u32()? as usize;
         let dim = meta("embedding_length")?.to_u32()? as usize;
-        let eps = f64::from(meta("attention.layer_norm_rms_epsilon")?.to_f32()?);
+        let eps = meta("attention.layer_norm_rms_epsilon")?.to_f32()?;
         let rope_base = meta("rope.freq_base")
             .and_then(|v| v.to_f32())
             .unwrap_or(10_000.0);
         let head_dim = dim / heads;
+        if heads % kv_heads != 0 || dim % heads != 0 {
+            candle_core::bail!("{heads} heads, {kv_heads} key heads and width {dim} do not divide");
+        }
         let context_length = meta("context_length")
             .and_then(|v| v.to_u32())
             .map_or(MAX_CONTEXT, |v| (v as usize).min(MAX_CONTEXT));
@@ -134,13 +202,12 @@ impl Llama {
             .ok_or_else(|| {
                 candle_core::Error::Msg("no token_embd.weight in the GGUF file".into())
             })?;
+        let vocab = embedding_info.shape.dims()[0];
         let embedding = match linear(&content, reader, "token_embd.weight", device)? {
             Linear::Blocks(matrix) => Embedding::Blocks(matrix),
-            Linear::Candle(_) => Embedding::Dense(
-                embedding_info
-                    .read(reader, content.tensor_data_offset, device)?
-                    .dequantize(device)?,
-            ),
+            Linear::Candle(_) => {
+                Embedding::Dense(vector(&content, reader, "token_embd.weight", device)?)
+            }
         };
         let output = if content.tensor_infos.contains_key("output.weight") {
             Some(linear(&content, reader, "output.weight", device)?)
@@ -149,8 +216,7 @@ impl Llama {
         } else {
             None
         };
-        let norm =
-            RmsNorm::from_qtensor(content.tensor(reader, "output_norm.weight", device)?, eps)?;
+        let norm = vector(&content, reader, "output_norm.weight", device)?;
         let mut layers = Vec::with_capacity(blocks);
         for index in 0..blocks {
             let name = |part: &str| format!("blk.{index}.{part}.weight");
@@ -162,60 +228,65 @@ impl Llama {
                 matrix("attn_output")?,
             );
             let (gate, up, down) = (matrix("ffn_gate")?, matrix("ffn_up")?, matrix("ffn_down")?);
-            let mut rms = |part: &str| {
-                RmsNorm::from_qtensor(content.tensor(reader, &name(part), device)?, eps)
-            };
-            let cache =
-                || Tensor::zeros((1, kv_heads, context_length, head_dim), DType::F32, device);
+            let cache = || vec![0f32; kv_heads * context_length * head_dim];
             layers.push(Layer {
                 q,
                 k,
                 v,
                 o,
-                attn_norm: rms("attn_norm")?,
-                ffn_norm: rms("ffn_norm")?,
+                attn_norm: vector(&content, reader, &name("attn_norm"), device)?,
+                ffn_norm: vector(&content, reader, &name("ffn_norm"), device)?,
                 gate,
                 up,
                 down,
-                keys: cache()?,
-                values: cache()?,
+                keys: cache(),
+                values: cache(),
             });
+        }
+        let half = head_dim / 2;
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(context_length * half),
+            Vec::with_capacity(context_length * half),
+        );
+        for position in 0..context_length {
+            for i in 0..half {
+                let angle = position as f32 / rope_base.powf((2 * i) as f32 / head_dim as f32);
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
         }
         Ok(Llama {
             embedding,
             output,
             layers,
             norm,
-            rope: Rope::new(head_dim, rope_base, context_length, device)?,
+            eps,
+            cos,
+            sin,
             heads,
             kv_heads,
             head_dim,
             dim,
+            vocab,
             context_length,
-            scratch: Activations::default(),
+            buffers: Buffers::default(),
             device: device.clone(),
         })
     }
 
-    fn embed(&self, ids: &[u32]) -> Result<Tensor> {
-        match &self.embedding {
-            Embedding::Dense(table) => {
-                let ids = Tensor::new(ids, &self.device)?;
-                table.index_select(&ids, 0)?.unsqueeze(0)
-            }
-            Embedding::Blocks(matrix) => {
-                let mut rows = vec![0f32; ids.len() * self.dim];
-                for (id, row) in ids.iter().zip(rows.chunks_exact_mut(self.dim)) {
-                    let id = *id as usize;
-                    if id >= matrix.rows {
-                        candle_core::bail!(
-                            "token id {id} is outside the vocabulary of {}",
-                            matrix.rows
-                        );
-                    }
-                    matrix.dequantize_row(id, row);
+    /// Rotates each head of each token row in place (pairs interleaved: GGUF's Llama layout,
+    /// where llama.cpp's converter permuted the query and key rows for ggml's rope).
+    fn rotate(&self, x: &mut [f32], heads: usize, position: usize) {
+        let half = self.head_dim / 2;
+        for (t, row) in x.chunks_exact_mut(heads * self.head_dim).enumerate() {
+            let at = (position + t) * half;
+            let (cos, sin) = (&self.cos[at..at + half], &self.sin[at..at + half]);
+            for head in row.chunks_exact_mut(self.head_dim) {
+                for i in 0..half {
+                    let (a, b) = (head[2 * i], head[2 * i + 1]);
+                    head[2 * i] = a * cos[i] - b * sin[i];
+                    head[2 * i + 1] = a * sin[i] + b * cos[i];
                 }
-                Tensor::from_vec(rows, (1, ids.len(), self.dim), &self.device)
             }
         }
     }
@@ -223,74 +294,110 @@ impl Llama {
     /// Logits of the last of `ids`, fed at `position`: [vocab].
     pub fn forward(&mut self, ids: &[u32], position: usize) -> Result<Tensor> {
         let seq = ids.len();
-        if position + seq > self.context_length {
+        if seq == 0 || position + seq > self.context_length {
             candle_core::bail!(
-                "positions {position}..{} exceed the cache of {} positions",
+                "positions {position}..{} do not fit the cache of {} positions",
                 position + seq,
                 self.context_length
             );
         }
-        let mut x = self.embed(ids)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let repeats = self.heads / self.kv_heads;
-        let total = position + seq;
-        let mask = (seq > 1)
-            .then(|| attention_mask(None, position, seq, &self.device))
-            .transpose()?;
-        let scratch = &mut self.scratch;
-        for layer in &self.layers {
-            let residual = x.clone();
-            let h = layer.attn_norm.forward(&x)?;
-            let split = |t: Tensor, heads: usize| -> Result<Tensor> {
-                t.reshape((1, seq, heads, self.head_dim))?
-                    .transpose(1, 2)?
-                    .contiguous()
-            };
-            let q = split(layer.q.forward(&h, scratch)?, self.heads)?;
-            let k = split(layer.k.forward(&h, scratch)?, self.kv_heads)?;
-            let v = split(layer.v.forward(&h, scratch)?, self.kv_heads)?;
-            let q = self.rope.apply_interleaved(&q, position)?;
-            let k = self.rope.apply_interleaved(&k, position)?;
-            layer.keys.slice_set(&k, 2, position)?;
-            layer.values.slice_set(&v, 2, position)?;
-            let keys = layer.keys.narrow(2, 0, total)?;
-            let values = layer.values.narrow(2, 0, total)?;
-            // Grouped-query attention: the query heads of one key head share its cache.
-            let q = q.reshape((1, self.kv_heads, repeats * seq, self.head_dim))?;
-            let mut scores = (q.matmul(&keys.transpose(2, 3)?)? * scale)?
-                .reshape((1, self.heads, seq, total))?;
-            if let Some(mask) = &mask {
-                scores = scores.broadcast_add(mask)?;
+        let (dim, head_dim, context) = (self.dim, self.head_dim, self.context_length);
+        let mut b = std::mem::take(&mut self.buffers);
+        b.x.resize(seq * dim, 0.0);
+        for (id, row) in ids.iter().zip(b.x.chunks_exact_mut(dim)) {
+            let id = *id as usize;
+            if id >= self.vocab {
+                candle_core::bail!("token id {id} is outside the vocabulary of {}", self.vocab);
             }
-            let weights = candle_nn::ops::softmax_last_dim(&scores)?.reshape((
-                1,
-                self.kv_heads,
-                repeats * seq,
-                total,
-            ))?;
-            let attended = weights
-                .matmul(&values.contiguous()?)?
-                .reshape((1, self.heads, seq, self.head_dim))?
-                .transpose(1, 2)?
-                .reshape((1, seq, self.heads * self.head_dim))?;
-            let x_mid = (layer.o.forward(&attended, scratch)? + residual)?;
-            let h = layer.ffn_norm.forward(&x_mid)?;
-            let gated = (candle_nn::ops::silu(&layer.gate.forward(&h, scratch)?)?
-                * layer.up.forward(&h, scratch)?)?;
-            x = (layer.down.forward(&gated, scratch)? + x_mid)?;
+            match &self.embedding {
+                Embedding::Blocks(matrix) => matrix.dequantize_row(id, row),
+                Embedding::Dense(table) => row.copy_from_slice(&table[id * dim..(id + 1) * dim]),
+            }
         }
-        let last = self.norm.forward(&x.narrow(1, seq - 1, 1)?)?;
-        let logits = match (&self.output, &self.embedding) {
-            (Some(output), _) => output.forward(&last, scratch)?,
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let repeats = self.heads / self.kv_heads;
+        let kv_width = self.kv_heads * head_dim;
+        for index in 0..self.layers.len() {
+            let layer = &self.layers[index];
+            rms_norm(&b.x, &layer.attn_norm, self.eps, &mut b.h);
+            layer.q.forward(&b.h, seq, &mut b.activations, &mut b.q)?;
+            layer.k.forward(&b.h, seq, &mut b.activations, &mut b.k)?;
+            layer.v.forward(&b.h, seq, &mut b.activations, &mut b.v)?;
+            self.rotate(&mut b.q, self.heads, position);
+            self.rotate(&mut b.k, self.kv_heads, position);
+            let layer = &mut self.layers[index];
+            for t in 0..seq {
+                for g in 0..self.kv_heads {
+                    let at = (g * context + position + t) * head_dim;
+                    let from = t * kv_width + g * head_dim;
+                    layer.keys[at..at + head_dim].copy_from_slice(&b.k[from..from + head_dim]);
+                    layer.values[at..at + head_dim].copy_from_slice(&b.v[from..from + head_dim]);
+                }
+            }
+            b.attended.clear();
+            b.attended.resize(seq * dim, 0.0);
+            for t in 0..seq {
+                let visible = position + t + 1;
+                for h in 0..self.heads {
+                    let g = h / repeats;
+                    let q = &b.q[(t * self.heads + h) * head_dim..][..head_dim];
+                    let keys = &layer.keys[g * context * head_dim..][..visible * head_dim];
+                    let values = &layer.values[g * context * head_dim..][..visible * head_dim];
+                    b.scores.clear();
+                    b.scores.extend(
+                        keys.chunks_exact(head_dim)
+                            .map(|k| q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale),
+                    );
+                    let max = b.scores.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+                    let mut total = 0.0;
+                    for s in b.scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        total += *s;
+                    }
+                    let out = &mut b.attended[(t * self.heads + h) * head_dim..][..head_dim];
+                    for (weight, v) in b.scores.iter().zip(values.chunks_exact(head_dim)) {
+                        let weight = weight / total;
+                        for (o, v) in out.iter_mut().zip(v) {
+                            *o += weight * v;
+                        }
+                    }
+                }
+            }
+            let layer = &self.layers[index];
+            layer
+                .o
+                .forward(&b.attended, seq, &mut b.activations, &mut b.projected)?;
+            for (x, p) in b.x.iter_mut().zip(&b.projected) {
+                *x += p;
+            }
+            rms_norm(&b.x, &layer.ffn_norm, self.eps, &mut b.h);
+            layer
+                .gate
+                .forward(&b.h, seq, &mut b.activations, &mut b.gate)?;
+            layer.up.forward(&b.h, seq, &mut b.activations, &mut b.up)?;
+            for (g, u) in b.gate.iter_mut().zip(&b.up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            layer
+                .down
+                .forward(&b.gate, seq, &mut b.activations, &mut b.projected)?;
+            for (x, p) in b.x.iter_mut().zip(&b.projected) {
+                *x += p;
+            }
+        }
+        let last = &b.x[(seq - 1) * dim..];
+        rms_norm(last, &self.norm, self.eps, &mut b.h);
+        let mut logits = Vec::with_capacity(self.vocab);
+        match (&self.output, &self.embedding) {
+            (Some(output), _) => output.forward(&b.h, 1, &mut b.activations, &mut logits)?,
             (None, Embedding::Blocks(matrix)) => {
-                let input = last.flatten_all()?.to_vec1::<f32>()?;
-                let mut out = vec![0f32; matrix.rows];
-                matrix.matmul(&input, 1, scratch, &mut out);
-                Tensor::from_vec(out, (1, 1, matrix.rows), &self.device)?
+                logits.resize(matrix.rows, 0.0);
+                matrix.matmul(&b.h, 1, &mut b.activations, &mut logits);
             }
             (None, Embedding::Dense(_)) => unreachable!("a dense embedding gets its own head"),
-        };
-        logits.flatten_all()?.to_dtype(DType::F32)
+        }
+        self.buffers = b;
+        Tensor::from_vec(logits, self.vocab, &self.device)?.to_dtype(DType::F32)
     }
 
     /// Bytes of weights held by the kernels (the rest is candle's).
