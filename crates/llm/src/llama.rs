@@ -190,7 +190,7 @@ impl Llama {
             .and_then(|v| v.to_f32())
             .unwrap_or(10_000.0);
         let head_dim = dim / heads;
-        if heads % kv_heads != 0 || dim % heads != 0 {
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !dim.is_multiple_of(heads) {
             candle_core::bail!("{heads} heads, {kv_heads} key heads and width {dim} do not divide");
         }
         let context_length = meta("context_length")
