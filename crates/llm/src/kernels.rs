@@ -360,6 +360,26 @@ impl BlockMatrix {
         dequantize_row(self.format, self.row(r), out);
     }
 
+    /// `out[r - start][t] = row r · x[t]` for the rows of `rows`, from activations already
+    /// quantized for `tokens` tokens: one thread's share of a product.
+    pub fn rows_into(
+        &self,
+        rows: std::ops::Range<usize>,
+        activations: &Activations,
+        tokens: usize,
+        out: &mut [f32],
+    ) {
+        let blocks = self.cols / BLOCK;
+        assert_eq!(out.len(), rows.len() * tokens);
+        assert!(rows.end <= self.rows && activations.blocks() >= tokens * blocks);
+        for (r, ys) in rows.zip(out.chunks_exact_mut(tokens.max(1))) {
+            let row = self.row(r);
+            for (t, y) in ys.iter_mut().enumerate() {
+                *y = dot(self.format, row, activations, t * blocks, blocks);
+            }
+        }
+    }
+
     /// `out[t][r] = row r · x[t]` for the `tokens` rows of `x` (each `cols` long), after
     /// quantizing `x` into `scratch`. Rows are split across the thread pool; each task
     /// handles its rows for every token, so a row's blocks are read from memory once.

@@ -14,6 +14,7 @@ pub mod llama;
 pub mod lora;
 pub mod model;
 pub mod resolve;
+pub mod team;
 pub mod weights;
 
 pub use error::{LlmError, Result};

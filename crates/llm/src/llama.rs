@@ -10,14 +10,17 @@ use std::io::{Read, Seek};
 use candle_core::quantized::{QMatMul, gguf_file};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use crate::kernels::{Activations, BlockFormat, BlockMatrix};
+use std::sync::Arc;
+
+use crate::kernels::{BlockFormat, BlockMatrix};
+use crate::team::Team;
 
 /// Positions the cache holds at most (the file may allow more).
 pub const MAX_CONTEXT: usize = 8192;
 
 /// A weight matrix: the file's blocks when the kernels take them, else candle's product.
 enum Linear {
-    Blocks(BlockMatrix),
+    Blocks(Arc<BlockMatrix>),
     Candle(QMatMul),
 }
 
@@ -33,16 +36,10 @@ impl Linear {
     }
 
     /// `out[t] = W · x[t]` for `tokens` rows of `x`.
-    fn forward(
-        &self,
-        x: &[f32],
-        tokens: usize,
-        scratch: &mut Activations,
-        out: &mut Vec<f32>,
-    ) -> Result<()> {
+    fn forward(&self, x: &[f32], tokens: usize, team: &mut Team, out: &mut Vec<f32>) -> Result<()> {
         out.resize(tokens * self.rows(), 0.0);
         match self {
-            Linear::Blocks(matrix) => matrix.matmul(x, tokens, scratch, out),
+            Linear::Blocks(matrix) => team.matmul(matrix, x, tokens, out),
             Linear::Candle(matmul) => {
                 let input = Tensor::from_slice(x, (tokens, x.len() / tokens), &Device::Cpu)?;
                 let result = matmul.forward(&input)?.flatten_all()?.to_vec1::<f32>()?;
@@ -71,7 +68,7 @@ fn linear<R: Read + Seek>(
             let tensor = info.read(reader, content.tensor_data_offset, device)?;
             let bytes = tensor.data()?.into_owned();
             BlockMatrix::new(format, *rows, *cols, bytes)
-                .map(Linear::Blocks)
+                .map(|matrix| Linear::Blocks(Arc::new(matrix)))
                 .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))
         }
         _ => Ok(Linear::Candle(QMatMul::from_qtensor(
@@ -125,7 +122,7 @@ struct Layer {
 
 /// The token embedding as blocks, or dense when the file keeps it in another format.
 enum Embedding {
-    Blocks(BlockMatrix),
+    Blocks(Arc<BlockMatrix>),
     Dense(Vec<f32>),
 }
 
@@ -142,7 +139,6 @@ struct Buffers {
     gate: Vec<f32>,
     up: Vec<f32>,
     scores: Vec<f32>,
-    activations: Activations,
 }
 
 pub struct Llama {
@@ -163,6 +159,7 @@ pub struct Llama {
     /// Positions the cache holds.
     pub context_length: usize,
     buffers: Buffers,
+    team: Team,
     device: Device,
 }
 
@@ -270,6 +267,8 @@ impl Llama {
             vocab,
             context_length,
             buffers: Buffers::default(),
+            // As many threads as the pool candle sizes from --threads (RAYON_NUM_THREADS).
+            team: Team::new(rayon::current_num_threads().saturating_sub(1)),
             device: device.clone(),
         })
     }
@@ -320,9 +319,9 @@ impl Llama {
         for index in 0..self.layers.len() {
             let layer = &self.layers[index];
             rms_norm(&b.x, &layer.attn_norm, self.eps, &mut b.h);
-            layer.q.forward(&b.h, seq, &mut b.activations, &mut b.q)?;
-            layer.k.forward(&b.h, seq, &mut b.activations, &mut b.k)?;
-            layer.v.forward(&b.h, seq, &mut b.activations, &mut b.v)?;
+            layer.q.forward(&b.h, seq, &mut self.team, &mut b.q)?;
+            layer.k.forward(&b.h, seq, &mut self.team, &mut b.k)?;
+            layer.v.forward(&b.h, seq, &mut self.team, &mut b.v)?;
             self.rotate(&mut b.q, self.heads, position);
             self.rotate(&mut b.k, self.kv_heads, position);
             let layer = &mut self.layers[index];
@@ -366,21 +365,19 @@ impl Llama {
             let layer = &self.layers[index];
             layer
                 .o
-                .forward(&b.attended, seq, &mut b.activations, &mut b.projected)?;
+                .forward(&b.attended, seq, &mut self.team, &mut b.projected)?;
             for (x, p) in b.x.iter_mut().zip(&b.projected) {
                 *x += p;
             }
             rms_norm(&b.x, &layer.ffn_norm, self.eps, &mut b.h);
-            layer
-                .gate
-                .forward(&b.h, seq, &mut b.activations, &mut b.gate)?;
-            layer.up.forward(&b.h, seq, &mut b.activations, &mut b.up)?;
+            layer.gate.forward(&b.h, seq, &mut self.team, &mut b.gate)?;
+            layer.up.forward(&b.h, seq, &mut self.team, &mut b.up)?;
             for (g, u) in b.gate.iter_mut().zip(&b.up) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
             layer
                 .down
-                .forward(&b.gate, seq, &mut b.activations, &mut b.projected)?;
+                .forward(&b.gate, seq, &mut self.team, &mut b.projected)?;
             for (x, p) in b.x.iter_mut().zip(&b.projected) {
                 *x += p;
             }
@@ -389,10 +386,10 @@ impl Llama {
         rms_norm(last, &self.norm, self.eps, &mut b.h);
         let mut logits = Vec::with_capacity(self.vocab);
         match (&self.output, &self.embedding) {
-            (Some(output), _) => output.forward(&b.h, 1, &mut b.activations, &mut logits)?,
+            (Some(output), _) => output.forward(&b.h, 1, &mut self.team, &mut logits)?,
             (None, Embedding::Blocks(matrix)) => {
                 logits.resize(matrix.rows, 0.0);
-                matrix.matmul(&b.h, 1, &mut b.activations, &mut logits);
+                self.team.matmul(matrix, &b.h, 1, &mut logits);
             }
             (None, Embedding::Dense(_)) => unreachable!("a dense embedding gets its own head"),
         }
