@@ -64,9 +64,13 @@ fn linear<R: Read + Seek>(
         .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name} in the GGUF file")))?;
     let dims = info.shape.dims();
     match (BlockFormat::from_ggml(info.ggml_dtype), dims) {
-        (Some(format), [rows, cols]) => {
-            let tensor = info.read(reader, content.tensor_data_offset, device)?;
-            let bytes = tensor.data()?.into_owned();
+        (Some(format), [rows, cols]) if cols.is_multiple_of(crate::kernels::BLOCK) => {
+            // The blocks straight from the file, without a candle tensor in between.
+            let mut bytes = vec![0u8; rows * cols / crate::kernels::BLOCK * format.block_bytes()];
+            reader.seek(std::io::SeekFrom::Start(
+                content.tensor_data_offset + info.offset,
+            ))?;
+            reader.read_exact(&mut bytes)?;
             BlockMatrix::new(format, *rows, *cols, bytes)
                 .map(|matrix| Linear::Blocks(Arc::new(matrix)))
                 .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))

@@ -199,13 +199,14 @@ impl LoadedModel {
     }
 
     fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
-        let bytes = std::fs::read(path).map_err(io(path))?;
+        // Read from the file as needed, not into memory first: a copy of the whole file would
+        // sit beside the weights until the load ends (it was most of the peak RSS).
+        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io(path))?);
         let format = |message: String| LlmError::Format {
             path: path.to_path_buf(),
             message,
         };
-        let content = gguf_file::Content::read(&mut Cursor::new(&bytes))
-            .map_err(|e| format(e.to_string()))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| format(e.to_string()))?;
         let tokenizer =
             tokenizer_from_gguf(&content).map_err(|source| LlmError::GgufTokenizer {
                 path: path.to_path_buf(),
@@ -234,9 +235,12 @@ impl LoadedModel {
                 } else {
                     ChatTemplate::Plain
                 };
-                let (content, bytes) = requantize_slow_formats(content, bytes, path)?;
-                let model = Llama::from_gguf(content, &mut Cursor::new(&bytes), device)
-                    .map_err(|e| format(e.to_string()))?;
+                let (content, rewritten) = requantize_slow_formats(content, path)?;
+                let model = match rewritten {
+                    Some(bytes) => Llama::from_gguf(content, &mut Cursor::new(&bytes), device),
+                    None => Llama::from_gguf(content, &mut file, device),
+                }
+                .map_err(|e| format(e.to_string()))?;
                 context_length = context_length.min(model.context_length);
                 (
                     Network::QuantizedLlama(Box::new(model)),
@@ -247,9 +251,12 @@ impl LoadedModel {
             "gemma3" => {
                 // An instruct turn ends with <end_of_turn>, not the file's <eos>.
                 eos_ids.extend(tokenizer.token_to_id("<end_of_turn>"));
-                let (content, bytes) = requantize_slow_formats(content, bytes, path)?;
-                let model = Gemma3::from_gguf(content, &mut Cursor::new(&bytes), device)
-                    .map_err(|e| format(e.to_string()))?;
+                let (content, rewritten) = requantize_slow_formats(content, path)?;
+                let model = match rewritten {
+                    Some(bytes) => Gemma3::from_gguf(content, &mut Cursor::new(&bytes), device),
+                    None => Gemma3::from_gguf(content, &mut file, device),
+                }
+                .map_err(|e| format(e.to_string()))?;
                 context_length = context_length.min(model.context_length);
                 (
                     Network::Gemma3(Box::new(model)),
@@ -321,18 +328,20 @@ fn has_fast_kernels(dtype: GgmlDType) -> bool {
     )
 }
 
+/// The file's tensors in formats without fast kernels requantized to Q8_0, as a new GGUF
+/// image (`None`: nothing to change, read the file itself).
 fn requantize_slow_formats(
     content: gguf_file::Content,
-    bytes: Vec<u8>,
     path: &Path,
-) -> Result<(gguf_file::Content, Vec<u8>)> {
+) -> Result<(gguf_file::Content, Option<Vec<u8>>)> {
     let slow = content
         .tensor_infos
         .values()
         .any(|info| !has_fast_kernels(info.ggml_dtype));
     if !slow {
-        return Ok((content, bytes));
+        return Ok((content, None));
     }
+    let bytes = std::fs::read(path).map_err(io(path))?;
     let format = |message: String| LlmError::Format {
         path: path.to_path_buf(),
         message,
@@ -371,7 +380,7 @@ fn requantize_slow_formats(
     let content =
         gguf_file::Content::read(&mut Cursor::new(&bytes)).map_err(|e| format(e.to_string()))?;
     tracing::info!(path = %path.display(), "requantized GGUF tensors without fast kernels to Q8_0");
-    Ok((content, bytes))
+    Ok((content, Some(bytes)))
 }
 
 /// What is wrong with the tokenizer a GGUF file describes.
