@@ -8,8 +8,9 @@
 //! metric rows written by the benchmark: one with `models.shared: false` (each process loads its
 //! own copy), one with the model service. Once every nano instance has written a summary with
 //! model text and the processor has answered a RUN, it reads the resident memory (VmRSS) of
-//! every process holding model weights and prints each, their sum, and the sum against one
-//! loaded model (the median in-process component).
+//! every process and prints each, their sum, and against one loaded model (the median
+//! in-process component): what the processes holding weights sum to (with the service, the
+//! service alone) and what the whole loop, clients included, does.
 
 #![allow(clippy::disallowed_methods)] // the benchmark starts the binaries it measures
 
@@ -210,9 +211,14 @@ fn main() {
     let mut shared = Loop::new(true);
     let together = shared.measure(&model, true);
     let shared_sum = print("one copy in the model service", &together);
+    let service = together
+        .iter()
+        .find(|(name, _)| name == "model_service")
+        .map_or(0.0, |(_, mib)| *mib);
     println!(
-        "one loaded model (median in-process component): {one:.1} MiB; summed RSS: {:.2}x one model shared, {:.2}x with a copy each",
-        shared_sum / one,
-        apart_sum / one
+        "one loaded model (median in-process component): {one:.1} MiB; processes holding model weights: {:.2}x shared (the service alone), {:.2}x with a copy each; the whole loop with its clients: {:.2}x",
+        service / one,
+        apart_sum / one,
+        shared_sum / one
     );
 }

@@ -22,10 +22,10 @@ use n0m1_protocol::checker;
 use n0m1_protocol::generator::{GenerateError, Generator};
 use n0m1_protocol::nano::{MetricRow, NanoInstance, NanoOptions, window_stats};
 
-/// Records what the model said before the checker saw it.
+/// Records what the model was asked and said, before the checker saw it.
 struct Recording {
     engine: Rc<RefCell<EngineGenerator>>,
-    said: Rc<RefCell<Vec<String>>>,
+    said: Rc<RefCell<Vec<(String, String)>>>,
 }
 
 impl Generator for Recording {
@@ -34,7 +34,8 @@ impl Generator for Recording {
     }
     fn complete(&mut self, system: Option<&str>, prompt: &str) -> Result<String, GenerateError> {
         let text = self.engine.borrow_mut().complete(system, prompt)?;
-        self.said.borrow_mut().push(text.clone());
+        let asked = format!("{}\n{prompt}", system.unwrap_or_default());
+        self.said.borrow_mut().push((text.clone(), asked));
         Ok(text)
     }
 }
@@ -175,14 +176,16 @@ fn evaluate(name: &str, model: &Path, home: &Home) {
         };
         summaries += 1;
         let stats = window_stats(&window);
-        if let Some(raw) = said.borrow().last() {
+        if let Some((raw, asked)) = said.borrow().last() {
             if let Some(claim) = claimed_trend(raw) {
                 claims += 1;
                 if stats.iter().any(|s| s.trend == claim) {
                     agree += 1;
                 }
             }
-            if let Err(reason) = checker::check(raw, &stats) {
+            if let Err(reason) =
+                checker::check(raw, &stats).and_then(|text| checker::not_copied(&text, asked))
+            {
                 let kind = if reason.starts_with("number") {
                     "a number not in the window".to_owned()
                 } else if reason.starts_with("trend") {

@@ -181,6 +181,33 @@ pub fn check(text: &str, stats: &[ColumnStats]) -> Result<String, String> {
     Ok(cleaned)
 }
 
+/// Words in a row a text may share with what the model was asked; more is a copy.
+pub const COPIED_WORDS: usize = 8;
+
+/// The text, or why it only repeats what the model was asked (a run of more than
+/// `COPIED_WORDS` words of it, case and punctuation aside): a pretrained model continues
+/// its prompt, and a copy of the prompt says nothing about the window.
+pub fn not_copied(text: &str, asked: &str) -> Result<String, String> {
+    let words = |t: &str| -> Vec<String> {
+        t.split_whitespace()
+            .map(|w| {
+                w.trim_matches(|c: char| !c.is_alphanumeric())
+                    .to_lowercase()
+            })
+            .filter(|w| !w.is_empty())
+            .collect()
+    };
+    let (said, asked_words) = (words(text), words(asked));
+    let run = COPIED_WORDS + 1;
+    if said.len() >= run {
+        let asked_runs: std::collections::HashSet<&[String]> = asked_words.windows(run).collect();
+        if said.windows(run).any(|w| asked_runs.contains(w)) {
+            return Err("it repeats what it was asked".into());
+        }
+    }
+    Ok(text.to_owned())
+}
+
 /// The main model's reading of rows it was shown: cleaned of repeats, and every number in it
 /// must be one written in those rows (after rounding to the digits the text gives).
 pub fn check_against(text: &str, source: &str) -> Result<String, String> {
@@ -311,5 +338,19 @@ mod tests {
             let text = plain_reading(&s);
             assert_eq!(check(&text, &s), Ok(text.clone()), "{text}");
         }
+    }
+
+    #[test]
+    fn a_text_that_repeats_its_prompt_is_refused_and_a_short_quote_is_not() {
+        let asked = "You watch one metric of a computer. In one sentence, say what the numbers show. Metric table cpu_usage_log.";
+        assert_eq!(
+            not_copied(
+                "You watch one metric of a computer. In one sentence, say what the",
+                asked
+            ),
+            Err("it repeats what it was asked".into())
+        );
+        let fine = "The numbers show the metric of a computer rising.";
+        assert_eq!(not_copied(fine, asked), Ok(fine.into()));
     }
 }

@@ -279,7 +279,9 @@ impl NanoInstance {
                 facts.join("; ")
             );
             match generator.complete(Some(&prompt), &request) {
-                Ok(text) => match checker::check(&text, &stats) {
+                Ok(text) => match checker::check(&text, &stats)
+                    .and_then(|text| checker::not_copied(&text, &format!("{prompt}\n{request}")))
+                {
                     Ok(reading) => content.push_str(&format!(" | model: {reading}")),
                     Err(reason) => content.push_str(&format!(
                         " | model: rejected ({reason}) | reading: {}",

@@ -154,7 +154,9 @@ impl Processor {
                         ));
                     }
                     match completed {
-                        Ok(text) => match crate::checker::check_against(&text, &rows.join("\n")) {
+                        Ok(text) => match crate::checker::check_against(&text, &rows.join("\n"))
+                            .and_then(|text| crate::checker::not_copied(&text, &prompt))
+                        {
                             Ok(reading) => format!("{table}: {reading}"),
                             Err(reason) => format!(
                                 "{table}: model: rejected ({reason}) | {} rows, newest: {}",
