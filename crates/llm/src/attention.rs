@@ -1,5 +1,5 @@
-//! What the quantized decoders (`gemma3`, `llama`) share: rotary tables and the causal,
-//! optionally sliding, attention mask over a preallocated cache.
+//! Gemma 3's attention helpers on candle tensors: rotary tables and the causal, optionally
+//! sliding, mask over a preallocated cache (`llama` does both on plain buffers itself).
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -30,17 +30,6 @@ impl Rope {
     pub fn apply(&self, x: &Tensor, position: usize) -> Result<Tensor> {
         let seq = x.dim(2)?;
         candle_nn::rotary_emb::rope(
-            &x.contiguous()?,
-            &self.cos.narrow(0, position, seq)?,
-            &self.sin.narrow(0, position, seq)?,
-        )
-    }
-
-    /// The same with pairs interleaved (GGUF's Llama layout, where llama.cpp's converter
-    /// permuted the query and key rows for ggml's rope).
-    pub fn apply_interleaved(&self, x: &Tensor, position: usize) -> Result<Tensor> {
-        let seq = x.dim(2)?;
-        candle_nn::rotary_emb::rope_i(
             &x.contiguous()?,
             &self.cos.narrow(0, position, seq)?,
             &self.sin.narrow(0, position, seq)?,

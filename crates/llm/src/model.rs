@@ -235,12 +235,9 @@ impl LoadedModel {
                 } else {
                     ChatTemplate::Plain
                 };
-                let (content, rewritten) = requantize_slow_formats(content, path)?;
-                let model = match rewritten {
-                    Some(bytes) => Llama::from_gguf(content, &mut Cursor::new(&bytes), device),
-                    None => Llama::from_gguf(content, &mut file, device),
-                }
-                .map_err(|e| format(e.to_string()))?;
+                let model = read_weights(content, path, &mut file, |c, mut r| {
+                    Llama::from_gguf(c, &mut r, device)
+                })?;
                 context_length = context_length.min(model.context_length);
                 (
                     Network::QuantizedLlama(Box::new(model)),
@@ -251,12 +248,9 @@ impl LoadedModel {
             "gemma3" => {
                 // An instruct turn ends with <end_of_turn>, not the file's <eos>.
                 eos_ids.extend(tokenizer.token_to_id("<end_of_turn>"));
-                let (content, rewritten) = requantize_slow_formats(content, path)?;
-                let model = match rewritten {
-                    Some(bytes) => Gemma3::from_gguf(content, &mut Cursor::new(&bytes), device),
-                    None => Gemma3::from_gguf(content, &mut file, device),
-                }
-                .map_err(|e| format(e.to_string()))?;
+                let model = read_weights(content, path, &mut file, |c, mut r| {
+                    Gemma3::from_gguf(c, &mut r, device)
+                })?;
                 context_length = context_length.min(model.context_length);
                 (
                     Network::Gemma3(Box::new(model)),
@@ -326,6 +320,28 @@ fn has_fast_kernels(dtype: GgmlDType) -> bool {
             | GgmlDType::Q6K
             | GgmlDType::Q8K
     )
+}
+
+/// What a decoder reads its weights from: the file itself, or its requantized image.
+trait WeightSource: std::io::Read + std::io::Seek {}
+impl<T: std::io::Read + std::io::Seek> WeightSource for T {}
+
+/// Builds a decoder from the file, after requantizing the formats without fast kernels.
+fn read_weights<T>(
+    content: gguf_file::Content,
+    path: &Path,
+    file: &mut std::io::BufReader<std::fs::File>,
+    build: impl FnOnce(gguf_file::Content, &mut dyn WeightSource) -> candle_core::Result<T>,
+) -> Result<T> {
+    let (content, rewritten) = requantize_slow_formats(content, path)?;
+    match rewritten {
+        Some(bytes) => build(content, &mut Cursor::new(bytes)),
+        None => build(content, file),
+    }
+    .map_err(|e| LlmError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// The file's tensors in formats without fast kernels requantized to Q8_0, as a new GGUF
