@@ -1,5 +1,6 @@
 //! n0m1-models: the model components (`llm_processor`, `nano_instance`) wired to the candle
-//! engine, and the `n0m1_model` tool (fixtures, listing, one-off generation).
+//! engine or to the model service (`service`, the `n0m1_model_service` binary), and the
+//! `n0m1_model` tool (fixtures, listing, one-off generation).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
