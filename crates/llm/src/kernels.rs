@@ -7,8 +7,6 @@
 //! `dot_reference` (plain Rust on the same blocks) on random blocks in the tests below, and
 //! chosen at run time only when the CPU has AVX2, FMA and F16C.
 
-use rayon::prelude::*;
-
 /// Values per block in every format here.
 pub const BLOCK: usize = 32;
 
@@ -304,10 +302,6 @@ fn dot(
     dot_reference(format, row, activations, first, blocks)
 }
 
-/// Products smaller than this many blocks run on the calling thread: waking the pool costs
-/// more than it saves.
-pub const PARALLEL_BLOCKS: usize = 20_000;
-
 /// A weight matrix of `rows` rows of `cols` values, each row a run of blocks as in the file.
 #[derive(Debug, Clone)]
 pub struct BlockMatrix {
@@ -380,52 +374,27 @@ impl BlockMatrix {
         }
     }
 
-    /// `out[t][r] = row r · x[t]` for the `tokens` rows of `x` (each `cols` long), after
-    /// quantizing `x` into `scratch`. Rows are split across the thread pool; each task
-    /// handles its rows for every token, so a row's blocks are read from memory once.
+    /// `out[t][r] = row r · x[t]` for the `tokens` rows of `x`, after quantizing `x` into
+    /// `scratch`, on the calling thread (`team::Team` splits the same work across threads).
     pub fn matmul(&self, x: &[f32], tokens: usize, scratch: &mut Activations, out: &mut [f32]) {
         assert_eq!(x.len(), tokens * self.cols);
         assert_eq!(out.len(), tokens * self.rows);
         scratch.quantize(x);
-        let blocks = self.cols / BLOCK;
-        let activations = &*scratch;
-        let threads = rayon::current_num_threads().max(1);
-        if tokens == 1 && self.rows * blocks < PARALLEL_BLOCKS {
-            for (r, y) in out.iter_mut().enumerate() {
-                *y = dot(self.format, self.row(r), activations, 0, blocks);
-            }
-            return;
-        }
-        if tokens == 1 {
-            // One even share per thread: a decode step's products are small, so every extra
-            // task is mostly the pool's wake-up cost.
-            let chunk = self.rows.div_ceil(threads).max(16);
-            out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
-                for (i, y) in out.iter_mut().enumerate() {
-                    *y = dot(self.format, self.row(c * chunk + i), activations, 0, blocks);
-                }
-            });
-            return;
-        }
-        let chunk = self.rows.div_ceil(threads * 4).max(16);
-        // Row-major per token in `out`; tasks own row ranges, so they write [rows][tokens]
-        // and the result is transposed once.
         let mut by_row = vec![0f32; tokens * self.rows];
-        by_row
-            .par_chunks_mut(chunk * tokens)
-            .enumerate()
-            .for_each(|(c, out)| {
-                for (i, ys) in out.chunks_mut(tokens).enumerate() {
-                    let row = self.row(c * chunk + i);
-                    for (t, y) in ys.iter_mut().enumerate() {
-                        *y = dot(self.format, row, activations, t * blocks, blocks);
-                    }
-                }
-            });
-        for r in 0..self.rows {
-            for t in 0..tokens {
-                out[t * self.rows + r] = by_row[r * tokens + t];
-            }
+        self.rows_into(0..self.rows, scratch, tokens, &mut by_row);
+        by_token(&by_row, self.rows, tokens, out);
+    }
+}
+
+/// `[row][token]` results (what `rows_into` writes) into `[token][row]`.
+pub fn by_token(by_row: &[f32], rows: usize, tokens: usize, out: &mut [f32]) {
+    if tokens == 1 {
+        out.copy_from_slice(by_row);
+        return;
+    }
+    for r in 0..rows {
+        for t in 0..tokens {
+            out[t * rows + r] = by_row[r * tokens + t];
         }
     }
 }

@@ -468,11 +468,7 @@ pub fn tokenizer_from_gguf(
             Ok((a.to_owned(), b.to_owned()))
         })
         .collect::<std::result::Result<_, GgufTokenizerError>>()?;
-    let vocab: tokenizers::models::bpe::Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
+    let vocab = vocabulary(&tokens);
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .build()
@@ -490,6 +486,15 @@ pub fn tokenizer_from_gguf(
     tokenizer.with_decoder(Some(ByteLevel::default()));
     add_control_tokens(&mut tokenizer, &tokens, &token_types);
     Ok(tokenizer)
+}
+
+/// Each piece's id is its place in the GGUF list.
+fn vocabulary(tokens: &[String]) -> tokenizers::models::bpe::Vocab {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect()
 }
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
@@ -585,11 +590,7 @@ fn sentencepiece_from_gguf(
         .and_then(|v| v.to_u32().ok())
         .and_then(|id| tokens.get(id as usize).cloned())
         .unwrap_or_else(|| "<unk>".into());
-    let vocab: tokenizers::models::bpe::Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
+    let vocab = vocabulary(&tokens);
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .unk_token(unknown)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
-use crate::kernels::{Activations, BlockMatrix};
+use crate::kernels::{Activations, BlockMatrix, by_token};
 
 /// How long a helper spins for the next product before it blocks.
 pub const IDLE: Duration = Duration::from_millis(5);
@@ -161,15 +161,7 @@ impl Team {
                 None => matrix.rows_into(rows, &self.activations, tokens, target),
             }
         }
-        if tokens == 1 {
-            out.copy_from_slice(&self.by_row);
-        } else {
-            for r in 0..matrix.rows {
-                for t in 0..tokens {
-                    out[t * matrix.rows + r] = self.by_row[r * tokens + t];
-                }
-            }
-        }
+        by_token(&self.by_row, matrix.rows, tokens, out);
     }
 }
 
