@@ -13,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 model="${1:?usage: benches/llm_vs_llamacpp.sh MODEL.gguf [THREADS] [PROMPT_TOKENS] [NEW_TOKENS]}"
 threads="${2:-2}"; prompt="${3:-64}"; new="${4:-64}"
+# Both tools warm up once, then time this many runs of each test; medians are compared.
+runs="${N0M1_BENCH_RUNS:-5}"
 cache="${N0M1_BENCH_CACHE:-$HOME/.cache/n0m1-bench}"
 bench_bin="$cache/llama.cpp/build/bin/llama-bench"
 mkdir -p "$cache"
@@ -55,8 +57,8 @@ out = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.DEV
 print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 print(out)' "$@"; }
 n0m1=$(peak target/release/n0m1_model --home "$work" bench --model "$model" --threads "$threads" \
-  --prompt-tokens "$prompt" --new-tokens "$new")
-llama=$(peak "$bench_bin" -m "$model" -t "$threads" -p "$prompt" -n "$new" -r 3 -o json)
+  --prompt-tokens "$prompt" --new-tokens "$new" --repetitions "$runs")
+llama=$(peak "$bench_bin" -m "$model" -t "$threads" -p "$prompt" -n "$new" -r "$runs" -o json)
 
 python3 - "$n0m1" "$llama" "$model" "$threads" "$prompt" "$new" <<'PY'
 import json, sys
@@ -67,12 +69,20 @@ n = json.loads(n_json.strip().splitlines()[-1])
 runs = json.loads(l_json)
 pp = next(r for r in runs if r.get("n_prompt", 0) > 0 and r.get("n_gen", 0) == 0)
 tg = next(r for r in runs if r.get("n_gen", 0) > 0 and r.get("n_prompt", 0) == 0)
-rows = [("n0m1", n["prompt_tok_s"], n["decode_tok_s"], float(n_rss)),
-        ("llama.cpp", pp["avg_ts"], tg["avg_ts"], float(l_rss))]
+def median(runs):
+    runs = sorted(runs)
+    return runs[len(runs) // 2]
+def spread(runs):
+    return f"{min(runs):.1f}-{max(runs):.1f}"
+l_pp, l_tg = pp["samples_ts"], tg["samples_ts"]
+n_pp, n_tg = n["prompt_runs"], n["decode_runs"]
+rows = [("n0m1", median(n_pp), median(n_tg), float(n_rss), spread(n_pp), spread(n_tg)),
+        ("llama.cpp", median(l_pp), median(l_tg), float(l_rss), spread(l_pp), spread(l_tg))]
 print(f"{model}: {threads} threads, {prompt} prompt tokens, {new} new tokens")
-print(f"{'':10} {'prompt tok/s':>13} {'decode tok/s':>13} {'peak RSS MiB':>13}")
-for name, p, d, r in rows:
-    print(f"{name:10} {p:>13.1f} {d:>13.1f} {r:>13.0f}")
+print(f"medians of {len(n_pp)} runs after a warm-up (min-max in brackets)")
+print(f"{'':10} {'prompt tok/s':>24} {'decode tok/s':>24} {'peak RSS MiB':>13}")
+for name, p, d, r, ps, ds in rows:
+    print(f"{name:10} {p:>9.1f} [{ps:>12}] {d:>9.1f} [{ds:>12}] {r:>13.0f}")
 print(f"n0m1 / llama.cpp: prompt {rows[0][1]/rows[1][1]:.2f}x, decode {rows[0][2]/rows[1][2]:.2f}x, peak RSS {rows[0][3]/rows[1][3]:.2f}x "
-      f"(targets: >= 1.0x, >= 1.0x, <= 1.5x); llama-bench: mean of 3 runs (stddev pp {pp.get('stddev_ts', 0):.1f}, tg {tg.get('stddev_ts', 0):.1f})")
+      f"(targets: >= 1.0x, >= 1.0x, <= 1.5x)")
 PY

@@ -10,6 +10,10 @@
 /// Values per block in every format here.
 pub const BLOCK: usize = 32;
 
+/// Tokens one weight row meets per pass in a prompt's product: each block is loaded, its
+/// nibbles unpacked and its scale converted once for all of them.
+pub const TILE: usize = 4;
+
 /// A GGUF block format these kernels take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockFormat {
@@ -50,8 +54,9 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
 /// Kept between calls so the decode loop reuses its buffers.
 #[derive(Debug, Default)]
 pub struct Activations {
-    scales: Vec<f32>,
-    sums: Vec<f32>,
+    /// Per block: the scale, and the scale times the sum of the block's values (side by side,
+    /// so the SIMD kernels load both at once).
+    factors: Vec<[f32; 2]>,
     values: Vec<i8>,
 }
 
@@ -59,8 +64,7 @@ impl Activations {
     /// Quantizes `x` (a multiple of 32 values) in place of what was there.
     pub fn quantize(&mut self, x: &[f32]) {
         debug_assert!(x.len().is_multiple_of(BLOCK));
-        self.scales.clear();
-        self.sums.clear();
+        self.factors.clear();
         self.values.clear();
         for block in x.chunks_exact(BLOCK) {
             let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -72,13 +76,12 @@ impl Activations {
                 sum += i32::from(q);
                 self.values.push(q);
             }
-            self.scales.push(scale);
-            self.sums.push(scale * sum as f32);
+            self.factors.push([scale, scale * sum as f32]);
         }
     }
 
     fn blocks(&self) -> usize {
-        self.scales.len()
+        self.factors.len()
     }
 }
 
@@ -96,7 +99,7 @@ pub fn dot_reference(
         let block = &row[b * format.block_bytes()..(b + 1) * format.block_bytes()];
         let a = first + b;
         let x = &activations.values[a * BLOCK..(a + 1) * BLOCK];
-        let (scale, sum) = (activations.scales[a], activations.sums[a]);
+        let [scale, sum] = activations.factors[a];
         let d = f16_at(block, 0);
         match format {
             BlockFormat::Q8_0 => {
@@ -163,7 +166,7 @@ pub fn dequantize_row(format: BlockFormat, row: &[u8], out: &mut [f32]) {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Activations, BLOCK, BlockFormat};
+    use super::{Activations, BLOCK, BlockFormat, TILE};
 
     /// Whether this CPU runs the AVX2 kernels.
     pub fn available() -> bool {
@@ -183,9 +186,91 @@ mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
     }
 
+    /// A block's 32 weights as bytes for `_mm256_maddubs_epi16` (unsigned nibbles, or |q|),
+    /// and the bytes whose signs the activations take (Q8_0's q; unused for nibbles).
+    ///
+    /// # Safety
+    /// `block` points at a whole block of `format`.
+    #[inline]
+    #[allow(unsafe_code)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn weights(format: BlockFormat, block: *const u8) -> (__m256i, __m256i) {
+        match format {
+            BlockFormat::Q8_0 => {
+                // SAFETY: the 32 signed bytes after the f16 scale, inside the block.
+                let q = unsafe { _mm256_loadu_si256(block.add(2).cast()) };
+                (_mm256_sign_epi8(q, q), q)
+            }
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                let skip = if format == BlockFormat::Q4_1 { 4 } else { 2 };
+                // SAFETY: the 16 bytes of nibbles after the scale (and minimum).
+                let packed = unsafe { _mm_loadu_si128(block.add(skip).cast()) };
+                let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+                (_mm256_and_si256(both, _mm256_set1_epi8(0x0F)), both)
+            }
+        }
+    }
+
+    /// Lane 0: what the block's integer dot product is multiplied by (the weights' scale
+    /// times the activations'); lane 1: the block's offset (Q4_1's minimum times the scaled
+    /// sum of the activations; Q4_0's scale times it, to be multiplied by −8; unused for
+    /// Q8_0). One load and one conversion for the block's f16 scale and minimum, into a
+    /// fresh register: converting them one by one had the compiler merge each into a live
+    /// accumulator, which chained every block behind the previous one.
+    ///
+    /// # Safety
+    /// `block` points at a whole block of `format` (at least 18 bytes), `factor` at one of
+    /// the activations' factors.
+    #[inline]
+    #[allow(unsafe_code)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn factors(format: BlockFormat, block: *const u8, factor: *const [f32; 2]) -> __m128 {
+        // SAFETY: the block's first four bytes (its scale, then its minimum or its first
+        // values) and the factor's eight, both inside their slices (see above).
+        let (halves, [scale, sum]) = unsafe {
+            (
+                _mm_cvtph_ps(_mm_loadu_si32(block)),
+                std::ptr::read_unaligned(factor),
+            )
+        };
+        let factor = _mm_setr_ps(scale, sum, 0.0, 0.0);
+        let weights = if format == BlockFormat::Q4_0 {
+            _mm_moveldup_ps(halves)
+        } else {
+            halves
+        };
+        _mm_mul_ps(weights, factor)
+    }
+
+    /// The 32 products of a block's weights and activation bytes `xv`, summed in 8 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn products(format: BlockFormat, weights: __m256i, signs: __m256i, xv: __m256i) -> __m256 {
+        let xv = if format == BlockFormat::Q8_0 {
+            _mm256_sign_epi8(xv, signs)
+        } else {
+            xv
+        };
+        let pairs = _mm256_maddubs_epi16(weights, xv);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+
+    /// The offsets summed in lane 1 of `offsets`, as the format adds them.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn offset(format: BlockFormat, offsets: __m128) -> f32 {
+        let lane1 = _mm_cvtss_f32(_mm_movehdup_ps(offsets));
+        match format {
+            BlockFormat::Q4_1 => lane1,
+            BlockFormat::Q4_0 => -8.0 * lane1,
+            BlockFormat::Q8_0 => 0.0,
+        }
+    }
+
     /// `dot_reference` with AVX2: 32 products per block in two instructions (unsigned
-    /// nibbles, or |w| against sign-adjusted activations, then pairs summed to 32 bits), two
-    /// blocks per turn into two accumulators so the loads of one overlap the other's math.
+    /// nibbles, or |w| against sign-adjusted activations, then pairs summed to 32 bits),
+    /// blocks alternating between two accumulators so one block's loads overlap the other's
+    /// arithmetic.
     ///
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C (`available()`); the lengths are checked here.
@@ -201,87 +286,89 @@ mod avx2 {
         let size = format.block_bytes();
         assert!(row.len() >= blocks * size);
         assert!(activations.blocks() >= first + blocks);
-        let w = row.as_ptr();
-        // SAFETY (every raw read below): block `b < blocks` of the row lies in
-        // `row[b * size..(b + 1) * size]` and activation block `first + b` in
-        // `values[(first + b) * 32..][..32]`, `scales[first + b]`, `sums[first + b]`; both
-        // bounds were asserted above. Unaligned loads are allowed.
-        let x = unsafe { activations.values.as_ptr().add(first * BLOCK) };
-        let scales = &activations.scales[first..first + blocks];
-        let sums = &activations.sums[first..first + blocks];
-        let half = |at: *const u8| -> f32 {
-            // SAFETY: `at` points at two bytes of a block (see above).
-            let bits = unsafe { std::ptr::read_unaligned(at.cast::<u16>()) };
-            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+        let (w, x, f) = (
+            row.as_ptr(),
+            activations.values.as_ptr(),
+            activations.factors.as_ptr(),
+        );
+        let mut sums = [_mm256_setzero_ps(); 2];
+        let mut offsets = [_mm_setzero_ps(); 2];
+        let mut step = |b: usize, lane: usize| {
+            let a = first + b;
+            // SAFETY: block `b < blocks` lies in `row[b * size..(b + 1) * size]`; activation
+            // block `a` in `values[a * 32..][..32]` and `factors[a]`; both bounds asserted above.
+            let (block, xv, factors) = unsafe {
+                let block = w.add(b * size);
+                (
+                    block,
+                    _mm256_loadu_si256(x.add(a * BLOCK).cast()),
+                    factors(format, block, f.add(a)),
+                )
+            };
+            // SAFETY: `block` is a whole block (above).
+            let (weights, signs) = unsafe { weights(format, block) };
+            let products = products(format, weights, signs, xv);
+            sums[lane] = _mm256_fmadd_ps(_mm256_broadcastss_ps(factors), products, sums[lane]);
+            offsets[lane] = _mm_add_ps(offsets[lane], factors);
         };
-        let low = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        // 32 products of one block, summed in 8 lanes of f32.
-        let nibbles = |at: *const u8, xv: __m256i| -> __m256 {
-            // SAFETY: 16 bytes of nibbles inside the block (see above).
-            let packed = unsafe { _mm_loadu_si128(at.cast()) };
-            let both = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
-            _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(both, xv), ones))
-        };
-        let bytes = |at: *const u8, xv: __m256i| -> __m256 {
-            // SAFETY: 32 signed bytes inside the block (see above).
-            let q = unsafe { _mm256_loadu_si256(at.cast()) };
-            let products = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q));
-            _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones))
-        };
-        let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let (mut offset_even, mut offset_odd) = (0f32, 0f32);
-        let pairs = blocks / 2;
-        // SAFETY (the pointer arithmetic in each loop): `b < blocks`, see above.
-        let at = |b: usize| unsafe { (w.add(b * size), x.add(b * BLOCK)) };
-        let xv = |p: *const i8| unsafe { _mm256_loadu_si256(p.cast()) };
-        match format {
-            BlockFormat::Q8_0 => {
-                for pair in 0..pairs {
-                    let (b0, b1) = (2 * pair, 2 * pair + 1);
-                    let ((w0, x0), (w1, x1)) = (at(b0), at(b1));
-                    let p0 = bytes(unsafe { w0.add(2) }, xv(x0));
-                    let p1 = bytes(unsafe { w1.add(2) }, xv(x1));
-                    even = _mm256_fmadd_ps(_mm256_set1_ps(half(w0) * scales[b0]), p0, even);
-                    odd = _mm256_fmadd_ps(_mm256_set1_ps(half(w1) * scales[b1]), p1, odd);
-                }
-                if blocks % 2 == 1 {
-                    let b = blocks - 1;
-                    let (w0, x0) = at(b);
-                    let p0 = bytes(unsafe { w0.add(2) }, xv(x0));
-                    even = _mm256_fmadd_ps(_mm256_set1_ps(half(w0) * scales[b]), p0, even);
-                }
-            }
-            BlockFormat::Q4_1 => {
-                for pair in 0..pairs {
-                    let (b0, b1) = (2 * pair, 2 * pair + 1);
-                    let ((w0, x0), (w1, x1)) = (at(b0), at(b1));
-                    let p0 = nibbles(unsafe { w0.add(4) }, xv(x0));
-                    let p1 = nibbles(unsafe { w1.add(4) }, xv(x1));
-                    even = _mm256_fmadd_ps(_mm256_set1_ps(half(w0) * scales[b0]), p0, even);
-                    odd = _mm256_fmadd_ps(_mm256_set1_ps(half(w1) * scales[b1]), p1, odd);
-                    offset_even += half(unsafe { w0.add(2) }) * sums[b0];
-                    offset_odd += half(unsafe { w1.add(2) }) * sums[b1];
-                }
-                if blocks % 2 == 1 {
-                    let b = blocks - 1;
-                    let (w0, x0) = at(b);
-                    let p0 = nibbles(unsafe { w0.add(4) }, xv(x0));
-                    even = _mm256_fmadd_ps(_mm256_set1_ps(half(w0) * scales[b]), p0, even);
-                    offset_even += half(unsafe { w0.add(2) }) * sums[b];
-                }
-            }
-            BlockFormat::Q4_0 => {
-                for b in 0..blocks {
-                    let (w0, x0) = at(b);
-                    let d = half(w0);
-                    let p0 = nibbles(unsafe { w0.add(2) }, xv(x0));
-                    even = _mm256_fmadd_ps(_mm256_set1_ps(d * scales[b]), p0, even);
-                    offset_even -= 8.0 * d * sums[b];
-                }
+        for pair in 0..blocks / 2 {
+            step(2 * pair, 0);
+            step(2 * pair + 1, 1);
+        }
+        if blocks % 2 == 1 {
+            step(blocks - 1, 0);
+        }
+        horizontal_sum(_mm256_add_ps(sums[0], sums[1]))
+            + offset(format, _mm_add_ps(offsets[0], offsets[1]))
+    }
+
+    /// `dot` for `TILE` tokens at once: token `i`'s activation blocks start at
+    /// `first + i * stride`. Each weight block is loaded and unpacked once, then meets the
+    /// `TILE` tokens' blocks, each into its own accumulator.
+    ///
+    /// # Safety
+    /// As `dot`; the lengths are checked here.
+    #[allow(unsafe_code)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_tile(
+        format: BlockFormat,
+        row: &[u8],
+        activations: &Activations,
+        first: usize,
+        stride: usize,
+        blocks: usize,
+    ) -> [f32; TILE] {
+        let size = format.block_bytes();
+        assert!(row.len() >= blocks * size);
+        assert!(activations.blocks() >= first + (TILE - 1) * stride + blocks);
+        let (w, x, f) = (
+            row.as_ptr(),
+            activations.values.as_ptr(),
+            activations.factors.as_ptr(),
+        );
+        let mut sums = [_mm256_setzero_ps(); TILE];
+        let mut offsets = [_mm_setzero_ps(); TILE];
+        for b in 0..blocks {
+            // SAFETY: block `b < blocks` lies in `row[b * size..(b + 1) * size]` (asserted).
+            let block = unsafe { w.add(b * size) };
+            // SAFETY: a whole block.
+            let (weights, signs) = unsafe { weights(format, block) };
+            for i in 0..TILE {
+                let a = first + i * stride + b;
+                // SAFETY: activation block `a` is within `values[a * 32..][..32]` and
+                // `factors`: `a` is below `first + (TILE - 1) * stride + blocks` (asserted).
+                let (xv, factors) = unsafe {
+                    (
+                        _mm256_loadu_si256(x.add(a * BLOCK).cast()),
+                        factors(format, block, f.add(a)),
+                    )
+                };
+                let products = products(format, weights, signs, xv);
+                sums[i] = _mm256_fmadd_ps(_mm256_broadcastss_ps(factors), products, sums[i]);
+                offsets[i] = _mm_add_ps(offsets[i], factors);
             }
         }
-        horizontal_sum(_mm256_add_ps(even, odd)) + offset_even + offset_odd
+        std::array::from_fn(|i| horizontal_sum(sums[i]) + offset(format, offsets[i]))
     }
 }
 
@@ -300,6 +387,25 @@ fn dot(
         return unsafe { avx2::dot(format, row, activations, first, blocks) };
     }
     dot_reference(format, row, activations, first, blocks)
+}
+
+/// `dot` for the `TILE` tokens whose activation blocks start at `first + i * stride`.
+fn dot_tile(
+    format: BlockFormat,
+    row: &[u8],
+    activations: &Activations,
+    first: usize,
+    stride: usize,
+    blocks: usize,
+) -> [f32; TILE] {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: `available()` checked the CPU features; the slices' lengths are asserted
+        // inside.
+        #[allow(unsafe_code)]
+        return unsafe { avx2::dot_tile(format, row, activations, first, stride, blocks) };
+    }
+    std::array::from_fn(|i| dot_reference(format, row, activations, first + i * stride, blocks))
 }
 
 /// A weight matrix of `rows` rows of `cols` values, each row a run of blocks as in the file.
@@ -368,7 +474,20 @@ impl BlockMatrix {
         assert!(rows.end <= self.rows && activations.blocks() >= tokens * blocks);
         for (r, ys) in rows.zip(out.chunks_exact_mut(tokens.max(1))) {
             let row = self.row(r);
-            for (t, y) in ys.iter_mut().enumerate() {
+            let mut tiles = ys.chunks_exact_mut(TILE);
+            for (tile, ys) in (&mut tiles).enumerate() {
+                let first = tile * TILE * blocks;
+                ys.copy_from_slice(&dot_tile(
+                    self.format,
+                    row,
+                    activations,
+                    first,
+                    blocks,
+                    blocks,
+                ));
+            }
+            let done = tokens - tokens % TILE;
+            for (t, y) in (done..).zip(tiles.into_remainder()) {
                 *y = dot(self.format, row, activations, t * blocks, blocks);
             }
         }
@@ -444,6 +563,19 @@ mod tests {
                     (fast - reference).abs() <= 1e-4 * reference.abs().max(1.0),
                     "{format:?} x{blocks}: {fast} against {reference}"
                 );
+                // The tile kernel on TILE tokens (strided further apart than a row).
+                let tokens = random_values((TILE * (blocks + 1)) * BLOCK, &mut rng);
+                let mut tiled = Activations::default();
+                tiled.quantize(&tokens);
+                let tile = dot_tile(format, &row, &tiled, 1, blocks + 1, blocks);
+                for (i, fast) in tile.iter().enumerate() {
+                    let first = 1 + i * (blocks + 1);
+                    let reference = dot_reference(format, &row, &tiled, first, blocks);
+                    assert!(
+                        (fast - reference).abs() <= 1e-4 * reference.abs().max(1.0),
+                        "{format:?} x{blocks} tile {i}: {fast} against {reference}"
+                    );
+                }
                 // Both are the float product up to the activations' 8-bit rounding.
                 let mut dense = vec![0f32; blocks * BLOCK];
                 dequantize_row(format, &row, &mut dense);
@@ -463,24 +595,30 @@ mod tests {
     fn a_matrix_product_per_token_equals_row_by_row_dots() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
-            let (rows, cols, tokens) = (70, 96, 3);
-            let data: Vec<u8> = (0..rows)
-                .flat_map(|_| random_row(format, cols / BLOCK, &mut rng))
-                .collect();
-            let matrix = BlockMatrix::new(format, rows, cols, data).unwrap();
-            let x = random_values(tokens * cols, &mut rng);
-            let mut scratch = Activations::default();
-            let mut out = vec![0f32; tokens * rows];
-            matrix.matmul(&x, tokens, &mut scratch, &mut out);
-            for t in 0..tokens {
-                let mut single = Activations::default();
-                single.quantize(&x[t * cols..(t + 1) * cols]);
-                let mut one = vec![0f32; rows];
-                matrix.matmul(&x[t * cols..(t + 1) * cols], 1, &mut scratch, &mut one);
-                for r in 0..rows {
-                    let expected = dot_reference(format, matrix.row(r), &single, 0, cols / BLOCK);
-                    assert!((out[t * rows + r] - expected).abs() <= 1e-4 * expected.abs().max(1.0));
-                    assert!((one[r] - expected).abs() <= 1e-4 * expected.abs().max(1.0));
+            // 3 tokens: single dots only; 4: one tile; 9: two tiles and one single.
+            for tokens in [3, 4, 9] {
+                let (rows, cols) = (70, 96);
+                let data: Vec<u8> = (0..rows)
+                    .flat_map(|_| random_row(format, cols / BLOCK, &mut rng))
+                    .collect();
+                let matrix = BlockMatrix::new(format, rows, cols, data).unwrap();
+                let x = random_values(tokens * cols, &mut rng);
+                let mut scratch = Activations::default();
+                let mut out = vec![0f32; tokens * rows];
+                matrix.matmul(&x, tokens, &mut scratch, &mut out);
+                for t in 0..tokens {
+                    let mut single = Activations::default();
+                    single.quantize(&x[t * cols..(t + 1) * cols]);
+                    let mut one = vec![0f32; rows];
+                    matrix.matmul(&x[t * cols..(t + 1) * cols], 1, &mut scratch, &mut one);
+                    for r in 0..rows {
+                        let expected =
+                            dot_reference(format, matrix.row(r), &single, 0, cols / BLOCK);
+                        assert!(
+                            (out[t * rows + r] - expected).abs() <= 1e-4 * expected.abs().max(1.0)
+                        );
+                        assert!((one[r] - expected).abs() <= 1e-4 * expected.abs().max(1.0));
+                    }
                 }
             }
         }

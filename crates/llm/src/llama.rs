@@ -50,6 +50,35 @@ impl Linear {
     }
 }
 
+/// `outs[i][t] = linears[i] · x[t]`: one team product (the input quantized once, the threads
+/// meeting once) when every matrix is blocks, else one product after another.
+fn forward_all<const N: usize>(
+    linears: [&Linear; N],
+    x: &[f32],
+    tokens: usize,
+    team: &mut Team,
+    outs: [&mut Vec<f32>; N],
+) -> Result<()> {
+    let matrices = linears.map(|linear| match linear {
+        Linear::Blocks(matrix) => Some(matrix),
+        Linear::Candle(_) => None,
+    });
+    if matrices.iter().all(Option::is_some) {
+        let matrices = matrices.map(|m| m.expect("checked above"));
+        let mut outs = outs;
+        for (out, matrix) in outs.iter_mut().zip(&matrices) {
+            out.resize(tokens * matrix.rows, 0.0);
+        }
+        let mut slices = outs.map(|out| out.as_mut_slice());
+        team.products(&matrices, x, tokens, &mut slices);
+        return Ok(());
+    }
+    for (linear, out) in linears.into_iter().zip(outs) {
+        linear.forward(x, tokens, team, out)?;
+    }
+    Ok(())
+}
+
 /// Reads a 2-D weight as blocks when the kernels take its format (the bytes as stored),
 /// else through candle.
 fn linear<R: Read + Seek>(
@@ -323,9 +352,13 @@ impl Llama {
         for index in 0..self.layers.len() {
             let layer = &self.layers[index];
             rms_norm(&b.x, &layer.attn_norm, self.eps, &mut b.h);
-            layer.q.forward(&b.h, seq, &mut self.team, &mut b.q)?;
-            layer.k.forward(&b.h, seq, &mut self.team, &mut b.k)?;
-            layer.v.forward(&b.h, seq, &mut self.team, &mut b.v)?;
+            forward_all(
+                [&layer.q, &layer.k, &layer.v],
+                &b.h,
+                seq,
+                &mut self.team,
+                [&mut b.q, &mut b.k, &mut b.v],
+            )?;
             self.rotate(&mut b.q, self.heads, position);
             self.rotate(&mut b.k, self.kv_heads, position);
             let layer = &mut self.layers[index];
@@ -374,8 +407,13 @@ impl Llama {
                 *x += p;
             }
             rms_norm(&b.x, &layer.ffn_norm, self.eps, &mut b.h);
-            layer.gate.forward(&b.h, seq, &mut self.team, &mut b.gate)?;
-            layer.up.forward(&b.h, seq, &mut self.team, &mut b.up)?;
+            forward_all(
+                [&layer.gate, &layer.up],
+                &b.h,
+                seq,
+                &mut self.team,
+                [&mut b.gate, &mut b.up],
+            )?;
             for (g, u) in b.gate.iter_mut().zip(&b.up) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }

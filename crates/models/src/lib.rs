@@ -307,6 +307,9 @@ enum ToolCommand {
         prompt_tokens: usize,
         #[arg(long, default_value_t = 64)]
         new_tokens: usize,
+        /// Timed runs after one untimed warm-up (as llama-bench does); medians are printed.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        repetitions: u32,
     },
     /// List the models in the home's models/ folder and in the Hugging Face cache.
     List,
@@ -369,6 +372,7 @@ fn bench(
     args: &ModelArgs,
     prompt_tokens: usize,
     new_tokens: usize,
+    repetitions: u32,
 ) -> anyhow::Result<()> {
     let places = ModelPlaces::from_env(Some(home.models_dir()));
     let location = resolve(&args.model, DEFAULT_MAIN_MODEL, &places)?;
@@ -388,23 +392,56 @@ fn bench(
             uptime - stat.start_ticks as f64 / n0m1_core::process::clock_ticks_per_second() as f64
         });
     let prompt: Vec<u32> = (0..prompt_tokens as u32).map(|i| i % 256).collect();
-    let started = std::time::Instant::now();
-    let mut logits = model.forward(&prompt, 0)?;
-    let prompt_secs = started.elapsed().as_secs_f64();
-    let mut ids = Vec::with_capacity(new_tokens);
-    let started = std::time::Instant::now();
-    for step in 0..new_tokens {
-        let next = n0m1_llm::gpt2::argmax(&logits)?;
-        ids.push(next);
-        if step + 1 < new_tokens {
-            logits = model.forward(&[next], prompt_tokens + step)?;
+    // One run: the prompt from position 0 (which overwrites the cache), then greedy decoding.
+    let mut run = || -> anyhow::Result<(f64, f64, Vec<u32>)> {
+        model.clear_cache()?;
+        let started = std::time::Instant::now();
+        let mut logits = model.forward(&prompt, 0)?;
+        let prompt_secs = started.elapsed().as_secs_f64();
+        let mut ids = Vec::with_capacity(new_tokens);
+        let started = std::time::Instant::now();
+        for step in 0..new_tokens {
+            let next = n0m1_llm::gpt2::argmax(&logits)?;
+            ids.push(next);
+            if step + 1 < new_tokens {
+                logits = model.forward(&[next], prompt_tokens + step)?;
+            }
         }
+        let decode_secs = started.elapsed().as_secs_f64();
+        Ok((
+            prompt_tokens as f64 / prompt_secs.max(1e-9),
+            new_tokens.saturating_sub(1) as f64 / decode_secs.max(1e-9),
+            ids,
+        ))
+    };
+    let (_, _, ids) = run()?;
+    let mut prompt_runs = Vec::new();
+    let mut decode_runs = Vec::new();
+    for _ in 0..repetitions {
+        let (prompt, decode, again) = run()?;
+        anyhow::ensure!(
+            again == ids,
+            "greedy ids changed between runs of the same prompt: {ids:?} then {again:?}"
+        );
+        prompt_runs.push(prompt);
+        decode_runs.push(decode);
     }
-    let decode_secs = started.elapsed().as_secs_f64();
+    let median = |runs: &mut Vec<f64>| {
+        runs.sort_by(f64::total_cmp);
+        runs[runs.len() / 2]
+    };
+    let list = |runs: &[f64]| {
+        runs.iter()
+            .map(|r| format!("{r:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     println!(
-        "{{\"load_s\": {load_secs:.3}, \"ready_s\": {ready_secs:.2}, \"prompt_tok_s\": {:.1}, \"decode_tok_s\": {:.1}, \"peak_rss_mib\": {:.0}, \"ids\": {:?}}}",
-        prompt_tokens as f64 / prompt_secs,
-        (new_tokens.saturating_sub(1)) as f64 / decode_secs.max(1e-9),
+        "{{\"load_s\": {load_secs:.3}, \"ready_s\": {ready_secs:.2}, \"prompt_tok_s\": {:.1}, \"decode_tok_s\": {:.1}, \"prompt_runs\": [{}], \"decode_runs\": [{}], \"peak_rss_mib\": {:.0}, \"ids\": {:?}}}",
+        median(&mut prompt_runs),
+        median(&mut decode_runs),
+        list(&prompt_runs),
+        list(&decode_runs),
         peak_rss_mib(),
         ids
     );
@@ -442,7 +479,8 @@ pub fn tool_main() -> ExitCode {
                 model,
                 prompt_tokens,
                 new_tokens,
-            } => bench(&home, model, *prompt_tokens, *new_tokens)?,
+                repetitions,
+            } => bench(&home, model, *prompt_tokens, *new_tokens, *repetitions)?,
             ToolCommand::List => list(&home),
             ToolCommand::Pull { id } => {
                 let places = ModelPlaces::from_env(Some(home.models_dir()));

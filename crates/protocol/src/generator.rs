@@ -7,6 +7,9 @@ pub trait Generator {
     fn describe(&self) -> String;
     /// Completes `prompt` (with an optional system instruction).
     fn complete(&mut self, system: Option<&str>, prompt: &str) -> Result<String, GenerateError>;
+    /// Called while idle: a generator whose model lives in another process connects to it
+    /// again here, so it is ready (and counted by the service) before the next completion.
+    fn keep_ready(&mut self) {}
 }
 
 /// Why a completion failed.

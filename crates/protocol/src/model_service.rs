@@ -354,6 +354,14 @@ impl Generator for ServiceGenerator {
         self.description.clone()
     }
 
+    fn keep_ready(&mut self) {
+        if self.connection.is_none()
+            && let Err(error) = self.reconnect()
+        {
+            tracing::debug!("{error}; connecting again later");
+        }
+    }
+
     fn complete(&mut self, system: Option<&str>, prompt: &str) -> Result<String, GenerateError> {
         let down = |error: ServiceError| match error {
             ServiceError::Refused { .. } => GenerateError::Engine(Box::new(error)),

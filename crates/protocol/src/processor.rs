@@ -317,6 +317,11 @@ pub fn run(mut runtime: Runtime, llm_id: &str, generator: Loaded) -> anyhow::Res
     }
     runtime.access(LLM_NOTIFICATIONS, AccessKind::Write);
     runtime.serve(Duration::from_secs(5), |conn| {
+        // A shared model is opened again as soon as the service is back, not only when the
+        // next notification needs it.
+        if let Some(generator) = &mut processor.generator {
+            generator.keep_ready();
+        }
         if let Err(error) = processor.handle_pending(conn) {
             tracing::warn!(%error, "cannot handle notifications now; trying again");
         }
