@@ -60,6 +60,10 @@ pub struct Activations {
     values: Vec<i8>,
 }
 
+/// 1.5 * 2^23: added to a float of magnitude below 2^22, it leaves no fraction bits, so the
+/// addition rounds to an integer.
+const ROUNDING: f32 = 12_582_912.0;
+
 impl Activations {
     /// Quantizes `x` (a multiple of 32 values) in place of what was there.
     pub fn quantize(&mut self, x: &[f32]) {
@@ -67,12 +71,26 @@ impl Activations {
         self.factors.clear();
         self.values.clear();
         for block in x.chunks_exact(BLOCK) {
-            let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // Eight lanes of maxima: a comparison the compiler turns into packed maxima
+            // (`f32::max`'s NaN rule keeps it scalar).
+            let mut lanes = [0f32; 8];
+            for chunk in block.chunks_exact(8) {
+                for (lane, v) in lanes.iter_mut().zip(chunk) {
+                    let magnitude = v.abs();
+                    if magnitude > *lane {
+                        *lane = magnitude;
+                    }
+                }
+            }
+            let max = lanes.iter().fold(0f32, |m, v| m.max(*v));
             let scale = max / 127.0;
             let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
             let mut sum = 0i32;
             for v in block {
-                let q = (v * inverse).round() as i8;
+                // Round to nearest (ties to even) by adding and taking away 1.5 * 2^23,
+                // exact for |v * inverse| <= 127; `f32::round` is a libm call per value
+                // without SSE4.1.
+                let q = ((v * inverse + ROUNDING) - ROUNDING) as i8;
                 sum += i32::from(q);
                 self.values.push(q);
             }
@@ -546,6 +564,31 @@ mod tests {
         (0..n)
             .map(|_| ((rng.next_u32() % 20001) as f32 / 10000.0 - 1.0) * 3.0)
             .collect()
+    }
+
+    #[test]
+    fn activations_round_each_value_to_the_nearest_step_of_its_blocks_scale() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut x = random_values(4 * BLOCK, &mut rng);
+        x[BLOCK..2 * BLOCK].fill(0.0); // an all-zero block: scale 0, values 0
+        x[2 * BLOCK + 3] = -7.5; // the block's largest magnitude is negative
+        let mut activations = Activations::default();
+        activations.quantize(&x);
+        for (b, block) in x.chunks_exact(BLOCK).enumerate() {
+            let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let [scale, sum] = activations.factors[b];
+            assert_eq!(scale, max / 127.0, "block {b}");
+            let values = &activations.values[b * BLOCK..(b + 1) * BLOCK];
+            for (v, q) in block.iter().zip(values) {
+                assert!(
+                    (f32::from(*q) * scale - v).abs() <= 0.5001 * scale,
+                    "{v} -> {q}"
+                );
+            }
+            let total: i32 = values.iter().map(|q| i32::from(*q)).sum();
+            assert_eq!(sum, scale * total as f32, "block {b}");
+        }
+        assert_eq!(activations.values[2 * BLOCK + 3], -127);
     }
 
     #[test]

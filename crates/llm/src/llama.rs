@@ -393,27 +393,42 @@ impl Llama {
             }
             b.attended.clear();
             b.attended.resize(seq * dim, 0.0);
+            // Per key head, its `repeats` query heads together: each cached key and value
+            // row is loaded once for all of them.
+            let group = repeats * head_dim;
             for t in 0..seq {
                 let visible = position + t + 1;
-                for h in 0..self.heads {
-                    let g = h / repeats;
-                    let q = &b.q[(t * self.heads + h) * head_dim..][..head_dim];
+                for g in 0..self.kv_heads {
+                    let queries = &b.q[t * dim + g * group..][..group];
                     let keys = &layer.keys[g * context * head_dim..][..visible * head_dim];
                     let values = &layer.values[g * context * head_dim..][..visible * head_dim];
+                    // [repeats][visible]
                     b.scores.clear();
-                    b.scores
-                        .extend(keys.chunks_exact(head_dim).map(|k| dot(q, k) * scale));
-                    let max = b.scores.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-                    let mut total = 0.0;
-                    for s in b.scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        total += *s;
+                    b.scores.resize(repeats * visible, 0.0);
+                    for (p, k) in keys.chunks_exact(head_dim).enumerate() {
+                        for (r, q) in queries.chunks_exact(head_dim).enumerate() {
+                            b.scores[r * visible + p] = dot(q, k) * scale;
+                        }
                     }
-                    let out = &mut b.attended[(t * self.heads + h) * head_dim..][..head_dim];
-                    for (weight, v) in b.scores.iter().zip(values.chunks_exact(head_dim)) {
-                        let weight = weight / total;
-                        for (o, v) in out.iter_mut().zip(v) {
-                            *o += weight * v;
+                    for scores in b.scores.chunks_exact_mut(visible) {
+                        let max = scores.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+                        let mut total = 0.0;
+                        for s in scores.iter_mut() {
+                            *s = (*s - max).exp();
+                            total += *s;
+                        }
+                        let inverse = 1.0 / total;
+                        for s in scores.iter_mut() {
+                            *s *= inverse;
+                        }
+                    }
+                    let out = &mut b.attended[t * dim + g * group..][..group];
+                    for (p, v) in values.chunks_exact(head_dim).enumerate() {
+                        for (r, out) in out.chunks_exact_mut(head_dim).enumerate() {
+                            let weight = b.scores[r * visible + p];
+                            for (o, v) in out.iter_mut().zip(v) {
+                                *o += weight * v;
+                            }
                         }
                     }
                 }
