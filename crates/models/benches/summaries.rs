@@ -126,10 +126,13 @@ fn evaluate(name: &str, model: &Path, home: &Home) {
     let mut summaries = 0;
     let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
     let (mut claims, mut agree) = (0, 0);
+    // Kind of window -> trend claims that disagreed, to see where the model goes wrong.
+    let mut disagreeing: BTreeMap<&str, usize> = BTreeMap::new();
     let mut tokens = 0;
     let mut cpu = 0.0;
     let mut missing_ok = 0;
     let mut examples = Vec::new();
+    let mut rejected_examples = Vec::new();
     let total = windows().len();
     for (kind, values) in windows() {
         let conn = n0m1_core::db::open(&db).unwrap();
@@ -181,19 +184,26 @@ fn evaluate(name: &str, model: &Path, home: &Home) {
                 claims += 1;
                 if stats.iter().any(|s| s.trend == claim) {
                     agree += 1;
+                } else {
+                    *disagreeing.entry(kind).or_default() += 1;
                 }
             }
             if let Err(reason) =
                 checker::check(raw, &stats).and_then(|text| checker::not_copied(&text, asked))
             {
-                let kind = if reason.starts_with("number") {
+                let kind = if reason.contains("called the") {
+                    "a statistic named as another".to_owned()
+                } else if reason.starts_with("number") {
                     "a number not in the window".to_owned()
                 } else if reason.starts_with("trend") {
                     "a wrong trend word".to_owned()
                 } else {
-                    reason
+                    reason.clone()
                 };
                 *rejected.entry(kind).or_default() += 1;
+                if rejected_examples.len() < 4 {
+                    rejected_examples.push(format!("{reason}: {}", raw.trim().replace('\n', " ")));
+                }
             }
             if examples.len() < 3 {
                 examples.push(format!("{kind}: {}", raw.trim().replace('\n', " ")));
@@ -214,6 +224,9 @@ fn evaluate(name: &str, model: &Path, home: &Home) {
             String::new()
         }
     );
+    if !disagreeing.is_empty() {
+        println!("  disagreeing claims by kind of window: {disagreeing:?}");
+    }
     println!(
         "  rejected by the checker: {rejections} of {summaries} ({:.0} %): {rejected:?}",
         100.0 * rejections as f64 / summaries.max(1) as f64
@@ -225,6 +238,12 @@ fn evaluate(name: &str, model: &Path, home: &Home) {
     );
     for example in examples {
         println!("  e.g. {}", example.chars().take(160).collect::<String>());
+    }
+    for example in rejected_examples {
+        println!(
+            "  rejected: {}",
+            example.chars().take(200).collect::<String>()
+        );
     }
 }
 

@@ -92,8 +92,69 @@ pub fn cut_repetition(text: &str) -> String {
     words.join(" ")
 }
 
-/// The numbers written in a text (`93.1`, `-2`, `40%` → 40).
+/// The numbers written in a text (`93.1`, `-2`, `40%` → 40) and the digits after the point.
 pub fn numbers(text: &str) -> Vec<(f64, usize)> {
+    numbers_at(text)
+        .into_iter()
+        .map(|(value, decimals, _)| (value, decimals))
+        .collect()
+}
+
+/// Words that name a statistic, by the statistic.
+const STATISTIC_WORDS: &[(&str, &[&str])] = &[
+    ("mean", &["mean", "average", "averaging", "averaged", "avg"]),
+    (
+        "maximum",
+        &["max", "maximum", "peak", "peaked", "peaking", "highest"],
+    ),
+    ("minimum", &["min", "minimum", "lowest"]),
+    ("last", &["last", "latest", "current", "currently"]),
+];
+
+/// Words that may stand between a statistic's name and its number ("a mean of 40").
+const LINKING_WORDS: &[&str] = &["of", "at", "is", "was", "value", "around", "about"];
+
+/// The statistic a number is named as: the word before it, past at most two linking words
+/// (`mean of 20.1`, `peaked at 95`, `max=60`); `None` when nothing names it.
+fn named_statistic(before: &str) -> Option<&'static str> {
+    let words = before
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .rev()
+        .take(3);
+    for (i, word) in words.enumerate() {
+        let word = word.to_lowercase();
+        if let Some((name, _)) = STATISTIC_WORDS
+            .iter()
+            .find(|(_, list)| list.contains(&word.as_str()))
+        {
+            return Some(name);
+        }
+        if i == 2 || !LINKING_WORDS.contains(&word.as_str()) {
+            return None;
+        }
+    }
+    None
+}
+
+/// Whether `value` with `decimals` digits is the statistic `name` of some column ("last" may
+/// also be the count: "the last 10 samples").
+fn is_the_statistic(name: &str, value: f64, decimals: usize, stats: &[ColumnStats]) -> bool {
+    stats.iter().any(|s| {
+        let candidates = match name {
+            "mean" => [s.mean, s.mean],
+            "maximum" => [s.max, s.max],
+            "minimum" => [s.min, s.min],
+            _ => [s.last, s.count as f64],
+        };
+        candidates
+            .into_iter()
+            .any(|stat| (round(stat, decimals) - value).abs() < 1e-9)
+    })
+}
+
+/// `numbers`, each with the index of its first character.
+fn numbers_at(text: &str) -> Vec<(f64, usize, usize)> {
     let mut out = Vec::new();
     let chars: Vec<char> = text.chars().collect();
     let mut i = 0;
@@ -122,7 +183,7 @@ pub fn numbers(text: &str) -> Vec<(f64, usize)> {
         }
         let text: String = chars[begin..i].iter().collect();
         if let Ok(value) = text.parse::<f64>() {
-            out.push((value, decimals));
+            out.push((value, decimals, begin));
         }
         while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
             i += 1;
@@ -164,9 +225,16 @@ fn readable(text: &str) -> Result<String, String> {
 /// The model's text, cleaned, or why it cannot be written.
 pub fn check(text: &str, stats: &[ColumnStats]) -> Result<String, String> {
     let cleaned = readable(text)?;
-    for (value, decimals) in numbers(&cleaned) {
+    let chars: Vec<char> = cleaned.chars().collect();
+    for (value, decimals, begin) in numbers_at(&cleaned) {
         if !is_a_statistic(value, decimals, stats) {
             return Err(format!("number {value} not in window"));
+        }
+        let before: String = chars[..begin].iter().collect();
+        if let Some(name) = named_statistic(&before)
+            && !is_the_statistic(name, value, decimals, stats)
+        {
+            return Err(format!("number {value} called the {name}, which it is not"));
         }
     }
     for (claimed, word) in claimed_trends(&cleaned) {
@@ -282,6 +350,30 @@ mod tests {
         );
         // Names with digits are not numbers.
         assert!(check("cpu0 on x86_64 is rising", &rising).is_ok());
+    }
+
+    #[test]
+    fn a_statistic_named_as_another_is_rejected() {
+        let rising = stats(&[20.0, 40.0, 60.5]);
+        // SmolLM2's "a mean of 20.10" where 20.10 was the maximum.
+        assert_eq!(
+            check("The mean of 60.50 is high.", &rising),
+            Err("number 60.5 called the mean, which it is not".into())
+        );
+        assert_eq!(
+            check("It peaked at 20.", &rising),
+            Err("number 20 called the maximum, which it is not".into())
+        );
+        assert_eq!(
+            check("min=60.5 today", &rising),
+            Err("number 60.5 called the minimum, which it is not".into())
+        );
+        let right = "A mean of 40.17, a maximum of 60.5 and a minimum of 20; currently 60.5.";
+        assert_eq!(check(right, &rising), Ok(right.into()));
+        assert!(check("The last 3 samples: the last at 60.5.", &rising).is_ok());
+        // Names further away, or joined by other words, constrain nothing.
+        assert!(check("The mean and maximum were 60.5 and 40.17.", &rising).is_ok());
+        assert!(check("From the lowest reading it rose to 60.5.", &rising).is_ok());
     }
 
     #[test]

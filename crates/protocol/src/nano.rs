@@ -86,10 +86,11 @@ pub fn window_stats(window: &VecDeque<MetricRow>) -> Vec<ColumnStats> {
             let mean = values.iter().sum::<f64>() / count as f64;
             let min = values.iter().copied().fold(f64::INFINITY, f64::min);
             let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            // A change of more than 5 % of the window's scale counts as a trend.
-            let scale = (max - min).max(mean.abs() * 0.01).max(1e-9);
-            let trend = if count < 2 || (last - first).abs() <= 0.05 * scale.max(mean.abs() * 0.05)
-            {
+            // A trend is a change from first to last of more than 5 % of the window's range
+            // and more than 1 % of its mean: a reading jittering by 0.1 around 20 is flat,
+            // not falling (a reader would call it flat, and the model says so).
+            let threshold = (0.05 * (max - min)).max(0.01 * mean.abs()).max(1e-9);
+            let trend = if count < 2 || (last - first).abs() <= threshold {
                 "flat"
             } else if last > first {
                 "rising"
@@ -536,6 +537,19 @@ mod tests {
                 .collect()
         };
         assert_eq!(window_stats(&window(&[50.0, 50.1, 50.0]))[0].trend, "flat");
+        assert_eq!(
+            window_stats(&window(&[20.1, 20.0, 20.1, 20.0]))[0].trend,
+            "flat",
+            "jitter of 0.5 % of the mean"
+        );
+        assert_eq!(
+            window_stats(&window(&[50.0, 50.3, 51.0]))[0].trend,
+            "rising"
+        );
+        assert_eq!(
+            window_stats(&window(&[0.0, 0.2, 0.0, 0.3]))[0].trend,
+            "rising"
+        );
         assert_eq!(window_stats(&window(&[10.0, 30.0]))[0].trend, "rising");
         assert_eq!(window_stats(&window(&[30.0, 10.0]))[0].trend, "falling");
     }
