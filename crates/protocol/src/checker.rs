@@ -108,11 +108,11 @@ const STATISTIC_WORDS: &[(&str, &[&str])] = &[
         &["max", "maximum", "peak", "peaked", "peaking", "highest"],
     ),
     ("minimum", &["min", "minimum", "lowest"]),
-    ("last", &["last", "latest", "current", "currently"]),
+    ("last", &["last", "latest", "current", "currently", "now"]),
 ];
 
 /// Words that may stand between a statistic's name and its number ("a mean of 40").
-const LINKING_WORDS: &[&str] = &["of", "at", "is", "was", "value", "around", "about"];
+const LINKING_WORDS: &[&str] = &["of", "at", "is", "was", "being", "value", "around", "about"];
 
 /// The statistic a number is named as: the word before it, past at most two linking words
 /// (`mean of 20.1`, `peaked at 95`, `max=60`); `None` when nothing names it.
@@ -371,6 +371,14 @@ mod tests {
         let right = "A mean of 40.17, a maximum of 60.5 and a minimum of 20; currently 60.5.";
         assert_eq!(check(right, &rising), Ok(right.into()));
         assert!(check("The last 3 samples: the last at 60.5.", &rising).is_ok());
+        assert!(check("It is now at 40.17.", &rising).is_err());
+        assert_eq!(
+            check(
+                "The last value being 40.17 and the mean being 40.17.",
+                &rising
+            ),
+            Err("number 40.17 called the last, which it is not".into())
+        );
         // Names further away, or joined by other words, constrain nothing.
         assert!(check("The mean and maximum were 60.5 and 40.17.", &rising).is_ok());
         assert!(check("From the lowest reading it rose to 60.5.", &rising).is_ok());

@@ -62,6 +62,15 @@ impl ColumnStats {
             self.column, self.count, self.min, self.mean, self.max, self.last, self.trend
         )
     }
+
+    /// The statistics as the model is shown them: each named in words next to its number,
+    /// which a small model restates more faithfully than `key=value` pairs.
+    pub fn in_words(&self) -> String {
+        format!(
+            "{} is {}; the mean is {:.2}, the minimum is {:.2}, the maximum is {:.2}, the last value is {:.2}",
+            self.column, self.trend, self.mean, self.min, self.max, self.last
+        )
+    }
 }
 
 /// Statistics per numeric column, in the order columns appear.
@@ -272,12 +281,13 @@ impl NanoInstance {
         if let Some(generator) = &mut self.generator {
             // Only the statistics: a text may quote nothing else (the checker holds it to
             // that), so raw samples in the prompt would only invite rejected numbers.
+            let words: Vec<String> = stats.iter().map(ColumnStats::in_words).collect();
             let request = format!(
-                "Metric table {} ({} mode). Statistics of the last {} samples: {}.\nIn one sentence, using only these numbers, say what they show:",
+                "Metric table {} ({} mode), the last {} samples: {}.\nIn one sentence, using only these numbers, say what they show:",
                 self.metrics,
                 self.options.mode.as_deref().unwrap_or("summary"),
                 self.window.len(),
-                facts.join("; ")
+                words.join(". ")
             );
             match generator.complete(Some(&prompt), &request) {
                 Ok(text) => match checker::check(&text, &stats)
