@@ -26,6 +26,9 @@ fn smollm2_summarises_a_metric_window() {
     let home = tmp.path().join("home");
     n0m1_core::Home::new(&home).ensure().unwrap();
     n0m1_core::db::initialise(&home.join("n0m1_agi.db")).unwrap();
+    // The model in the nano instance itself: by default it would ask the model service,
+    // which this test does not start (the component tests cover the service).
+    std::fs::write(home.join("config.json"), r#"{"models": {"shared": false}}"#).unwrap();
     let conn = Connection::open(home.join("n0m1_agi.db")).unwrap();
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
     conn.execute_batch(
