@@ -141,22 +141,23 @@ fn named_statistic(before: &str) -> Option<&'static str> {
 /// also be the count: "the last 10 samples").
 fn is_the_statistic(name: &str, value: f64, decimals: usize, stats: &[ColumnStats]) -> bool {
     stats.iter().any(|s| {
-        let candidates = match name {
-            "mean" => [s.mean, s.mean],
-            "maximum" => [s.max, s.max],
-            "minimum" => [s.min, s.min],
-            _ => [s.last, s.count as f64],
+        let last_or_count = [s.last, s.count as f64];
+        let candidates: &[f64] = match name {
+            "mean" => std::slice::from_ref(&s.mean),
+            "maximum" => std::slice::from_ref(&s.max),
+            "minimum" => std::slice::from_ref(&s.min),
+            _ => &last_or_count,
         };
         candidates
-            .into_iter()
-            .any(|stat| (round(stat, decimals) - value).abs() < 1e-9)
+            .iter()
+            .any(|stat| (round(*stat, decimals) - value).abs() < 1e-9)
     })
 }
 
-/// `numbers`, each with the index of its first character.
+/// `numbers`, each with the byte offset where it starts.
 fn numbers_at(text: &str) -> Vec<(f64, usize, usize)> {
     let mut out = Vec::new();
-    let chars: Vec<char> = text.chars().collect();
+    let (offsets, chars): (Vec<usize>, Vec<char>) = text.char_indices().unzip();
     let mut i = 0;
     while i < chars.len() {
         let starts = chars[i].is_ascii_digit()
@@ -183,7 +184,7 @@ fn numbers_at(text: &str) -> Vec<(f64, usize, usize)> {
         }
         let text: String = chars[begin..i].iter().collect();
         if let Ok(value) = text.parse::<f64>() {
-            out.push((value, decimals, begin));
+            out.push((value, decimals, offsets[begin]));
         }
         while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
             i += 1;
@@ -225,13 +226,11 @@ fn readable(text: &str) -> Result<String, String> {
 /// The model's text, cleaned, or why it cannot be written.
 pub fn check(text: &str, stats: &[ColumnStats]) -> Result<String, String> {
     let cleaned = readable(text)?;
-    let chars: Vec<char> = cleaned.chars().collect();
-    for (value, decimals, begin) in numbers_at(&cleaned) {
+    for (value, decimals, at) in numbers_at(&cleaned) {
         if !is_a_statistic(value, decimals, stats) {
             return Err(format!("number {value} not in window"));
         }
-        let before: String = chars[..begin].iter().collect();
-        if let Some(name) = named_statistic(&before)
+        if let Some(name) = named_statistic(&cleaned[..at])
             && !is_the_statistic(name, value, decimals, stats)
         {
             return Err(format!("number {value} called the {name}, which it is not"));
