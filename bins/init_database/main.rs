@@ -1,6 +1,5 @@
 //! `init_database`: create or upgrade the n0m1 database (same as `n0m1ctl init`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -12,9 +11,8 @@ use clap::Parser;
     about = "Create or upgrade the n0m1 database and insert default rows"
 )]
 struct Args {
-    /// The n0m1 home folder (default: $N0M1_HOME, else ~/n0m1_agi).
-    #[arg(long, value_name = "DIR")]
-    home: Option<PathBuf>,
+    #[command(flatten)]
+    home: n0m1_core::home::HomeArg,
     #[command(flatten)]
     init: n0m1_ctl::init::InitArgs,
 }
@@ -22,7 +20,9 @@ struct Args {
 fn main() -> ExitCode {
     n0m1_core::logging::init("init_database", "warn");
     let args = Args::parse();
-    let result = n0m1_core::Home::resolve(args.home.as_deref())
+    let result = args
+        .home
+        .resolve()
         .map_err(anyhow::Error::from)
         .and_then(|home| n0m1_ctl::init::run(&home, &args.init));
     n0m1_core::exit_code(result)

@@ -1,7 +1,5 @@
 //! `n0m1_alerts`: the alerter, a bundled component (see the n0m1-alerts crate).
 
-use std::path::PathBuf;
-
 use clap::Parser;
 
 #[derive(Parser)]
@@ -10,8 +8,8 @@ use clap::Parser;
     about = "n0m1's alerter: lifecycle events to hooks and webhooks"
 )]
 struct Args {
-    #[arg(long)]
-    home: Option<PathBuf>,
+    #[command(flatten)]
+    home: n0m1_core::home::HomeArg,
     /// The manager passes every component its run type (`--run_type`, the original's spelling).
     #[arg(long = "run_type", alias = "run-type", default_value = "PRIMARY_RUN")]
     run_type: String,
@@ -21,7 +19,7 @@ fn main() -> std::process::ExitCode {
     n0m1_core::logging::init("n0m1_alerts", "info");
     let args = Args::parse();
     n0m1_core::exit_code::<anyhow::Error>((|| {
-        let home = n0m1_core::Home::resolve(args.home.as_deref())?;
+        let home = args.home.resolve()?;
         let id = std::env::var(n0m1_core::home::ENV_COMPONENT_ID)
             .unwrap_or_else(|_| "n0m1_alerts".into());
         n0m1_alerts::run(home, id)

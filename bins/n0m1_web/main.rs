@@ -1,7 +1,6 @@
 //! `n0m1_web`: the dashboard, the JSON API and Prometheus metrics (see the n0m1-web crate).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use clap::Parser;
 
@@ -11,8 +10,8 @@ use clap::Parser;
     about = "n0m1's dashboard, JSON API (/api/v1) and Prometheus metrics (/metrics)"
 )]
 struct Args {
-    #[arg(long)]
-    home: Option<PathBuf>,
+    #[command(flatten)]
+    home: n0m1_core::home::HomeArg,
     /// Address to listen on. A non-loopback address needs `"web": {"read_requires_token": true}`
     /// in config.json.
     #[arg(long, default_value = n0m1_web::DEFAULT_LISTEN)]
@@ -26,7 +25,7 @@ fn main() -> std::process::ExitCode {
     n0m1_core::logging::init("n0m1_web", "info");
     let args = Args::parse();
     n0m1_core::exit_code::<anyhow::Error>((|| {
-        let home = n0m1_core::Home::resolve(args.home.as_deref())?;
+        let home = args.home.resolve()?;
         n0m1_web::run(n0m1_web::Options {
             home,
             listen: args.listen,

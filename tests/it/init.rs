@@ -1,6 +1,7 @@
 use std::time::Duration;
 
-use n0m1_core::schema::{COMPONENT_STATE, DEFAULT_COMPONENTS, ORIGINAL_TABLES};
+use n0m1_core::defaults::DEFAULT_COMPONENTS;
+use n0m1_core::schema::{COMPONENT_STATE, ORIGINAL_TABLES};
 use predicates::str::contains;
 use rusqlite::Connection;
 

@@ -137,3 +137,39 @@ fn boots_own_log_is_bounded_too() {
     assert!(std::fs::metadata(&stdout).unwrap().len() < 1024);
     env.ctl(&["stop"]).success();
 }
+
+/// `tail -f logs/<id>.log` works from the start: both files exist (0600) once the component
+/// runs, for one that has written nothing and for one that only writes to stderr.
+#[test]
+fn both_log_files_exist_as_soon_as_a_component_starts() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    env.script("silent.sh", "#!/bin/sh\nexec sleep 1000\n");
+    env.script(
+        "stderr_only.sh",
+        "#!/bin/sh\necho 'only stderr' >&2\nexec sleep 1000\n",
+    );
+    env.add_component("silent", "silent.sh", "daemon_manager", "{}");
+    env.add_component("stderr_only", "stderr_only.sh", "daemon_manager", "{}");
+    env.ctl(&["start"]).success();
+    env.wait_pid("silent", "silent to run");
+    env.wait_pid("stderr_only", "stderr_only to run");
+    let (_, err) = env.home.component_logs("stderr_only");
+    wait_until(T, "the stderr line", || {
+        std::fs::read_to_string(&err).is_ok_and(|text| text.contains("only stderr"))
+    });
+    for id in ["silent", "stderr_only"] {
+        let (out, err) = env.home.component_logs(id);
+        for file in [out, err] {
+            let meta = std::fs::metadata(&file)
+                .unwrap_or_else(|error| panic!("{}: {error}", file.display()));
+            assert_eq!(
+                meta.permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                file.display()
+            );
+        }
+    }
+    env.ctl(&["stop"]).success();
+}

@@ -40,3 +40,6 @@ mod verbs;
 mod prometheus;
 // The dashboard in headless Chromium (fantoccini): lists, disables live, draws a graph.
 mod browser;
+// House rules on the source tree: no circle of imports within a crate, no table name spelled
+// outside n0m1-core.
+mod house;

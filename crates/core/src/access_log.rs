@@ -33,6 +33,11 @@ pub fn record_access(
     Ok(())
 }
 
+/// Deletes access rows older than `age_secs` (the retention age), `batch` rows at a time.
+pub fn prune(conn: &Connection, age_secs: i64, batch: usize) -> rusqlite::Result<usize> {
+    crate::db::prune_older_than(conn, DB_ACCESS_LOG, "timestamp", age_secs, batch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 
 use rusqlite::{Connection, params};
 
-use crate::schema::{AUTORUN_COMPONENTS, DefaultComponent};
+use crate::schema::AUTORUN_COMPONENTS;
 
 /// `desired_state` values.
 pub const DESIRED_ACTIVE: &str = "active";
@@ -140,19 +140,6 @@ pub struct NewComponent<'a> {
     pub description: &'a str,
 }
 
-impl<'a> From<&'a DefaultComponent> for NewComponent<'a> {
-    fn from(row: &'a DefaultComponent) -> Self {
-        NewComponent {
-            component_id: row.component_id,
-            base_script_name: row.base_script_name,
-            manager_affinity: row.manager_affinity,
-            active: row.desired_state == DESIRED_ACTIVE,
-            launch_args_json: row.launch_args_json,
-            description: row.description,
-        }
-    }
-}
-
 /// Inserts a row unless one with its id exists; returns whether it was inserted.
 pub fn insert_if_missing(conn: &Connection, row: NewComponent<'_>) -> rusqlite::Result<bool> {
     let desired = if row.active {
@@ -216,7 +203,7 @@ mod tests {
     #[test]
     fn set_desired_reports_unknown_ids_and_moves_modified() {
         let conn = db();
-        crate::schema::insert_defaults(&conn).unwrap();
+        crate::defaults::insert_defaults(&conn).unwrap();
         let before = all(&conn).unwrap();
         let first = &before[0];
         assert!(set_desired(&conn, &first.component_id, !first.desired_active).unwrap());

@@ -256,7 +256,7 @@ pub fn initialise(path: &Path) -> Result<(Connection, InitReport), DbError> {
             source,
         })?;
     let tables_repaired = schema::repair(&conn).map_err(sqlite(path))?;
-    let default_rows_inserted = schema::insert_defaults(&conn).map_err(sqlite(path))?;
+    let default_rows_inserted = crate::defaults::insert_defaults(&conn).map_err(sqlite(path))?;
     let to_version = user_version(&conn, path)?;
     Ok((
         conn,
@@ -460,6 +460,30 @@ pub fn retry_busy<T>(
                 tracing::warn!(attempt, "database busy, retrying");
             }
             other => return other,
+        }
+    }
+}
+
+/// Deletes the rows of `table` whose `column` (a timestamp) is more than `age_secs` old,
+/// oldest first, `batch` rows per statement so no statement holds the write lock long;
+/// returns how many went. The owner of each table calls it (`lifecycle::prune`, …).
+pub fn prune_older_than(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    age_secs: i64,
+    batch: usize,
+) -> rusqlite::Result<usize> {
+    let sql = format!(
+        "DELETE FROM {table} WHERE id IN (SELECT id FROM {table}
+         WHERE {column} < datetime('now', ?1) ORDER BY id LIMIT {batch})"
+    );
+    let mut total = 0;
+    loop {
+        let deleted = conn.execute(&sql, [format!("-{age_secs} seconds")])?;
+        total += deleted;
+        if deleted < batch {
+            return Ok(total);
         }
     }
 }

@@ -74,6 +74,22 @@ pub struct Home {
     root: PathBuf,
 }
 
+/// The `--home DIR` flag of every binary (flatten it into the binary's arguments); global,
+/// so a command-line tool takes it before or after its subcommand.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HomeArg {
+    /// The n0m1 home folder (default: $N0M1_HOME, else ~/n0m1_agi).
+    #[arg(long = "home", global = true, value_name = "DIR")]
+    pub path: Option<PathBuf>,
+}
+
+impl HomeArg {
+    /// The home the flag, `$N0M1_HOME` or `$HOME` names.
+    pub fn resolve(&self) -> Result<Home, HomeError> {
+        Home::resolve(self.path.as_deref())
+    }
+}
+
 impl Home {
     /// `--home DIR` beats `N0M1_HOME`, which beats `~/n0m1_agi`.
     pub fn resolve(flag: Option<&Path>) -> Result<Home, HomeError> {

@@ -1,18 +1,26 @@
 //! n0m1-core: what every n0m1 binary shares (the original's `manager_utils`).
 //!
-//! Paths, the database and its schema, PID files, the lifecycle log, the access log, config
-//! and process inspection. It knows nothing about supervision policy or models.
+//! The facts every binary must agree on, each in one place: table names (`schema`), the
+//! default rows (`defaults`), event types (`lifecycle`), env variables and paths (`home`),
+//! the configuration (`config`), the three metrics (`metric`), the model service's socket and
+//! settings. And the mechanisms they share: the database, the runtime and its writer, PID
+//! files, process inspection and the one door for spawning, sd_notify, log pipes. Each
+//! supervision table has its one owner here (`components`, `state`, `health`,
+//! `dependencies`, `resources`). It makes no supervision decision (n0m1-supervisor's
+//! `machine` does) and runs no model (n0m1-llm and the model service do).
 
 pub mod access_log;
 pub mod components;
 pub mod config;
 pub mod db;
+pub mod defaults;
 pub mod dependencies;
 pub mod health;
 pub mod home;
 pub mod lifecycle;
 pub mod logging;
 pub mod logpipe;
+pub mod metric;
 pub mod notify;
 pub mod pidfile;
 pub mod process;

@@ -283,6 +283,17 @@ pub fn page(
     Ok(events)
 }
 
+/// Deletes events older than `age_secs` (the retention age), `batch` rows at a time.
+pub fn prune(conn: &Connection, age_secs: i64, batch: usize) -> rusqlite::Result<usize> {
+    crate::db::prune_older_than(
+        conn,
+        COMPONENT_LIFECYCLE_LOG,
+        "event_timestamp",
+        age_secs,
+        batch,
+    )
+}
+
 /// The newest row's id (0 for an empty log).
 pub fn last_id(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row(

@@ -56,6 +56,14 @@ impl LogPipes {
                 }
             }
         }
+        // The log writer creates a file at its first line; `tail -f logs/<id>.log` must work
+        // from the start, and for a component that never writes to one of the two streams.
+        let (out, err) = files();
+        for file in [&out, &err] {
+            if let Err(error) = crate::home::open_private_append(file) {
+                tracing::warn!("{error}");
+            }
+        }
         (fifos[0].clone(), fifos[1].clone())
     }
 

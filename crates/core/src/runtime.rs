@@ -130,19 +130,49 @@ impl Runtime {
         Notifier(Arc::downgrade(&self.shared))
     }
 
-    /// Moves every pending signal and queued event into `ready`, without blocking.
-    fn collect(&mut self) {
+    /// Whether a SIGCHLD is waiting (then it is taken: the caller reaps now). A supervisor
+    /// asks before periodic work, so a restart never waits behind a pass over the database.
+    pub fn take_child_exited(&mut self) -> bool {
+        let Some((pipe, _)) = self
+            .signals
+            .iter()
+            .find(|(_, event)| *event == Event::ChildExited)
+        else {
+            return false;
+        };
         let mut drain = [0u8; 64];
-        for (pipe, event) in &self.signals {
+        let mut seen = false;
+        while matches!(rustix::io::read(pipe, &mut drain), Ok(n) if n > 0) {
+            seen = true;
+        }
+        let queued = self.ready.contains(&Event::ChildExited);
+        self.ready.retain(|event| *event != Event::ChildExited);
+        seen || queued
+    }
+
+    /// Moves pending signals to the front of `ready`, SIGCHLD first (the signal sets list it
+    /// first; pushed to the front in reverse, it stays first).
+    fn collect_signals(&mut self) {
+        let mut drain = [0u8; 64];
+        for (pipe, event) in self.signals.iter().rev() {
             let mut seen = false;
             while matches!(rustix::io::read(pipe, &mut drain), Ok(n) if n > 0) {
                 seen = true;
             }
             // Signals coalesce anyway: one reap collects every exit, one stop is enough.
-            if seen && !self.ready.contains(event) {
-                self.ready.push_back(*event);
+            if seen {
+                self.ready.retain(|queued| queued != event);
+                self.ready.push_front(*event);
             }
         }
+    }
+
+    /// Moves every pending signal and queued event into `ready`, without blocking. Signals
+    /// go before everything already queued, a child's exit first: a SIGCHLD never waits
+    /// behind a database change or a datagram.
+    fn collect(&mut self) {
+        self.collect_signals();
+        let mut drain = [0u8; 64];
         while matches!(rustix::io::read(&self.wake, &mut drain), Ok(n) if n > 0) {}
         if !self.readable.is_empty() && !self.ready.contains(&Event::Readable) {
             let mut fds: Vec<PollFd<'_>> = self
@@ -169,6 +199,7 @@ impl Runtime {
     /// The next event, or `None` once `deadline` passes (`None` waits without end).
     pub fn next(&mut self, deadline: Option<Instant>) -> Option<Event> {
         loop {
+            self.collect_signals();
             if let Some(event) = self.ready.pop_front() {
                 return Some(event);
             }
@@ -402,6 +433,37 @@ impl PidWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_exit_goes_before_events_already_queued() {
+        use nix::sys::pthread::{pthread_kill, pthread_self};
+        use nix::sys::signal::Signal;
+        let mut runtime = Runtime::start(SignalSet::Supervisor).unwrap();
+        let notifier = runtime.notifier();
+        notifier.send(Event::DatabaseChanged).unwrap();
+        notifier.send(Event::Readable).unwrap();
+        // A helper's event is collected first, then the signal arrives.
+        runtime.collect();
+        pthread_kill(pthread_self(), Signal::SIGCHLD).unwrap();
+        let deadline = Some(Instant::now() + Duration::from_secs(5));
+        assert_eq!(runtime.next(deadline), Some(Event::ChildExited));
+        let rest: Vec<Event> = std::iter::from_fn(|| runtime.try_next())
+            // Other tests here raise process-wide signals (SIGHUP, SIGCHLD) at any time.
+            .filter(|event| matches!(event, Event::DatabaseChanged | Event::Readable))
+            .collect();
+        assert_eq!(rest, [Event::DatabaseChanged, Event::Readable]);
+
+        // Asked before periodic work: taken once, then gone from the queue.
+        notifier.send(Event::DatabaseChanged).unwrap();
+        runtime.collect();
+        pthread_kill(pthread_self(), Signal::SIGCHLD).unwrap();
+        assert!(runtime.take_child_exited());
+        let rest: Vec<Event> = std::iter::from_fn(|| runtime.try_next())
+            // Other tests here raise process-wide signals (SIGHUP, SIGCHLD) at any time.
+            .filter(|event| matches!(event, Event::DatabaseChanged | Event::Readable))
+            .collect();
+        assert_eq!(rest, [Event::DatabaseChanged]);
+    }
 
     #[test]
     fn a_signal_is_an_event_and_deadlines_are_kept() {

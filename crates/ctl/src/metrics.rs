@@ -2,9 +2,8 @@
 //! of CPU usage, memory and CPU temperature.
 
 use anyhow::Context;
-use n0m1_core::schema::{
-    COMPONENT_LIFECYCLE_LOG, CPU_TEMPERATURE_LOG, CPU_USAGE_LOG, MEMORY_USAGE_LOG,
-};
+pub use n0m1_core::metric::Metric;
+use n0m1_core::schema::COMPONENT_LIFECYCLE_LOG;
 use n0m1_core::{Home, LifecycleEvent};
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
@@ -49,14 +48,13 @@ pub fn sparkline(values: &[f64]) -> String {
 /// `--limit` costs one pass in SQLite and never a bar per row.
 pub const SPARKLINE_WIDTH: i64 = 60;
 
-fn summarise(
-    conn: &Connection,
-    name: &'static str,
-    unit: &'static str,
-    table: &str,
-    column: &str,
-    limit: u64,
-) -> anyhow::Result<MetricSummary> {
+fn summarise(conn: &Connection, metric: Metric, limit: u64) -> anyhow::Result<MetricSummary> {
+    let (name, unit, table, column) = (
+        metric.label(),
+        metric.unit(),
+        metric.table(),
+        metric.column(),
+    );
     let context = || format!("reading {table}");
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let window = format!(
@@ -139,36 +137,6 @@ type Stats = (
     Option<i64>,
 );
 
-/// The three metric series, by the names the API uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Metric {
-    CpuUsage,
-    Memory,
-    CpuTemperature,
-}
-
-impl Metric {
-    pub const ALL: [Metric; 3] = [Metric::CpuUsage, Metric::Memory, Metric::CpuTemperature];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Metric::CpuUsage => "cpu_usage",
-            Metric::Memory => "memory",
-            Metric::CpuTemperature => "cpu_temperature",
-        }
-    }
-    pub fn parse(name: &str) -> Option<Metric> {
-        Metric::ALL.into_iter().find(|m| m.name() == name)
-    }
-    fn table_and_column(self) -> (&'static str, &'static str) {
-        match self {
-            Metric::CpuUsage => (CPU_USAGE_LOG, "cpu_usage"),
-            Metric::Memory => (MEMORY_USAGE_LOG, "mem_usage"),
-            Metric::CpuTemperature => (CPU_TEMPERATURE_LOG, "temperature_celsius"),
-        }
-    }
-}
-
 /// `(unix time, value)` samples of a metric after `since`, oldest first, the newest `limit`.
 pub fn series(
     conn: &Connection,
@@ -176,7 +144,7 @@ pub fn series(
     since: f64,
     limit: u32,
 ) -> anyhow::Result<Vec<(f64, f64)>> {
-    let (table, column) = metric.table_and_column();
+    let (table, column) = (metric.table(), metric.column());
     let mut statement = conn
         .prepare_cached(&format!(
             "SELECT t, v FROM (SELECT id, unixepoch(timestamp) AS t, {column} AS v FROM {table}
@@ -196,7 +164,7 @@ pub fn series(
 
 /// The newest value of a metric.
 pub fn latest(conn: &Connection, metric: Metric) -> anyhow::Result<Option<f64>> {
-    let (table, column) = metric.table_and_column();
+    let (table, column) = (metric.table(), metric.column());
     conn.query_row(
         &format!(
             "SELECT {column} FROM {table} WHERE {column} IS NOT NULL ORDER BY id DESC LIMIT 1"
@@ -210,18 +178,10 @@ pub fn latest(conn: &Connection, metric: Metric) -> anyhow::Result<Option<f64>> 
 
 pub fn collect(home: &Home, limit: u64) -> anyhow::Result<Vec<MetricSummary>> {
     let conn = crate::open_database(home)?;
-    let mut summaries = vec![
-        summarise(&conn, "CPU usage", "%", CPU_USAGE_LOG, "cpu_usage", limit)?,
-        summarise(&conn, "Memory", "%", MEMORY_USAGE_LOG, "mem_usage", limit)?,
-        summarise(
-            &conn,
-            "CPU temperature",
-            "°C",
-            CPU_TEMPERATURE_LOG,
-            "temperature_celsius",
-            limit,
-        )?,
-    ];
+    let mut summaries = Metric::ALL
+        .into_iter()
+        .map(|metric| summarise(&conn, metric, limit))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     for summary in &mut summaries {
         if summary.samples == 0 {
             summary.missing = Some("no samples yet".to_owned());

@@ -9,7 +9,7 @@ use n0m1_core::dependencies;
 use n0m1_core::lifecycle;
 use n0m1_core::pidfile::PidStatus;
 use n0m1_core::process::{self, ProcStat};
-use n0m1_core::schema::{AUTORUN_COMPONENTS, COMPONENT_STATE, MANAGERS};
+use n0m1_core::schema::{AUTORUN_COMPONENTS, COMPONENT_STATE};
 use n0m1_core::state::{self, ComponentState, RunState, unix_now};
 use n0m1_core::text::printable;
 use n0m1_core::{Config, Home, PidFile, components};
@@ -31,6 +31,7 @@ fn run_state_from_text<'de, D: serde::Deserializer<'de>>(
 }
 
 use crate::EXIT_NOT_RUNNING;
+use crate::components::{cannot_run, known_managers};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessView {
@@ -117,34 +118,6 @@ impl WaitingView {
         }
         dependencies::waiting_for(id, &self.deps, &self.standings)
     }
-}
-
-/// The managers a row may name: those in config.json, then the standard three.
-pub fn known_managers(config: &Config) -> Vec<String> {
-    let mut names: Vec<String> = config.managers.iter().map(|m| m.binary.clone()).collect();
-    for name in MANAGERS {
-        if !names.iter().any(|m| m == name) {
-            names.push((*name).to_owned());
-        }
-    }
-    names
-}
-
-/// Why a row can never run, if it cannot: an id no manager accepts, or a manager that does
-/// not exist. Without this such rows look merely stopped.
-pub fn cannot_run(component_id: &str, affinity: &str, managers: &[String]) -> Option<String> {
-    if let Err(error) = n0m1_core::home::validate_supervised_id(component_id) {
-        return Some(error.to_string());
-    }
-    let manager = components::manager_name(affinity);
-    if !managers.iter().any(|m| m == manager) {
-        return Some(format!(
-            "no manager is called '{}' (manager_affinity); known managers: {}",
-            printable(affinity),
-            managers.join(", ")
-        ));
-    }
-    None
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

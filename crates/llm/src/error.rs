@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
     #[error(
-        "model {model:?} not found; looked in:\n{tried}\nprovide it as a folder with config.json, model.safetensors and tokenizer.json, a .gguf file, or place it in the Hugging Face cache (`n0m1ctl model pull {model}` when online)"
+        "model {model:?} not found; looked in:\n{tried}\nget a small model that runs here with `n0m1ctl model fetch smollm2` (it becomes `--model default`), or provide one as a .gguf file or a folder with config.json, model.safetensors and tokenizer.json, or in the Hugging Face cache (`n0m1ctl model pull {model}` where a model hub is reachable)"
     )]
     NotFound { model: String, tried: String },
     #[error("cannot read {path}: {source}")]
@@ -23,7 +23,7 @@ pub enum LlmError {
     GgufTokenizer {
         path: PathBuf,
         #[source]
-        source: crate::model::GgufTokenizerError,
+        source: crate::tokenizer::GgufTokenizerError,
     },
     #[error("LoRA adapter {path}: {message}")]
     Lora { path: PathBuf, message: String },

@@ -1,5 +1,11 @@
-//! n0m1-llm: the model engine. GPT-2 and Gemma 3 written on candle (`gpt2`, `gemma3`), test models the project
-//! makes itself (`fixture`). Only the model binaries link this crate, so the supervisor and
+//! n0m1-llm: the model engine. `model::LoadedModel` loads GPT-2 (`gpt2`, written here on
+//! candle), Llama safetensors (candle-transformers) and GGUF files: Llama-family (`llama`)
+//! and Gemma 3 (`gemma3`) decoders on the file's own quantized blocks (`kernels`, products
+//! split across `team`'s helper threads; `attention`'s rotary tables and masks), with a
+//! tokenizer built from the file's metadata (`tokenizer`). `generate` decodes, `resolve`
+//! finds a model, `download` fetches one into the Hugging Face cache, `lora` merges an
+//! adapter, `weights` reads safetensors, `fixture` writes the seeded test models, `error` is
+//! the one error type. Only the model binaries link this crate, so the supervisors and
 //! n0m1ctl never compile candle.
 
 pub mod attention;
@@ -15,6 +21,7 @@ pub mod lora;
 pub mod model;
 pub mod resolve;
 pub mod team;
+pub mod tokenizer;
 pub mod weights;
 
 pub use error::{LlmError, Result};

@@ -223,6 +223,7 @@ mod tests {
             message.contains(&tmp.path().join("models").display().to_string()),
             "{message}"
         );
+        assert!(message.contains("n0m1ctl model fetch smollm2"), "{message}");
         assert!(message.contains("n0m1ctl model pull"), "{message}");
         // Path-like or malformed ids are not looked up in caches.
         assert!(

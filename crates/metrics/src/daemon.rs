@@ -13,50 +13,16 @@ use n0m1_core::access_log::{AccessKind, record_access};
 use n0m1_core::config::Retention;
 use n0m1_core::db::{self, DatabaseFile, DbError, is_busy};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::metric::Metric;
 use n0m1_core::notify::{self, WatchdogPinger};
 use n0m1_core::runtime::{Event, Runtime, SignalSet};
-use n0m1_core::schema::{
-    COMPONENT_LIFECYCLE_LOG, CPU_TEMPERATURE_LOG, CPU_USAGE_LOG, DB_ACCESS_LOG, MEMORY_USAGE_LOG,
-    SYSTEM_METRICS_LOG,
-};
+use n0m1_core::schema::{COMPONENT_LIFECYCLE_LOG, DB_ACCESS_LOG, SYSTEM_METRICS_LOG};
 use n0m1_core::state::unix_now;
 use n0m1_core::writer::Writer;
 use n0m1_core::{Config, Home};
 use rusqlite::Connection;
 
 use crate::sample::{CpuSampler, TemperatureSensor, read_memory_percent};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricKind {
-    Temperature,
-    CpuUsage,
-    Memory,
-}
-
-impl MetricKind {
-    pub fn table(self) -> &'static str {
-        match self {
-            MetricKind::Temperature => CPU_TEMPERATURE_LOG,
-            MetricKind::CpuUsage => CPU_USAGE_LOG,
-            MetricKind::Memory => MEMORY_USAGE_LOG,
-        }
-    }
-    pub fn column(self) -> &'static str {
-        match self {
-            MetricKind::Temperature => "temperature_celsius",
-            MetricKind::CpuUsage => "cpu_usage",
-            MetricKind::Memory => "mem_usage",
-        }
-    }
-    /// The component id (and binary name) of the original's daemon.
-    pub fn daemon_name(self) -> &'static str {
-        match self {
-            MetricKind::Temperature => "temp_main_daemon",
-            MetricKind::CpuUsage => "cpu_usage_daemon",
-            MetricKind::Memory => "mem_usage_daemon",
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -75,7 +41,7 @@ pub enum MetricsError {
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
     pub home: Home,
-    pub kind: MetricKind,
+    pub kind: Metric,
     /// Lifecycle and access-log id: `N0M1_COMPONENT_ID` when a manager started us.
     pub component_id: String,
     pub interval: Duration,
@@ -158,7 +124,7 @@ pub fn run(options: DaemonOptions) -> Result<(), MetricsError> {
     let kind = daemon.options.kind;
     let mut cpu = CpuSampler::new(&daemon.options.proc_root);
     let sensor = match kind {
-        MetricKind::Temperature => match TemperatureSensor::find(&daemon.options.sys_root) {
+        Metric::CpuTemperature => match TemperatureSensor::find(&daemon.options.sys_root) {
             Some(sensor) => Some(sensor),
             None => {
                 let message = format!(
@@ -185,7 +151,7 @@ pub fn run(options: DaemonOptions) -> Result<(), MetricsError> {
     };
     let started = Instant::now();
     let mut next_sample = match kind {
-        MetricKind::CpuUsage => {
+        Metric::CpuUsage => {
             let _ = cpu.sample();
             started + FIRST_CPU_WINDOW
         }
@@ -206,9 +172,9 @@ pub fn run(options: DaemonOptions) -> Result<(), MetricsError> {
         let now = Instant::now();
         if now >= next_sample {
             let reading = match kind {
-                MetricKind::CpuUsage => cpu.sample(),
-                MetricKind::Memory => read_memory_percent(&daemon.options.proc_root),
-                MetricKind::Temperature => sensor
+                Metric::CpuUsage => cpu.sample(),
+                Metric::Memory => read_memory_percent(&daemon.options.proc_root),
+                Metric::CpuTemperature => sensor
                     .as_ref()
                     .map_or(Ok(None), |s| s.read_celsius().map(Some)),
             };
@@ -322,17 +288,22 @@ impl MetricDaemon {
             for sample in &self.queue {
                 insert.execute(rusqlite::params![sample.unix_time as i64, sample.value])?;
             }
-            if kind == MetricKind::CpuUsage {
+            if kind == Metric::CpuUsage {
                 // One combined row per round for tools built on the original's table, with
                 // whatever recent memory and temperature values the other daemons wrote.
                 let mut combined = transaction.prepare_cached(&format!(
-                    "INSERT INTO {SYSTEM_METRICS_LOG} (timestamp, cpu_temp, cpu_usage, mem_usage)
+                    "INSERT INTO {SYSTEM_METRICS_LOG} (timestamp, {}, {}, {})
                      VALUES (datetime(?1, 'unixepoch'),
-                       (SELECT temperature_celsius FROM {CPU_TEMPERATURE_LOG}
-                        WHERE timestamp >= datetime(?1 - {COMBINE_WINDOW_SECS}, 'unixepoch') ORDER BY id DESC LIMIT 1),
+                       (SELECT {} FROM {} WHERE timestamp >= datetime(?1 - {COMBINE_WINDOW_SECS}, 'unixepoch') ORDER BY id DESC LIMIT 1),
                        ?2,
-                       (SELECT mem_usage FROM {MEMORY_USAGE_LOG}
-                        WHERE timestamp >= datetime(?1 - {COMBINE_WINDOW_SECS}, 'unixepoch') ORDER BY id DESC LIMIT 1))"
+                       (SELECT {} FROM {} WHERE timestamp >= datetime(?1 - {COMBINE_WINDOW_SECS}, 'unixepoch') ORDER BY id DESC LIMIT 1))",
+                    Metric::CpuTemperature.combined_column(),
+                    Metric::CpuUsage.combined_column(),
+                    Metric::Memory.combined_column(),
+                    Metric::CpuTemperature.column(),
+                    Metric::CpuTemperature.table(),
+                    Metric::Memory.column(),
+                    Metric::Memory.table(),
                 ))?;
                 for sample in &self.queue {
                     combined.execute(rusqlite::params![sample.unix_time as i64, sample.value])?;
@@ -351,7 +322,7 @@ impl MetricDaemon {
                 kind.table(),
                 AccessKind::Write,
             )?;
-            if kind == MetricKind::CpuUsage {
+            if kind == Metric::CpuUsage {
                 record_access(
                     &transaction,
                     &self.options.component_id,
@@ -379,27 +350,30 @@ impl MetricDaemon {
 
     fn prune_tables(&self) {
         let kind = self.options.kind;
-        let mut tables = vec![(kind.table(), "timestamp")];
-        if kind == MetricKind::CpuUsage {
-            tables.push((SYSTEM_METRICS_LOG, "timestamp"));
-            tables.push((COMPONENT_LIFECYCLE_LOG, "event_timestamp"));
-            tables.push((DB_ACCESS_LOG, "timestamp"));
-        }
         let age_secs = (self.retention.max_age_days.0 * 86_400.0) as i64;
-        for (table, column) in tables {
-            loop {
-                let sql = format!(
-                    "DELETE FROM {table} WHERE id IN (SELECT id FROM {table}
-                     WHERE {column} < datetime('now', ?1) ORDER BY id LIMIT {PRUNE_BATCH})"
-                );
-                match self.conn.execute(&sql, [format!("-{age_secs} seconds")]) {
-                    Ok(deleted) if deleted == PRUNE_BATCH => continue,
-                    Ok(_) => break,
-                    Err(error) => {
-                        tracing::warn!(%error, table, "pruning skipped this round");
-                        break;
-                    }
-                }
+        let conn = &self.conn;
+        let own = |table: &'static str| {
+            (
+                table,
+                db::prune_older_than(conn, table, "timestamp", age_secs, PRUNE_BATCH),
+            )
+        };
+        let mut results = vec![own(kind.table())];
+        if kind == Metric::CpuUsage {
+            // The shared logs, by their owners' rules, on the one daemon that always runs.
+            results.push(own(SYSTEM_METRICS_LOG));
+            results.push((
+                COMPONENT_LIFECYCLE_LOG,
+                n0m1_core::lifecycle::prune(conn, age_secs, PRUNE_BATCH),
+            ));
+            results.push((
+                DB_ACCESS_LOG,
+                n0m1_core::access_log::prune(conn, age_secs, PRUNE_BATCH),
+            ));
+        }
+        for (table, result) in results {
+            if let Err(error) = result {
+                tracing::warn!(%error, table, "pruning skipped this round");
             }
         }
     }

@@ -11,14 +11,13 @@ use std::time::Duration;
 use clap::Parser;
 use n0m1_core::home::ENV_COMPONENT_ID;
 
-pub use daemon::MetricKind;
+pub use n0m1_core::metric::Metric;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Sample one metric into its n0m1 table")]
 struct DaemonArgs {
-    /// The n0m1 home folder (default: $N0M1_HOME, else ~/n0m1_agi).
-    #[arg(long, value_name = "DIR")]
-    home: Option<PathBuf>,
+    #[command(flatten)]
+    home: n0m1_core::home::HomeArg,
     /// Seconds between samples.
     #[arg(long, default_value_t = 10.0, value_parser = parse_interval)]
     interval: f64,
@@ -38,16 +37,18 @@ fn parse_interval(text: &str) -> Result<f64, String> {
 }
 
 /// `main` of the three metric daemons.
-pub fn daemon_main(kind: MetricKind) -> ExitCode {
-    n0m1_core::logging::init(kind.daemon_name(), "info");
+pub fn daemon_main(kind: Metric) -> ExitCode {
+    n0m1_core::logging::init(kind.daemon(), "info");
     let args = DaemonArgs::parse();
-    let result = n0m1_core::Home::resolve(args.home.as_deref())
+    let result = args
+        .home
+        .resolve()
         .map_err(anyhow::Error::from)
         .and_then(|home| {
             let component_id = std::env::var(ENV_COMPONENT_ID)
                 .ok()
                 .filter(|id| !id.is_empty())
-                .unwrap_or_else(|| kind.daemon_name().to_owned());
+                .unwrap_or_else(|| kind.daemon().to_owned());
             daemon::run(daemon::DaemonOptions {
                 home,
                 kind,

@@ -20,7 +20,8 @@ use n0m1_models::{EngineGenerator, ModelArgs, load_engine};
 use n0m1_protocol::alerting::AlertTracker;
 use n0m1_protocol::checker;
 use n0m1_protocol::generator::{GenerateError, Generator};
-use n0m1_protocol::nano::{MetricRow, NanoInstance, NanoOptions, window_stats};
+use n0m1_protocol::nano::{NanoInstance, NanoOptions};
+use n0m1_protocol::window::{MetricRow, window_stats};
 
 /// Records what the model was asked and said, before the checker saw it.
 struct Recording {

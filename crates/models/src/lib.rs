@@ -119,10 +119,65 @@ pub fn load_generator(args: &ModelArgs, default_id: &str, home: &Home) -> Loaded
             lora: args.lora.as_deref().map(absolute),
             quantize: args.quantize == "q8_0",
         };
-        return ServiceGenerator::connect(&home.model_socket(), spec, args.max_new_tokens)
-            .map(|generator| Box::new(generator) as Box<dyn Generator>);
+        let generator = ServiceGenerator::connect(&home.model_socket(), spec, args.max_new_tokens)?;
+        let source = ModelSource::choose(
+            generator.is_connected(),
+            std::env::var_os(n0m1_core::home::ENV_COMPONENT_ID).is_some(),
+            service_row_active(home),
+        );
+        if source == ModelSource::Service {
+            if let Some(error) = generator.unreachable() {
+                tracing::warn!("{error}; connecting again at the first completion");
+            }
+            return Ok(Box::new(generator));
+        }
+        tracing::info!(
+            "no model service answers and none is supervised in this home; loading the model here"
+        );
     }
     load_engine(args, default_id, home).map(|engine| Box::new(engine) as Box<dyn Generator>)
+}
+
+/// Where a model component with `models.shared` gets its model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModelSource {
+    /// The model service's client (waiting for it while it restarts).
+    Service,
+    /// A copy of its own, as the original did (or digests when it cannot be loaded).
+    OwnCopy,
+}
+
+impl ModelSource {
+    /// A service that answers is always used. One that does not is waited for only by a
+    /// component under a manager whose home supervises a service (it is restarting); a
+    /// component run by hand, or in a home whose service row is inactive, would wait for
+    /// nobody, so it loads the model itself.
+    fn choose(service_answers: bool, under_manager: bool, service_row_active: bool) -> Self {
+        if service_answers || (under_manager && service_row_active) {
+            ModelSource::Service
+        } else {
+            ModelSource::OwnCopy
+        }
+    }
+}
+
+/// Whether an active `autorun_components` row of this home runs the model service. An
+/// unreadable database counts as yes: the component then waits for the service, as before.
+fn service_row_active(home: &Home) -> bool {
+    let rows = n0m1_core::db::open(&home.db_path())
+        .map_err(|error| error.to_string())
+        .and_then(|conn| n0m1_core::components::all(&conn).map_err(|error| error.to_string()));
+    match rows {
+        Ok(rows) => rows.iter().any(|row| {
+            row.desired_active && row.base_script_name == n0m1_core::schema::MODEL_SERVICE_SCRIPT
+        }),
+        Err(error) => {
+            tracing::warn!(
+                "cannot read the model service's row ({error}); waiting for the service"
+            );
+            true
+        }
+    }
 }
 
 /// `load_generator` without the box, for callers that read its counters.
@@ -158,6 +213,32 @@ pub fn load_engine(
         },
         generated_tokens: 0,
     })
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::ModelSource::{self, OwnCopy, Service};
+
+    #[test]
+    fn where_a_shared_model_comes_from() {
+        // (service answers, under a manager, service row active) -> source
+        let table = [
+            ((true, false, false), Service),
+            ((true, true, false), Service),
+            ((true, true, true), Service),
+            ((false, true, true), Service),
+            ((false, true, false), OwnCopy),
+            ((false, false, true), OwnCopy),
+            ((false, false, false), OwnCopy),
+        ];
+        for ((answers, managed, row), expected) in table {
+            assert_eq!(
+                ModelSource::choose(answers, managed, row),
+                expected,
+                "answers {answers}, under a manager {managed}, row active {row}"
+            );
+        }
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -278,8 +359,8 @@ pub fn nano_main() -> ExitCode {
     about = "n0m1's models: test fixtures, what is installed, one-off generation"
 )]
 struct ToolArgs {
-    #[arg(long, global = true, value_name = "DIR")]
-    home: Option<PathBuf>,
+    #[command(flatten)]
+    home: n0m1_core::home::HomeArg,
     #[command(subcommand)]
     command: ToolCommand,
 }
@@ -455,7 +536,7 @@ pub fn tool_main() -> ExitCode {
     }
     n0m1_core::logging::init("n0m1_model", "warn");
     exit_code::<anyhow::Error>((|| {
-        let home = Home::resolve(args.home.as_deref())?;
+        let home = args.home.resolve()?;
         match &args.command {
             ToolCommand::Fixture {
                 dir,

@@ -525,6 +525,65 @@ fn without_a_model_the_processor_serves_digests() {
     env.stop(processor);
 }
 
+/// Run by hand in a fresh home (its `model_service` row active, no service running, no
+/// manager): the processor digests instead of waiting for a service nobody starts.
+#[test]
+fn a_processor_run_by_hand_without_a_service_digests_every_notification() {
+    let mut env = Env::bare();
+    env.sql("INSERT INTO cpu_usage_summary (nano_id, content) VALUES ('cpu_usage', 'x')");
+    assert_eq!(
+        env.count("SELECT count(*) FROM autorun_components WHERE component_id = 'model_service' AND desired_state = 'active'"),
+        1,
+        "the home supervises a service; it just is not running"
+    );
+    let processor = env.spawn(PROCESSOR, &["--model", "/no/such/model"]);
+    env.sql(
+        "INSERT INTO llm_notifications (llm_id, notification_type, payload) VALUES
+           ('main_llm_processor', 'RUN', NULL),
+           ('main_llm_processor', 'PUSH', 'cpu_usage_summary'),
+           ('main_llm_processor', 'PULL_REQUEST', 'metrics');",
+    );
+    wait_until("three notifications processed", || {
+        env.count("SELECT count(*) FROM llm_notifications WHERE processed = 1") == 3
+    });
+    assert_eq!(env.count("SELECT count(*) FROM component_lifecycle_log WHERE event_type = 'MODEL_UNAVAILABLE' AND message LIKE '%/no/such/model%'"), 1);
+    assert_eq!(
+        env.count("SELECT count(*) FROM component_lifecycle_log WHERE event_type = 'MODEL_UNAVAILABLE' AND message LIKE '%n0m1ctl model fetch smollm2%'"),
+        1,
+        "the message says how to get a model that runs here"
+    );
+    let outputs = env.texts("SELECT content FROM llm_outputs ORDER BY id");
+    assert!(
+        outputs
+            .iter()
+            .any(|o| o.starts_with("cpu_usage_summary rows=1 digest=")),
+        "{outputs:?}"
+    );
+    env.stop(processor);
+}
+
+/// A nano instance run by hand with a valid model and no service loads the model itself.
+#[test]
+fn a_nano_instance_run_by_hand_without_a_service_loads_its_model() {
+    let mut env = Env::bare();
+    env.sql("INSERT INTO cpu_usage_log (cpu_usage) VALUES (40.0), (45.0)");
+    let model = env.model().to_owned();
+    let nano = env.spawn(
+        NANO,
+        &nano_args("cpu_usage", "cpu_usage_log", "cpu_usage_summary", &model),
+    );
+    wait_until("a summary written by the model", || {
+        env.count("SELECT count(*) FROM cpu_usage_summary WHERE content LIKE '%| model:%'") >= 1
+    });
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM component_lifecycle_log WHERE event_type = 'MODEL_UNAVAILABLE'"
+        ),
+        0
+    );
+    env.stop(nano);
+}
+
 #[test]
 fn hostile_tables_and_commands_leave_the_database_intact() {
     let mut env = Env::new();

@@ -5,15 +5,9 @@
 
 use std::collections::HashMap;
 
-use crate::nano::MetricRow;
+use n0m1_core::metric::Metric;
 
-/// The original's alert thresholds, by column: (column, limit, what it is).
-pub const THRESHOLDS: &[(&str, f64, &str)] = &[
-    ("temperature_celsius", 80.0, "CPU temperature"),
-    ("cpu_temp", 80.0, "CPU temperature"),
-    ("cpu_usage", 90.0, "CPU usage"),
-    ("mem_usage", 90.0, "memory usage"),
-];
+use crate::window::MetricRow;
 
 /// An alert clears this many points below its threshold.
 pub const CLEAR_MARGIN: f64 = 5.0;
@@ -44,9 +38,12 @@ impl AlertTracker {
     pub fn observe(&mut self, row: &MetricRow, table: &str, now: f64) -> Vec<String> {
         let mut out = Vec::new();
         for (column, value) in &row.values {
-            let Some((_, limit, what)) = THRESHOLDS.iter().find(|(c, _, _)| c == column) else {
+            // The original's thresholds, by the column's metric (its own table's column or
+            // system_metrics_log's).
+            let Some(metric) = Metric::of_column(column) else {
                 continue;
             };
+            let (limit, what) = (&metric.alert_threshold(), metric.describe());
             let clear = limit - CLEAR_MARGIN;
             match self.high.get_mut(column) {
                 None if *value > *limit => {

@@ -3,7 +3,7 @@
 //! word must agree with the computed trend. A text that fails is replaced by a plain sentence
 //! built from the statistics, and the reason is kept in the row.
 
-use crate::nano::ColumnStats;
+use crate::window::ColumnStats;
 
 /// Words that claim a direction, by the trend they claim.
 const TREND_WORDS: &[(&str, &[&str])] = &[
@@ -313,12 +313,12 @@ mod tests {
         let window = values
             .iter()
             .enumerate()
-            .map(|(i, v)| crate::nano::MetricRow {
+            .map(|(i, v)| crate::window::MetricRow {
                 id: i as i64,
                 values: vec![("cpu_usage".into(), *v)],
             })
             .collect();
-        crate::nano::window_stats(&window)
+        crate::window::window_stats(&window)
     }
 
     #[test]

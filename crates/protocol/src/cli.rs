@@ -1,6 +1,5 @@
 //! Command lines of the protocol components, with the original's underscore flags.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser};
@@ -10,9 +9,8 @@ use crate::runtime::{Runtime, component_id_or};
 /// Flags every component takes.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
-    /// The n0m1 home folder (default: $N0M1_HOME, else ~/n0m1_agi).
-    #[arg(long, value_name = "DIR")]
-    pub home: Option<PathBuf>,
+    #[command(flatten)]
+    pub home: n0m1_core::home::HomeArg,
     /// The run type the manager passes (PRIMARY_RUN, ONESHOT, …); recorded in events.
     #[arg(long = "run_type", alias = "run-type", default_value = "PRIMARY_RUN")]
     pub run_type: String,
@@ -20,7 +18,7 @@ pub struct CommonArgs {
 
 impl CommonArgs {
     pub fn home(&self) -> anyhow::Result<n0m1_core::Home> {
-        Ok(n0m1_core::Home::resolve(self.home.as_deref())?)
+        Ok(self.home.resolve()?)
     }
 }
 

@@ -118,13 +118,7 @@ pub fn process_new_outputs(conn: &Connection, daemon_id: &str) -> rusqlite::Resu
         )
         .optional()?
         .unwrap_or(0);
-    // Content is read as bytes: model output is not guaranteed to be valid UTF-8.
-    let rows: Vec<(i64, Vec<u8>)> = conn
-        .prepare(&format!(
-            "SELECT id, CAST(substr(COALESCE(content, ''), 1, 512) AS BLOB) FROM {LLM_OUTPUTS} WHERE id > ?1 ORDER BY id LIMIT 1000"
-        ))?
-        .query_map([cursor], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+    let rows = crate::llm_tables::outputs_after(conn, cursor, 1000)?;
     let mut outcomes = Vec::new();
     for (output_id, bytes) in rows {
         let content = String::from_utf8_lossy(&bytes);

@@ -7,34 +7,9 @@ use std::time::Duration;
 use n0m1_core::access_log::AccessKind;
 use n0m1_core::lifecycle::LifecycleEvent;
 use n0m1_core::schema::{LLM_IO_CONFIG, LLM_NOTIFICATIONS};
-use rusqlite::Connection;
 
+use crate::llm_tables::announce_reloads;
 use crate::runtime::Runtime;
-
-pub const CONFIG_RELOAD: &str = "CONFIG_RELOAD";
-
-/// Announces every pending reload; returns the llm_ids notified.
-pub fn process_reloads(conn: &Connection) -> rusqlite::Result<Vec<String>> {
-    let transaction = conn.unchecked_transaction()?;
-    let ids: Vec<String> = transaction
-        .prepare(&format!(
-            "SELECT llm_id FROM {LLM_IO_CONFIG} WHERE needs_reload = 1 ORDER BY llm_id"
-        ))?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for id in &ids {
-        transaction.execute(
-            &format!("INSERT INTO {LLM_NOTIFICATIONS} (llm_id, notification_type, payload) VALUES (?1, ?2, NULL)"),
-            [id.as_str(), CONFIG_RELOAD],
-        )?;
-        transaction.execute(
-            &format!("UPDATE {LLM_IO_CONFIG} SET needs_reload = 0 WHERE llm_id = ?1"),
-            [id],
-        )?;
-    }
-    transaction.commit()?;
-    Ok(ids)
-}
 
 pub fn run(mut runtime: Runtime) -> anyhow::Result<()> {
     runtime.event(
@@ -44,10 +19,14 @@ pub fn run(mut runtime: Runtime) -> anyhow::Result<()> {
     runtime.access(LLM_IO_CONFIG, AccessKind::Read);
     runtime.access(LLM_NOTIFICATIONS, AccessKind::Write);
     // A periodic pass as well as change-driven ones, in case a change was missed.
-    runtime.serve(Duration::from_secs(5), |conn| match process_reloads(conn) {
-        Ok(ids) if !ids.is_empty() => tracing::info!(?ids, "CONFIG_RELOAD notified"),
-        Ok(_) => {}
-        Err(error) => tracing::warn!(%error, "cannot process reloads now; trying again"),
+    runtime.serve(Duration::from_secs(5), |conn| {
+        match announce_reloads(conn) {
+            Ok(ids) if !ids.is_empty() => {
+                tracing::info!(llm_ids = %ids.join(", "), "CONFIG_RELOAD notified")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot process reloads now; trying again"),
+        }
     });
     Ok(())
 }
@@ -55,6 +34,7 @@ pub fn run(mut runtime: Runtime) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::Connection;
 
     #[test]
     fn clears_the_flag_and_notifies_once_for_any_llm() {
@@ -62,17 +42,17 @@ mod tests {
         n0m1_core::schema::migrations()
             .to_latest(&mut conn)
             .unwrap();
-        n0m1_core::schema::insert_defaults(&conn).unwrap();
+        n0m1_core::defaults::insert_defaults(&conn).unwrap();
         conn.execute_batch(
             "INSERT INTO llm_io_config (llm_id, read_tables, output_table, needs_reload) VALUES ('other', 'cpu_usage_summary', 'llm_outputs', 1);
              UPDATE llm_io_config SET needs_reload = 1 WHERE llm_id = 'main_llm_processor';",
         )
         .unwrap();
         assert_eq!(
-            process_reloads(&conn).unwrap(),
+            announce_reloads(&conn).unwrap(),
             ["main_llm_processor", "other"]
         );
-        assert!(process_reloads(&conn).unwrap().is_empty());
+        assert!(announce_reloads(&conn).unwrap().is_empty());
         let rows: Vec<(String, String, Option<String>)> = conn
             .prepare("SELECT llm_id, notification_type, payload FROM llm_notifications ORDER BY id")
             .unwrap()

@@ -308,6 +308,7 @@ pub struct ServiceGenerator {
     max_new_tokens: usize,
     connection: Option<ServiceConnection>,
     description: String,
+    unreachable: Option<String>,
 }
 
 impl ServiceGenerator {
@@ -325,15 +326,22 @@ impl ServiceGenerator {
             spec,
             max_new_tokens: max_new_tokens.min(MAX_NEW_TOKENS),
             connection: None,
+            unreachable: None,
         };
         match generator.reconnect() {
             Ok(()) => Ok(generator),
             Err(error @ ServiceError::Refused { .. }) => Err(Unavailable::Load(Box::new(error))),
             Err(error) => {
-                tracing::warn!("{error}; connecting again at the first completion");
+                generator.unreachable = Some(error.to_string());
                 Ok(generator)
             }
         }
+    }
+
+    /// Why the first connection failed (the service was down), if it did: the caller says
+    /// so once it has decided to wait for the service.
+    pub fn unreachable(&self) -> Option<&str> {
+        self.unreachable.as_deref()
     }
 
     /// Whether the model is open in a running service right now.

@@ -18,6 +18,7 @@ use crate::checker;
 use crate::generator::{GenerateError, Generator, Loaded, Unavailable};
 use crate::runtime::{Runtime, Wake};
 use crate::tables::{self, TableName};
+use crate::window::{ColumnStats, MetricRow, window_stats};
 
 #[derive(Debug, Clone)]
 pub struct NanoOptions {
@@ -35,89 +36,6 @@ pub struct NanoOptions {
 
 const DEFAULT_PROMPT: &str =
     "You watch one metric of a computer. In one sentence, say what the numbers show.";
-
-/// One numeric sample: the row id and its numeric columns.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricRow {
-    pub id: i64,
-    pub values: Vec<(String, f64)>,
-}
-
-/// Exact statistics of one column over the window.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ColumnStats {
-    pub column: String,
-    pub count: usize,
-    pub min: f64,
-    pub mean: f64,
-    pub max: f64,
-    pub last: f64,
-    pub trend: &'static str,
-}
-
-impl ColumnStats {
-    pub fn describe(&self) -> String {
-        format!(
-            "{}: count={} min={:.2} mean={:.2} max={:.2} last={:.2} trend={}",
-            self.column, self.count, self.min, self.mean, self.max, self.last, self.trend
-        )
-    }
-
-    /// The statistics as the model is shown them: each named in words next to its number,
-    /// which a small model restates more faithfully than `key=value` pairs.
-    pub fn in_words(&self) -> String {
-        format!(
-            "{} is {}; the mean is {:.2}, the minimum is {:.2}, the maximum is {:.2}, the last value is {:.2}",
-            self.column, self.trend, self.mean, self.min, self.max, self.last
-        )
-    }
-}
-
-/// Statistics per numeric column, in the order columns appear.
-pub fn window_stats(window: &VecDeque<MetricRow>) -> Vec<ColumnStats> {
-    let mut columns: Vec<String> = Vec::new();
-    for row in window {
-        for (column, _) in &row.values {
-            if !columns.contains(column) {
-                columns.push(column.clone());
-            }
-        }
-    }
-    columns
-        .into_iter()
-        .filter_map(|column| {
-            let values: Vec<f64> = window
-                .iter()
-                .filter_map(|r| r.values.iter().find(|(c, _)| *c == column).map(|(_, v)| *v))
-                .collect();
-            let (first, last) = (*values.first()?, *values.last()?);
-            let count = values.len();
-            let mean = values.iter().sum::<f64>() / count as f64;
-            let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-            let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            // A trend is a change from first to last of more than 5 % of the window's range
-            // and more than 1 % of its mean: a reading jittering by 0.1 around 20 is flat,
-            // not falling (a reader would call it flat, and the model says so).
-            let threshold = (0.05 * (max - min)).max(0.01 * mean.abs()).max(1e-9);
-            let trend = if count < 2 || (last - first).abs() <= threshold {
-                "flat"
-            } else if last > first {
-                "rising"
-            } else {
-                "falling"
-            };
-            Some(ColumnStats {
-                column,
-                count,
-                min,
-                mean,
-                max,
-                last,
-                trend,
-            })
-        })
-        .collect()
-}
 
 fn newest_row(conn: &Connection, table: &TableName) -> rusqlite::Result<Option<MetricRow>> {
     let mut rows = tables::latest_rows(conn, table, 1, |names, row| {
@@ -532,35 +450,5 @@ mod tests {
         let (nano, warnings) = NanoInstance::new(&conn, no_file, None).unwrap();
         assert_eq!(warnings.len(), 1);
         assert_eq!(nano.effective_prompt(), DEFAULT_PROMPT);
-    }
-
-    #[test]
-    fn trends() {
-        let window = |values: &[f64]| -> VecDeque<MetricRow> {
-            values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| MetricRow {
-                    id: i as i64,
-                    values: vec![("m".into(), *v)],
-                })
-                .collect()
-        };
-        assert_eq!(window_stats(&window(&[50.0, 50.1, 50.0]))[0].trend, "flat");
-        assert_eq!(
-            window_stats(&window(&[20.1, 20.0, 20.1, 20.0]))[0].trend,
-            "flat",
-            "jitter of 0.5 % of the mean"
-        );
-        assert_eq!(
-            window_stats(&window(&[50.0, 50.3, 51.0]))[0].trend,
-            "rising"
-        );
-        assert_eq!(
-            window_stats(&window(&[0.0, 0.2, 0.0, 0.3]))[0].trend,
-            "rising"
-        );
-        assert_eq!(window_stats(&window(&[10.0, 30.0]))[0].trend, "rising");
-        assert_eq!(window_stats(&window(&[30.0, 10.0]))[0].trend, "falling");
     }
 }

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use n0m1_core::access_log::AccessKind;
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
-use n0m1_core::schema::{LLM_IO_CONFIG, LLM_NOTIFICATIONS};
-use rusqlite::{Connection, OptionalExtension, params};
+use n0m1_core::schema::LLM_NOTIFICATIONS;
+use rusqlite::Connection;
 
 use crate::generator::{GenerateError, Generator, Loaded, fnv1a};
+use crate::llm_tables::{self, IoConfig, Notification, load_config};
 use crate::runtime::Runtime;
 use crate::tables::{self, TableName};
 
@@ -20,32 +21,6 @@ use crate::tables::{self, TableName};
 pub const ROWS_PER_TABLE: usize = 10;
 const SYSTEM_PROMPT: &str =
     "You watch a computer's own metrics. Say in one or two plain sentences what the rows show.";
-
-/// `llm_io_config` for one llm_id, validated.
-#[derive(Debug, Clone)]
-pub struct IoConfig {
-    pub read_tables: String,
-    pub output_table: TableName,
-}
-
-pub fn load_config(conn: &Connection, llm_id: &str) -> Result<IoConfig, String> {
-    let row: Option<(String, String)> = conn
-        .query_row(
-            &format!("SELECT read_tables, output_table FROM {LLM_IO_CONFIG} WHERE llm_id = ?1"),
-            [llm_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .map_err(|e| format!("cannot read {LLM_IO_CONFIG}: {e}"))?;
-    let (read_tables, output) =
-        row.ok_or_else(|| format!("no {LLM_IO_CONFIG} row for llm_id {llm_id:?}"))?;
-    let output_table = tables::validate_with_columns(conn, &output, &["llm_id", "content"])
-        .map_err(|e| format!("output_table of {llm_id}: {e}"))?;
-    Ok(IoConfig {
-        read_tables,
-        output_table,
-    })
-}
 
 /// The rows of `table` as text lines, newest first.
 fn read_rows(conn: &Connection, table: &TableName, limit: usize) -> rusqlite::Result<Vec<String>> {
@@ -179,10 +154,10 @@ impl Processor {
         }
     }
 
-    fn handle(&mut self, conn: &Connection, kind: &str, payload: Option<&str>) -> Handled {
+    fn handle(&mut self, conn: &Connection, notification: &Notification) -> Handled {
         let mut handled = Handled::default();
-        match (kind, payload) {
-            ("CONFIG_RELOAD", _) => {
+        match notification {
+            Notification::ConfigReload => {
                 self.config = load_config(conn, &self.llm_id);
                 match &self.config {
                     Ok(config) => handled.events.push((
@@ -195,10 +170,13 @@ impl Processor {
                     Err(error) => handled.events.push((LifecycleEvent::Error, error.clone())),
                 }
             }
-            ("RUN" | "PUSH", Some(payload)) if !payload.trim().is_empty() => {
-                self.summarise(conn, payload, &mut handled)
+            Notification::Run {
+                tables: Some(payload),
             }
-            ("RUN", _) => match &self.config {
+            | Notification::Push {
+                tables: Some(payload),
+            } if !payload.trim().is_empty() => self.summarise(conn, payload, &mut handled),
+            Notification::Run { .. } => match &self.config {
                 Ok(config) => {
                     let list = config.read_tables.clone();
                     self.summarise(conn, &list, &mut handled);
@@ -208,16 +186,16 @@ impl Processor {
                     format!("RUN without a usable config: {error}"),
                 )),
             },
-            ("PUSH", _) => handled.events.push((
+            Notification::Push { .. } => handled.events.push((
                 LifecycleEvent::Error,
                 "PUSH without a payload naming tables".into(),
             )),
-            ("PULL_REQUEST", payload) => handled
+            Notification::PullRequest { what } => handled
                 .outputs
-                .push(format!("REQUEST:{}", payload.unwrap_or(""))),
-            (other, _) => handled.events.push((
+                .push(format!("REQUEST:{}", what.as_deref().unwrap_or(""))),
+            Notification::Unknown { kind, .. } => handled.events.push((
                 LifecycleEvent::Error,
-                format!("unknown notification type {other:?}; marked processed"),
+                format!("unknown notification type {kind:?}; marked processed"),
             )),
         }
         handled
@@ -225,18 +203,11 @@ impl Processor {
 
     /// Handles every unprocessed notification of this llm, oldest first; returns how many.
     pub fn handle_pending(&mut self, conn: &Connection) -> rusqlite::Result<usize> {
-        let pending: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = conn
-            .prepare(&format!(
-                "SELECT id, CAST(notification_type AS BLOB), CAST(substr(payload, 1, 4096) AS BLOB) FROM {LLM_NOTIFICATIONS}
-                 WHERE llm_id = ?1 AND COALESCE(processed, 0) = 0 ORDER BY id LIMIT 100"
-            ))?
-            .query_map([&self.llm_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<_>>()?;
+        let pending = llm_tables::pending(conn, &self.llm_id, 100)?;
         let mut count = 0;
-        for (id, kind, payload) in pending {
-            let kind = String::from_utf8_lossy(&kind).into_owned();
-            let payload = payload.map(|p| String::from_utf8_lossy(&p).into_owned());
-            let mut handled = self.handle(conn, &kind, payload.as_deref());
+        for llm_tables::Pending { id, notification } in pending {
+            let kind = notification.kind().to_owned();
+            let mut handled = self.handle(conn, &notification);
             if let Some(reason) = handled.deferred {
                 // Later notifications wait too, so they are still handled in order.
                 if !std::mem::replace(&mut self.waiting_for_model, true) {
@@ -258,22 +229,12 @@ impl Processor {
                 handled.outputs.clear();
             }
             let transaction = conn.unchecked_transaction()?;
-            let claimed = transaction.execute(
-                &format!("UPDATE {LLM_NOTIFICATIONS} SET processed = 1 WHERE id = ?1 AND COALESCE(processed, 0) = 0"),
-                [id],
-            )?;
-            if claimed == 0 {
+            if !llm_tables::claim(&transaction, id)? {
                 continue; // handled meanwhile by another instance
             }
             if let Ok(table) = &output_table {
                 for content in &handled.outputs {
-                    transaction.execute(
-                        &format!(
-                            "INSERT INTO {} (llm_id, content) VALUES (?1, ?2)",
-                            table.quoted()
-                        ),
-                        params![self.llm_id, content],
-                    )?;
+                    llm_tables::write_output(&transaction, table, &self.llm_id, content)?;
                 }
             }
             for (event, message) in &handled.events {
@@ -332,6 +293,7 @@ pub fn run(mut runtime: Runtime, llm_id: &str, generator: Loaded) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::params;
 
     struct Echo;
     impl Generator for Echo {

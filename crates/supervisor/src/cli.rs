@@ -1,6 +1,5 @@
 //! The command line shared by the three manager binaries, which differ only in affinity.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,16 +14,15 @@ use crate::manager::{Manager, ManagerOptions};
     about = "Supervise the autorun_components rows of one manager affinity"
 )]
 struct ManagerArgs {
-    /// The n0m1 home folder (default: $N0M1_HOME, else ~/n0m1_agi).
-    #[arg(long, value_name = "DIR")]
-    home: Option<PathBuf>,
+    #[command(flatten)]
+    home: n0m1_core::home::HomeArg,
     /// How often to check the database for changes, in milliseconds.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=10_000))]
     watch_interval_ms: u64,
 }
 
 fn run(manager: &str, args: ManagerArgs) -> anyhow::Result<()> {
-    let home = n0m1_core::Home::resolve(args.home.as_deref())?;
+    let home = args.home.resolve()?;
     let bin_dir = n0m1_core::process::own_bin_dir()
         .with_context(|| format!("cannot find the folder of the {manager} executable"))?;
     Manager::run(ManagerOptions {

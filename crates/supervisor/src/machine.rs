@@ -15,7 +15,7 @@ use n0m1_core::config::SupervisorPolicy;
 use n0m1_core::home::validate_supervised_id;
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::notify::Notice;
-use n0m1_core::state::{Request, RunState};
+use n0m1_core::state::{ComponentState, Request, RunState};
 
 use crate::reaper::ExitCause;
 
@@ -109,12 +109,21 @@ pub enum Input {
 pub enum Effect {
     /// Run the health probe (an executable in `hooks/`); answer with `ProbeStarted` or
     /// `ProbeDone`.
-    RunProbe { program: std::path::PathBuf },
+    RunProbe {
+        program: std::path::PathBuf,
+        /// The pid of the process it checks (`N0M1_CHECKED_PID`).
+        checked_pid: i32,
+    },
     /// SIGKILL a probe that overran its timeout (its exit then comes as `ProbeDone`).
     KillProbe { pid: i32 },
-    /// Resolve the row's script and arguments and spawn it; answer with `Spawned`,
+    /// Resolve the script and arguments and spawn them; answer with `Spawned`,
     /// `LaunchFailed` or `SpawnFailed`.
-    Spawn,
+    Spawn {
+        /// What the row says to run.
+        launch: LaunchKey,
+        /// The `WATCHDOG_USEC` period the process is started with, if it has a watchdog.
+        watchdog: Option<Duration>,
+    },
     /// SIGTERM to the process group and to descendants that left it.
     Terminate { pid: i32 },
     /// SIGKILL to the process group and to descendants that left it.
@@ -126,10 +135,30 @@ pub enum Effect {
     KillOrphans,
     /// Queue a lifecycle row (the executor adds the manager's name).
     Record(LifecycleRecord),
-    /// Queue the component's `component_state` row as it is after this input.
-    SaveState,
+    /// Queue this `component_state` row: the component as it is after the input (the
+    /// executor adds the manager's name).
+    SaveState(ComponentState),
     /// Drop the component: its row is gone and so is its process.
     Forget,
+}
+
+impl Effect {
+    /// A `SaveState` whose row `Component::handle` fills in once the input is handled.
+    fn save() -> Effect {
+        Effect::SaveState(ComponentState {
+            component_id: String::new(),
+            manager: String::new(),
+            state: RunState::Stopped,
+            pid: None,
+            pid_start_ticks: None,
+            started_at: None,
+            restarts: 0,
+            last_exit: None,
+            request: None,
+            ready: false,
+            status_text: None,
+        })
+    }
 }
 
 /// A live process of a component.
@@ -301,7 +330,7 @@ impl Component {
             ));
         }
         if changed {
-            out.push(Effect::SaveState);
+            out.push(Effect::save());
         }
     }
 
@@ -404,7 +433,7 @@ impl Component {
                             "still running after a manager restart; watching pid {pid}"
                         )),
                 ));
-                out.push(Effect::SaveState);
+                out.push(Effect::save());
             }
             Input::Notified(notices) => self.on_notified(notices, cx, &mut out),
             Input::Health(health) => self.on_health(health, cx),
@@ -421,7 +450,7 @@ impl Component {
                         .pid(pid)
                         .message(message),
                 ));
-                out.push(Effect::SaveState);
+                out.push(Effect::save());
             }
             Input::Vanished { .. } => {}
             Input::Exited { pid, cause } => self.on_exit(pid, cause, cx, &mut out),
@@ -434,12 +463,37 @@ impl Component {
                 Phase::Stopping { then, .. } => *then = AfterStop::Stop,
                 Phase::Backoff { .. } | Phase::Waiting { .. } => {
                     self.phase = Phase::Idle;
-                    out.push(Effect::SaveState);
+                    out.push(Effect::save());
                 }
                 _ => {}
             },
         }
+        // A saved row is the state after the whole input, wherever in the batch it is queued.
+        let mut snapshot = None;
+        for effect in &mut out {
+            if let Effect::SaveState(row) = effect {
+                *row = snapshot.get_or_insert_with(|| self.snapshot()).clone();
+            }
+        }
         out
+    }
+
+    /// The component's `component_state` row (the manager's name left to the executor).
+    pub fn snapshot(&self) -> ComponentState {
+        let proc = self.proc();
+        ComponentState {
+            component_id: self.row.component_id.clone(),
+            manager: String::new(),
+            state: self.run_state(),
+            pid: proc.map(|p| p.pid),
+            pid_start_ticks: proc.map(|p| p.start_ticks),
+            started_at: proc.map(|p| p.started_unix),
+            restarts: self.restarts,
+            last_exit: self.last_exit.clone(),
+            request: None,
+            ready: self.ready(),
+            status_text: self.status_text().map(str::to_owned),
+        }
     }
 
     fn record(&self, event: LifecycleEvent) -> LifecycleRecord {
@@ -521,7 +575,7 @@ impl Component {
             ) => {
                 self.phase = Phase::Idle;
                 self.settled_row = None;
-                out.push(Effect::SaveState);
+                out.push(Effect::save());
             }
             _ => {}
         }
@@ -529,7 +583,10 @@ impl Component {
 
     fn spawn(&mut self, out: &mut Vec<Effect>) {
         self.phase = Phase::Starting;
-        out.push(Effect::Spawn);
+        out.push(Effect::Spawn {
+            launch: self.row.launch_key(),
+            watchdog: self.health.watchdog,
+        });
     }
 
     fn on_spawned(
@@ -558,7 +615,7 @@ impl Component {
                 .script_path(script_path)
                 .message(format!("spawned as pid {pid} (process group leader)")),
         ));
-        out.push(Effect::SaveState);
+        out.push(Effect::save());
     }
 
     fn begin_stop(
@@ -587,7 +644,7 @@ impl Component {
             then,
             leader_exit: None,
         };
-        out.push(Effect::SaveState);
+        out.push(Effect::save());
     }
 }
 

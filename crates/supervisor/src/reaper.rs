@@ -48,7 +48,7 @@ pub fn reap_exited() -> Vec<(i32, ExitCause)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -63,8 +63,13 @@ mod tests {
         assert!(!ExitCause::Unknown.is_clean());
     }
 
+    /// Held by every test of this crate that waits for its own children: this one reaps
+    /// any child of the test process.
+    pub(crate) static CHILDREN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn reaps_a_child_with_its_exit_code() {
+        let _children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
         #[allow(clippy::disallowed_methods, clippy::zombie_processes)] // a test's own child
         let child = std::process::Command::new("sh")
             .args(["-c", "exit 7"])

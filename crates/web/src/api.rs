@@ -205,7 +205,7 @@ async fn events(State(app): AppState, query: Params) -> Result<Response, ApiErro
 /// Boot, the log writer and the managers: names with logs and events but no row.
 fn known_process(home: &Home, id: &str) -> Option<String> {
     let config = Config::load(&home.config_path()).unwrap_or_default();
-    let mut names = n0m1_ctl::status::known_managers(&config);
+    let mut names = n0m1_ctl::components::known_managers(&config);
     names.extend(
         ["boot", "boot_system", n0m1_core::home::LOGD_STEM]
             .iter()

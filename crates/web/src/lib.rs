@@ -1,9 +1,10 @@
 //! n0m1-web: `n0m1_web`, a bundled component serving the dashboard (`/`), the JSON API
 //! (`/api/v1/…`), server-sent event streams and Prometheus metrics (`/metrics`).
 //!
-//! It only reads the database and files of the home and changes what `n0m1ctl` changes (rows
-//! and operator requests), through the same n0m1-ctl functions, so the managers never know it
-//! exists and no supervisor links an HTTP stack. One current-thread tokio runtime serves every
+//! It reads the database and files of the home and changes only what `n0m1ctl` changes (rows
+//! and operator requests, through the same n0m1-ctl functions) and queues notifications for
+//! the model components (through `n0m1_protocol::llm_tables`, their table's one owner), so
+//! the managers never know it exists and no supervisor links an HTTP stack. One current-thread tokio runtime serves every
 //! connection; SQLite work runs on the runtime's small blocking pool.
 
 use std::net::SocketAddr;

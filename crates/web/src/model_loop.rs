@@ -1,54 +1,22 @@
 //! The model loop's tables as the dashboard shows them: the summary tables and `llm_outputs`
 //! (read only), `llm_notifications` (read, and a new notification such as a RUN).
 
-use n0m1_core::schema::{
-    CPU_TEMP_SUMMARY, CPU_USAGE_SUMMARY, LLM_IO_CONFIG, LLM_NOTIFICATIONS, LLM_OUTPUTS,
-    MEMORY_USAGE_SUMMARY, NANO_OUTPUTS,
-};
+use n0m1_core::schema::{LLM_IO_CONFIG, LLM_NOTIFICATIONS};
 use n0m1_core::text::printable;
+use n0m1_protocol::llm_tables::{self, Notification};
+use n0m1_protocol::tables::{self, TableName};
 use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 use serde_json::{Map, Value};
 
 use crate::ApiError;
 
-/// Output tables every database has.
-const OUTPUT_TABLES: &[&str] = &[
-    CPU_TEMP_SUMMARY,
-    CPU_USAGE_SUMMARY,
-    MEMORY_USAGE_SUMMARY,
-    NANO_OUTPUTS,
-    LLM_OUTPUTS,
-];
-
 /// The longest payload accepted (the processor reads the first 4,096 characters).
 const MAX_PAYLOAD_CHARS: usize = 16 * 1024;
 
-/// The output tables of this database: the standard ones and any `output_table` named in
-/// `llm_io_config`, each only if it exists.
-pub fn output_tables(conn: &Connection) -> Result<Vec<String>, ApiError> {
-    let mut names: Vec<String> = OUTPUT_TABLES.iter().map(|s| s.to_string()).collect();
-    let configured: Vec<String> = conn
-        .prepare(&format!(
-            "SELECT DISTINCT output_table FROM {LLM_IO_CONFIG}"
-        ))
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .map_err(|e| ApiError::database(LLM_IO_CONFIG, e))?;
-    names.extend(configured);
-    let mut existing = Vec::new();
-    for name in names {
-        let exists: bool = conn
-            .query_row(
-                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                [&name],
-                |r| r.get(0),
-            )
-            .map_err(|e| ApiError::database("sqlite_master", e))?;
-        if exists && !existing.contains(&name) {
-            existing.push(name);
-        }
-    }
-    Ok(existing)
+/// The names of this database's output tables (`llm_tables::output_tables`).
+pub fn output_tables(conn: &Connection) -> Result<Vec<TableName>, ApiError> {
+    llm_tables::output_tables(conn).map_err(|e| ApiError::database(LLM_IO_CONFIG, e))
 }
 
 fn json_value(value: ValueRef<'_>) -> Value {
@@ -61,66 +29,35 @@ fn json_value(value: ValueRef<'_>) -> Value {
     }
 }
 
-/// Rows of a query as JSON objects keyed by column name.
-fn rows_as_json(
-    conn: &Connection,
-    sql: &str,
-    limit: u32,
-    what: &str,
-) -> Result<Vec<Value>, ApiError> {
-    let mut statement = conn.prepare(sql).map_err(|e| ApiError::database(what, e))?;
-    let names: Vec<String> = statement
-        .column_names()
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-    let mut rows = statement
-        .query([limit])
-        .map_err(|e| ApiError::database(what, e))?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(|e| ApiError::database(what, e))? {
-        let mut object = Map::new();
-        for (i, name) in names.iter().enumerate() {
-            let value = row.get_ref(i).map_err(|e| ApiError::database(what, e))?;
-            object.insert(name.clone(), json_value(value));
-        }
-        out.push(Value::Object(object));
-    }
-    Ok(out)
-}
-
-/// The newest rows of an output table, newest first. The name must be one of
-/// `output_tables`; it is then quoted as an identifier, never spliced as given.
+/// The newest rows of an output table, newest first, as JSON objects keyed by column. The
+/// name must be one of `output_tables`; it reaches SQL only as a validated `TableName`.
 pub fn outputs(conn: &Connection, table: &str, limit: u32) -> Result<Vec<Value>, ApiError> {
     let tables = output_tables(conn)?;
     let Some(name) = tables.iter().find(|t| t.as_str() == table) else {
+        let names: Vec<&str> = tables.iter().map(TableName::as_str).collect();
         return Err(ApiError::not_found(format!(
             "no output table '{}': {}",
             printable(table),
-            tables.join(", ")
+            names.join(", ")
         )));
     };
-    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    rows_as_json(
-        conn,
-        &format!("SELECT * FROM {quoted} ORDER BY rowid DESC LIMIT ?1"),
-        limit,
-        name,
-    )
+    tables::latest_rows(conn, name, limit as usize, |names, row| {
+        let mut object = Map::new();
+        for (i, column) in names.iter().enumerate() {
+            object.insert(column.clone(), json_value(row.get_ref(i)?));
+        }
+        Ok(Value::Object(object))
+    })
+    .map_err(|e| ApiError::database(name.as_str(), e))
 }
 
 /// The newest notifications, newest first.
 pub fn notifications(conn: &Connection, limit: u32) -> Result<Vec<Value>, ApiError> {
-    rows_as_json(
-        conn,
-        &format!(
-            "SELECT id, llm_id, notification_type, substr(payload, 1, 1000) AS payload,
-                    coalesce(processed, 0) AS processed, created_timestamp
-             FROM {LLM_NOTIFICATIONS} ORDER BY id DESC LIMIT ?1"
-        ),
-        limit,
-        LLM_NOTIFICATIONS,
-    )
+    let rows =
+        llm_tables::recent(conn, limit).map_err(|e| ApiError::database(LLM_NOTIFICATIONS, e))?;
+    rows.into_iter()
+        .map(|row| serde_json::to_value(row).map_err(|e| ApiError::internal(e.to_string())))
+        .collect()
 }
 
 /// The body of `POST /api/v1/notifications`.
@@ -156,14 +93,9 @@ pub fn insert_notification(conn: &Connection, new: &NewNotification) -> Result<i
             "payload: longer than {MAX_PAYLOAD_CHARS} characters"
         )));
     }
-    conn.execute(
-        &format!(
-            "INSERT INTO {LLM_NOTIFICATIONS} (llm_id, notification_type, payload) VALUES (?1, ?2, ?3)"
-        ),
-        rusqlite::params![new.llm_id, kind, new.payload],
-    )
-    .map_err(|e| ApiError::database(LLM_NOTIFICATIONS, e))?;
-    Ok(conn.last_insert_rowid())
+    let notification = Notification::parse(kind, new.payload.clone());
+    llm_tables::notify(conn, &new.llm_id, &notification)
+        .map_err(|e| ApiError::database(LLM_NOTIFICATIONS, e))
 }
 
 #[cfg(test)]
@@ -181,7 +113,7 @@ mod tests {
             [],
         )
         .unwrap();
-        let rows = outputs(&conn, LLM_OUTPUTS, 10).unwrap();
+        let rows = outputs(&conn, "llm_outputs", 10).unwrap();
         assert_eq!(rows[0]["content"], "hello");
         for hostile in [
             "autorun_components",

@@ -52,10 +52,10 @@ impl Component {
                     .pid(pid)
                     .message("one-shot run completed"),
             ));
-            out.push(Effect::SaveState);
+            out.push(Effect::save());
         } else if cx.shutting_down || !self.row.desired_active {
             out.push(Effect::Record(exit_record));
-            out.push(Effect::SaveState);
+            out.push(Effect::save());
         } else if uptime >= cx.policy.min_uptime.duration() && !self.crash_looping(cx) {
             self.quick_deaths = 0;
             self.restarts += 1;
@@ -127,7 +127,7 @@ impl Component {
                     delay.as_secs_f64()
                 )),
         ));
-        out.push(Effect::SaveState);
+        out.push(Effect::save());
     }
 
     pub(super) fn settle_failed(
@@ -144,7 +144,7 @@ impl Component {
                 .run_type(self.row.run_type.clone())
                 .message(message),
         ));
-        out.push(Effect::SaveState);
+        out.push(Effect::save());
     }
 
     /// The stopped component's tree is gone: the stop is complete.
@@ -178,10 +178,10 @@ impl Component {
                 self.start(cx, out);
             }
             AfterStop::Forget => {
-                out.push(Effect::SaveState);
+                out.push(Effect::save());
                 out.push(Effect::Forget);
             }
-            _ => out.push(Effect::SaveState),
+            _ => out.push(Effect::save()),
         }
         out.push(Effect::KillOrphans);
     }
@@ -196,7 +196,7 @@ impl Component {
             Phase::Backoff { until } if *until <= cx.now => {
                 if cx.shutting_down {
                     self.phase = Phase::Idle;
-                    out.push(Effect::SaveState);
+                    out.push(Effect::save());
                 } else {
                     self.spawn(out);
                 }
@@ -229,7 +229,7 @@ impl Component {
                 out.push(Effect::KillOrphans);
                 self.phase = Phase::Idle;
                 self.last_exit = Some("stop failed: survived SIGKILL".to_owned());
-                out.push(Effect::SaveState);
+                out.push(Effect::save());
             }
             _ => {}
         }

@@ -86,6 +86,7 @@ impl Component {
         let Phase::Running(proc) = &mut self.phase else {
             return;
         };
+        let checked_pid = proc.pid;
         let checks = &mut proc.checks;
         if checks.unhealthy {
             return;
@@ -122,6 +123,7 @@ impl Component {
                 checks.next_probe = None;
                 out.push(Effect::RunProbe {
                     program: probe.program.clone(),
+                    checked_pid,
                 });
             }
             None => {}

@@ -70,13 +70,13 @@ fn short(effects: &[Effect]) -> Vec<String> {
     effects
         .iter()
         .map(|effect| match effect {
-            Effect::Spawn => "spawn".to_owned(),
+            Effect::Spawn { .. } => "spawn".to_owned(),
             Effect::Terminate { pid } => format!("term {pid}"),
             Effect::Kill { pid } => format!("kill {pid}"),
             Effect::ReleasePidFile => "release".to_owned(),
             Effect::KillOrphans => "orphans".to_owned(),
             Effect::Record(record) => record.event.as_str().to_owned(),
-            Effect::SaveState => "save".to_owned(),
+            Effect::SaveState(_) => "save".to_owned(),
             Effect::Forget => "forget".to_owned(),
             Effect::RunProbe { .. } => "probe".to_owned(),
             Effect::KillProbe { pid } => format!("kill-probe {pid}"),
@@ -950,4 +950,63 @@ fn a_component_in_a_cycle_is_refused_once_and_never_times_out() {
         &policy(),
         &[(2, Input::Dependencies(Gate::Open), &["spawn"])],
     );
+}
+
+/// Effects carry what the executor needs: a spawn what to launch and the watchdog period, a
+/// saved row the component as it is after the whole input.
+#[test]
+fn effects_carry_their_data() {
+    let start = Instant::now();
+    let policy = policy();
+    let cx = |ms: u64| Context {
+        now: start + Duration::from_millis(ms),
+        unix_now: 1_000.0 + ms as f64 / 1000.0,
+        policy: &policy,
+        shutting_down: false,
+    };
+    let mut c = Component::new(row(true));
+    c.handle(
+        Input::Health(HealthCheck {
+            watchdog: Some(Duration::from_secs(3)),
+            ..HealthCheck::default()
+        }),
+        &cx(0),
+    );
+    let effects = c.handle(active(), &cx(0));
+    assert_eq!(
+        effects,
+        [Effect::Spawn {
+            launch: row(true).launch_key(),
+            watchdog: Some(Duration::from_secs(3)),
+        }]
+    );
+    let effects = c.handle(spawned(10), &cx(0));
+    let Some(Effect::SaveState(saved)) = effects.last() else {
+        panic!("{effects:?}");
+    };
+    assert_eq!(saved.component_id, "c");
+    assert_eq!(saved.state, RunState::Running);
+    assert_eq!(saved.pid, Some(10));
+    assert_eq!(saved.started_at, Some(1_000.0));
+
+    // A crash after min_uptime: the row saved in the batch is the state after it (the
+    // replacement on its way), and the spawn carries the row's launch again.
+    let effects = c.handle(exited(10, KILLED), &cx(1_500));
+    assert!(effects.contains(&Effect::Spawn {
+        launch: row(true).launch_key(),
+        watchdog: Some(Duration::from_secs(3)),
+    }));
+    let effects = c.handle(spawned(11), &cx(1_600));
+    let saved: Vec<&n0m1_core::state::ComponentState> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::SaveState(row) => Some(row),
+            _ => None,
+        })
+        .collect();
+    assert!(!saved.is_empty());
+    for row in saved {
+        assert_eq!(row.restarts, 1);
+        assert_eq!(row.last_exit.as_deref(), Some("killed by signal SIGKILL"));
+    }
 }

@@ -36,7 +36,7 @@ impl Component {
             give_up: cx.now + cx.policy.start_timeout.duration(),
         };
         self.report_cycle(out);
-        out.push(Effect::SaveState);
+        out.push(Effect::save());
     }
 
     pub(super) fn on_gate(&mut self, gate: Gate, cx: &Context<'_>, out: &mut Vec<Effect>) {

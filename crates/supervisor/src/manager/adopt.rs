@@ -11,6 +11,7 @@ use n0m1_core::process::{self, ProcStat};
 use n0m1_core::state::{self, ComponentState, RunState, unix_now};
 
 use super::Manager;
+use super::slot::{PidOwner, Slot};
 use crate::machine::{Component, Input};
 
 impl Manager {
@@ -61,9 +62,8 @@ impl Manager {
                 tracing::error!("{id}: cannot watch adopted pid {pid}: {error}");
                 continue;
             }
-            if let Ok(file) = PidFile::acquire_for(&pid_path, pid) {
-                self.pid_files.insert(id.clone(), file);
-            }
+            let mut slot = Slot::new(Component::new(row));
+            slot.pid_file = PidFile::acquire_for(&pid_path, pid).ok();
             let started_unix = saved.and_then(|s| s.started_at).unwrap_or_else(unix_now);
             let input = Input::Adopted {
                 pid,
@@ -75,8 +75,8 @@ impl Manager {
                 ready: saved.is_some_and(|s| s.ready),
                 status_text: saved.and_then(|s| s.status_text.clone()),
             };
-            self.by_pid.insert(pid, id.clone());
-            self.components.insert(id.clone(), Component::new(row));
+            self.exec.pids.insert(pid, PidOwner::Leader(id.clone()));
+            self.slots.insert(id.clone(), slot);
             self.dispatch(&id, input);
         }
     }
@@ -90,7 +90,8 @@ impl Manager {
             return;
         };
         let id = row.component_id.clone();
-        self.components.insert(id.clone(), Component::new(row));
+        self.slots
+            .insert(id.clone(), Slot::new(Component::new(row)));
         self.dispatch(
             &id,
             Input::Vanished {

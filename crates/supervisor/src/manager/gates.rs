@@ -115,30 +115,35 @@ impl Manager {
                     n0m1_core::schema::COMPONENT_DEPENDENCIES
                 );
                 let gates = self
-                    .components
+                    .slots
                     .iter()
-                    .map(|(id, c)| (id.clone(), c.gate().clone()))
+                    .map(|(id, slot)| (id.clone(), slot.machine.gate().clone()))
                     .collect();
                 return (gates, HashSet::new());
             }
         };
-        let mut reported = HashMap::new();
+        let mut errors: HashMap<&str, std::collections::BTreeMap<String, String>> = HashMap::new();
         for error in &view.errors {
-            if !ours.contains(error.component_id.as_str()) {
-                continue;
+            if ours.contains(error.component_id.as_str()) {
+                errors
+                    .entry(error.component_id.as_str())
+                    .or_default()
+                    .insert(error.depends_on.clone(), error.to_string());
             }
-            let key = format!("{}\u{0}{}", error.component_id, error.depends_on);
-            let message = error.to_string();
-            if self.dependency_errors.get(&key) != Some(&message) {
-                self.writer.event(
-                    LifecycleRecord::new(&error.component_id, LifecycleEvent::Error)
-                        .manager(self.options.manager.clone())
-                        .message(message.clone()),
-                );
-            }
-            reported.insert(key, message);
         }
-        self.dependency_errors = reported;
+        for (id, slot) in &mut self.slots {
+            let now = errors.remove(id.as_str()).unwrap_or_default();
+            for (depends_on, message) in &now {
+                if slot.dependency_errors.get(depends_on) != Some(message) {
+                    self.exec.writer.event(
+                        LifecycleRecord::new(id, LifecycleEvent::Error)
+                            .manager(self.options.manager.clone())
+                            .message(message.clone()),
+                    );
+                }
+            }
+            slot.dependency_errors = now;
+        }
         let gates = ours
             .iter()
             .map(|id| ((*id).to_owned(), view.gate(id)))

@@ -10,30 +10,32 @@
 mod adopt;
 mod executor;
 mod gates;
+mod observe;
+mod rows;
+mod shutdown;
+mod slot;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use n0m1_core::components::{self, ComponentRow};
 use n0m1_core::config::{Config, ResourceSettings, Retention, SupervisorPolicy};
 use n0m1_core::db::{self, DatabaseFile, DbError};
-use n0m1_core::health::{self, HealthCheck};
 use n0m1_core::home::{ENV_BOOT_PID, Home, HomeError};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::notify::NotifySocket;
 use n0m1_core::pidfile::{PidError, PidFile};
-use n0m1_core::process::{self, ProcStat};
-use n0m1_core::resources::{self, ResourceSample};
+use n0m1_core::process;
 use n0m1_core::runtime::{Event, PidWatcher, Runtime, SignalSet};
-use n0m1_core::state::{self, Request, unix_now};
+use n0m1_core::state::unix_now;
 use n0m1_core::writer::Writer;
 use rusqlite::Connection;
 
 use crate::launch::ScriptResolver;
-use crate::machine::{Component, Context, Input};
+use crate::machine::{Context, Effect, Input};
 use crate::reaper::{self, ExitCause};
+use executor::Executor;
+use slot::{PidOwner, Slot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -73,20 +75,14 @@ const READ_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 pub struct Manager {
     options: ManagerOptions,
     policy: SupervisorPolicy,
-    resolver: ScriptResolver,
-    /// Reads only (rows, saved state); every write goes through `writer`.
+    /// Reads only (rows, saved state); every write goes through the executor's writer.
     conn: Connection,
     runtime: Runtime,
-    writer: Writer,
     pid_watcher: Option<PidWatcher>,
-    components: BTreeMap<String, Component>,
-    /// Live pid → component, so an exit finds its component in O(1).
-    by_pid: HashMap<i32, String>,
-    pid_files: HashMap<String, PidFile>,
-    /// Descendants that left a stopping component's group, found when the stop began.
-    escaped: HashMap<String, Vec<(i32, u64)>>,
-    /// One /proc snapshot per loop turn, taken only if a stop needs it.
-    snapshot: Option<Vec<ProcStat>>,
+    /// Every supervised component, by id.
+    slots: BTreeMap<String, Slot>,
+    /// Performs the machines' effects; holds the writer, the log FIFOs and the pid index.
+    exec: Executor,
     shutting_down: bool,
     /// The file the manager opened; set aside with the reason once it is deleted or replaced.
     database: DatabaseFile,
@@ -94,21 +90,8 @@ pub struct Manager {
     /// Where components send sd_notify datagrams (`NOTIFY_SOCKET`); `None` if it could not
     /// be bound (then readiness is unknown, and said once in the log).
     notify: Option<NotifySocket>,
-    /// Running health probes: pid → the component they check.
-    probes: HashMap<i32, String>,
-    /// The last error reported for each component's `component_health` row, so a bad row is
-    /// said once, not on every pass.
-    health_errors: HashMap<String, String>,
-    /// The same for `component_dependencies` rows.
-    dependency_errors: HashMap<String, String>,
     /// The valid dependencies as last read (for the stop order at shutdown).
     dependencies: Vec<n0m1_core::dependencies::Dependency>,
-    /// At shutdown: components not yet told to stop (their dependents go first).
-    shutdown_pending: std::collections::BTreeSet<String>,
-    /// The components' log FIFOs, held open (see `n0m1_core::logpipe`).
-    log_pipes: n0m1_core::logpipe::LogPipes,
-    /// Started by boot (which runs the log writer).
-    under_boot: bool,
     /// How often the components' trees are sampled, and how long samples are kept.
     resources: ResourceSettings,
     retention: Retention,
@@ -140,7 +123,7 @@ impl Manager {
         let writer = Writer::start(&db_path)?;
         let manager_name = options.manager.clone();
         runtime.watch_database_with(database.clone(), options.watch_interval, move |conn| {
-            rows_fingerprint(conn, &manager_name)
+            rows::rows_fingerprint(conn, &manager_name)
         });
         let mut runtime = runtime;
         let notify = match NotifySocket::bind(&options.home.notify_socket(&options.manager)) {
@@ -163,36 +146,36 @@ impl Manager {
             })
             .ok();
 
+        let exec = Executor {
+            resolver: ScriptResolver::new(&options.home, options.bin_dir.clone()),
+            home: options.home.clone(),
+            manager: options.manager.clone(),
+            writer,
+            log_pipes: Default::default(),
+            notify_socket: notify.as_ref().map(|socket| socket.path().to_path_buf()),
+            under_boot: std::env::var_os(ENV_BOOT_PID).is_some(),
+            snapshot: None,
+            pids: HashMap::new(),
+        };
         let mut manager = Manager {
             policy: SupervisorPolicy::default(),
-            resolver: ScriptResolver::new(&options.home, options.bin_dir.clone()),
             conn,
             runtime,
-            writer,
             pid_watcher,
-            components: BTreeMap::new(),
-            by_pid: HashMap::new(),
-            pid_files: HashMap::new(),
-            escaped: HashMap::new(),
-            snapshot: None,
+            slots: BTreeMap::new(),
+            exec,
             shutting_down: false,
             database,
             database_gone: None,
             notify,
-            probes: HashMap::new(),
-            health_errors: HashMap::new(),
-            dependency_errors: HashMap::new(),
             dependencies: Vec::new(),
-            shutdown_pending: Default::default(),
-            log_pipes: Default::default(),
-            under_boot: std::env::var_os(ENV_BOOT_PID).is_some(),
             resources: ResourceSettings::default(),
             retention: Retention::default(),
             options,
         };
         manager.load_policy();
         let me = std::process::id() as i32;
-        manager.writer.event(
+        manager.exec.writer.event(
             LifecycleRecord::new(
                 &manager.options.manager,
                 LifecycleEvent::StartedSuccessfully,
@@ -206,14 +189,14 @@ impl Manager {
         manager.adopt_survivors();
         manager.reconcile();
         manager.event_loop(&own_pid_file);
-        manager.writer.event(
+        manager.exec.writer.event(
             LifecycleRecord::new(&manager.options.manager, LifecycleEvent::Stopped)
                 .pid(me)
                 .message("all components stopped"),
         );
         // Everything queued is written (waiting for a lock if need be) before the PID file
         // goes: `n0m1ctl stop` returns once it is gone.
-        manager.writer.close();
+        manager.exec.writer.close();
         own_pid_file.remove();
         match manager.database_gone {
             Some(error) => Err(error.into()),
@@ -232,6 +215,11 @@ impl Manager {
         let mut next_sample = Instant::now() + self.resources.interval.duration();
         let mut next_prune = Instant::now();
         loop {
+            // An exit waiting is handled before any periodic work: a restart never waits
+            // behind a pass's SQL.
+            if self.runtime.take_child_exited() {
+                self.reap();
+            }
             let now = Instant::now();
             if now >= next_sample {
                 self.sample_resources();
@@ -239,7 +227,8 @@ impl Manager {
             }
             if now >= next_prune {
                 let max_age = self.retention.max_age_days.0 * 86_400.0;
-                self.writer
+                self.exec
+                    .writer
                     .prune_resources(&self.options.manager, unix_now() - max_age);
                 next_prune = now + self.retention.prune_interval.duration();
             }
@@ -256,9 +245,9 @@ impl Manager {
                 next_pass = now + PERIODIC_PASS;
             }
             let wake = self
-                .components
+                .slots
                 .values()
-                .filter_map(|c| c.deadline(now))
+                .filter_map(|slot| slot.machine.deadline(now))
                 .fold(
                     next_heartbeat
                         .min(next_pass)
@@ -268,25 +257,9 @@ impl Manager {
                 );
             match self.runtime.next(Some(wake)) {
                 Some(Event::ChildExited) => self.reap(),
-                Some(Event::ProcessExited { pid }) => self.adopted_exited(pid),
+                Some(Event::ProcessExited { pid }) => self.exited(pid, ExitCause::Unknown, true),
                 Some(Event::DatabaseChanged) if !self.shutting_down => self.reconcile(),
-                Some(Event::Reload) => {
-                    self.load_policy();
-                    self.writer.event(
-                        LifecycleRecord::new(&self.options.manager, LifecycleEvent::ConfigReloaded)
-                            .pid(std::process::id() as i32)
-                            .message(format!(
-                                "supervisor settings applied (stop_timeout {} s, backoff {}-{} s, max_quick_deaths {}); no component restarted",
-                                self.policy.stop_timeout.0,
-                                self.policy.backoff_initial.0,
-                                self.policy.backoff_max.0,
-                                self.policy.max_quick_deaths
-                            )),
-                    );
-                    if !self.shutting_down {
-                        self.reconcile();
-                    }
-                }
+                Some(Event::Reload) => self.reload(),
                 Some(Event::Shutdown) => self.begin_shutdown(),
                 Some(Event::DatabaseReplaced) => self.database_replaced(),
                 Some(Event::Readable) => self.notifications(),
@@ -297,10 +270,28 @@ impl Manager {
             if self.shutting_down {
                 self.continue_shutdown();
             }
-            self.snapshot = None;
-            if self.shutting_down && self.components.values().all(|c| c.proc().is_none()) {
+            self.exec.snapshot = None;
+            if self.shutting_down && self.slots.values().all(|s| s.machine.proc().is_none()) {
                 return;
             }
+        }
+    }
+
+    fn reload(&mut self) {
+        self.load_policy();
+        self.exec.writer.event(
+            LifecycleRecord::new(&self.options.manager, LifecycleEvent::ConfigReloaded)
+                .pid(std::process::id() as i32)
+                .message(format!(
+                    "supervisor settings applied (stop_timeout {} s, backoff {}-{} s, max_quick_deaths {}); no component restarted",
+                    self.policy.stop_timeout.0,
+                    self.policy.backoff_initial.0,
+                    self.policy.backoff_max.0,
+                    self.policy.max_quick_deaths
+                )),
+        );
+        if !self.shutting_down {
+            self.reconcile();
         }
     }
 
@@ -311,7 +302,7 @@ impl Manager {
                 self.resources = config.resources;
                 self.retention = config.retention;
             }
-            Err(error) => self.writer.event(
+            Err(error) => self.exec.writer.event(
                 LifecycleRecord::new(&self.options.manager, LifecycleEvent::Error)
                     .message(format!("{error}; keeping the previous supervisor policy")),
             ),
@@ -330,231 +321,20 @@ impl Manager {
                 policy: &self.policy,
                 shutting_down: self.shutting_down,
             };
-            let Some(component) = self.components.get_mut(id) else {
+            let Some(slot) = self.slots.get_mut(id) else {
                 return;
             };
-            for effect in component.handle(input, &cx) {
-                if let Some(answer) = self.perform(id, effect) {
+            let mut forget = false;
+            for effect in slot.machine.handle(input, &cx) {
+                forget |= effect == Effect::Forget;
+                if let Some(answer) = self.exec.perform(id, slot, effect) {
                     queue.push_back(answer);
                 }
             }
-        }
-    }
-
-    /// One `component_resource_log` row per running component: its tree's RSS and CPU time,
-    /// from one /proc snapshot for all of them. Off the restart path (a timer, not a SIGCHLD).
-    fn sample_resources(&mut self) {
-        let running: Vec<(&String, i32)> = self
-            .components
-            .iter()
-            .filter_map(|(id, c)| Some((id, c.proc()?.pid)))
-            .collect();
-        if running.is_empty() {
-            return;
-        }
-        let snapshot = process::all_processes();
-        let sampled_at = unix_now();
-        let samples = running
-            .into_iter()
-            .map(|(id, pid)| {
-                let usage = resources::tree_usage(&snapshot, pid);
-                ResourceSample {
-                    component_id: id.clone(),
-                    manager: self.options.manager.clone(),
-                    sampled_at,
-                    rss_bytes: usage.rss_bytes,
-                    cpu_seconds: usage.cpu_seconds,
-                    processes: usage.processes,
-                }
-            })
-            .collect();
-        self.writer.resources(samples);
-    }
-
-    /// Makes the machines see the table.
-    fn reconcile(&mut self) {
-        let rows = match components::of_manager(&self.conn, &self.options.manager) {
-            Ok(rows) => rows,
-            Err(error) => {
-                tracing::error!(
-                    "cannot read {}: {error}; will try again",
-                    n0m1_core::schema::AUTORUN_COMPONENTS
-                );
+            if forget {
+                self.slots.remove(id);
                 return;
             }
-        };
-        let requests = operator_requests(&self.conn, &self.options.manager);
-        let ids: HashSet<&str> = rows.iter().map(|r| r.component_id.as_str()).collect();
-        let mut checks = self.health_checks(&ids);
-        let (mut gates, held) = self.dependency_gates(&ids);
-        let mut seen = HashSet::new();
-        for row in rows {
-            let id = row.component_id.clone();
-            let health = checks.remove(&id).unwrap_or_default();
-            let gate = gates.remove(&id).unwrap_or_default();
-            let request = requests.get(&id).copied();
-            if let Some(request) = request {
-                self.writer.clear_request(&id, request);
-            }
-            self.components
-                .entry(id.clone())
-                .or_insert_with(|| Component::new(row.clone()));
-            // Before the row: a spawn it leads to then carries the watchdog settings.
-            self.dispatch(&id, Input::Health(health));
-            self.dispatch(&id, Input::Dependencies(gate));
-            // Disabled while dependents still run: it stops after them (the watcher brings
-            // us back here as their states change).
-            let running = self.components.get(&id).is_some_and(|c| c.proc().is_some());
-            if !row.desired_active && running && held.contains(&id) {
-                seen.insert(id);
-                continue;
-            }
-            self.dispatch(&id, Input::Row { row, request });
-            seen.insert(id);
-        }
-        let gone: Vec<String> = self
-            .components
-            .keys()
-            .filter(|id| !seen.contains(*id))
-            .cloned()
-            .collect();
-        for id in gone {
-            self.dispatch(&id, Input::RowGone);
-        }
-    }
-
-    /// The validated `component_health` rows of this manager's components; a bad row is an
-    /// ERROR event naming it and its field (once per distinct error) and checks nothing.
-    fn health_checks(&mut self, ours: &HashSet<&str>) -> HashMap<String, HealthCheck> {
-        let rows = match health::all(&self.conn) {
-            Ok(rows) => rows,
-            Err(error) => {
-                tracing::error!(
-                    "cannot read {}: {error}; health checks unchanged until it can be read",
-                    n0m1_core::schema::COMPONENT_HEALTH
-                );
-                return self
-                    .components
-                    .iter()
-                    .map(|(id, c)| (id.clone(), c.health().clone()))
-                    .collect();
-            }
-        };
-        let hooks = self.options.home.hooks_dir();
-        let mut checks = HashMap::new();
-        let mut reported = HashMap::new();
-        for row in rows {
-            // Another manager's rows are its business.
-            if !ours.contains(row.component_id.as_str()) {
-                continue;
-            }
-            match row.check(&hooks) {
-                Ok(check) => {
-                    checks.insert(row.component_id, check);
-                }
-                Err(error) => {
-                    let message = error.to_string();
-                    if self.health_errors.get(&row.component_id) != Some(&message) {
-                        self.writer.event(
-                            LifecycleRecord::new(&row.component_id, LifecycleEvent::Error)
-                                .manager(self.options.manager.clone())
-                                .message(message.clone()),
-                        );
-                    }
-                    reported.insert(row.component_id, message);
-                }
-            }
-        }
-        self.health_errors = reported;
-        checks
-    }
-
-    /// Every waiting sd_notify datagram, each given to the component whose process group
-    /// sent it (the kernel names the sender; a component leads its own group, so a helper
-    /// such as `systemd-notify` run by its script counts as the component).
-    fn notifications(&mut self) {
-        let Some(socket) = &self.notify else {
-            return;
-        };
-        let mut received = Vec::new();
-        while let Some(datagram) = socket.receive() {
-            received.push(datagram);
-        }
-        for (pid, notices) in received {
-            let owner = self.by_pid.get(&pid).cloned().or_else(|| {
-                let group = ProcStat::read(pid)?.pgrp;
-                self.by_pid.get(&group).cloned()
-            });
-            match owner {
-                Some(id) if !notices.is_empty() => self.dispatch(&id, Input::Notified(notices)),
-                Some(_) => {}
-                None => tracing::warn!(
-                    "notification from pid {pid}, which belongs to no component of {}; ignored",
-                    self.options.manager
-                ),
-            }
-        }
-    }
-
-    /// The rows the manager acts on are no longer in the file at the database path: it
-    /// stops its components and exits with the reason rather than supervise from a file
-    /// nobody reads (boot then stops the system: see `Boot::database_replaced`).
-    fn database_replaced(&mut self) {
-        let Err(error) = self.database.check() else {
-            return;
-        };
-        tracing::error!("{error}");
-        self.writer.event(
-            LifecycleRecord::new(&self.options.manager, LifecycleEvent::Error)
-                .pid(std::process::id() as i32)
-                .message(error.to_string()),
-        );
-        self.database_gone = Some(error);
-        self.begin_shutdown();
-    }
-
-    fn begin_shutdown(&mut self) {
-        if self.shutting_down {
-            return;
-        }
-        self.shutting_down = true;
-        self.shutdown_pending = self.components.keys().cloned().collect();
-        self.continue_shutdown();
-    }
-
-    /// Stops in reverse dependency order: a component is told to stop once none of its
-    /// dependents of this manager is still running. Everything that may stop is signalled in
-    /// the same turn (one /proc snapshot for all); their exits are collected by the loop.
-    fn continue_shutdown(&mut self) {
-        if self.shutdown_pending.is_empty() {
-            return;
-        }
-        let running = |manager: &Manager, id: &str| {
-            manager
-                .components
-                .get(id)
-                .is_some_and(|c| c.proc().is_some())
-        };
-        let mut now: Vec<String> = self
-            .shutdown_pending
-            .iter()
-            .filter(|id| {
-                !n0m1_core::dependencies::dependents(id, &self.dependencies)
-                    .any(|dependent| dependent != id.as_str() && running(self, dependent))
-            })
-            .cloned()
-            .collect();
-        let stopping = self
-            .components
-            .values()
-            .any(|c| c.run_state() == n0m1_core::state::RunState::Stopping);
-        if now.is_empty() && !stopping {
-            // Nothing can go first (dependencies added into a cycle while running): all at once.
-            now = self.shutdown_pending.iter().cloned().collect();
-        }
-        for id in now {
-            self.shutdown_pending.remove(&id);
-            self.dispatch(&id, Input::Shutdown);
         }
     }
 
@@ -566,43 +346,39 @@ impl Manager {
         }
     }
 
-    fn adopted_exited(&mut self, pid: i32) {
-        self.exited(pid, ExitCause::Unknown, true);
-    }
-
+    /// A leader or a probe of ours ended (`adopted`: an adopted leader, seen through its
+    /// pidfd).
     fn exited(&mut self, pid: i32, cause: ExitCause, adopted: bool) {
-        if let Some(id) = self.probes.remove(&pid) {
-            let ok = cause == ExitCause::Code(0);
-            let how = cause.describe();
-            self.dispatch(
-                &id,
-                Input::ProbeDone {
+        match self.exec.pids.get(&pid).cloned() {
+            Some(PidOwner::Probe(id)) if !adopted => {
+                self.exec.pids.remove(&pid);
+                let input = Input::ProbeDone {
                     pid: Some(pid),
-                    ok,
-                    how,
-                },
-            );
-            return;
-        }
-        let Some(id) = self.by_pid.get(&pid).cloned() else {
-            return;
-        };
-        let ours = self
-            .components
-            .get(&id)
-            .and_then(Component::proc)
-            .is_some_and(|p| p.pid == pid && p.adopted == adopted);
-        if ours {
-            self.by_pid.remove(&pid);
-            self.dispatch(&id, Input::Exited { pid, cause });
+                    ok: cause == ExitCause::Code(0),
+                    how: cause.describe(),
+                };
+                self.dispatch(&id, input);
+            }
+            Some(PidOwner::Leader(id)) => {
+                let ours = self
+                    .slots
+                    .get(&id)
+                    .and_then(|slot| slot.machine.proc())
+                    .is_some_and(|p| p.pid == pid && p.adopted == adopted);
+                if ours {
+                    self.exec.pids.remove(&pid);
+                    self.dispatch(&id, Input::Exited { pid, cause });
+                }
+            }
+            _ => {}
         }
     }
 
     fn on_timers(&mut self, now: Instant) {
         let due: Vec<String> = self
-            .components
+            .slots
             .iter()
-            .filter(|(_, c)| c.deadline(now).is_some_and(|d| d <= now))
+            .filter(|(_, slot)| slot.machine.deadline(now).is_some_and(|d| d <= now))
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
@@ -614,42 +390,19 @@ impl Manager {
     /// gone too.
     fn check_trees(&mut self) {
         let gone: Vec<String> = self
-            .components
+            .slots
             .iter()
-            .filter_map(|(id, c)| Some((id, c.awaiting_tree()?)))
-            .filter(|(id, pid)| self.tree_gone(id, *pid))
+            .filter(|(_, slot)| {
+                slot.machine
+                    .awaiting_tree()
+                    .is_some_and(|pid| executor::tree_gone(slot, pid))
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
             self.dispatch(&id, Input::TreeGone);
         }
     }
-}
-
-/// What the database watcher compares to decide whether this manager must look again: its
-/// rows and its pending operator requests, nothing else.
-fn rows_fingerprint(conn: &Connection, manager: &str) -> rusqlite::Result<u64> {
-    let rows: Vec<ComponentRow> = components::of_manager(conn, manager)?;
-    let mut requests: Vec<(String, Request)> =
-        operator_requests(conn, manager).into_iter().collect();
-    requests.sort_by(|a, b| a.0.cmp(&b.0));
-    let checks = health::all(conn)?;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    rows.hash(&mut hasher);
-    requests.hash(&mut hasher);
-    checks.hash(&mut hasher);
-    gates::fingerprint(conn, &mut hasher)?;
-    Ok(hasher.finish())
-}
-
-fn operator_requests(conn: &Connection, manager: &str) -> HashMap<String, Request> {
-    state::load_all(conn, Some(manager))
-        .map(|rows| {
-            rows.into_iter()
-                .filter_map(|r| Some((r.component_id, r.request?)))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Orphans of our components are re-parented to us, not to PID 1 (which does not reap here),

@@ -16,13 +16,14 @@ use n0m1_core::pidfile::{PidError, PidFile};
 use n0m1_core::process::{self, SpawnSpec};
 use n0m1_core::runtime::{Event, Runtime, SignalSet};
 use n0m1_core::writer::Writer;
-use nix::sys::signal::Signal;
 
 use crate::manager::become_subreaper;
 use crate::reaper::{self, ExitCause};
 
+mod health;
 mod rules;
-use rules::{ManagerVerdict, after_manager_death, health_problem};
+mod shutdown;
+use rules::{ManagerVerdict, after_manager_death};
 
 /// The component id boot's own events are logged under.
 pub const BOOT_COMPONENT_ID: &str = "boot_system";
@@ -236,7 +237,7 @@ impl Boot {
                 .any(|spec| spec.binary == supervised.spec.binary)
             {
                 supervised.removed = true;
-                stop_manager(supervised, &self.journal, "removed from config.json");
+                supervised.stop(&self.journal, "removed from config.json");
             }
         }
         self.managers.retain(|m| !m.removed || m.is_alive());
@@ -421,223 +422,6 @@ impl Boot {
             tracing::warn!("cannot tell systemd that n0m1 is up: {error}");
         }
     }
-
-    fn begin_shutdown(&mut self) {
-        if self.shutdown_deadline.is_some() {
-            return;
-        }
-        if let Err(error) = notify::notify("STOPPING=1") {
-            tracing::warn!("cannot tell systemd that n0m1 is stopping: {error}");
-        }
-        // Managers stop one after another, so each gets its own grace period for its
-        // components, plus a margin.
-        let each = self.config.supervisor.stop_timeout.duration() + Duration::from_secs(5);
-        let count = u32::try_from(self.managers.len())
-            .unwrap_or(u32::MAX)
-            .max(1);
-        self.shutdown_deadline = Some(Instant::now() + each * count);
-        for supervised in &mut self.managers {
-            if !matches!(supervised.phase, Phase::Running { .. }) {
-                stop_manager(supervised, &self.journal, "boot shutting down");
-            }
-        }
-        self.stop_next_manager();
-    }
-
-    /// In reverse start order, one at a time: a later manager's components (the nano
-    /// instances, the processor) depend on an earlier one's (the metric and config daemons),
-    /// and dependents stop first.
-    fn stop_next_manager(&mut self) {
-        if self
-            .managers
-            .iter()
-            .any(|m| matches!(m.phase, Phase::Stopping { .. }))
-        {
-            return;
-        }
-        if let Some(last) = self
-            .managers
-            .iter_mut()
-            .rev()
-            .find(|m| matches!(m.phase, Phase::Running { .. }))
-        {
-            stop_manager(last, &self.journal, "boot shutting down");
-        }
-    }
-
-    /// A database deleted or replaced under the running system: its rows and history are no
-    /// longer where anyone reads them, so boot stops everything (a restarted manager would
-    /// otherwise open the new file while the old components write into the old one) and
-    /// exits with the reason; `n0m1ctl start` then runs on the file that is there.
-    fn database_replaced(&mut self) {
-        let Err(error) = self.database.check() else {
-            return;
-        };
-        tracing::error!("{error}");
-        self.journal.event(
-            LifecycleRecord::new(BOOT_COMPONENT_ID, LifecycleEvent::CriticalError)
-                .pid(std::process::id() as i32)
-                .message(error.to_string()),
-        );
-        self.database_gone = Some(error);
-        self.begin_shutdown();
-    }
-
-    fn on_timers(&mut self, now: Instant) {
-        // Before any manager is (re)started: one stat, on every turn (at least each
-        // HEALTH_POLL while managers run).
-        if self.database_gone.is_none() {
-            self.database_replaced();
-        }
-        // Boot's own log (the files `n0m1ctl start` gave it) is bounded like the others.
-        let (stdout, stderr) = self
-            .options
-            .home
-            .manager_logs(n0m1_core::home::BOOT_LOG_STEM);
-        n0m1_core::logpipe::rotate_own_output(
-            &stdout,
-            &stderr,
-            self.config.logs.max_bytes,
-            self.config.logs.keep,
-        );
-        if let Some(deadline) = self.shutdown_deadline {
-            self.stop_next_manager();
-            if now >= deadline {
-                for supervised in &self.managers {
-                    if let Some(pid) = supervised.pid() {
-                        process::signal_process(pid, Signal::SIGKILL);
-                    }
-                }
-                self.shutdown_deadline = Some(now + Duration::from_secs(1));
-            }
-            return;
-        }
-        for index in 0..self.managers.len() {
-            match self.managers[index].phase {
-                Phase::Scheduled { at } | Phase::Backoff { until: at } if at <= now => {
-                    self.start_manager(index)
-                }
-                Phase::Running {
-                    pid, next_health, ..
-                } if next_health <= now => self.check_health(index, pid, now),
-                _ => {}
-            }
-        }
-    }
-
-    /// Alive is not enough: the manager's heartbeat (its PID file's mtime) must be fresh, or
-    /// it is hung and, if critical, killed so it is restarted.
-    fn check_health(&mut self, index: usize, pid: i32, now: Instant) {
-        let home = &self.options.home;
-        let supervised = &mut self.managers[index];
-        let interval = supervised.spec.health_check_interval.duration();
-        if let Phase::Running { next_health, .. } = &mut supervised.phase {
-            *next_health = now + HEALTH_POLL;
-        }
-        let pid_path = home.pid_file(&supervised.spec.binary);
-        let tolerance = interval.max(MIN_HEARTBEAT_TOLERANCE);
-        let problem = match PidFile::inspect(&pid_path) {
-            Ok(status) => {
-                let age = PidFile::heartbeat(&pid_path).and_then(|t| t.elapsed().ok());
-                health_problem(pid, &status, age, tolerance, &pid_path)
-            }
-            Err(error) => Some(error.to_string()),
-        };
-        let Phase::Running {
-            reported_unhealthy, ..
-        } = &mut supervised.phase
-        else {
-            return;
-        };
-        let Some(problem) = problem else {
-            *reported_unhealthy = false;
-            return;
-        };
-        if std::mem::replace(reported_unhealthy, true) {
-            return;
-        }
-        let critical = supervised.spec.critical;
-        let action = if critical {
-            "killing it so it is restarted"
-        } else {
-            "not critical, leaving it"
-        };
-        self.journal.event(
-            LifecycleRecord::new(
-                boot_event_id(&supervised.spec.binary),
-                LifecycleEvent::ManagerUnhealthy,
-            )
-            .pid(pid)
-            .manager(BOOT_COMPONENT_ID.to_owned())
-            .message(format!(
-                "{} is unhealthy: {problem}; {action}",
-                supervised.spec.name
-            )),
-        );
-        if critical {
-            process::signal_process(pid, Signal::SIGKILL);
-        }
-    }
-
-    fn next_deadline(&self) -> Instant {
-        let idle = Instant::now() + Duration::from_secs(60);
-        // Until READY=1 is out, look often: managers take their PID files on their own time.
-        let idle = if self.told_ready || self.shutdown_deadline.is_some() {
-            idle
-        } else {
-            idle.min(Instant::now() + Duration::from_millis(50))
-        };
-        let idle = self.watchdog.due().map_or(idle, |due| due.min(idle));
-        if let Some(deadline) = self.shutdown_deadline {
-            return deadline.min(idle);
-        }
-        self.managers
-            .iter()
-            .filter_map(|m| match m.phase {
-                Phase::Scheduled { at } | Phase::Backoff { until: at } => Some(at),
-                Phase::Running { next_health, .. } => Some(next_health),
-                _ => None,
-            })
-            .min()
-            .unwrap_or(idle)
-            .min(idle)
-    }
-
-    /// After the managers: anything still below boot (components of a manager that was
-    /// killed, re-parented to us) gets SIGTERM, then SIGKILL, and is reaped.
-    fn sweep_leftovers(&mut self) {
-        let me = std::process::id() as i32;
-        let leftovers = process::descendants(me);
-        if leftovers.is_empty() {
-            return;
-        }
-        for stat in &leftovers {
-            process::signal_group(stat.pgrp, Signal::SIGTERM);
-            process::signal_process(stat.pid, Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + SWEEP_GRACE;
-        while Instant::now() < deadline && !process::descendants(me).is_empty() {
-            reaper::reap_exited();
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for stat in process::descendants(me) {
-            process::signal_process(stat.pid, Signal::SIGKILL);
-        }
-        let deadline = Instant::now() + SWEEP_GRACE;
-        while Instant::now() < deadline && !process::descendants(me).is_empty() {
-            std::thread::sleep(Duration::from_millis(5));
-            reaper::reap_exited();
-        }
-        reaper::reap_exited();
-        self.journal.event(
-            LifecycleRecord::new(BOOT_COMPONENT_ID, LifecycleEvent::Error)
-                .pid(me)
-                .message(format!(
-                    "{} processes outlived their managers and were stopped by boot",
-                    leftovers.len()
-                )),
-        );
-    }
 }
 
 impl Supervised {
@@ -660,26 +444,6 @@ fn log_writer_spec() -> ManagerSpec {
         startup_delay: n0m1_core::config::Seconds(0.0),
         health_check_interval: n0m1_core::config::Seconds(30.0),
         critical: true,
-    }
-}
-
-fn stop_manager(supervised: &mut Supervised, journal: &Writer, reason: &str) {
-    match supervised.phase {
-        Phase::Running { pid, .. } => {
-            process::signal_process(pid, Signal::SIGTERM);
-            journal.event(
-                LifecycleRecord::new(
-                    boot_event_id(&supervised.spec.binary),
-                    LifecycleEvent::ManagerShutdownRequested,
-                )
-                .pid(pid)
-                .manager(BOOT_COMPONENT_ID.to_owned())
-                .message(format!("{reason}; SIGTERM sent")),
-            );
-            supervised.phase = Phase::Stopping { pid };
-        }
-        Phase::Scheduled { .. } | Phase::Backoff { .. } => supervised.phase = Phase::Down,
-        Phase::Stopping { .. } | Phase::Down => {}
     }
 }
 

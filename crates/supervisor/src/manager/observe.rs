@@ -1,0 +1,77 @@
+//! What a manager learns besides exits and rows: its components' sd_notify datagrams, and
+//! samples of their trees' memory and CPU.
+
+use n0m1_core::process::{self, ProcStat};
+use n0m1_core::resources::{self, ResourceSample};
+use n0m1_core::state::unix_now;
+
+use super::Manager;
+use super::slot::PidOwner;
+use crate::machine::Input;
+
+impl Manager {
+    /// One `component_resource_log` row per running component: its tree's RSS and CPU time,
+    /// from one /proc snapshot for all of them. Off the restart path (a timer, not a SIGCHLD).
+    pub(super) fn sample_resources(&mut self) {
+        let running: Vec<(&String, i32)> = self
+            .slots
+            .iter()
+            .filter_map(|(id, slot)| Some((id, slot.machine.proc()?.pid)))
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        let snapshot = process::all_processes();
+        let sampled_at = unix_now();
+        let samples = running
+            .into_iter()
+            .map(|(id, pid)| {
+                let usage = resources::tree_usage(&snapshot, pid);
+                ResourceSample {
+                    component_id: id.clone(),
+                    manager: self.options.manager.clone(),
+                    sampled_at,
+                    rss_bytes: usage.rss_bytes,
+                    cpu_seconds: usage.cpu_seconds,
+                    processes: usage.processes,
+                }
+            })
+            .collect();
+        self.exec.writer.resources(samples);
+    }
+
+    /// Every waiting sd_notify datagram, each given to the component whose process group
+    /// sent it (the kernel names the sender; a component leads its own group, so a helper
+    /// such as `systemd-notify` run by its script counts as the component).
+    pub(super) fn notifications(&mut self) {
+        let Some(socket) = &self.notify else {
+            return;
+        };
+        let mut received = Vec::new();
+        while let Some(datagram) = socket.receive() {
+            received.push(datagram);
+        }
+        let pids = &self.exec.pids;
+        let leader_of = |pid: i32| match pids.get(&pid) {
+            Some(PidOwner::Leader(id)) => Some(id.clone()),
+            _ => None,
+        };
+        let owners: Vec<_> = received
+            .into_iter()
+            .map(|(pid, notices)| {
+                let owner = leader_of(pid).or_else(|| leader_of(ProcStat::read(pid)?.pgrp));
+                (pid, owner, notices)
+            })
+            .collect();
+        for (pid, owner, notices) in owners {
+            match owner {
+                Some(id) if !notices.is_empty() => self.dispatch(&id, Input::Notified(notices)),
+                Some(_) => {}
+                None => tracing::warn!(
+                    "notification from pid {pid}, which belongs to no component of {}; ignored",
+                    self.options.manager
+                ),
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The manager's passes over its tables: `autorun_components` rows, operator requests and
+//! `component_health` rows become machine inputs; the watcher's fingerprint says when to
+//! look again.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+
+use n0m1_core::components::{self, ComponentRow};
+use n0m1_core::health::{self, HealthCheck};
+use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::state::{self, Request};
+use rusqlite::Connection;
+
+use super::Manager;
+use super::slot::Slot;
+use crate::machine::{Component, Input};
+
+impl Manager {
+    /// Makes the machines see the table.
+    pub(super) fn reconcile(&mut self) {
+        let rows = match components::of_manager(&self.conn, &self.options.manager) {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::error!(
+                    "cannot read {}: {error}; will try again",
+                    n0m1_core::schema::AUTORUN_COMPONENTS
+                );
+                return;
+            }
+        };
+        let requests = operator_requests(&self.conn, &self.options.manager);
+        for row in &rows {
+            self.slots
+                .entry(row.component_id.clone())
+                .or_insert_with(|| Slot::new(Component::new(row.clone())));
+        }
+        let ids: HashSet<&str> = rows.iter().map(|r| r.component_id.as_str()).collect();
+        let mut checks = self.health_checks(&ids);
+        let (mut gates, held) = self.dependency_gates(&ids);
+        let mut seen = HashSet::new();
+        for row in rows {
+            let id = row.component_id.clone();
+            let health = checks.remove(&id).unwrap_or_default();
+            let gate = gates.remove(&id).unwrap_or_default();
+            let request = requests.get(&id).copied();
+            if let Some(request) = request {
+                self.exec.writer.clear_request(&id, request);
+            }
+            // Before the row: a spawn it leads to then carries the watchdog settings.
+            self.dispatch(&id, Input::Health(health));
+            self.dispatch(&id, Input::Dependencies(gate));
+            // Disabled while dependents still run: it stops after them (the watcher brings
+            // us back here as their states change).
+            let running = self
+                .slots
+                .get(&id)
+                .is_some_and(|slot| slot.machine.proc().is_some());
+            if !row.desired_active && running && held.contains(&id) {
+                seen.insert(id);
+                continue;
+            }
+            self.dispatch(&id, Input::Row { row, request });
+            seen.insert(id);
+        }
+        let gone: Vec<String> = self
+            .slots
+            .keys()
+            .filter(|id| !seen.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.dispatch(&id, Input::RowGone);
+        }
+    }
+
+    /// The validated `component_health` rows of this manager's components; a bad row is an
+    /// ERROR event naming it and its field (once per distinct error) and checks nothing.
+    fn health_checks(&mut self, ours: &HashSet<&str>) -> HashMap<String, HealthCheck> {
+        let rows = match health::all(&self.conn) {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::error!(
+                    "cannot read {}: {error}; health checks unchanged until it can be read",
+                    n0m1_core::schema::COMPONENT_HEALTH
+                );
+                return self
+                    .slots
+                    .iter()
+                    .map(|(id, slot)| (id.clone(), slot.machine.health().clone()))
+                    .collect();
+            }
+        };
+        let hooks = self.options.home.hooks_dir();
+        let mut checks = HashMap::new();
+        let mut errors = HashMap::new();
+        for row in rows {
+            // Another manager's rows are its business.
+            if !ours.contains(row.component_id.as_str()) {
+                continue;
+            }
+            match row.check(&hooks) {
+                Ok(check) => {
+                    checks.insert(row.component_id, check);
+                }
+                Err(error) => {
+                    errors.insert(row.component_id, error.to_string());
+                }
+            }
+        }
+        for (id, slot) in &mut self.slots {
+            let error = errors.remove(id);
+            if let Some(message) = &error
+                && slot.health_error.as_ref() != Some(message)
+            {
+                self.exec.writer.event(
+                    LifecycleRecord::new(id, LifecycleEvent::Error)
+                        .manager(self.options.manager.clone())
+                        .message(message.clone()),
+                );
+            }
+            slot.health_error = error;
+        }
+        checks
+    }
+}
+
+/// What the database watcher compares to decide whether this manager must look again: its
+/// rows and its pending operator requests, nothing else.
+pub(super) fn rows_fingerprint(conn: &Connection, manager: &str) -> rusqlite::Result<u64> {
+    let rows: Vec<ComponentRow> = components::of_manager(conn, manager)?;
+    let mut requests: Vec<(String, Request)> =
+        operator_requests(conn, manager).into_iter().collect();
+    requests.sort_by(|a, b| a.0.cmp(&b.0));
+    let checks = health::all(conn)?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    rows.hash(&mut hasher);
+    requests.hash(&mut hasher);
+    checks.hash(&mut hasher);
+    super::gates::fingerprint(conn, &mut hasher)?;
+    Ok(hasher.finish())
+}
+
+fn operator_requests(conn: &Connection, manager: &str) -> HashMap<String, Request> {
+    state::load_all(conn, Some(manager))
+        .map(|rows| {
+            rows.into_iter()
+                .filter_map(|r| Some((r.component_id, r.request?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,46 @@
+//! What the manager keeps per component: its machine and everything the executor holds for
+//! it, in one place, so nothing is looked up twice and nothing outlives the component.
+
+use std::collections::BTreeMap;
+
+use n0m1_core::pidfile::PidFile;
+
+use crate::machine::Component;
+
+/// One supervised component.
+pub(super) struct Slot {
+    /// The supervision policy's state.
+    pub machine: Component,
+    /// The PID file naming its process, held (locked) while the process runs.
+    pub pid_file: Option<PidFile>,
+    /// Descendants that left its process group (pid, start time), found when a stop began.
+    pub escaped: Vec<(i32, u64)>,
+    /// The last error its `component_health` row gave, so a bad row is said once.
+    pub health_error: Option<String>,
+    /// The same for its `component_dependencies` rows, by the component depended on.
+    pub dependency_errors: BTreeMap<String, String>,
+    /// At shutdown: not yet told to stop (its dependents go first).
+    pub shutdown_pending: bool,
+}
+
+impl Slot {
+    pub fn new(machine: Component) -> Slot {
+        Slot {
+            machine,
+            pid_file: None,
+            escaped: Vec::new(),
+            health_error: None,
+            dependency_errors: BTreeMap::new(),
+            shutdown_pending: false,
+        }
+    }
+}
+
+/// Who a live child of the manager is: the index from a reaped pid back to its slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum PidOwner {
+    /// The process-group leader of a component.
+    Leader(String),
+    /// A health probe checking a component.
+    Probe(String),
+}
