@@ -4,7 +4,11 @@
 //! SIGKILLs per restart scenario (default 200, 1.5 s apart: 5 minutes each), `BENCH_IDLE_SECS`
 //! to shorten the idle-CPU window (default 60 s), `BENCH_MANY` for the large start
 //! (default 500) and `BENCH_ONLY=restart` to measure restarts alone (with and without log
-//! capture, and the log writer at 10 MB/s).
+//! capture, and the log writer at 10 MB/s). `BENCH_ONLY=compare` runs the interleaved
+//! comparison alone: n0m1 (with its cgroup, as root), runit's `runsv` and a floor supervisor
+//! (fork, exec, waitpid, write the pid: nothing else) each restart a component that forks a
+//! grandchild, killed in turn (A, B, C, A, B, C…) `BENCH_KILLS` times (default 40) 1.5 s apart,
+//! then the summed RSS and PSS of boot, the log writer and the managers, process by process.
 
 #![allow(clippy::disallowed_methods)] // the benchmark starts the binaries under test
 
@@ -166,6 +170,152 @@ fn summary(values: &[f64]) -> String {
 /// Set in the environment of the bench's own copy that plays the second process holding the
 /// write lock: it holds `BEGIN IMMEDIATE` for 5 s, lets go for 0.5 s, and again, until killed.
 const LOCKER_ENV: &str = "N0M1_BENCH_LOCKER_DB";
+/// Set to a folder: this executable runs as the floor supervisor of `<folder>/run`, writing
+/// each child's pid to `<folder>/pid`.
+const FLOOR_ENV: &str = "N0M1_BENCH_FLOOR_DIR";
+
+/// The least a supervisor can do: start the child, write its pid (atomically, as the others
+/// do), wait for it, start it again. No logging, no database, no cgroup.
+fn run_floor(dir: &str) -> ! {
+    let dir = PathBuf::from(dir);
+    loop {
+        let mut child = Command::new(dir.join("run"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("floor: spawn");
+        let tmp = dir.join("pid.tmp");
+        std::fs::write(&tmp, child.id().to_string()).unwrap();
+        std::fs::rename(&tmp, dir.join("pid")).unwrap();
+        let _ = child.wait();
+    }
+}
+
+/// The component of the comparison: it forks a grandchild, then becomes the sleeper.
+const FORKING_SLEEPER: &str = "#!/bin/sh\nsleep 100001 &\nexec sleep 100000\n";
+
+/// Kills the child a pid file names and waits for the next pid there.
+struct Target {
+    name: &'static str,
+    read: Box<dyn Fn() -> Option<i32>>,
+    current: i32,
+    gaps: Vec<f64>,
+}
+
+impl Target {
+    fn new(name: &'static str, read: Box<dyn Fn() -> Option<i32>>) -> Target {
+        let current = wait_for(Duration::from_secs(10), &read).expect("supervised child up");
+        Target {
+            name,
+            read,
+            current,
+            gaps: Vec::new(),
+        }
+    }
+    fn kill_once(&mut self) {
+        let killed_at = Instant::now();
+        kill(Pid::from_raw(self.current), Signal::SIGKILL).unwrap();
+        let current = self.current;
+        let next = wait_for(Duration::from_secs(10), || {
+            (self.read)().filter(|p| *p != current)
+        })
+        .expect("restart");
+        self.gaps.push(killed_at.elapsed().as_secs_f64() * 1000.0);
+        self.current = next;
+    }
+}
+
+/// n0m1, runsv and the floor, killed in turn.
+fn restart_compare() {
+    let kills: usize = std::env::var("BENCH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let every = Duration::from_millis(1500);
+    let mut bench = Bench::new(&fast_config(0.2));
+    std::fs::write(
+        bench.home.components_dir().join("sleeper.sh"),
+        FORKING_SLEEPER,
+    )
+    .unwrap();
+    bench.add_sleepers(1, "daemon_manager");
+    bench.spawn("daemon_manager");
+    let home = bench.home.clone();
+    let mut targets = vec![Target::new(
+        "n0m1",
+        Box::new(move || PidFile::inspect(&home.pid_file("s0")).ok()?.live_pid()),
+    )];
+    let in_cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", targets[0].current))
+        .is_ok_and(|text| text.contains("/n0m1/"));
+    let tmp = tempfile::tempdir().unwrap();
+    let service = |name: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let run = dir.join("run");
+        std::fs::write(&run, FORKING_SLEEPER).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    };
+    let reader = |file: PathBuf| -> Box<dyn Fn() -> Option<i32>> {
+        Box::new(move || std::fs::read_to_string(&file).ok()?.trim().parse().ok())
+    };
+    let mut helpers = Vec::new();
+    if let Some(runsv) = ["/usr/bin/runsv", "/usr/sbin/runsv", "/sbin/runsv"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+    {
+        let dir = service("runit");
+        helpers.push(
+            Command::new(runsv)
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        targets.push(Target::new("runsv", reader(dir.join("supervise/pid"))));
+    } else {
+        println!("runit (runsv): not installed (apt-get install runit), its column skipped");
+    }
+    let dir = service("floor");
+    helpers.push(
+        Command::new(std::env::current_exe().unwrap())
+            .env(FLOOR_ENV, &dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    targets.push(Target::new("floor", reader(dir.join("pid"))));
+    for _ in 0..kills {
+        for target in &mut targets {
+            std::thread::sleep(every);
+            target.kill_once();
+        }
+    }
+    for helper in &mut helpers {
+        let _ = helper.kill();
+        let _ = helper.wait();
+    }
+    for target in &targets[1..] {
+        let _ = kill(Pid::from_raw(target.current), Signal::SIGKILL);
+    }
+    println!(
+        "restart after SIGKILL of a child that forked a grandchild, {kills} kills each, interleaved 1.5 s apart (n0m1's component in its cgroup: {in_cgroup}):"
+    );
+    let floor = targets.last().unwrap();
+    let (floor_median, floor_p99) = (median(floor.gaps.clone()), quantile(&floor.gaps, 0.99));
+    for target in &targets {
+        println!(
+            "  {:<6} {}  | median {:.2}x the floor's, p99 {:.2}x the floor's p99",
+            target.name,
+            summary(&target.gaps),
+            median(target.gaps.clone()) / floor_median,
+            quantile(&target.gaps, 0.99) / floor_p99
+        );
+    }
+}
 
 fn run_locker(db: &str) -> ! {
     let conn = Connection::open(db).unwrap();
@@ -399,15 +549,22 @@ fn restart_latency() {
     );
 }
 
-fn supervisor_pids(home: &Home) -> Vec<i32> {
+/// Boot, the log writer and the three managers that run, with their names.
+fn supervisor_pids(home: &Home) -> Vec<(&'static str, i32)> {
     [
         "boot_system",
+        "n0m1_logd",
         "daemon_manager",
         "nano_manager",
         "main_llm_manager",
     ]
-    .iter()
-    .filter_map(|stem| PidFile::inspect(&home.pid_file(stem)).ok()?.live_pid())
+    .into_iter()
+    .filter_map(|stem| {
+        Some((
+            stem,
+            PidFile::inspect(&home.pid_file(stem)).ok()?.live_pid()?,
+        ))
+    })
     .collect()
 }
 
@@ -437,15 +594,23 @@ fn idle_footprint() {
     bench.add_sleepers(1, "daemon_manager");
     assert!(bench.ctl(&["start"]).status.success());
     std::thread::sleep(Duration::from_secs(3));
-    let pids = supervisor_pids(&bench.home);
-    assert_eq!(pids.len(), 4, "boot and three managers");
+    let named = supervisor_pids(&bench.home);
+    assert_eq!(named.len(), 5, "boot, the log writer and three managers");
+    let pids: Vec<i32> = named.iter().map(|(_, pid)| *pid).collect();
     let total: u64 = pids.iter().map(|p| rss_kib(*p)).sum();
     let pss: u64 = pids.iter().map(|p| pss_kib(*p)).sum();
     println!(
-        "RSS of boot + 3 managers, idle with 1 component: {:.1} MB summed ({:.1} MB PSS: shared pages counted once)",
+        "RSS of boot, the log writer and 3 managers, idle with 1 component: {:.1} MB summed ({:.1} MB PSS: shared pages counted once)",
         total as f64 / 1024.0,
         pss as f64 / 1024.0
     );
+    for (name, pid) in &named {
+        println!(
+            "  {name:<17} RSS {:>6} KiB  PSS {:>6} KiB",
+            rss_kib(*pid),
+            pss_kib(*pid)
+        );
+    }
     let secs: u64 = std::env::var("BENCH_IDLE_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -505,12 +670,20 @@ fn main() {
     if let Some(db) = std::env::var_os(LOCKER_ENV) {
         run_locker(db.to_str().unwrap());
     }
+    if let Some(dir) = std::env::var_os(FLOOR_ENV) {
+        run_floor(dir.to_str().unwrap());
+    }
     // `cargo bench` passes --bench; there are no filters here.
     println!(
         "machine: {} cores, {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         kernel()
     );
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "compare") {
+        restart_compare();
+        idle_footprint();
+        return;
+    }
     restart_latency();
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "restart") {
         return;

@@ -68,6 +68,9 @@ fn the_dashboard_lists_components_disables_one_live_and_draws_a_metric_graph() {
          INSERT INTO memory_usage_log (timestamp, mem_usage) VALUES
            (datetime('now', '-30 seconds'), 41.0), (datetime('now', '-15 seconds'), 43.5);",
     );
+    // A limit, so the component page has one to show (with its cgroup's use, as root).
+    env.ctl(&["limit", "n0m1_web", "--memory", "512M"])
+        .success();
     let web = start_web(&mut env);
     wait_until(Duration::from_secs(10), "runner running", || {
         env.state_of("runner").as_deref() == Some("running")
@@ -168,8 +171,15 @@ fn the_dashboard_lists_components_disables_one_live_and_draws_a_metric_graph() {
         assert_eq!(same, json!(true), "no reload");
         std::fs::write(screenshot_dir().join("dashboard-disabled.png"), client.screenshot().await.unwrap()).unwrap();
 
-        // The component page: its log, its history and its resource graph.
+        // The component page: its limits, its log, its history and its resource graph.
         client.goto(&format!("{base}/components/n0m1_web")).await.unwrap();
+        wait_js(
+            &client,
+            Duration::from_secs(20),
+            "its limits",
+            "const s = document.querySelector('#summary'); return !!s && s.textContent.includes('memory_max 512.0 MiB');",
+        )
+        .await;
         wait_js(&client, Duration::from_secs(20), "the component page's history", "return document.querySelectorAll('#events li').length > 0;").await;
         wait_js(
             &client,

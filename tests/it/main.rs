@@ -43,3 +43,6 @@ mod browser;
 // House rules on the source tree: no circle of imports within a crate, no table name spelled
 // outside n0m1-core.
 mod house;
+// Resource limits: cgroups per component, OOM_KILLED, CPU and task limits, escaped trees,
+// two homes apart, run as nobody, no permission.
+mod limits;

@@ -377,6 +377,18 @@ impl Drop for TestEnv {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // And whatever is in its cgroups, which go too.
+        if let Ok(layout) = n0m1_core::cgroup::Layout::detect() {
+            let cgroups = layout.existing_home(&n0m1_core::cgroup::home_id(self.home.root()));
+            for pid in cgroups.pids() {
+                n0m1_core::process::signal_process(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !cgroups.pids().is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            cgroups.remove_empty();
+        }
     }
 }
 

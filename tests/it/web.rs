@@ -266,6 +266,17 @@ fn every_endpoint_answers_and_n0m1ctl_remote_prints_what_the_local_command_print
     assert!(sleeper["rss_kib"].as_u64().unwrap() > 0);
     let detail = web.get("/api/v1/components/sleeper").json();
     assert_eq!(detail["component"]["pid"], pid);
+    // Limits, and (in its cgroup, as root) what it uses now.
+    env.ctl(&["limit", "sleeper", "--memory", "256M", "--pids", "20"])
+        .success();
+    let limits = web.get("/api/v1/components/sleeper").json()["component"]["limits"].clone();
+    assert_eq!(limits["memory_max"], 256 << 20);
+    assert_eq!(limits["pids_max"], 20);
+    assert_eq!(limits["summary"], "memory_max 256.0 MiB, pids_max 20");
+    if nix::unistd::Uid::effective().is_root() {
+        assert!(limits["memory_bytes"].as_u64().is_some(), "{limits}");
+        assert_eq!(limits["tasks"], 1, "{limits}");
+    }
     let status = web.get("/api/v1/status").json();
     assert_eq!(status["boot"]["state"], "stopped");
     assert!(

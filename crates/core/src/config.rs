@@ -235,6 +235,9 @@ pub struct ModelSettings {
     /// Model components ask the model service (`run/model.sock`) for completions, so
     /// components naming the same model share one loaded copy; `false`: each loads its own.
     pub shared: bool,
+    /// The memory limit of the model service and the model components that have no
+    /// `memory_max` of their own (`"2G"`, or bytes); unset: none.
+    pub memory_max: Option<ByteSize>,
 }
 
 impl Default for ModelSettings {
@@ -243,6 +246,30 @@ impl Default for ModelSettings {
             default: None,
             nice: 10,
             shared: true,
+            memory_max: None,
+        }
+    }
+}
+
+/// A size in bytes, written as a number of bytes or a string such as `"64M"` (K, M, G, T;
+/// 1024-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Bytes(bytes) => Ok(ByteSize(bytes)),
+            Written::Text(text) => crate::limits::parse_size(&text)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -409,6 +436,18 @@ impl Config {
                 format!(
                     "{} is not a nice value from 0 (normal) to 19 (lowest)",
                     config.models.nice
+                ),
+            ));
+        }
+        if let Some(ByteSize(bytes)) = config.models.memory_max
+            && bytes < crate::limits::MIN_MEMORY
+        {
+            return Err(invalid(
+                "models.memory_max".into(),
+                format!(
+                    "{} is below the smallest memory limit, {}",
+                    crate::limits::format_size(bytes),
+                    crate::limits::format_size(crate::limits::MIN_MEMORY)
                 ),
             ));
         }

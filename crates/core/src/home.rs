@@ -168,6 +168,29 @@ impl Home {
         Ok(())
     }
 
+    /// Lets a component that runs as another account reach what it needs: the home, its
+    /// `components/` and `run/` become traversable but not listable (0711), so it can start
+    /// its script in its working directory and send sd_notify datagrams to `socket` (made
+    /// writable by all: a datagram counts only from a component's own process group). The
+    /// database, the token and the logs stay 0600, out of its reach.
+    pub fn open_to_other_accounts(&self, socket: Option<&Path>) -> Result<(), HomeError> {
+        let traversable = [self.root.clone(), self.components_dir(), self.run_dir()];
+        let modes = traversable
+            .iter()
+            .map(|dir| (dir.as_path(), 0o711))
+            .chain(socket.map(|socket| (socket, 0o666)));
+        for (path, mode) in modes {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
+                HomeError::Io {
+                    path: path.to_owned(),
+                    action: "set permissions of",
+                    source,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.root.join(DB_FILE)
     }

@@ -10,6 +10,7 @@
 //! `machine` does) and runs no model (n0m1-llm and the model service do).
 
 pub mod access_log;
+pub mod cgroup;
 pub mod components;
 pub mod config;
 pub mod db;
@@ -18,6 +19,7 @@ pub mod dependencies;
 pub mod health;
 pub mod home;
 pub mod lifecycle;
+pub mod limits;
 pub mod logging;
 pub mod logpipe;
 pub mod metric;

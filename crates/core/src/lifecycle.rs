@@ -98,6 +98,14 @@ lifecycle_events! {
     CommandRejected = "COMMAND_REJECTED",
     /// Boot or a component re-read its configuration.
     ConfigReloaded = "CONFIG_RELOADED",
+    /// The component was killed by its own memory limit (its cgroup's OOM killer); the
+    /// restart policy then applies as to any crash.
+    OomKilled = "OOM_KILLED",
+    /// Resource limits cannot be enforced here (no cgroup permission or controller); the
+    /// component runs without them. Said once per manager start.
+    LimitsUnavailable = "LIMITS_UNAVAILABLE",
+    /// A component's limits were applied to its running process (no restart).
+    LimitsApplied = "LIMITS_APPLIED",
 }
 
 impl LifecycleEvent {
@@ -115,6 +123,8 @@ impl LifecycleEvent {
                 | LifecycleEvent::ManagerUnhealthy
                 | LifecycleEvent::CommandRejected
                 | LifecycleEvent::ModelUnavailable
+                | LifecycleEvent::OomKilled
+                | LifecycleEvent::LimitsUnavailable
         )
     }
 }
@@ -292,6 +302,18 @@ pub fn prune(conn: &Connection, age_secs: i64, batch: usize) -> rusqlite::Result
         age_secs,
         batch,
     )
+}
+
+/// How many events of type `event` each component has in the log (`/metrics`' OOM kills).
+pub fn count_by_component(
+    conn: &Connection,
+    event: LifecycleEvent,
+) -> rusqlite::Result<std::collections::HashMap<String, u64>> {
+    conn.prepare_cached(&format!(
+        "SELECT component_id, count(*) FROM {COMPONENT_LIFECYCLE_LOG} WHERE event_type = ?1 GROUP BY component_id"
+    ))?
+    .query_map([event.as_str()], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+    .collect()
 }
 
 /// The newest row's id (0 for an empty log).

@@ -235,6 +235,54 @@ pub struct Spawned {
 /// which is why this returns a pid and not a `Child`). The sd_notify variables this process
 /// was given are its own (systemd's, for boot): they are not inherited, only set by `spec`.
 pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
+    spawn_placed(spec, Placement::default())
+}
+
+/// Where a component runs besides its program and files: its cgroups and its account.
+#[derive(Debug, Default)]
+pub struct Placement {
+    /// `cgroup.procs` of each of its cgroups, open for writing
+    /// (`cgroup::ComponentCgroup::join_files`).
+    pub cgroup_procs: Vec<std::os::fd::OwnedFd>,
+    /// Run as this account instead of the spawner's (root only).
+    pub account: Option<Account>,
+}
+
+/// A user to run as, resolved from its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Account {
+    /// `user` (and `group`, else the user's own group) from the system's account database;
+    /// the error names what does not exist.
+    pub fn resolve(user: &str, group: Option<&str>) -> Result<Account, String> {
+        let found = nix::unistd::User::from_name(user)
+            .map_err(|error| format!("cannot look up user {user}: {error}"))?
+            .ok_or_else(|| format!("no user named {user} on this machine"))?;
+        let gid = match group {
+            None => found.gid.as_raw(),
+            Some(name) => nix::unistd::Group::from_name(name)
+                .map_err(|error| format!("cannot look up group {name}: {error}"))?
+                .ok_or_else(|| format!("no group named {name} on this machine"))?
+                .gid
+                .as_raw(),
+        };
+        Ok(Account {
+            user: user.to_owned(),
+            uid: found.uid.as_raw(),
+            gid,
+        })
+    }
+}
+
+/// `spawn`, with the child placed first: it joins its cgroups between fork and exec (so it
+/// runs in them from its program's first instruction) and takes its account (std's
+/// `uid`/`gid`, which also drop the spawner's supplementary groups).
+pub fn spawn_placed(spec: &SpawnSpec, placement: Placement) -> Result<Spawned, SpawnError> {
     let stdout = open_private_append(&spec.stdout)?;
     let stderr = open_private_append(&spec.stderr)?;
     #[allow(clippy::disallowed_methods)] // this is the one door
@@ -250,6 +298,13 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
+    if let Some(account) = &placement.account {
+        use std::os::unix::process::CommandExt;
+        command.gid(account.gid).uid(account.uid);
+    }
+    if !placement.cgroup_procs.is_empty() {
+        join_cgroups_before_exec(&mut command, placement.cgroup_procs);
+    }
     let child = command.spawn().map_err(|source| SpawnError::Exec {
         program: spec.program.clone(),
         source,
@@ -259,6 +314,27 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     drop(child);
     let start_ticks = ProcStat::read(pid).map_or(0, |stat| stat.start_ticks);
     Ok(Spawned { pid, start_ticks })
+}
+
+/// Makes the child write `0` (itself) to each `cgroup.procs` before it execs.
+#[allow(unsafe_code)]
+fn join_cgroups_before_exec(command: &mut Command, files: Vec<std::os::fd::OwnedFd>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: it makes one write(2) per descriptor (opened
+    // before the fork, so nothing is allocated or locked) and builds its error from the raw
+    // errno without allocating. The descriptors are close-on-exec and owned by the closure,
+    // which the parent drops after the spawn.
+    unsafe {
+        command.pre_exec(move || {
+            for file in &files {
+                if let Err(errno) = rustix::io::write(file, b"0") {
+                    return Err(std::io::Error::from_raw_os_error(errno.raw_os_error()));
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Runs a helper program in the foreground with this process's stdin, stdout and stderr, and

@@ -31,6 +31,7 @@ pub const LLM_IO_CONFIG: &str = "llm_io_config";
 pub const LLM_NOTIFICATIONS: &str = "llm_notifications";
 pub const DB_ACCESS_LOG: &str = "db_access_log";
 pub const LLM_COMMAND_CURSOR: &str = "llm_command_cursor";
+pub const COMPONENT_LIMITS: &str = "component_limits";
 
 /// Every table of the original's schema, in the order the spec lists them.
 pub const ORIGINAL_TABLES: &[&str] = &[
@@ -62,6 +63,7 @@ pub const N0M1_TABLES: &[&str] = &[
     ALERT_CURSOR,
     COMPONENT_RESOURCE_LOG,
     LLM_COMMAND_CURSOR,
+    COMPONENT_LIMITS,
 ];
 
 /// The SQL of each migration, oldest first; `PRAGMA user_version` records how many ran.
@@ -74,6 +76,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../../../migrations/06-dependencies/up.sql"),
     include_str!("../../../migrations/07-alerts/up.sql"),
     include_str!("../../../migrations/08-resources/up.sql"),
+    include_str!("../../../migrations/09-limits/up.sql"),
 ];
 
 /// The schema's migrations, oldest first.

@@ -24,6 +24,14 @@ pub fn printable(text: &str) -> Cow<'_, str> {
 
 /// An error and its causes on one line, `printable`, each cause said once: many messages
 /// already end with their source's text (`cannot read X: {source}`), and printing the chain
+/// A 64-bit FNV-1a hash, stable across runs, versions and platforms (the digest mode's
+/// fingerprint of rows, a home's cgroup id).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// as well would repeat it.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();

@@ -5,6 +5,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use n0m1_core::cgroup::HomeCgroups;
 use n0m1_core::home::ENV_HOME;
 use n0m1_core::pidfile::PidStatus;
 use n0m1_core::process::{self, SpawnSpec};
@@ -216,6 +217,7 @@ fn stop_locked(home: &Home, force: bool) -> anyhow::Result<()> {
     }
     // Whatever is still alive now (a forced stop, a boot that did not finish, managers or
     // components started by hand or orphaned) is stopped here, group by group.
+    let cgroups = crate::limits::home_cgroups(home);
     let leftovers = |home: &Home| {
         let mut pids: Vec<(String, i32)> = live_pid_files(home)
             .into_iter()
@@ -228,6 +230,13 @@ fn stop_locked(home: &Home, force: bool) -> anyhow::Result<()> {
             process::home_processes(home.root())
                 .into_iter()
                 .map(|pid| ("descendant".to_owned(), pid)),
+        );
+        // And whatever is in the home's cgroups, however it left both.
+        pids.extend(
+            cgroups
+                .iter()
+                .flat_map(HomeCgroups::pids)
+                .map(|pid| ("in its cgroup".to_owned(), pid)),
         );
         pids.sort_by_key(|p| p.1);
         pids.dedup_by_key(|p| p.1);
@@ -264,6 +273,10 @@ fn stop_locked(home: &Home, force: bool) -> anyhow::Result<()> {
             .map(|(n, p)| format!("{n} (pid {p})"))
             .collect();
         bail!("these processes survived SIGKILL: {}", names.join(", "));
+    }
+    // Nothing runs in them any more: no cgroup of this home is left behind.
+    if let Some(cgroups) = &cgroups {
+        cgroups.remove_empty();
     }
     // Every lock is free now, so any PID file left is stale: remove it.
     if let Ok(entries) = std::fs::read_dir(home.pids_dir()) {

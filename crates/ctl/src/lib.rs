@@ -16,6 +16,7 @@ pub mod control;
 pub mod events;
 pub mod fetch;
 pub mod init;
+pub mod limits;
 pub mod logs;
 pub mod metrics;
 pub mod remote;
@@ -109,6 +110,9 @@ pub enum Command {
         #[arg(long)]
         inactive: bool,
     },
+    /// Show or set a component's limits (memory, CPU, tasks) and account; applied to the
+    /// running process at once through its cgroup.
+    Limit(limits::LimitArgs),
     /// Delete a row from autorun_components; its manager stops the process.
     Remove { component_id: String },
     /// The lifecycle log: the latest events, or followed with -f.
@@ -222,6 +226,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             },
         )),
         Command::Remove { component_id } => say(components::remove(&home, &component_id)),
+        Command::Limit(args) => say(limits::run(&home, &args)),
         Command::Events(args) => events::run(&home, &args).map(|()| ExitCode::SUCCESS),
         Command::Logs(args) => logs::run(&home, &args).map(|()| ExitCode::SUCCESS),
         Command::Model { args } if args.first().is_some_and(|a| a == "fetch") => {

@@ -83,6 +83,9 @@ pub struct ComponentView {
     /// Why no manager will ever run this row (then `actual` is failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// Its limits and account, and what its cgroup says it uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::limits::LimitsView>,
 }
 
 /// What waiting components wait for, from the same rules the managers apply.
@@ -131,6 +134,9 @@ pub struct ErrorView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SystemView {
     pub home: String,
+    /// The home's short id: its cgroups are `n0m1/<home_id>/<manager>/<component>`.
+    #[serde(default)]
+    pub home_id: String,
     pub boot: ProcessView,
     pub managers: Vec<ProcessView>,
     pub components: Vec<ComponentView>,
@@ -232,6 +238,7 @@ pub fn collect_from(
         .collect();
     let now = unix_now();
     let waiting = WaitingView::read(conn, &rows, &saved);
+    let mut limits = crate::limits::views(conn, home, &rows);
     let components = rows
         .into_iter()
         .map(|row| {
@@ -264,6 +271,7 @@ pub fn collect_from(
                 }
                 _ => (None, None),
             };
+            let own_limits = limits.remove(&row.component_id);
             ComponentView {
                 desired: row.desired_state().to_owned(),
                 component_id: row.component_id,
@@ -285,6 +293,7 @@ pub fn collect_from(
                 ready: alive && saved.is_some_and(|s| s.ready),
                 status_text: saved.and_then(|s| s.status_text.clone()).filter(|_| alive),
                 problem,
+                limits: own_limits,
             }
         })
         .collect();
@@ -302,6 +311,7 @@ pub fn collect_from(
         Vec::new()
     };
     Ok(SystemView {
+        home_id: n0m1_core::cgroup::home_id(home.root()),
         home: home.root().display().to_string(),
         boot,
         managers,
@@ -342,7 +352,7 @@ pub fn print(view: &SystemView, detailed: bool, json: bool) -> anyhow::Result<Ex
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(code);
     }
-    println!("n0m1 home: {}", view.home);
+    println!("n0m1 home: {} (cgroups n0m1/{})", view.home, view.home_id);
     println!(
         "\n{:<20} {:<9} {:>8} {:>9} {:>10}",
         "PROCESS", "STATE", "PID", "UPTIME", "HEARTBEAT"
@@ -403,6 +413,9 @@ pub fn print(view: &SystemView, detailed: bool, json: bool) -> anyhow::Result<Ex
                 opt(c.rss_kib),
                 opt(c.cpu_percent)
             ));
+        }
+        if let Some(limits) = c.limits.as_ref().filter(|_| detailed) {
+            line.push_str(&format!("  limits: {}", printable(&limits.summary)));
         }
         println!("{line}");
     }
@@ -504,6 +517,29 @@ pub fn print_detail(detail: &ComponentDetail, json: bool) -> anyhow::Result<Exit
     }
     if let Some(problem) = &c.problem {
         println!("     Problem: {}", printable(problem));
+    }
+    if let Some(limits) = &c.limits {
+        println!("      Limits: {}", printable(&limits.summary));
+        let mut usage = Vec::new();
+        if let Some(bytes) = limits.memory_bytes {
+            let mut memory = format!("memory {}", n0m1_core::limits::format_size(bytes));
+            if let Some(peak) = limits.memory_peak_bytes {
+                memory.push_str(&format!(" (peak {})", n0m1_core::limits::format_size(peak)));
+            }
+            usage.push(memory);
+        }
+        if let Some(cpu) = limits.cpu_seconds {
+            usage.push(format!("cpu {cpu:.1} s"));
+        }
+        if let Some(tasks) = limits.tasks {
+            usage.push(format!("{tasks} processes"));
+        }
+        if !usage.is_empty() {
+            println!("       Usage: {}", usage.join(", "));
+        }
+        if let Some(cgroup) = &limits.cgroup {
+            println!("      Cgroup: {}", printable(cgroup));
+        }
     }
     for file in &detail.log {
         println!("\n==> {} <==", printable(&file.path));

@@ -43,13 +43,7 @@ pub enum Unavailable {
 /// What a model component starts with: a generator, or why it has none.
 pub type Loaded = Result<Box<dyn Generator>, Unavailable>;
 
-/// A 64-bit FNV-1a hash: the digest mode's fingerprint of the rows it read, stable across
-/// runs and platforms.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
+pub use n0m1_core::text::fnv1a;
 
 #[cfg(test)]
 mod tests {

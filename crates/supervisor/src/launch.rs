@@ -22,6 +22,18 @@ pub const BUNDLED_COMPONENTS: &[&str] = &[
     "n0m1_model_service",
 ];
 
+/// The bundled components that run a model: config.json's `models.memory_max` is their
+/// default memory limit.
+pub const MODEL_COMPONENTS: &[&str] = &["llm_processor", "nano_instance", "n0m1_model_service"];
+
+/// Whether a row's script is one of `MODEL_COMPONENTS` (`.py` spelling included).
+pub fn runs_a_model(base_script_name: &str) -> bool {
+    let name = base_script_name
+        .strip_suffix(".py")
+        .unwrap_or(base_script_name);
+    MODEL_COMPONENTS.contains(&name)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LaunchError {
     #[error(

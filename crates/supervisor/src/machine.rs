@@ -14,6 +14,7 @@ use n0m1_core::components::{ComponentRow, LaunchKey};
 use n0m1_core::config::SupervisorPolicy;
 use n0m1_core::home::validate_supervised_id;
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::limits::Limits;
 use n0m1_core::notify::Notice;
 use n0m1_core::state::{ComponentState, Request, RunState};
 
@@ -98,6 +99,12 @@ pub enum Input {
     /// After its leader exited, the stopping component's group and escaped descendants are
     /// gone too.
     TreeGone,
+    /// The component's `component_limits` row (memory, CPU, tasks, account), as the latest
+    /// pass read it (with config.json's model default applied).
+    Limits(Limits),
+    /// The component's own memory limit killed a process of it (its cgroup's OOM counter
+    /// rose): said before the leader's `Exited`, which is then recorded as `OOM_KILLED`.
+    OutOfMemory { pid: i32, detail: String },
     /// Time passed (backoff over, stop deadline reached).
     Tick,
     /// The manager is stopping.
@@ -123,7 +130,11 @@ pub enum Effect {
         launch: LaunchKey,
         /// The `WATCHDOG_USEC` period the process is started with, if it has a watchdog.
         watchdog: Option<Duration>,
+        /// Its limits and account, applied before its program runs.
+        limits: Limits,
     },
+    /// Apply changed limits to the running process's cgroup (no restart).
+    ApplyLimits(Limits),
     /// SIGTERM to the process group and to descendants that left it.
     Terminate { pid: i32 },
     /// SIGKILL to the process group and to descendants that left it.
@@ -233,6 +244,10 @@ pub struct Component {
     /// Its `component_health` row, validated (none: nothing is checked).
     health: HealthCheck,
     gate: Gate,
+    /// Its `component_limits` row.
+    limits: Limits,
+    /// Why the running process's last kill was its memory limit (`Input::OutOfMemory`).
+    out_of_memory: Option<String>,
     /// The cycle last reported, so it is said once.
     reported_cycle: Option<String>,
 }
@@ -249,6 +264,8 @@ impl Component {
             settled_row: None,
             health: HealthCheck::default(),
             gate: Gate::Open,
+            limits: Limits::default(),
+            out_of_memory: None,
             reported_cycle: None,
         }
     }
@@ -258,6 +275,9 @@ impl Component {
     }
     pub fn health(&self) -> &HealthCheck {
         &self.health
+    }
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
     pub fn gate(&self) -> &Gate {
         &self.gate
@@ -437,6 +457,12 @@ impl Component {
             }
             Input::Notified(notices) => self.on_notified(notices, cx, &mut out),
             Input::Health(health) => self.on_health(health, cx),
+            Input::Limits(limits) => self.on_limits(limits, &mut out),
+            Input::OutOfMemory { pid, detail } => {
+                if self.proc().is_some_and(|proc| proc.pid == pid) {
+                    self.out_of_memory = Some(detail);
+                }
+            }
             Input::Dependencies(gate) => self.on_gate(gate, cx, &mut out),
             Input::ProbeStarted { pid } => self.on_probe_started(pid),
             Input::ProbeDone { pid, ok, how } => self.on_probe_done(pid, ok, how, cx, &mut out),
@@ -493,6 +519,24 @@ impl Component {
             request: None,
             ready: self.ready(),
             status_text: self.status_text().map(str::to_owned),
+        }
+    }
+
+    /// New limits apply to a running process at once; an account change needs a new
+    /// process, so the row's restart rule takes it (it is part of what a spawn carries).
+    fn on_limits(&mut self, limits: Limits, out: &mut Vec<Effect>) {
+        if self.limits == limits {
+            return;
+        }
+        let resources_changed = {
+            let mut old = self.limits.clone();
+            old.user.clone_from(&limits.user);
+            old.group.clone_from(&limits.group);
+            old != limits
+        };
+        self.limits = limits;
+        if resources_changed && matches!(self.phase, Phase::Running(_)) {
+            out.push(Effect::ApplyLimits(self.limits.clone()));
         }
     }
 
@@ -583,9 +627,11 @@ impl Component {
 
     fn spawn(&mut self, out: &mut Vec<Effect>) {
         self.phase = Phase::Starting;
+        self.out_of_memory = None;
         out.push(Effect::Spawn {
             launch: self.row.launch_key(),
             watchdog: self.health.watchdog,
+            limits: self.limits.clone(),
         });
     }
 

@@ -241,7 +241,8 @@ async function componentPage(id) {
   }
   const rows = [["manager", c.manager], ["desired", c.desired], ["actual", c.actual], ["ready", c.pid == null ? "-" : (c.ready ? "yes" : "no")],
     ["pid", c.pid ?? "-"], ["uptime", duration(c.uptime_secs)], ["restarts", c.restarts], ["last exit", c.last_exit || "-"],
-    ["status", c.status_text || "-"], ["waiting for", c.waiting_for || "-"], ["problem", c.problem || "-"]];
+    ["status", c.status_text || "-"], ["waiting for", c.waiting_for || "-"], ["problem", c.problem || "-"],
+    ...limitRows(c.limits)];
   const table = el("table", {}, el("tbody", {}, ...rows.map(([k, v]) => el("tr", {}, el("th", {}, k), k === "actual" ? stateCell(v) : el("td", {}, v)))));
   document.getElementById("summary").replaceChildren(el("h2", {}, c.component_id), table,
     el("table", {}, el("tbody", {}, el("tr", { "data-component": c.component_id, "data-actual": c.actual }, actionButtons(c)))));
@@ -254,6 +255,16 @@ async function componentPage(id) {
   // CPU % between consecutive samples (a drop means a process of the tree exited).
   const pct = samples.slice(1).map((s, i) => Math.max(0, (s.cpu_seconds - samples[i].cpu_seconds) / Math.max(1e-3, s.sampled_at - samples[i].sampled_at) * 100));
   chart(cpu, "cpu", "CPU %", pct.length ? [xs.slice(1), pct] : [], "needs two samples");
+}
+
+/** Limits and what the component's cgroup says it uses now (`n0m1ctl limit`). */
+function limitRows(limits) {
+  if (!limits) return [["limits", "none"]];
+  const mib = bytes => bytes == null ? null : (bytes / 1048576).toFixed(1) + " MiB";
+  const use = [mib(limits.memory_bytes) && "memory " + mib(limits.memory_bytes) + (limits.memory_peak_bytes != null ? " (peak " + mib(limits.memory_peak_bytes) + ")" : ""),
+    limits.cpu_seconds != null && "cpu " + limits.cpu_seconds.toFixed(1) + " s",
+    limits.tasks != null && limits.tasks + " processes"].filter(Boolean);
+  return [["limits", limits.summary], ["usage", use.length ? use.join(", ") : "-"], ["cgroup", limits.cgroup || "-"]];
 }
 
 function followLog(id, pre) {

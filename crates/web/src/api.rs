@@ -400,9 +400,13 @@ async fn metrics(State(app): AppState) -> Result<Response, ApiError> {
         let samples = resources::latest(&conn, fresh_after)
             .map_err(|e| ApiError::database(COMPONENT_RESOURCE_LOG, e))?;
         let latest = |metric| n0m1_ctl::metrics::latest(&conn, metric).ok().flatten();
+        let oom_kills =
+            n0m1_core::lifecycle::count_by_component(&conn, n0m1_core::LifecycleEvent::OomKilled)
+                .map_err(|e| ApiError::database(n0m1_core::schema::COMPONENT_LIFECYCLE_LOG, e))?;
         let snapshot = prometheus::Snapshot {
             view: &view,
             resources: &samples,
+            oom_kills: &oom_kills,
             metrics: prometheus::LatestMetrics {
                 cpu_usage_percent: latest(Metric::CpuUsage),
                 memory_usage_percent: latest(Metric::Memory),

@@ -42,6 +42,8 @@ pub struct Snapshot<'a> {
     /// The newest resource sample of each component, recent enough to be current.
     pub resources: &'a [ResourceSample],
     pub metrics: LatestMetrics,
+    /// `OOM_KILLED` events in the lifecycle log, by component.
+    pub oom_kills: &'a std::collections::HashMap<String, u64>,
 }
 
 /// Escapes a label value: backslash, double quote and newline.
@@ -187,6 +189,53 @@ pub fn render(snapshot: &Snapshot<'_>) -> String {
     }
     let mut f = Family::header(
         &mut out,
+        "n0m1_component_oom_kills_total",
+        "counter",
+        "Kills of the component's processes by its own memory limit (OOM_KILLED events).",
+    );
+    for c in components {
+        f.sample(
+            "n0m1_component_oom_kills_total",
+            &[("component", &c.component_id)],
+            snapshot
+                .oom_kills
+                .get(&c.component_id)
+                .copied()
+                .unwrap_or(0) as f64,
+        );
+    }
+    let mut f = Family::header(
+        &mut out,
+        "n0m1_component_memory_limit_bytes",
+        "gauge",
+        "The component's memory_max (components with one).",
+    );
+    for c in components {
+        if let Some(limit) = c.limits.as_ref().and_then(|l| l.memory_max) {
+            f.sample(
+                "n0m1_component_memory_limit_bytes",
+                &[("component", &c.component_id)],
+                limit as f64,
+            );
+        }
+    }
+    let mut f = Family::header(
+        &mut out,
+        "n0m1_component_memory_bytes",
+        "gauge",
+        "Memory charged to the component's cgroup now (every process in it, page cache included).",
+    );
+    for c in components {
+        if let Some(bytes) = c.limits.as_ref().and_then(|l| l.memory_bytes) {
+            f.sample(
+                "n0m1_component_memory_bytes",
+                &[("component", &c.component_id)],
+                bytes as f64,
+            );
+        }
+    }
+    let mut f = Family::header(
+        &mut out,
         "n0m1_component_start_time_seconds",
         "gauge",
         "Unix time at which the component's current process started.",
@@ -288,12 +337,19 @@ mod tests {
             status_text: None,
             waiting_for: None,
             problem: None,
+            limits: (id == "a").then(|| n0m1_ctl::limits::LimitsView {
+                memory_max: Some(64 << 20),
+                memory_bytes: Some(1 << 20),
+                summary: "memory_max 64.0 MiB".into(),
+                ..Default::default()
+            }),
         }
     }
 
     #[test]
     fn the_exposition_has_every_family_escaped_labels_and_no_pid_or_message() {
         let view = SystemView {
+            home_id: "h0000000000".into(),
             home: "/h".into(),
             boot: process("boot_system", "running"),
             managers: vec![
@@ -314,9 +370,11 @@ mod tests {
             cpu_seconds: 1.25,
             processes: 2,
         }];
+        let oom_kills = [("a".to_owned(), 2)].into_iter().collect();
         let text = render(&Snapshot {
             view: &view,
             resources: &resources,
+            oom_kills: &oom_kills,
             metrics: LatestMetrics {
                 cpu_usage_percent: Some(12.5),
                 memory_usage_percent: Some(40.0),
@@ -333,6 +391,10 @@ mod tests {
             "n0m1_component_resident_memory_bytes{component=\"a\"} 4096",
             "n0m1_component_cpu_seconds_total{component=\"a\"} 1.25",
             "n0m1_component_start_time_seconds{component=\"a\"} 1700000000.5",
+            "n0m1_component_oom_kills_total{component=\"a\"} 2",
+            "n0m1_component_oom_kills_total{component=\"we\\\"ird\\\\id\"} 0",
+            "n0m1_component_memory_limit_bytes{component=\"a\"} 67108864",
+            "n0m1_component_memory_bytes{component=\"a\"} 1048576",
             "n0m1_manager_up{manager=\"nano_manager\"} 0",
             "n0m1_manager_heartbeat_age_seconds{manager=\"daemon_manager\"} 0.5",
             "n0m1_cpu_usage_percent 12.5",

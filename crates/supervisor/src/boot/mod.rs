@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use n0m1_core::cgroup::{Layout, home_id};
 use n0m1_core::config::{Config, ConfigError, ManagerSpec};
 use n0m1_core::db::{self, DatabaseFile, DbError};
 use n0m1_core::home::{ENV_BOOT_PID, ENV_HOME, Home, HomeError, LOGD_STEM, LogOwner};
@@ -132,6 +133,16 @@ impl Boot {
         })?;
         options.home.ensure()?;
         let pid_file = PidFile::acquire(&options.home.boot_pid_file())?;
+        // On a cgroup2 host with controllers, boot and the managers it starts live in a leaf
+        // of the home's subtree, so the folders above them can hand controllers down.
+        let cgroups = Layout::detect()
+            .ok()
+            .map(|layout| (home_id(options.home.root()), layout));
+        if let Some((id, layout)) = &cgroups
+            && let Err(error) = layout.move_supervisors(id)
+        {
+            tracing::warn!("{error}; the managers will say whether limits can be had");
+        }
         let config = Config::load(&options.home.config_path())?;
         // Boot initialises the database (idempotent) so a systemd start on a fresh home works
         // and WAL is switched on before any other process opens the file.
@@ -182,6 +193,9 @@ impl Boot {
             }
         }
         boot.sweep_leftovers();
+        if let Some((id, layout)) = &cgroups {
+            layout.existing_home(id).remove_empty();
+        }
         boot.journal.event(
             LifecycleRecord::new(BOOT_COMPONENT_ID, LifecycleEvent::Stopped)
                 .pid(std::process::id() as i32)

@@ -34,16 +34,29 @@ impl Component {
         out.push(Effect::Kill { pid });
         out.push(Effect::ReleasePidFile);
         let uptime = cx.now.saturating_duration_since(proc.started);
-        let event = if cause.is_clean() {
-            LifecycleEvent::Exited
-        } else {
-            LifecycleEvent::Crashed
+        let exit_record = match self.out_of_memory.take() {
+            // Killed by its own memory limit: said as such, then handled as any crash.
+            Some(detail) => self
+                .record(LifecycleEvent::OomKilled)
+                .pid(pid)
+                .message(format!(
+                    "{detail}; {} after {:.3} s",
+                    cause.describe(),
+                    uptime.as_secs_f64()
+                )),
+            None => {
+                let event = if cause.is_clean() {
+                    LifecycleEvent::Exited
+                } else {
+                    LifecycleEvent::Crashed
+                };
+                self.record(event).pid(pid).message(format!(
+                    "{} after {:.3} s",
+                    cause.describe(),
+                    uptime.as_secs_f64()
+                ))
+            }
         };
-        let exit_record = self.record(event).pid(pid).message(format!(
-            "{} after {:.3} s",
-            cause.describe(),
-            uptime.as_secs_f64()
-        ));
         if self.row.is_oneshot() && cause.is_clean() {
             self.phase = Phase::Completed;
             self.settled_row = Some(self.row.clone());

@@ -80,6 +80,7 @@ fn short(effects: &[Effect]) -> Vec<String> {
             Effect::Forget => "forget".to_owned(),
             Effect::RunProbe { .. } => "probe".to_owned(),
             Effect::KillProbe { pid } => format!("kill-probe {pid}"),
+            Effect::ApplyLimits(_) => "apply-limits".to_owned(),
         })
         .collect()
 }
@@ -978,6 +979,7 @@ fn effects_carry_their_data() {
         [Effect::Spawn {
             launch: row(true).launch_key(),
             watchdog: Some(Duration::from_secs(3)),
+            limits: Limits::default(),
         }]
     );
     let effects = c.handle(spawned(10), &cx(0));
@@ -995,6 +997,7 @@ fn effects_carry_their_data() {
     assert!(effects.contains(&Effect::Spawn {
         launch: row(true).launch_key(),
         watchdog: Some(Duration::from_secs(3)),
+        limits: Limits::default(),
     }));
     let effects = c.handle(spawned(11), &cx(1_600));
     let saved: Vec<&n0m1_core::state::ComponentState> = effects
@@ -1009,4 +1012,99 @@ fn effects_carry_their_data() {
         assert_eq!(row.restarts, 1);
         assert_eq!(row.last_exit.as_deref(), Some("killed by signal SIGKILL"));
     }
+}
+
+fn limited(memory_mib: u64) -> Input {
+    Input::Limits(Limits {
+        memory_max: Some(memory_mib << 20),
+        ..Limits::default()
+    })
+}
+
+/// Limits reach a running process at once, never restart it; an account change waits for
+/// the next process; a kill by the memory limit is OOM_KILLED, then restarted like any crash.
+#[test]
+fn limits_apply_live_and_an_oom_kill_is_named_then_restarted() {
+    let c = check(&[
+        (0, limited(64), &[]),
+        (0, active(), &["spawn"]),
+        (0, spawned(10), &["START_ATTEMPT", "save"]),
+        (100, limited(64), &[]),
+        (200, limited(128), &["apply-limits"]),
+        (
+            300,
+            Input::Limits(Limits {
+                memory_max: Some(128 << 20),
+                user: Some("nobody".into()),
+                ..Limits::default()
+            }),
+            &[],
+        ),
+        (
+            1_500,
+            Input::OutOfMemory {
+                pid: 99,
+                detail: "someone else's".into(),
+            },
+            &[],
+        ),
+        (
+            1_500,
+            Input::OutOfMemory {
+                pid: 10,
+                detail: "pid 10: over memory_max 128.0 MiB (peak 128.0 MiB)".into(),
+            },
+            &[],
+        ),
+        (
+            1_500,
+            exited(10, KILLED),
+            &["kill 10", "release", "spawn", "OOM_KILLED", "orphans"],
+        ),
+        (1_500, spawned(11), &["START_ATTEMPT", "save"]),
+        // The next crash of the new process is a plain crash again.
+        (
+            3_000,
+            exited(11, KILLED),
+            &["kill 11", "release", "spawn", "CRASHED", "orphans"],
+        ),
+    ]);
+    assert_eq!(c.limits().user.as_deref(), Some("nobody"));
+}
+
+#[test]
+fn an_oom_kill_record_names_the_limit_and_the_peak() {
+    let start = Instant::now();
+    let policy = policy();
+    let cx = Context {
+        now: start,
+        unix_now: 1_000.0,
+        policy: &policy,
+        shutting_down: false,
+    };
+    let mut c = Component::new(row(true));
+    c.handle(limited(64), &cx);
+    c.handle(active(), &cx);
+    c.handle(spawned(812), &cx);
+    c.handle(
+        Input::OutOfMemory {
+            pid: 812,
+            detail: "pid 812: over memory_max 64.0 MiB (peak 64.0 MiB)".into(),
+        },
+        &cx,
+    );
+    let effects = c.handle(exited(812, KILLED), &cx);
+    let record = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Record(r) if r.event == LifecycleEvent::OomKilled => Some(r),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        record.message.as_deref().unwrap().starts_with(
+            "pid 812: over memory_max 64.0 MiB (peak 64.0 MiB); killed by signal SIGKILL"
+        ),
+        "{record:?}"
+    );
 }

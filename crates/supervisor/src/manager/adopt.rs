@@ -64,6 +64,15 @@ impl Manager {
             }
             let mut slot = Slot::new(Component::new(row));
             slot.pid_file = PidFile::acquire_for(&pid_path, pid).ok();
+            slot.leader = Some(pid);
+            // Its cgroup from the previous life, with the OOM kills already counted.
+            if let Some(cgroups) = &self.exec.cgroups {
+                let cgroup = cgroups.component(&self.options.manager, &id);
+                if cgroup.exists() {
+                    slot.oom_seen = cgroup.oom_kills().unwrap_or(0);
+                    slot.cgroup = Some(cgroup);
+                }
+            }
             let started_unix = saved.and_then(|s| s.started_at).unwrap_or_else(unix_now);
             let input = Input::Adopted {
                 pid,

@@ -11,10 +11,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use n0m1_core::Home;
+use n0m1_core::cgroup::{ComponentCgroup, HomeCgroups};
 use n0m1_core::components::LaunchKey;
 use n0m1_core::home::{
     ENV_CHECKED_COMPONENT, ENV_CHECKED_PID, ENV_COMPONENT_ID, ENV_HOME, LogOwner,
 };
+use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::limits::Limits;
 use n0m1_core::logpipe::LogPipes;
 use n0m1_core::notify::{ENV_NOTIFY_SOCKET, ENV_WATCHDOG_USEC};
 use n0m1_core::pidfile::PidFile;
@@ -43,6 +46,8 @@ pub(super) struct Executor {
     pub snapshot: Option<Vec<ProcStat>>,
     /// Live children (leaders and probes) and adopted leaders → their component.
     pub pids: HashMap<i32, PidOwner>,
+    /// This home's cgroups; `None` where limits are unavailable (said once, at start).
+    pub cgroups: Option<HomeCgroups>,
 }
 
 impl Executor {
@@ -50,9 +55,14 @@ impl Executor {
     /// returns its answer. `Effect::Forget` is the caller's: it owns the slots.
     pub fn perform(&mut self, id: &str, slot: &mut Slot, effect: Effect) -> Option<Input> {
         match effect {
-            Effect::Spawn { launch, watchdog } => {
-                return Some(self.spawn(id, slot, &launch, watchdog));
+            Effect::Spawn {
+                launch,
+                watchdog,
+                limits,
+            } => {
+                return Some(self.spawn(id, slot, &launch, watchdog, &limits));
             }
+            Effect::ApplyLimits(limits) => self.apply_limits(id, slot, &limits),
             Effect::Terminate { pid } => self.terminate(slot, pid),
             Effect::Kill { pid } => {
                 process::signal_group(pid, Signal::SIGKILL);
@@ -61,14 +71,22 @@ impl Executor {
                         process::signal_process(*escaped, Signal::SIGKILL);
                     }
                 }
+                // Everything in its cgroup, however it left the group or its environment.
+                if let Some(cgroup) = &slot.cgroup {
+                    cgroup.kill();
+                }
             }
             Effect::ReleasePidFile => {
                 if let Some(pid_file) = slot.pid_file.take() {
                     pid_file.remove();
                 }
                 slot.escaped.clear();
+                slot.leader = None;
             }
-            Effect::KillOrphans => self.kill_orphans(id),
+            Effect::KillOrphans => match &slot.cgroup {
+                Some(cgroup) => kill_cgroup_orphans(cgroup, slot.leader),
+                None => self.kill_orphans(id),
+            },
             Effect::Record(record) => self.writer.event(record.manager(self.manager.clone())),
             Effect::SaveState(mut row) => {
                 row.manager = self.manager.clone();
@@ -122,6 +140,7 @@ impl Executor {
         slot: &mut Slot,
         launch: &LaunchKey,
         watchdog: Option<Duration>,
+        limits: &Limits,
     ) -> Input {
         let prepared = self
             .resolver
@@ -137,6 +156,10 @@ impl Executor {
                     reason: error.to_string(),
                 };
             }
+        };
+        let placement = match self.placement(id, slot, limits) {
+            Ok(placement) => placement,
+            Err(reason) => return Input::LaunchFailed { reason },
         };
         let home = &self.home;
         // Under boot the log writer runs (boot starts it first); alone, only if it is up.
@@ -181,7 +204,7 @@ impl Executor {
             stderr,
             current_dir: home.root().to_path_buf(),
         };
-        let spawned = match process::spawn(&spec) {
+        let spawned = match process::spawn_placed(&spec, placement) {
             Ok(spawned) => spawned,
             Err(error) => {
                 return Input::SpawnFailed {
@@ -195,6 +218,7 @@ impl Executor {
         }
         self.pids
             .insert(spawned.pid, PidOwner::Leader(id.to_owned()));
+        slot.leader = Some(spawned.pid);
         Input::Spawned {
             pid: spawned.pid,
             start_ticks: spawned.start_ticks,
@@ -202,8 +226,91 @@ impl Executor {
         }
     }
 
+    /// Where the component runs: its cgroup (created, limits written, its `cgroup.procs`
+    /// opened for the child to join) and its account. `Err` is a row that cannot run as
+    /// written (an unknown user), named.
+    fn placement(
+        &mut self,
+        id: &str,
+        slot: &mut Slot,
+        limits: &Limits,
+    ) -> Result<process::Placement, String> {
+        let account = match &limits.user {
+            None => None,
+            Some(_) if !nix::unistd::Uid::effective().is_root() => {
+                return Err(format!(
+                    "{id} is to run as user {} but {} does not run as root; only root can start a process as another user",
+                    limits.user.as_deref().unwrap_or_default(),
+                    self.manager
+                ));
+            }
+            Some(user) => Some(
+                process::Account::resolve(user, limits.group.as_deref())
+                    .map_err(|error| format!("{error} (component_limits of {id})"))?,
+            ),
+        };
+        if account.is_some() {
+            self.home
+                .open_to_other_accounts(self.notify_socket.as_deref())
+                .map_err(|error| format!("{id} cannot run as another user: {error}"))?;
+        }
+        let mut placement = process::Placement {
+            cgroup_procs: Vec::new(),
+            account,
+        };
+        let Some(cgroups) = &self.cgroups else {
+            return Ok(placement);
+        };
+        let cgroup = slot
+            .cgroup
+            .get_or_insert_with(|| cgroups.component(&self.manager, id));
+        let joined = cgroup
+            .create()
+            .and_then(|()| cgroup.apply(limits))
+            .and_then(|()| cgroup.join_files());
+        match joined {
+            Ok(files) => {
+                placement.cgroup_procs = files;
+                slot.oom_seen = cgroup.oom_kills().unwrap_or(0);
+                slot.limits_error = None;
+            }
+            Err(error) => {
+                // Supervised without its cgroup rather than not at all; said once.
+                let message = format!("{id} runs without its cgroup: {error}");
+                if slot.limits_error.as_deref() != Some(message.as_str()) {
+                    self.writer.event(
+                        LifecycleRecord::new(id, LifecycleEvent::LimitsUnavailable)
+                            .manager(self.manager.clone())
+                            .message(message.clone()),
+                    );
+                    slot.limits_error = Some(message);
+                }
+                slot.cgroup = None;
+            }
+        }
+        Ok(placement)
+    }
+
+    /// Changed limits, written to the running process's cgroup.
+    fn apply_limits(&mut self, id: &str, slot: &mut Slot, limits: &Limits) {
+        let Some(cgroup) = &slot.cgroup else {
+            return;
+        };
+        let record = match cgroup.apply(limits) {
+            Ok(()) => LifecycleRecord::new(id, LifecycleEvent::LimitsApplied).message(format!(
+                "applied to the running process: {}",
+                limits.describe()
+            )),
+            Err(error) => LifecycleRecord::new(id, LifecycleEvent::Error).message(format!(
+                "cannot apply its limits ({}): {error}",
+                limits.describe()
+            )),
+        };
+        self.writer.event(record.manager(self.manager.clone()));
+    }
+
     /// SIGTERM to the group, and to descendants that left it (setsid), found now while the
-    /// tree still links them to the leader.
+    /// tree still links them to the leader, or, with a cgroup, by being in it.
     fn terminate(&mut self, slot: &mut Slot, pid: i32) {
         let processes = self.snapshot.get_or_insert_with(process::all_processes);
         slot.escaped = process::descendants_in(processes, pid)
@@ -211,6 +318,17 @@ impl Executor {
             .filter(|p| p.pgrp != pid)
             .map(|p| (p.pid, p.start_ticks))
             .collect();
+        if let Some(cgroup) = &slot.cgroup {
+            for member in cgroup.pids() {
+                let known = slot.escaped.iter().any(|(p, _)| *p == member);
+                if let Some(stat) = processes.iter().find(|p| p.pid == member)
+                    && stat.pgrp != pid
+                    && !known
+                {
+                    slot.escaped.push((member, stat.start_ticks));
+                }
+            }
+        }
         process::signal_group(pid, Signal::SIGTERM);
         for (escaped_pid, _) in &slot.escaped {
             process::signal_process(*escaped_pid, Signal::SIGTERM);
@@ -252,8 +370,25 @@ impl Executor {
     }
 }
 
-/// True when the group led by `pid` is empty and every escaped descendant is gone.
+/// SIGKILL to every process in a component's cgroup outside the group of `leader` (the
+/// replacement just started, if any): what a dead leader left behind.
+fn kill_cgroup_orphans(cgroup: &ComponentCgroup, leader: Option<i32>) {
+    for pid in cgroup.pids() {
+        let in_leaders_group = leader.is_some_and(|leader| {
+            pid == leader || process::ProcStat::read(pid).is_some_and(|s| s.pgrp == leader)
+        });
+        if !in_leaders_group {
+            process::signal_process(pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// True when the group led by `pid` is empty and every escaped descendant is gone (with a
+/// cgroup: when nothing is left in it).
 pub(super) fn tree_gone(slot: &Slot, pid: i32) -> bool {
+    if let Some(cgroup) = &slot.cgroup {
+        return cgroup.is_empty();
+    }
     !process::group_exists(pid)
         && !slot
             .escaped

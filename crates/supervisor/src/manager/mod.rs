@@ -8,6 +8,7 @@
 //! for a flush or another process's lock. Survivors of a previous life are found by `adopt`.
 
 mod adopt;
+mod cgroups;
 mod executor;
 mod gates;
 mod observe;
@@ -95,6 +96,10 @@ pub struct Manager {
     /// How often the components' trees are sampled, and how long samples are kept.
     resources: ResourceSettings,
     retention: Retention,
+    /// config.json's `models.memory_max`: the model components' default memory limit.
+    model_memory_max: Option<u64>,
+    /// The cgroup hierarchies found at start (`None`: limits unavailable).
+    cgroup_layout: Option<n0m1_core::cgroup::Layout>,
 }
 
 impl Manager {
@@ -156,6 +161,7 @@ impl Manager {
             under_boot: std::env::var_os(ENV_BOOT_PID).is_some(),
             snapshot: None,
             pids: HashMap::new(),
+            cgroups: None,
         };
         let mut manager = Manager {
             policy: SupervisorPolicy::default(),
@@ -171,6 +177,8 @@ impl Manager {
             dependencies: Vec::new(),
             resources: ResourceSettings::default(),
             retention: Retention::default(),
+            model_memory_max: None,
+            cgroup_layout: None,
             options,
         };
         manager.load_policy();
@@ -186,9 +194,13 @@ impl Manager {
                 manager.options.manager
             )),
         );
+        manager.find_cgroups();
         manager.adopt_survivors();
         manager.reconcile();
         manager.event_loop(&own_pid_file);
+        if let Some(cgroups) = &manager.exec.cgroups {
+            cgroups.remove_empty();
+        }
         manager.exec.writer.event(
             LifecycleRecord::new(&manager.options.manager, LifecycleEvent::Stopped)
                 .pid(me)
@@ -267,6 +279,7 @@ impl Manager {
             }
             self.on_timers(Instant::now());
             self.check_trees();
+            self.settle_cgroups();
             if self.shutting_down {
                 self.continue_shutdown();
             }
@@ -301,6 +314,7 @@ impl Manager {
                 self.policy = config.supervisor;
                 self.resources = config.resources;
                 self.retention = config.retention;
+                self.model_memory_max = config.models.memory_max.map(|size| size.0);
             }
             Err(error) => self.exec.writer.event(
                 LifecycleRecord::new(&self.options.manager, LifecycleEvent::Error)
@@ -332,7 +346,11 @@ impl Manager {
                 }
             }
             if forget {
-                self.slots.remove(id);
+                if let Some(cgroup) = self.slots.remove(id).and_then(|slot| slot.cgroup)
+                    && !cgroup.remove()
+                {
+                    cgroup.kill();
+                }
                 return;
             }
         }
@@ -367,6 +385,9 @@ impl Manager {
                     .is_some_and(|p| p.pid == pid && p.adopted == adopted);
                 if ours {
                     self.exec.pids.remove(&pid);
+                    if let Some(detail) = self.new_oom_kill(&id, pid) {
+                        self.dispatch(&id, Input::OutOfMemory { pid, detail });
+                    }
                     self.dispatch(&id, Input::Exited { pid, cause });
                 }
             }

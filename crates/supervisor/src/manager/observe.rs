@@ -1,6 +1,7 @@
 //! What a manager learns besides exits and rows: its components' sd_notify datagrams, and
 //! samples of their trees' memory and CPU.
 
+use n0m1_core::cgroup::ComponentCgroup;
 use n0m1_core::process::{self, ProcStat};
 use n0m1_core::resources::{self, ResourceSample};
 use n0m1_core::state::unix_now;
@@ -13,20 +14,35 @@ impl Manager {
     /// One `component_resource_log` row per running component: its tree's RSS and CPU time,
     /// from one /proc snapshot for all of them. Off the restart path (a timer, not a SIGCHLD).
     pub(super) fn sample_resources(&mut self) {
-        let running: Vec<(&String, i32)> = self
+        self.check_oom_kills();
+        let running: Vec<(&String, i32, Option<&ComponentCgroup>)> = self
             .slots
             .iter()
-            .filter_map(|(id, slot)| Some((id, slot.machine.proc()?.pid)))
+            .filter_map(|(id, slot)| Some((id, slot.machine.proc()?.pid, slot.cgroup.as_ref())))
             .collect();
         if running.is_empty() {
             return;
         }
-        let snapshot = process::all_processes();
+        // The /proc scan only for components without a cgroup.
+        let snapshot = running
+            .iter()
+            .any(|(_, _, cgroup)| cgroup.is_none())
+            .then(process::all_processes)
+            .unwrap_or_default();
         let sampled_at = unix_now();
         let samples = running
             .into_iter()
-            .map(|(id, pid)| {
-                let usage = resources::tree_usage(&snapshot, pid);
+            .map(|(id, pid, cgroup)| {
+                // A cgroup's own counters are cheaper than a /proc scan and count every
+                // descendant, escaped ones included.
+                let counted = cgroup.and_then(|cgroup| {
+                    Some(resources::TreeUsage {
+                        rss_bytes: cgroup.memory()?.current,
+                        cpu_seconds: cgroup.cpu_seconds()?,
+                        processes: cgroup.pids().len() as u32,
+                    })
+                });
+                let usage = counted.unwrap_or_else(|| resources::tree_usage(&snapshot, pid));
                 ResourceSample {
                     component_id: id.clone(),
                     manager: self.options.manager.clone(),

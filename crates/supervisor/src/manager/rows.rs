@@ -8,11 +8,13 @@ use std::hash::{Hash, Hasher};
 use n0m1_core::components::{self, ComponentRow};
 use n0m1_core::health::{self, HealthCheck};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::limits::{self, Limits};
 use n0m1_core::state::{self, Request};
 use rusqlite::Connection;
 
 use super::Manager;
 use super::slot::Slot;
+use crate::launch::runs_a_model;
 use crate::machine::{Component, Input};
 
 impl Manager {
@@ -37,6 +39,7 @@ impl Manager {
         let ids: HashSet<&str> = rows.iter().map(|r| r.component_id.as_str()).collect();
         let mut checks = self.health_checks(&ids);
         let (mut gates, held) = self.dependency_gates(&ids);
+        let mut limits = self.limits_rows();
         let mut seen = HashSet::new();
         for row in rows {
             let id = row.component_id.clone();
@@ -46,8 +49,14 @@ impl Manager {
             if let Some(request) = request {
                 self.exec.writer.clear_request(&id, request);
             }
-            // Before the row: a spawn it leads to then carries the watchdog settings.
+            let mut own_limits = limits.remove(&id).unwrap_or_default();
+            if own_limits.memory_max.is_none() && runs_a_model(&row.base_script_name) {
+                own_limits.memory_max = self.model_memory_max;
+            }
+            self.check_limits(&id, &own_limits);
+            // Before the row: a spawn it leads to then carries the watchdog settings and limits.
             self.dispatch(&id, Input::Health(health));
+            self.dispatch(&id, Input::Limits(own_limits));
             self.dispatch(&id, Input::Dependencies(gate));
             // Disabled while dependents still run: it stops after them (the watcher brings
             // us back here as their states change).
@@ -70,6 +79,49 @@ impl Manager {
             .collect();
         for id in gone {
             self.dispatch(&id, Input::RowGone);
+        }
+    }
+
+    /// Every `component_limits` row (unchanged limits when the table cannot be read now).
+    fn limits_rows(&mut self) -> HashMap<String, Limits> {
+        match limits::all(&self.conn) {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::error!(
+                    "cannot read {}: {error}; limits unchanged until it can be read",
+                    n0m1_core::schema::COMPONENT_LIMITS
+                );
+                self.slots
+                    .iter()
+                    .map(|(id, slot)| (id.clone(), slot.machine.limits().clone()))
+                    .collect()
+            }
+        }
+    }
+
+    /// A limit this machine cannot enforce (no cgroups, a controller missing) is said once
+    /// per component and distinct reason; the component runs without it.
+    fn check_limits(&mut self, id: &str, wanted: &Limits) {
+        let problem = if wanted.unlimited() {
+            None
+        } else {
+            match &self.cgroup_layout {
+                None => Some("its limits are not enforced: resource limits are unavailable here (see the manager's LIMITS_UNAVAILABLE event)".to_owned()),
+                Some(layout) => layout.missing(wanted).map(|error| format!("its limits are not all enforced: {error}")),
+            }
+        };
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        if let Some(message) = &problem
+            && slot.limits_error.as_ref() != Some(message)
+        {
+            self.exec.writer.event(
+                LifecycleRecord::new(id, LifecycleEvent::LimitsUnavailable)
+                    .manager(self.options.manager.clone())
+                    .message(message.clone()),
+            );
+            slot.limits_error = problem;
         }
     }
 
@@ -136,6 +188,7 @@ pub(super) fn rows_fingerprint(conn: &Connection, manager: &str) -> rusqlite::Re
     rows.hash(&mut hasher);
     requests.hash(&mut hasher);
     checks.hash(&mut hasher);
+    limits::fingerprint(conn)?.hash(&mut hasher);
     super::gates::fingerprint(conn, &mut hasher)?;
     Ok(hasher.finish())
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use n0m1_core::cgroup::ComponentCgroup;
 use n0m1_core::pidfile::PidFile;
 
 use crate::machine::Component;
@@ -21,6 +22,14 @@ pub(super) struct Slot {
     pub dependency_errors: BTreeMap<String, String>,
     /// At shutdown: not yet told to stop (its dependents go first).
     pub shutdown_pending: bool,
+    /// Its cgroup while it has one (from its first spawn until its tree is gone).
+    pub cgroup: Option<ComponentCgroup>,
+    /// The cgroup's OOM-kill count already accounted for.
+    pub oom_seen: u64,
+    /// The leader the executor last started (or adopted): what `KillOrphans` spares.
+    pub leader: Option<i32>,
+    /// The last reason its limits could not be applied, so it is said once.
+    pub limits_error: Option<String>,
 }
 
 impl Slot {
@@ -32,6 +41,10 @@ impl Slot {
             health_error: None,
             dependency_errors: BTreeMap::new(),
             shutdown_pending: false,
+            cgroup: None,
+            oom_seen: 0,
+            leader: None,
+            limits_error: None,
         }
     }
 }

@@ -45,6 +45,7 @@ impl Bench {
             under_boot: false,
             snapshot: None,
             pids: Default::default(),
+            cgroups: None,
         };
         Bench {
             _children: children,
@@ -85,6 +86,7 @@ impl Bench {
                 Effect::Spawn {
                     launch,
                     watchdog: None,
+                    limits: Default::default(),
                 },
             )
             .unwrap()
@@ -198,6 +200,7 @@ fn a_watchdog_spawn_gives_the_period_and_the_process_its_own_pid() {
         Effect::Spawn {
             launch,
             watchdog: Some(Duration::from_millis(1500)),
+            limits: Default::default(),
         },
     );
     let Some(Input::Spawned { pid, .. }) = answer else {
