@@ -213,8 +213,16 @@ impl Target {
         }
     }
     fn kill_once(&mut self) {
+        // The child may have been replaced since it was read (a supervisor restarting it for
+        // its own reasons): kill whatever the pid file names now.
+        if kill(Pid::from_raw(self.current), None).is_err() {
+            self.current = wait_for(Duration::from_secs(10), &self.read)
+                .unwrap_or_else(|| panic!("{}: no child", self.name));
+        }
         let killed_at = Instant::now();
-        kill(Pid::from_raw(self.current), Signal::SIGKILL).unwrap();
+        if let Err(error) = kill(Pid::from_raw(self.current), Signal::SIGKILL) {
+            panic!("{}: kill {}: {error}", self.name, self.current);
+        }
         let current = self.current;
         let next = wait_for(Duration::from_secs(10), || {
             (self.read)().filter(|p| *p != current)

@@ -269,7 +269,14 @@ fn every_endpoint_answers_and_n0m1ctl_remote_prints_what_the_local_command_print
     // Limits, and (in its cgroup, as root) what it uses now.
     env.ctl(&["limit", "sleeper", "--memory", "256M", "--pids", "20"])
         .success();
-    let limits = web.get("/api/v1/components/sleeper").json()["component"]["limits"].clone();
+    let limits_now = || web.get("/api/v1/components/sleeper").json()["component"]["limits"].clone();
+    if nix::unistd::Uid::effective().is_root() {
+        // Its manager moves it into the memory cgroup within a second.
+        wait_until(Duration::from_secs(10), "the limit applied", || {
+            limits_now()["memory_bytes"].as_u64().is_some()
+        });
+    }
+    let limits = limits_now();
     assert_eq!(limits["memory_max"], 256 << 20);
     assert_eq!(limits["pids_max"], 20);
     assert_eq!(limits["summary"], "memory_max 256.0 MiB, pids_max 20");

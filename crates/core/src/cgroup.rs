@@ -2,8 +2,8 @@
 //! process, killing a tree, reading usage and OOM kills, and removing them.
 //!
 //! Every component gets `n0m1/<home id>/<manager>/<component>` below the cgroup boot runs in,
-//! in each hierarchy that matters: the cgroup2 ("unified") tree for membership, `cgroup.kill`
-//! and `cgroup.events`, and for each controller (memory, cpu, pids) the cgroup2 tree when it
+//! in each hierarchy that matters: the cgroup2 ("unified") tree for membership, freezing and
+//! CPU time, and for each controller (memory, cpu, pids) the cgroup2 tree when it
 //! offers the controller, else its v1 hierarchy (systemd's "hybrid" layout, as on this
 //! project's machines; cpuacct for CPU usage and freezer for kills where v1 is all there is).
 //! Two homes never share a subtree: the home id is derived from the home's path.
@@ -508,26 +508,110 @@ impl ComponentCgroup {
         Ok(())
     }
 
-    /// `cgroup.procs` of each hierarchy, open for writing: a child writes `0` to each
-    /// between fork and exec (`process::spawn`) and so runs in its cgroups from its first
+    /// The hierarchies a process of this component must be in: the membership tree always
+    /// (tracking, kill, CPU time), a v1 controller's hierarchy only when a limit needs it (a
+    /// move into a cgroup costs the kernel an RCU grace period, several milliseconds: an
+    /// unlimited component is never moved on a hybrid host), and the v1 freezer where the
+    /// membership tree cannot freeze (a v1-only host).
+    fn needed(&self, limits: &Limits) -> Vec<Role> {
+        let mut roles = vec![Role::Membership];
+        let wants = [
+            (
+                Role::Memory,
+                limits.memory_max.is_some() || limits.memory_high.is_some(),
+            ),
+            (
+                Role::Cpu,
+                limits.cpu_max.is_some() || limits.cpu_weight.is_some(),
+            ),
+            (Role::Pids, limits.pids_max.is_some()),
+        ];
+        roles.extend(
+            wants
+                .into_iter()
+                .filter(|(_, wanted)| *wanted)
+                .map(|(role, _)| role),
+        );
+        if !self.dir(Role::Membership).is_some_and(|(_, v2)| v2) {
+            roles.push(Role::Freezer);
+        }
+        roles
+    }
+
+    /// The directories of `roles`, each once, the membership tree's first.
+    fn dirs_of(&self, roles: &[Role]) -> Vec<(&Path, bool)> {
+        let mut out: Vec<(&Path, bool)> = Vec::new();
+        for role in roles {
+            if let Some((dir, v2)) = self.dir(*role)
+                && !out.iter().any(|(d, _)| *d == dir)
+            {
+                out.push((dir, v2));
+            }
+        }
+        out
+    }
+
+    /// What a new process needs to start inside: the cgroup2 cgroup to be born in
+    /// (`clone3(CLONE_INTO_CGROUP)`, no move), and the `cgroup.procs` of every other
+    /// hierarchy it needs, open for writing, which the child writes `0` to between fork and
+    /// exec (`process::spawn_placed`). Either way it runs inside from its program's first
     /// instruction.
-    pub fn join_files(&self) -> Result<Vec<OwnedFd>, CgroupError> {
-        self.distinct()
-            .into_iter()
-            .map(|dir| {
-                let path = dir.join("cgroup.procs");
-                rustix::fs::open(
-                    &path,
-                    rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
-                    rustix::fs::Mode::empty(),
-                )
-                .map_err(|error| CgroupError::Write {
-                    path,
-                    value: "0".to_owned(),
-                    reason: error.to_string(),
-                })
+    pub fn placement(
+        &self,
+        limits: &Limits,
+    ) -> Result<(Option<crate::process::BirthCgroup>, Vec<OwnedFd>), CgroupError> {
+        let open = |path: PathBuf, flags: rustix::fs::OFlags| {
+            rustix::fs::open(
+                &path,
+                flags | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|error| CgroupError::Write {
+                path,
+                value: "0".to_owned(),
+                reason: error.to_string(),
             })
-            .collect()
+        };
+        let mut birth = None;
+        let mut joins = Vec::new();
+        for (dir, v2) in self.dirs_of(&self.needed(limits)) {
+            let procs = open(dir.join("cgroup.procs"), rustix::fs::OFlags::WRONLY)?;
+            if v2 && birth.is_none() {
+                birth = Some(crate::process::BirthCgroup {
+                    dir: open(
+                        dir.to_owned(),
+                        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+                    )?,
+                    procs,
+                });
+            } else {
+                joins.push(procs);
+            }
+        }
+        Ok((birth, joins))
+    }
+
+    /// Moves the running processes into the hierarchies `limits` now needs (a limit set on a
+    /// running component): off the restart path, so the move's cost does not count there.
+    pub fn enter(&self, limits: &Limits) {
+        let pids = self.pids();
+        for (dir, _) in self.dirs_of(&self.needed(limits)) {
+            for pid in &pids {
+                // A process that exits meanwhile is no error.
+                let _ = write(dir, "cgroup.procs", &pid.to_string());
+            }
+        }
+    }
+
+    /// Whether this component's processes are in `role`'s hierarchy (a v1 controller is
+    /// joined only with a limit; readings from one it is not in would be someone else's).
+    fn joined(&self, role: Role) -> bool {
+        match self.dir(role) {
+            Some((_, true)) => true,
+            Some((dir, false)) => fs::read_to_string(dir.join("cgroup.procs"))
+                .is_ok_and(|procs| !procs.trim().is_empty()),
+            None => false,
+        }
     }
 
     /// Moves a running process in (adoption, and the tests' reference for `join_files`).
@@ -560,32 +644,70 @@ impl ComponentCgroup {
     }
 
     /// SIGKILL to every process in it, however it got there (setsid, double forks, a cleared
-    /// environment): `cgroup.kill` where the kernel has it, else freeze, kill each, thaw (so
-    /// nothing forks while the list is read).
+    /// environment). Each member is killed by pid, again while new ones appear (a process
+    /// that forked meanwhile); one that keeps forking is frozen first (cgroup2's
+    /// `cgroup.freeze`, else the v1 freezer), killed and thawed.
+    ///
+    /// Not `cgroup.kill`: on this project's kernel (6.18) every child later born into a
+    /// cgroup that was ever killed that way (`clone3(CLONE_INTO_CGROUP)`, how components are
+    /// started) is SIGKILLed at birth, so a restart would die with its predecessor.
     pub fn kill(&self) {
-        if let Some((dir, true)) = self.dir(Role::Membership)
-            && dir.join("cgroup.kill").exists()
-            && write(dir, "cgroup.kill", "1").is_ok()
-        {
-            return;
+        let mut signalled: Vec<i32> = Vec::new();
+        for _ in 0..4 {
+            let fresh: Vec<i32> = self
+                .pids()
+                .into_iter()
+                .filter(|pid| !signalled.contains(pid))
+                .collect();
+            if fresh.is_empty() {
+                return;
+            }
+            for pid in &fresh {
+                crate::process::signal_process(*pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            signalled.extend(fresh);
         }
-        let frozen = self
-            .dir(Role::Freezer)
-            .filter(|(dir, _)| write(dir, "freezer.state", "FROZEN").is_ok());
-        if let Some((dir, _)) = frozen {
+        self.freeze_and_kill();
+    }
+
+    /// Freeze, SIGKILL each member, thaw: nothing forks while the list is read.
+    fn freeze_and_kill(&self) {
+        let (file, frozen_value, thawed_value) = match self.dir(Role::Membership) {
+            Some((dir, true)) => (dir.join("cgroup.freeze"), "1", "0"),
+            _ => match self.dir(Role::Freezer) {
+                Some((dir, _)) => (dir.join("freezer.state"), "FROZEN", "THAWED"),
+                None => {
+                    for pid in self.pids() {
+                        crate::process::signal_process(pid, nix::sys::signal::Signal::SIGKILL);
+                    }
+                    return;
+                }
+            },
+        };
+        let (dir, name) = (
+            file.parent().unwrap_or(Path::new("/")),
+            file.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default(),
+        );
+        let frozen = write(dir, name, frozen_value).is_ok();
+        if frozen {
+            // cgroup2 says so in cgroup.events; v1 in freezer.state itself.
+            let done = || {
+                let events = fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+                keyed(&events, "frozen") == Some(1)
+                    || fs::read_to_string(&file).is_ok_and(|state| state.trim() == "FROZEN")
+            };
             let deadline = Instant::now() + Duration::from_millis(200);
-            while Instant::now() < deadline
-                && fs::read_to_string(dir.join("freezer.state"))
-                    .is_ok_and(|state| state.trim() != "FROZEN")
-            {
+            while !done() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
         for pid in self.pids() {
             crate::process::signal_process(pid, nix::sys::signal::Signal::SIGKILL);
         }
-        if let Some((dir, _)) = frozen {
-            let _ = write(dir, "freezer.state", "THAWED");
+        if frozen {
+            let _ = write(dir, name, thawed_value);
         }
     }
 
@@ -604,6 +726,9 @@ impl ComponentCgroup {
     /// `memory.oom_control`); `None` where there is no memory controller.
     pub fn oom_kills(&self) -> Option<u64> {
         let (dir, v2) = self.dir(Role::Memory)?;
+        if !v2 && !self.joined(Role::Memory) && !dir.join("memory.oom_control").exists() {
+            return None;
+        }
         let (file, key) = if v2 {
             ("memory.events", "oom_kill")
         } else {
@@ -612,7 +737,18 @@ impl ComponentCgroup {
         keyed(&fs::read_to_string(dir.join(file)).ok()?, key)
     }
 
+    /// Memory charged to it now and at most, while its processes are in the memory
+    /// hierarchy (`None` where that is another cgroup's account).
     pub fn memory(&self) -> Option<MemoryUse> {
+        if !self.joined(Role::Memory) {
+            return None;
+        }
+        self.memory_counters()
+    }
+
+    /// The memory cgroup's counters as they stand (after an OOM kill it is empty, and its
+    /// peak is still the one to report).
+    fn memory_counters(&self) -> Option<MemoryUse> {
         let (dir, v2) = self.dir(Role::Memory)?;
         let read = |file: &str| -> Option<u64> {
             fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()
@@ -656,7 +792,7 @@ impl ComponentCgroup {
             .map_or("its memory limit".to_owned(), |b| {
                 format!("memory_max {}", format_size(b))
             });
-        match self.memory().and_then(|m| m.peak) {
+        match self.memory_counters().and_then(|m| m.peak) {
             Some(peak) => format!("pid {pid}: over {limit} (peak {})", format_size(peak)),
             None => format!("pid {pid}: over {limit}"),
         }

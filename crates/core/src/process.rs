@@ -15,6 +15,8 @@ use nix::unistd::Pid;
 
 use crate::home::{HomeError, open_private_append};
 
+mod clone3;
+
 /// What /proc/<pid>/stat says about a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcStat {
@@ -241,11 +243,20 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
 /// Where a component runs besides its program and files: its cgroups and its account.
 #[derive(Debug, Default)]
 pub struct Placement {
-    /// `cgroup.procs` of each of its cgroups, open for writing
-    /// (`cgroup::ComponentCgroup::join_files`).
+    /// The cgroup2 cgroup it is born in (`cgroup::ComponentCgroup::placement`).
+    pub birth: Option<BirthCgroup>,
+    /// `cgroup.procs` of each other cgroup it joins before exec, open for writing.
     pub cgroup_procs: Vec<std::os::fd::OwnedFd>,
     /// Run as this account instead of the spawner's (root only).
     pub account: Option<Account>,
+}
+
+/// A cgroup2 cgroup to start a child in: its directory (for clone3) and its `cgroup.procs`
+/// (joined before exec instead, on a kernel without clone3).
+#[derive(Debug)]
+pub struct BirthCgroup {
+    pub dir: std::os::fd::OwnedFd,
+    pub procs: std::os::fd::OwnedFd,
 }
 
 /// A user to run as, resolved from its name.
@@ -282,9 +293,30 @@ impl Account {
 /// `spawn`, with the child placed first: it joins its cgroups between fork and exec (so it
 /// runs in them from its program's first instruction) and takes its account (std's
 /// `uid`/`gid`, which also drop the spawner's supplementary groups).
-pub fn spawn_placed(spec: &SpawnSpec, placement: Placement) -> Result<Spawned, SpawnError> {
+pub fn spawn_placed(spec: &SpawnSpec, mut placement: Placement) -> Result<Spawned, SpawnError> {
     let stdout = open_private_append(&spec.stdout)?;
     let stderr = open_private_append(&spec.stderr)?;
+    if let Some(birth) = placement.birth.take() {
+        use std::os::fd::AsFd;
+        let born = clone3::spawn_into(
+            spec,
+            birth.dir.as_fd(),
+            &placement.cgroup_procs,
+            placement.account.as_ref(),
+            &stdout,
+            &stderr,
+        )
+        .map_err(|source| SpawnError::Exec {
+            program: spec.program.clone(),
+            source,
+        })?;
+        if let Some(pid) = born {
+            let start_ticks = ProcStat::read(pid).map_or(0, |stat| stat.start_ticks);
+            return Ok(Spawned { pid, start_ticks });
+        }
+        // No clone3 here: the child joins this one too, before exec.
+        placement.cgroup_procs.insert(0, birth.procs);
+    }
     #[allow(clippy::disallowed_methods)] // this is the one door
     let mut command = Command::new(&spec.program);
     command
@@ -303,7 +335,7 @@ pub fn spawn_placed(spec: &SpawnSpec, placement: Placement) -> Result<Spawned, S
         command.gid(account.gid).uid(account.uid);
     }
     if !placement.cgroup_procs.is_empty() {
-        join_cgroups_before_exec(&mut command, placement.cgroup_procs);
+        clone3::join_before_exec(&mut command, placement.cgroup_procs);
     }
     let child = command.spawn().map_err(|source| SpawnError::Exec {
         program: spec.program.clone(),
@@ -314,27 +346,6 @@ pub fn spawn_placed(spec: &SpawnSpec, placement: Placement) -> Result<Spawned, S
     drop(child);
     let start_ticks = ProcStat::read(pid).map_or(0, |stat| stat.start_ticks);
     Ok(Spawned { pid, start_ticks })
-}
-
-/// Makes the child write `0` (itself) to each `cgroup.procs` before it execs.
-#[allow(unsafe_code)]
-fn join_cgroups_before_exec(command: &mut Command, files: Vec<std::os::fd::OwnedFd>) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed: it makes one write(2) per descriptor (opened
-    // before the fork, so nothing is allocated or locked) and builds its error from the raw
-    // errno without allocating. The descriptors are close-on-exec and owned by the closure,
-    // which the parent drops after the spawn.
-    unsafe {
-        command.pre_exec(move || {
-            for file in &files {
-                if let Err(errno) = rustix::io::write(file, b"0") {
-                    return Err(std::io::Error::from_raw_os_error(errno.raw_os_error()));
-                }
-            }
-            Ok(())
-        });
-    }
 }
 
 /// Runs a helper program in the foreground with this process's stdin, stdout and stderr, and

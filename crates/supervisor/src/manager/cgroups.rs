@@ -31,6 +31,11 @@ impl Manager {
     /// since the last look: what `OOM_KILLED` says.
     pub(super) fn new_oom_kill(&mut self, id: &str, pid: i32) -> Option<String> {
         let slot = self.slots.get_mut(id)?;
+        let limits = slot.machine.limits();
+        // Only a memory limit of its own kills it (no read on an unlimited one's restart).
+        if limits.memory_max.is_none() && limits.memory_high.is_none() {
+            return None;
+        }
         let cgroup = slot.cgroup.as_ref()?;
         let kills = cgroup.oom_kills()?;
         if kills <= slot.oom_seen {
@@ -76,6 +81,7 @@ impl Manager {
             }
             if cgroup.remove() {
                 slot.cgroup = None;
+                slot.applied = None;
             } else {
                 cgroup.kill();
             }

@@ -255,23 +255,33 @@ impl Executor {
                 .map_err(|error| format!("{id} cannot run as another user: {error}"))?;
         }
         let mut placement = process::Placement {
+            birth: None,
             cgroup_procs: Vec::new(),
             account,
         };
         let Some(cgroups) = &self.cgroups else {
             return Ok(placement);
         };
+        if slot.cgroup.is_none() {
+            slot.applied = None;
+        }
         let cgroup = slot
             .cgroup
             .get_or_insert_with(|| cgroups.component(&self.manager, id));
-        let joined = cgroup
-            .create()
-            .and_then(|()| cgroup.apply(limits))
-            .and_then(|()| cgroup.join_files());
-        match joined {
-            Ok(files) => {
-                placement.cgroup_procs = files;
-                slot.oom_seen = cgroup.oom_kills().unwrap_or(0);
+        // A restart into the cgroup its predecessor had, with the same limits, only opens it.
+        let prepared = match &slot.applied {
+            Some(applied) if applied == limits => Ok(()),
+            _ => cgroup.create().and_then(|()| cgroup.apply(limits)),
+        };
+        match prepared.and_then(|()| cgroup.placement(limits)) {
+            Ok((birth, joins)) => {
+                placement.birth = birth;
+                placement.cgroup_procs = joins;
+                if limits.memory_max.is_some() || limits.memory_high.is_some() {
+                    slot.oom_seen = cgroup.oom_kills().unwrap_or(0);
+                }
+                slot.applied = Some(limits.clone());
+                slot.memory_counted = true;
                 slot.limits_error = None;
             }
             Err(error) => {
@@ -296,11 +306,18 @@ impl Executor {
         let Some(cgroup) = &slot.cgroup else {
             return;
         };
-        let record = match cgroup.apply(limits) {
-            Ok(()) => LifecycleRecord::new(id, LifecycleEvent::LimitsApplied).message(format!(
-                "applied to the running process: {}",
-                limits.describe()
-            )),
+        let applied = cgroup.apply(limits);
+        slot.applied = applied.is_ok().then(|| limits.clone());
+        slot.memory_counted = false;
+        let record = match applied {
+            Ok(()) => {
+                // Into the hierarchies of the controllers it is now limited by.
+                cgroup.enter(limits);
+                LifecycleRecord::new(id, LifecycleEvent::LimitsApplied).message(format!(
+                    "applied to the running process: {}",
+                    limits.describe()
+                ))
+            }
             Err(error) => LifecycleRecord::new(id, LifecycleEvent::Error).message(format!(
                 "cannot apply its limits ({}): {error}",
                 limits.describe()

@@ -18,30 +18,38 @@ impl Manager {
         let running: Vec<(&String, i32, Option<&ComponentCgroup>)> = self
             .slots
             .iter()
-            .filter_map(|(id, slot)| Some((id, slot.machine.proc()?.pid, slot.cgroup.as_ref())))
+            .filter_map(|(id, slot)| {
+                let counted = slot.cgroup.as_ref().filter(|_| slot.memory_counted);
+                Some((id, slot.machine.proc()?.pid, counted))
+            })
             .collect();
         if running.is_empty() {
             return;
         }
-        // The /proc scan only for components without a cgroup.
-        let snapshot = running
+        // A cgroup's own counters are cheaper than a /proc scan and count every descendant,
+        // escaped ones included; they serve where the component is in a memory cgroup.
+        let counted: Vec<Option<resources::TreeUsage>> = running
             .iter()
-            .any(|(_, _, cgroup)| cgroup.is_none())
+            .map(|(_, _, cgroup)| {
+                let cgroup = (*cgroup)?;
+                Some(resources::TreeUsage {
+                    rss_bytes: cgroup.memory()?.current,
+                    cpu_seconds: cgroup.cpu_seconds()?,
+                    processes: cgroup.pids().len() as u32,
+                })
+            })
+            .collect();
+        // The /proc scan only for the others.
+        let snapshot = counted
+            .iter()
+            .any(Option::is_none)
             .then(process::all_processes)
             .unwrap_or_default();
         let sampled_at = unix_now();
         let samples = running
             .into_iter()
-            .map(|(id, pid, cgroup)| {
-                // A cgroup's own counters are cheaper than a /proc scan and count every
-                // descendant, escaped ones included.
-                let counted = cgroup.and_then(|cgroup| {
-                    Some(resources::TreeUsage {
-                        rss_bytes: cgroup.memory()?.current,
-                        cpu_seconds: cgroup.cpu_seconds()?,
-                        processes: cgroup.pids().len() as u32,
-                    })
-                });
+            .zip(counted)
+            .map(|((id, pid, _), counted)| {
                 let usage = counted.unwrap_or_else(|| resources::tree_usage(&snapshot, pid));
                 ResourceSample {
                     component_id: id.clone(),

@@ -26,6 +26,12 @@ pub(super) struct Slot {
     pub cgroup: Option<ComponentCgroup>,
     /// The cgroup's OOM-kill count already accounted for.
     pub oom_seen: u64,
+    /// Its cgroup's memory counters cover all it holds: it started inside. A process moved in
+    /// when given a limit keeps its earlier pages charged elsewhere (the kernel never moves
+    /// charges), so until its next start its samples come from /proc.
+    pub memory_counted: bool,
+    /// The limits last written to its cgroup: a restart with the same ones writes nothing.
+    pub applied: Option<n0m1_core::limits::Limits>,
     /// The leader the executor last started (or adopted): what `KillOrphans` spares.
     pub leader: Option<i32>,
     /// The last reason its limits could not be applied, so it is said once.
@@ -43,6 +49,8 @@ impl Slot {
             shutdown_pending: false,
             cgroup: None,
             oom_seen: 0,
+            applied: None,
+            memory_counted: false,
             leader: None,
             limits_error: None,
         }
