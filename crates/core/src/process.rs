@@ -293,7 +293,18 @@ impl Account {
 /// `spawn`, with the child placed first: it joins its cgroups between fork and exec (so it
 /// runs in them from its program's first instruction) and takes its account (std's
 /// `uid`/`gid`, which also drop the spawner's supplementary groups).
-pub fn spawn_placed(spec: &SpawnSpec, mut placement: Placement) -> Result<Spawned, SpawnError> {
+pub fn spawn_placed(spec: &SpawnSpec, placement: Placement) -> Result<Spawned, SpawnError> {
+    spawn_placed_with(spec, placement, |_| {})
+}
+
+/// `spawn_placed`, calling `on_born` with the child's pid as soon as it exists: with clone3,
+/// before its exec completes (the spawner can record the pid meanwhile, as runit does; an
+/// exec that then fails is this function's error, and the spawner undoes what it recorded).
+pub fn spawn_placed_with(
+    spec: &SpawnSpec,
+    mut placement: Placement,
+    mut on_born: impl FnMut(i32),
+) -> Result<Spawned, SpawnError> {
     let stdout = open_private_append(&spec.stdout)?;
     let stderr = open_private_append(&spec.stderr)?;
     if let Some(birth) = placement.birth.take() {
@@ -305,6 +316,7 @@ pub fn spawn_placed(spec: &SpawnSpec, mut placement: Placement) -> Result<Spawne
             placement.account.as_ref(),
             &stdout,
             &stderr,
+            &mut on_born,
         )
         .map_err(|source| SpawnError::Exec {
             program: spec.program.clone(),
@@ -344,6 +356,7 @@ pub fn spawn_placed(spec: &SpawnSpec, mut placement: Placement) -> Result<Spawne
     let pid = child.id() as i32;
     // Dropping a std Child neither waits nor kills: reaping stays with the caller.
     drop(child);
+    on_born(pid);
     let start_ticks = ProcStat::read(pid).map_or(0, |stat| stat.start_ticks);
     Ok(Spawned { pid, start_ticks })
 }

@@ -136,6 +136,7 @@ pub(super) fn spawn_into(
     account: Option<&Account>,
     stdout: &std::fs::File,
     stderr: &std::fs::File,
+    on_born: &mut dyn FnMut(i32),
 ) -> std::io::Result<Option<i32>> {
     let prepared = prepare(spec)?;
     let stdin = std::fs::File::open("/dev/null")?;
@@ -226,6 +227,8 @@ pub(super) fn spawn_into(
         };
     }
     let pid = pid as i32;
+    // The pid exists now, in its cgroup: the spawner may record it while the child execs.
+    on_born(pid);
     // SAFETY: `report_read` is an open descriptor this function owns; the File takes it.
     let mut report_file =
         unsafe { std::fs::File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(report_read)) };

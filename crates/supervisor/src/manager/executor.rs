@@ -204,18 +204,26 @@ impl Executor {
             stderr,
             current_dir: home.root().to_path_buf(),
         };
-        let spawned = match process::spawn_placed(&spec, placement) {
+        // The PID file names the child as soon as it exists, while its exec completes.
+        let pid_path = home.pid_file(id);
+        let mut pid_file = None;
+        let spawned = match process::spawn_placed_with(&spec, placement, |pid| {
+            match PidFile::acquire_for(&pid_path, pid) {
+                Ok(file) => pid_file = Some(file),
+                Err(error) => tracing::error!("{id}: cannot write its PID file: {error}"),
+            }
+        }) {
             Ok(spawned) => spawned,
             Err(error) => {
+                if let Some(file) = pid_file {
+                    file.remove();
+                }
                 return Input::SpawnFailed {
                     reason: error.to_string(),
                 };
             }
         };
-        match PidFile::acquire_for(&home.pid_file(id), spawned.pid) {
-            Ok(file) => slot.pid_file = Some(file),
-            Err(error) => tracing::error!("{id}: cannot write its PID file: {error}"),
-        }
+        slot.pid_file = pid_file;
         self.pids
             .insert(spawned.pid, PidOwner::Leader(id.to_owned()));
         slot.leader = Some(spawned.pid);

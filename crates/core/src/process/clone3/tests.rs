@@ -89,7 +89,7 @@ fn a_child_born_in_its_cgroup_sees_what_a_command_child_sees() {
     let born_spec = spec(tmp.path(), "born");
     let out = crate::home::open_private_append(&born_spec.stdout).unwrap();
     let err = crate::home::open_private_append(&born_spec.stderr).unwrap();
-    let pid = spawn_into(&born_spec, dir.as_fd(), &[], None, &out, &err)
+    let pid = spawn_into(&born_spec, dir.as_fd(), &[], None, &out, &err, &mut |_| {})
         .unwrap()
         .expect("this kernel has clone3 with CLONE_INTO_CGROUP");
     // Born inside: it is a member before anything moved it.
@@ -151,12 +151,12 @@ fn a_child_that_cannot_start_is_an_error_naming_the_step() {
     let out = crate::home::open_private_append(&tmp.path().join("x.out")).unwrap();
     let mut missing = spec(tmp.path(), "x");
     missing.program = tmp.path().join("no-such-program");
-    let error = spawn_into(&missing, dir.as_fd(), &[], None, &out, &out).unwrap_err();
+    let error = spawn_into(&missing, dir.as_fd(), &[], None, &out, &out, &mut |_| {}).unwrap_err();
     assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
     assert!(error.to_string().starts_with("execve: "), "{error}");
     let mut nowhere = spec(tmp.path(), "x");
     nowhere.current_dir = tmp.path().join("gone");
-    let error = spawn_into(&nowhere, dir.as_fd(), &[], None, &out, &out).unwrap_err();
+    let error = spawn_into(&nowhere, dir.as_fd(), &[], None, &out, &out, &mut |_| {}).unwrap_err();
     assert!(
         error
             .to_string()
@@ -198,9 +198,17 @@ fn a_child_born_as_another_user_runs_as_that_user() {
     let out = crate::home::open_private_append(&as_nobody.stdout).unwrap();
     let account = Account::resolve("nobody", None).unwrap();
     let started = Instant::now();
-    let pid = spawn_into(&as_nobody, dir.as_fd(), &[], Some(&account), &out, &out)
-        .unwrap()
-        .unwrap();
+    let pid = spawn_into(
+        &as_nobody,
+        dir.as_fd(),
+        &[],
+        Some(&account),
+        &out,
+        &out,
+        &mut |_| {},
+    )
+    .unwrap()
+    .unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));
     reap(pid);
     let seen = std::fs::read_to_string(&as_nobody.stdout).unwrap();
