@@ -184,20 +184,7 @@ impl Layout {
 
     /// The controllers a limit needs that this layout lacks, by name.
     pub fn missing(&self, limits: &Limits) -> Option<CgroupError> {
-        let needs = [
-            (
-                limits.memory_max.is_some() || limits.memory_high.is_some(),
-                Role::Memory,
-                "memory",
-            ),
-            (
-                limits.cpu_max.is_some() || limits.cpu_weight.is_some(),
-                Role::Cpu,
-                "cpu",
-            ),
-            (limits.pids_max.is_some(), Role::Pids, "pids"),
-        ];
-        needs
+        wanted_controllers(limits)
             .into_iter()
             .find(|(needed, role, _)| *needed && !self.roles.contains_key(role))
             .map(|(_, _, controller)| CgroupError::NoController { controller })
@@ -283,6 +270,15 @@ impl Layout {
         })?;
         write(&leaf, "cgroup.procs", "0")
     }
+}
+
+/// Whether `limits` needs each controller: (needed, its role, its name).
+fn wanted_controllers(limits: &Limits) -> [(bool, Role, &'static str); 3] {
+    [
+        (limits.limits_memory(), Role::Memory, "memory"),
+        (limits.limits_cpu(), Role::Cpu, "cpu"),
+        (limits.pids_max.is_some(), Role::Pids, "pids"),
+    ]
 }
 
 /// A path with any n0m1 subtree it ends in removed (`/a/n0m1/h1/daemon_manager` → `/a`).
@@ -515,22 +511,11 @@ impl ComponentCgroup {
     /// membership tree cannot freeze (a v1-only host).
     fn needed(&self, limits: &Limits) -> Vec<Role> {
         let mut roles = vec![Role::Membership];
-        let wants = [
-            (
-                Role::Memory,
-                limits.memory_max.is_some() || limits.memory_high.is_some(),
-            ),
-            (
-                Role::Cpu,
-                limits.cpu_max.is_some() || limits.cpu_weight.is_some(),
-            ),
-            (Role::Pids, limits.pids_max.is_some()),
-        ];
         roles.extend(
-            wants
+            wanted_controllers(limits)
                 .into_iter()
-                .filter(|(_, wanted)| *wanted)
-                .map(|(role, _)| role),
+                .filter(|(wanted, _, _)| *wanted)
+                .map(|(_, role, _)| role),
         );
         if !self.dir(Role::Membership).is_some_and(|(_, v2)| v2) {
             roles.push(Role::Freezer);

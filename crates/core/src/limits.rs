@@ -29,11 +29,17 @@ pub struct Limits {
 impl Limits {
     /// No resource limit (an account may still be set).
     pub fn unlimited(&self) -> bool {
-        self.memory_max.is_none()
-            && self.memory_high.is_none()
-            && self.cpu_max.is_none()
-            && self.cpu_weight.is_none()
-            && self.pids_max.is_none()
+        !self.limits_memory() && !self.limits_cpu() && self.pids_max.is_none()
+    }
+
+    /// A memory limit is set (what its cgroup's memory controller is for).
+    pub fn limits_memory(&self) -> bool {
+        self.memory_max.is_some() || self.memory_high.is_some()
+    }
+
+    /// A CPU quota or weight is set.
+    pub fn limits_cpu(&self) -> bool {
+        self.cpu_max.is_some() || self.cpu_weight.is_some()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -31,9 +31,8 @@ impl Manager {
     /// since the last look: what `OOM_KILLED` says.
     pub(super) fn new_oom_kill(&mut self, id: &str, pid: i32) -> Option<String> {
         let slot = self.slots.get_mut(id)?;
-        let limits = slot.machine.limits();
         // Only a memory limit of its own kills it (no read on an unlimited one's restart).
-        if limits.memory_max.is_none() && limits.memory_high.is_none() {
+        if !slot.machine.limits().limits_memory() {
             return None;
         }
         let cgroup = slot.cgroup.as_ref()?;

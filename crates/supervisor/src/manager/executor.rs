@@ -285,7 +285,7 @@ impl Executor {
             Ok((birth, joins)) => {
                 placement.birth = birth;
                 placement.cgroup_procs = joins;
-                if limits.memory_max.is_some() || limits.memory_high.is_some() {
+                if limits.limits_memory() {
                     slot.oom_seen = cgroup.oom_kills().unwrap_or(0);
                 }
                 slot.applied = Some(limits.clone());
