@@ -261,11 +261,23 @@ impl TestEnv {
         pid
     }
 
+    /// Waits for `stem`'s PID file to name a live process; for a component, also for its
+    /// state row to say so (a manager writes the PID file as soon as the child exists, the
+    /// row through its writer thread just after).
     pub fn wait_pid(&self, stem: &str, what: &str) -> i32 {
+        let supervisor = [
+            "boot_system",
+            "n0m1_logd",
+            "daemon_manager",
+            "nano_manager",
+            "main_llm_manager",
+        ]
+        .contains(&stem);
         let mut pid = None;
         wait_until(Duration::from_secs(10), what, || {
             pid = self.pid_of(stem);
             pid.is_some_and(alive)
+                && (supervisor || self.state_of(stem).as_deref() == Some("running"))
         });
         pid.unwrap()
     }
