@@ -90,9 +90,13 @@ pub fn run(home: &Home, args: &LimitArgs) -> anyhow::Result<String> {
         if let Some(missing) = layout.missing(&wanted) {
             bail!("limits for {id} are refused: {missing}");
         }
-        layout
+        let cgroups = layout
             .home(&home_id(home.root()))
             .map_err(|error| anyhow::anyhow!("limits for {id} are refused: {error}"))?;
+        // Made to prove they can be: where nothing of this home runs, nothing is left of them.
+        if cgroups.pids().is_empty() {
+            cgroups.remove_empty();
+        }
     }
     limits::store(&conn, id, &wanted).with_context(|| format!("writing {COMPONENT_LIMITS}"))?;
     Ok(if wanted.is_empty() {

@@ -314,7 +314,8 @@ impl Executor {
         let Some(cgroup) = &slot.cgroup else {
             return;
         };
-        let applied = cgroup.apply(limits);
+        // Its folders may be gone from a hierarchy it was not in (removed while empty).
+        let applied = cgroup.create().and_then(|()| cgroup.apply(limits));
         slot.applied = applied.is_ok().then(|| limits.clone());
         slot.memory_counted = false;
         let record = match applied {
