@@ -201,19 +201,17 @@ pub fn home_cgroups(home: &Home) -> Option<HomeCgroups> {
         .map(|layout| layout.existing_home(&home_id(home.root())))
 }
 
-/// The effective limits of each row (config.json's `models.memory_max` for model
+/// The effective limits of each row (`config`'s `models.memory_max` for model
 /// components without their own) with their cgroup's readings; rows with neither are left
 /// out.
 pub fn views(
     conn: &rusqlite::Connection,
     home: &Home,
+    config: &n0m1_core::Config,
     rows: &[ComponentRow],
 ) -> HashMap<String, LimitsView> {
     let mut stored = limits::all(conn).unwrap_or_default();
-    let model_default = n0m1_core::Config::load(&home.config_path())
-        .ok()
-        .and_then(|config| config.models.memory_max)
-        .map(|size| size.0);
+    let model_default = config.models.memory_max.map(|size| size.0);
     let cgroups = home_cgroups(home);
     rows.iter()
         .filter_map(|row| {

@@ -238,7 +238,7 @@ pub fn collect_from(
         .collect();
     let now = unix_now();
     let waiting = WaitingView::read(conn, &rows, &saved);
-    let mut limits = crate::limits::views(conn, home, &rows);
+    let mut limits = crate::limits::views(conn, home, &config, &rows);
     let components = rows
         .into_iter()
         .map(|row| {
