@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use n0m1_core::components;
 use n0m1_core::dependencies::{self, Standing};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
+use n0m1_core::pidfile::{PidFile, PidStatus};
 use n0m1_core::state::{self, RunState};
 use rusqlite::Connection;
 
@@ -18,6 +19,8 @@ pub(super) struct DependencyView {
     pub errors: Vec<dependencies::DependencyError>,
     pub cycles: std::collections::BTreeMap<String, String>,
     pub standings: HashMap<String, Standing>,
+    /// The manager that wrote each component's recorded state.
+    pub recorded_by: HashMap<String, String>,
     /// Desired active, for every component involved in a dependency.
     pub desired: HashMap<String, bool>,
 }
@@ -31,6 +34,7 @@ impl DependencyView {
                 errors: Vec::new(),
                 cycles: Default::default(),
                 standings: HashMap::new(),
+                recorded_by: HashMap::new(),
                 desired: HashMap::new(),
             });
         }
@@ -47,31 +51,37 @@ impl DependencyView {
             .filter(|row| wanted.contains(row.component_id.as_str()))
             .map(|row| (row.component_id.clone(), row.desired_active))
             .collect();
-        let standings = state::load_all(conn, None)?
-            .into_iter()
-            .filter(|s| wanted.contains(s.component_id.as_str()))
-            .map(|s| {
-                let standing = Standing::of(&s);
-                (s.component_id, standing)
-            })
-            .collect();
+        let mut standings = HashMap::new();
+        let mut recorded_by = HashMap::new();
+        for saved in state::load_all(conn, None)? {
+            if wanted.contains(saved.component_id.as_str()) {
+                standings.insert(saved.component_id.clone(), Standing::of(&saved));
+                recorded_by.insert(saved.component_id, saved.manager);
+            }
+        }
         Ok(DependencyView {
             deps,
             errors,
             cycles,
             standings,
+            recorded_by,
             desired,
         })
     }
 
-    /// Dependents of `id` still running or stopping (as recorded): a disabled dependency
-    /// stops only after them.
-    pub fn running_dependents(&self, id: &str) -> Vec<&str> {
+    /// Dependents of `id` still running or stopping: a disabled dependency stops only after
+    /// them. A dependent whose process is gone still counts while the manager that recorded it
+    /// running lives: that manager has yet to record the stop (its writer is behind, or the
+    /// rest of the tree is still going), and the dependency's stop must come after that.
+    pub fn running_dependents(&self, id: &str, manager_alive: impl Fn(&str) -> bool) -> Vec<&str> {
         dependencies::dependents(id, &self.deps)
-            .filter(|d| {
-                self.standings
+            .filter(|d| match self.standings.get(*d).map(|s| s.state) {
+                Some(RunState::Running | RunState::Stopping) => true,
+                Some(RunState::Dead) => self
+                    .recorded_by
                     .get(*d)
-                    .is_some_and(|s| matches!(s.state, RunState::Running | RunState::Stopping))
+                    .is_some_and(|manager| manager_alive(manager)),
+                _ => false,
             })
             .collect()
     }
@@ -148,9 +158,18 @@ impl Manager {
             .iter()
             .map(|id| ((*id).to_owned(), view.gate(id)))
             .collect();
+        let home = &self.options.home;
+        let own = self.options.manager.as_str();
+        let manager_alive = |manager: &str| {
+            manager == own
+                || matches!(
+                    PidFile::inspect(&home.pid_file(manager)),
+                    Ok(PidStatus::Live { .. })
+                )
+        };
         let held = ours
             .iter()
-            .filter(|id| !view.running_dependents(id).is_empty())
+            .filter(|id| !view.running_dependents(id, manager_alive).is_empty())
             .map(|id| (*id).to_owned())
             .collect();
         self.dependencies = view.deps;
@@ -178,4 +197,57 @@ pub(super) fn fingerprint(
         standing.ready.hash(hasher);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(dependent: RunState) -> DependencyView {
+        DependencyView {
+            deps: vec![dependencies::Dependency {
+                component_id: "dependent".into(),
+                depends_on: "base".into(),
+                condition: dependencies::Condition::Started,
+            }],
+            errors: Vec::new(),
+            cycles: Default::default(),
+            standings: HashMap::from([(
+                "dependent".to_owned(),
+                Standing {
+                    state: dependent,
+                    ready: false,
+                    exited_ok: false,
+                },
+            )]),
+            recorded_by: HashMap::from([("dependent".to_owned(), "nano_manager".to_owned())]),
+            desired: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_dependent_holds_its_dependency_until_its_stop_is_recorded() {
+        // (recorded standing, its manager alive, holds the dependency's stop)
+        let table = [
+            (RunState::Running, false, true),
+            (RunState::Stopping, false, true),
+            // Process gone, stop not yet recorded by a manager that lives: still holds.
+            (RunState::Dead, true, true),
+            // Process gone with its manager: nobody will record the stop.
+            (RunState::Dead, false, false),
+            (RunState::Waiting, true, false),
+            (RunState::Stopped, true, false),
+            (RunState::Failed, true, false),
+        ];
+        for (state, alive, holds) in table {
+            let view = view(state);
+            let held = !view
+                .running_dependents("base", |m| {
+                    assert_eq!(m, "nano_manager");
+                    alive
+                })
+                .is_empty();
+            assert_eq!(held, holds, "{state} with its manager alive: {alive}");
+        }
+    }
 }
