@@ -38,6 +38,8 @@ mod web;
 mod verbs;
 // Prometheus: promtool on a live /metrics and deploy/ rules; a real server scrapes n0m1_web.
 mod prometheus;
+// Actions a command asks for: proposals, the policy, approval, expiry, rate limits.
+mod actions;
 // The dashboard in headless Chromium (fantoccini): lists, disables live, draws a graph.
 mod browser;
 // House rules on the source tree: no circle of imports within a crate, no table name spelled

@@ -282,6 +282,22 @@ pub struct WebSettings {
     pub read_requires_token: bool,
 }
 
+/// How proposed actions are handled (`action_policy` says which need an operator).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActionSettings {
+    /// How long a proposal waits for an operator before it expires.
+    pub proposal_ttl: Seconds,
+}
+
+impl Default for ActionSettings {
+    fn default() -> Self {
+        ActionSettings {
+            proposal_ttl: Seconds(crate::actions::DEFAULT_PROPOSAL_TTL_SECS),
+        }
+    }
+}
+
 /// Bounds that make a setting a mistake rather than a choice.
 const MIN_LOG_BYTES: u64 = 1024;
 const MAX_LOG_KEEP: u32 = 1000;
@@ -302,6 +318,8 @@ struct ConfigFile {
     web: WebSettings,
     #[serde(default)]
     models: ModelSettings,
+    #[serde(default)]
+    actions: ActionSettings,
 }
 
 /// The whole configuration, resolved.
@@ -315,6 +333,7 @@ pub struct Config {
     pub resources: ResourceSettings,
     pub web: WebSettings,
     pub models: ModelSettings,
+    pub actions: ActionSettings,
 }
 
 impl Default for Config {
@@ -330,6 +349,7 @@ impl Default for Config {
             resources: ResourceSettings::default(),
             web: WebSettings::default(),
             models: ModelSettings::default(),
+            actions: ActionSettings::default(),
         }
     }
 }
@@ -428,6 +448,7 @@ impl Config {
             resources: file.resources,
             web: file.web,
             models: file.models,
+            actions: file.actions,
             ..Config::default()
         };
         if !(0..=19).contains(&config.models.nice) {

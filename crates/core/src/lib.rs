@@ -10,6 +10,7 @@
 //! `machine` does) and runs no model (n0m1-llm and the model service do).
 
 pub mod access_log;
+pub mod actions;
 pub mod cgroup;
 pub mod components;
 pub mod config;

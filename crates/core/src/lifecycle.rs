@@ -106,6 +106,16 @@ lifecycle_events! {
     LimitsUnavailable = "LIMITS_UNAVAILABLE",
     /// A component's limits were applied to its running process (no restart).
     LimitsApplied = "LIMITS_APPLIED",
+    /// A command became a proposal that waits for an operator (`n0m1ctl proposals`).
+    ActionProposed = "ACTION_PROPOSED",
+    /// An approved (or automatic) action ran and its effect followed.
+    ActionExecuted = "ACTION_EXECUTED",
+    /// An approved (or automatic) action ran and its effect did not follow.
+    ActionFailed = "ACTION_FAILED",
+    /// The rules opened an incident for the component (`incidents`).
+    IncidentOpened = "INCIDENT_OPENED",
+    /// The component recovered: its open incident is closed.
+    IncidentClosed = "INCIDENT_CLOSED",
 }
 
 impl LifecycleEvent {

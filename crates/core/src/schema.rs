@@ -32,6 +32,9 @@ pub const LLM_NOTIFICATIONS: &str = "llm_notifications";
 pub const DB_ACCESS_LOG: &str = "db_access_log";
 pub const LLM_COMMAND_CURSOR: &str = "llm_command_cursor";
 pub const COMPONENT_LIMITS: &str = "component_limits";
+pub const ACTION_PROPOSALS: &str = "action_proposals";
+pub const ACTION_POLICY: &str = "action_policy";
+pub const INCIDENTS: &str = "incidents";
 
 /// Every table of the original's schema, in the order the spec lists them.
 pub const ORIGINAL_TABLES: &[&str] = &[
@@ -64,6 +67,9 @@ pub const N0M1_TABLES: &[&str] = &[
     COMPONENT_RESOURCE_LOG,
     LLM_COMMAND_CURSOR,
     COMPONENT_LIMITS,
+    ACTION_PROPOSALS,
+    ACTION_POLICY,
+    INCIDENTS,
 ];
 
 /// The SQL of each migration, oldest first; `PRAGMA user_version` records how many ran.
@@ -77,6 +83,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../../../migrations/07-alerts/up.sql"),
     include_str!("../../../migrations/08-resources/up.sql"),
     include_str!("../../../migrations/09-limits/up.sql"),
+    include_str!("../../../migrations/10-actions/up.sql"),
 ];
 
 /// The schema's migrations, oldest first.

@@ -19,6 +19,7 @@ pub mod init;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
+pub mod proposals;
 pub mod remote;
 pub mod status;
 pub mod token;
@@ -113,6 +114,17 @@ pub enum Command {
     /// Show or set a component's limits (memory, CPU, tasks) and account; applied to the
     /// running process at once through its cgroup.
     Limit(limits::LimitArgs),
+    /// Actions a command (a model's `CMD:` line) asked for: those waiting for approval, or
+    /// `--all`; `approve ID` runs one now and checks its effect, `reject ID` refuses it.
+    Proposals {
+        #[command(subcommand)]
+        decision: Option<ProposalDecision>,
+        /// Every proposal, not only those waiting.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a row from autorun_components; its manager stops the process.
     Remove { component_id: String },
     /// The lifecycle log: the latest events, or followed with -f.
@@ -148,6 +160,20 @@ pub enum Command {
     Config {
         #[command(subcommand)]
         action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProposalDecision {
+    /// Run the proposed action now (through the same functions as enable, disable, restart
+    /// and limit) and check that it took effect.
+    Approve { id: i64 },
+    /// Refuse it; nothing is done.
+    Reject {
+        id: i64,
+        /// Why, kept with the proposal.
+        #[arg(long)]
+        reason: Option<String>,
     },
 }
 
@@ -227,6 +253,32 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         )),
         Command::Remove { component_id } => say(components::remove(&home, &component_id)),
         Command::Limit(args) => say(limits::run(&home, &args)),
+        Command::Proposals {
+            decision: None,
+            all,
+            json,
+        } => {
+            let proposals = proposals::list(&home, all)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&proposals)?);
+            } else {
+                print!("{}", proposals::render(&proposals, all));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Proposals {
+            decision: Some(ProposalDecision::Approve { id }),
+            ..
+        } => say(proposals::approve(&home, id, &proposals::operator())),
+        Command::Proposals {
+            decision: Some(ProposalDecision::Reject { id, reason }),
+            ..
+        } => say(proposals::reject(
+            &home,
+            id,
+            &proposals::operator(),
+            reason.as_deref(),
+        )),
         Command::Events(args) => events::run(&home, &args).map(|()| ExitCode::SUCCESS),
         Command::Logs(args) => logs::run(&home, &args).map(|()| ExitCode::SUCCESS),
         Command::Model { args } if args.first().is_some_and(|a| a == "fetch") => {

@@ -33,15 +33,19 @@ struct DaemonArgs {
 }
 
 /// `main` of `llm_config_daemon` and `llm_command_daemon`.
-pub fn daemon_main(name: &str, run: fn(Runtime) -> anyhow::Result<()>) -> ExitCode {
+pub fn daemon_main(
+    name: &str,
+    run: fn(Runtime, &n0m1_core::Home) -> anyhow::Result<()>,
+) -> ExitCode {
     n0m1_core::logging::init(name, "info");
     let args = DaemonArgs::parse();
     n0m1_core::exit_code::<anyhow::Error>((|| {
         let home = args.common.home()?;
-        run(Runtime::start(
+        let runtime = Runtime::start(
             &home.db_path(),
             &component_id_or(name),
             &args.common.run_type,
-        )?)
+        )?;
+        run(runtime, &home)
     })())
 }

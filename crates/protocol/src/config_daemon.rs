@@ -11,7 +11,7 @@ use n0m1_core::schema::{LLM_IO_CONFIG, LLM_NOTIFICATIONS};
 use crate::llm_tables::announce_reloads;
 use crate::runtime::Runtime;
 
-pub fn run(mut runtime: Runtime) -> anyhow::Result<()> {
+pub fn run(mut runtime: Runtime, _home: &n0m1_core::Home) -> anyhow::Result<()> {
     runtime.event(
         LifecycleEvent::StartedSuccessfully,
         "watching llm_io_config for needs_reload",

@@ -239,7 +239,11 @@ pub fn outputs_after(
     conn.prepare_cached(&format!(
         "SELECT id, CAST(substr(COALESCE(content, ''), 1, 512) AS BLOB) FROM {LLM_OUTPUTS} WHERE id > ?1 ORDER BY id LIMIT ?2"
     ))?
-    .query_map(params![after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+    // An empty blob comes back from substr as NULL: read it as no bytes, or the reader would
+    // stop on that row for ever.
+    .query_map(params![after, limit as i64], |r| {
+        Ok((r.get(0)?, r.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default()))
+    })?
     .collect()
 }
 
