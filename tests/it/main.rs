@@ -40,6 +40,8 @@ mod verbs;
 mod prometheus;
 // Actions a command asks for: proposals, the policy, approval, expiry, rate limits.
 mod actions;
+// Incidents: opened by the alerter's rules with evidence and a diagnosis, closed on recovery.
+mod incidents;
 // The dashboard in headless Chromium (fantoccini): lists, disables live, draws a graph.
 mod browser;
 // House rules on the source tree: no circle of imports within a crate, no table name spelled

@@ -4,6 +4,8 @@
 //! attempt and its outcome is a row in `alert_log`. It never runs in a supervisor, so no alert
 //! is ever sent from a restart path.
 
+pub mod evidence;
+pub mod incidents;
 pub mod rules;
 pub mod tracker;
 
@@ -19,6 +21,8 @@ use n0m1_core::schema::{ALERT_CURSOR, ALERT_LOG};
 use n0m1_core::{db, notify};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use incidents::{IncidentRules, Opening};
+use n0m1_core::incidents::IncidentKind;
 use rules::{Action, Rule};
 use tracker::{Alert, Decision, Seen, Tracker};
 
@@ -49,6 +53,13 @@ pub fn run(home: Home, component_id: String) -> anyhow::Result<()> {
     let mut tracker = Tracker::default();
     let mut reported: HashMap<i64, String> = HashMap::new();
     let mut rules = load_rules(&conn, &home, &component_id, &mut reported);
+    let mut incident_rules = IncidentRules::default();
+    for open in n0m1_core::incidents::open_ones(&conn)? {
+        if let Some(kind) = IncidentKind::parse(&open.kind) {
+            incident_rules.opened(&open.component_id, open.id, kind);
+        }
+    }
+    let mut recoveries_checked = Instant::now();
     let event = |event, message: &str| {
         if let Err(error) = LifecycleRecord::new(component_id.as_str(), event)
             .pid(std::process::id() as i32)
@@ -115,6 +126,31 @@ pub fn run(home: Home, component_id: String) -> anyhow::Result<()> {
                 timestamp: logged.timestamp.clone(),
             };
             decisions.extend(tracker.on_event(&rules, &seen, now));
+            let observed = incidents::Observed {
+                event_id: logged.id,
+                component: &logged.component_id,
+                event: &logged.event_type,
+                message: logged.message.as_deref().unwrap_or(""),
+            };
+            if let Some(opening) = incident_rules.on_event(&observed, now) {
+                match open_incident(&conn, &home, &opening) {
+                    Ok(id) => incident_rules.opened(&opening.component, id, opening.kind),
+                    Err(error) => tracing::warn!(
+                        "cannot record the {} incident of {}: {error}",
+                        opening.kind,
+                        opening.component
+                    ),
+                }
+            }
+        }
+        if now.duration_since(recoveries_checked) >= RECOVERY_CHECK {
+            recoveries_checked = now;
+            for (component, id) in incident_rules.recovered(|c| standing(&conn, c)) {
+                match close_incident(&conn, &component, id) {
+                    Ok(()) => incident_rules.closed(&component),
+                    Err(error) => tracing::warn!("cannot close incident {id}: {error}"),
+                }
+            }
         }
         decisions.extend(tracker.on_tick(&rules, now));
         if !events.is_empty() {
@@ -148,6 +184,69 @@ pub fn run(home: Home, component_id: String) -> anyhow::Result<()> {
     }
     event(LifecycleEvent::Stopped, "stopped on signal");
     Ok(())
+}
+
+/// How often open incidents' components are looked at for a recovery.
+const RECOVERY_CHECK: Duration = Duration::from_secs(1);
+
+/// Opens an incident: evidence and the rules' diagnosis, the row, and an `INCIDENT_OPENED`
+/// event under the component's id (so alert rules can send it on).
+fn open_incident(conn: &Connection, home: &Home, opening: &Opening) -> rusqlite::Result<i64> {
+    let evidence = evidence::gather(conn, home, opening);
+    let transaction = conn.unchecked_transaction()?;
+    let id = n0m1_core::incidents::open(
+        &transaction,
+        &n0m1_core::incidents::NewIncident {
+            opened_at: n0m1_core::state::unix_now(),
+            component_id: &opening.component,
+            kind: opening.kind,
+            evidence: &evidence.json,
+            summary: &opening.summary,
+            diagnosis: &evidence.diagnosis,
+            diagnosis_source: "rules",
+            suggested_action: opening.suggested,
+            opened_by_event: Some(opening.trigger_event),
+        },
+    )?;
+    LifecycleRecord::new(opening.component.as_str(), LifecycleEvent::IncidentOpened)
+        .message(format!(
+            "incident {id} ({}): {}",
+            opening.kind, evidence.diagnosis
+        ))
+        .write(&transaction)?;
+    transaction.commit()?;
+    Ok(id)
+}
+
+fn close_incident(conn: &Connection, component: &str, id: i64) -> rusqlite::Result<()> {
+    let transaction = conn.unchecked_transaction()?;
+    if n0m1_core::incidents::close(&transaction, id, n0m1_core::state::unix_now(), None)? {
+        LifecycleRecord::new(component, LifecycleEvent::IncidentClosed)
+            .message(format!(
+                "incident {id} closed: {component} has run for {} s",
+                incidents::STABLE_FOR.as_secs()
+            ))
+            .write(&transaction)?;
+    }
+    transaction.commit()
+}
+
+/// A component's recorded state, whether its process is the live one, and for how long.
+fn standing(conn: &Connection, component: &str) -> Option<incidents::Standing> {
+    let saved = n0m1_core::state::load(conn, component).ok().flatten()?;
+    let alive = match (saved.pid, saved.pid_start_ticks) {
+        (Some(pid), Some(ticks)) => process::is_same_process(pid, ticks),
+        _ => false,
+    };
+    let uptime = saved
+        .started_at
+        .map(|at| (n0m1_core::state::unix_now() - at).max(0.0))
+        .unwrap_or(0.0);
+    Some(incidents::Standing {
+        state: saved.state,
+        alive,
+        uptime: Duration::from_secs_f64(uptime),
+    })
 }
 
 fn load_cursor(conn: &Connection) -> rusqlite::Result<i64> {

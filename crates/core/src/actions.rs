@@ -301,28 +301,10 @@ impl PolicyRule {
     }
 }
 
-/// `*` matches any run of characters, `?` any one; everything else itself.
+/// `*` matches any run of characters, `?` any one, `[..]` a class (shell patterns); an
+/// invalid pattern matches nothing (`policy` reports it).
 pub fn glob_matches(glob: &str, text: &str) -> bool {
-    let (glob, text): (Vec<char>, Vec<char>) = (glob.chars().collect(), text.chars().collect());
-    // The classic two-pointer match with one backtrack point: linear enough for ids.
-    let (mut g, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if g < glob.len() && (glob[g] == '?' || glob[g] == text[t]) {
-            g += 1;
-            t += 1;
-        } else if g < glob.len() && glob[g] == '*' {
-            star = Some((g, t));
-            g += 1;
-        } else if let Some((star_g, star_t)) = star {
-            g = star_g + 1;
-            t = star_t + 1;
-            star = Some((star_g, star_t + 1));
-        } else {
-            return false;
-        }
-    }
-    glob[g..].iter().all(|c| *c == '*')
+    glob::Pattern::new(glob).is_ok_and(|pattern| pattern.matches(text))
 }
 
 /// What happens to a proposal.
@@ -422,6 +404,16 @@ pub fn policy(conn: &Connection) -> rusqlite::Result<(Vec<PolicyRule>, Vec<Polic
                 "component_glob",
                 "empty or holding a control character; write an id or a glob like nano_*"
                     .to_owned(),
+            ));
+            continue;
+        }
+        if let Err(bad) = glob::Pattern::new(&glob) {
+            errors.push(error(
+                "component_glob",
+                format!(
+                    "{:?} is not a pattern ({bad}); write an id or a glob like nano_*",
+                    crate::text::printable(&glob)
+                ),
             ));
             continue;
         }

@@ -19,6 +19,7 @@ pub mod defaults;
 pub mod dependencies;
 pub mod health;
 pub mod home;
+pub mod incidents;
 pub mod lifecycle;
 pub mod limits;
 pub mod logging;

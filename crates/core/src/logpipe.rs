@@ -171,3 +171,16 @@ pub fn rotate_own_output(
         }
     }
 }
+
+/// The last `n` lines of a log file of `size` bytes (lossy UTF-8), reading only its end.
+pub fn last_lines(file: &mut std::fs::File, size: u64, n: usize) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let window = (n as u64 + 1) * 512;
+    let start = size.saturating_sub(window.max(64 * 1024));
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    file.take(size - start).read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    Ok(lines[lines.len().saturating_sub(n)..].join("\n"))
+}

@@ -15,6 +15,7 @@ pub mod components;
 pub mod control;
 pub mod events;
 pub mod fetch;
+pub mod incidents;
 pub mod init;
 pub mod limits;
 pub mod logs;
@@ -114,6 +115,16 @@ pub enum Command {
     /// Show or set a component's limits (memory, CPU, tasks) and account; applied to the
     /// running process at once through its cgroup.
     Limit(limits::LimitArgs),
+    /// Problems the alerter's rules found (crash loops, FAILED, unhealthy, OOM kills, halted
+    /// dependencies), with a diagnosis and a suggested action; with an id, one in full.
+    Incidents {
+        id: Option<i64>,
+        /// Closed ones too.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Actions a command (a model's `CMD:` line) asked for: those waiting for approval, or
     /// `--all`; `approve ID` runs one now and checks its effect, `reject ID` refuses it.
     Proposals {
@@ -253,6 +264,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         )),
         Command::Remove { component_id } => say(components::remove(&home, &component_id)),
         Command::Limit(args) => say(limits::run(&home, &args)),
+        Command::Incidents {
+            id: Some(id), json, ..
+        } => {
+            let incident = incidents::get(&home, id)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&incident)?);
+            } else {
+                print!("{}", incidents::render_one(&incident));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Incidents {
+            id: None,
+            all,
+            json,
+        } => {
+            let list = incidents::list(&home, all)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", incidents::render(&list, all));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Proposals {
             decision: None,
             all,

@@ -44,15 +44,7 @@ pub fn files_of(home: &Home, id: &str) -> Vec<PathBuf> {
 
 /// The last `n` lines of the file's first `size` bytes.
 fn last_lines(file: &mut File, size: u64, n: usize) -> anyhow::Result<String> {
-    // Read only the end of big files.
-    let window = (n as u64 + 1) * 512;
-    let start = size.saturating_sub(window.max(64 * 1024));
-    file.seek(SeekFrom::Start(start))?;
-    let mut bytes = Vec::new();
-    file.take(size - start).read_to_end(&mut bytes)?;
-    let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().collect();
-    Ok(lines[lines.len().saturating_sub(n)..].join("\n"))
+    Ok(n0m1_core::logpipe::last_lines(file, size, n)?)
 }
 
 /// The last lines of one log file.
