@@ -60,6 +60,19 @@ fn the_dashboard_lists_components_disables_one_live_and_draws_a_metric_graph() {
     let mut env = TestEnv::new();
     write_config(&env, json!({}));
     env.add_component("runner", "sleeper.sh", "daemon_manager", "{}");
+    // An incident for the panel (a crash loop the real alerter finds: each run lasts a
+    // second, so the loop outlives the alerter's start) and a proposal from the real command
+    // daemon to approve from the page.
+    env.script(
+        "crashy.sh",
+        "#!/bin/sh\nsleep 1\necho 'disk full' >&2\nexit 4\n",
+    );
+    env.add_component("crashy", "crashy.sh", "daemon_manager", "{}");
+    env.add_component("patient", "sleeper.sh", "daemon_manager", "{}");
+    env.sql(
+        "UPDATE autorun_components SET desired_state = 'active'
+           WHERE component_id IN ('n0m1_alerts', 'llm_command_daemon')",
+    );
     env.sql(
         "INSERT INTO cpu_usage_log (timestamp, cpu_usage) VALUES
            (datetime('now', '-50 seconds'), 15.0), (datetime('now', '-40 seconds'), 35.0),
@@ -170,6 +183,51 @@ fn the_dashboard_lists_components_disables_one_live_and_draws_a_metric_graph() {
         let same = client.execute("return window.__sameDocument === true;", vec![]).await.unwrap();
         assert_eq!(same, json!(true), "no reload");
         std::fs::write(screenshot_dir().join("dashboard-disabled.png"), client.screenshot().await.unwrap()).unwrap();
+
+        // The incident panel: the crash loop's diagnosis; a model's restart proposal,
+        // approved from the page, restarts the component.
+        wait_js(
+            &client,
+            Duration::from_secs(20),
+            "the crash loop's incident with its diagnosis",
+            r#"const d = document.querySelector('.incident[data-component="crashy"] .diagnosis'); return !!d && d.textContent.includes('crashy crashed') && d.textContent.includes('disk full');"#,
+        )
+        .await;
+        let patient = env.pid_of("patient").expect("patient running");
+        env.db()
+            .execute("INSERT INTO llm_outputs (llm_id, content) VALUES ('main_llm_processor', 'CMD:RESTART patient')", [])
+            .unwrap();
+        wait_js(
+            &client,
+            Duration::from_secs(20),
+            "the proposal on the page",
+            r#"return !!document.querySelector('.proposal button[data-decision="approve"]');"#,
+        )
+        .await;
+        assert_eq!(env.pid_of("patient"), Some(patient), "nothing ran before the approval");
+        std::fs::write(screenshot_dir().join("dashboard-incident.png"), client.screenshot().await.unwrap()).unwrap();
+        client
+            .find(Locator::Css(r#".proposal button[data-decision="approve"]"#))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_js(
+            &client,
+            Duration::from_secs(20),
+            "the approval's answer",
+            "const n = document.getElementById('note'); return !!n && n.textContent.includes('executed');",
+        )
+        .await;
+        let (state, after): (String, String) = env
+            .db()
+            .query_row("SELECT state, state_after FROM action_proposals WHERE component_id = 'patient'", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert_eq!(state, "executed");
+        let new_pid = env.pid_of("patient").unwrap();
+        assert_ne!(new_pid, patient, "restarted");
+        assert!(after.contains(&new_pid.to_string()), "{after}");
 
         // The component page: its limits, its log, its history and its resource graph.
         client.goto(&format!("{base}/components/n0m1_web")).await.unwrap();

@@ -580,6 +580,7 @@ fn hostile_requests_are_refused_by_name_and_change_nothing() {
         "/api/v1/events?component=..%2Fetc",
         "/api/v1/nothing",
         "/etc/passwd",
+        "/api/v1/incidents/999",
     ] {
         let answer = web.get(path);
         assert_eq!(answer.status, 404, "{path}: {}", answer.body);
@@ -588,6 +589,27 @@ fn hostile_requests_are_refused_by_name_and_change_nothing() {
     }
     let unknown_action = web.post("/api/v1/components/sleeper/explode", "");
     assert_eq!(unknown_action.status, 404);
+    // Proposals: an id that is not a number, one that does not exist, a decision that does
+    // not exist, a body that is not the reason, and no token at all.
+    for (path, body, status) in [
+        ("/api/v1/proposals/1%3B%20DROP/approve", "", 400),
+        ("/api/v1/proposals/999/approve", "", 404),
+        ("/api/v1/proposals/999/explode", "", 404),
+        ("/api/v1/proposals/999/reject", "{\"reason\": 5}", 400),
+    ] {
+        let answer = web.post(path, body);
+        assert_eq!(answer.status, status, "{path}: {}", answer.body);
+        assert!(answer.json()["error"].is_string(), "{path}");
+    }
+    assert_eq!(
+        http(&web.addr, "POST", "/api/v1/proposals/1/approve", &[], b"").status,
+        401
+    );
+    assert_eq!(web.get("/api/v1/incidents/x").status, 400);
+    assert_eq!(
+        web.get("/api/v1/proposals?all=1").json(),
+        serde_json::json!([])
+    );
     assert_eq!(
         web.post("/api/v1/components/no_such/restart", "").status,
         404

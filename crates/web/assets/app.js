@@ -189,6 +189,42 @@ async function modelLoop(root) {
   root.replaceChildren(el("h2", {}, "Model loop"), ...parts);
 }
 
+async function decide(id, decision) {
+  try {
+    const answer = await api(`/api/v1/proposals/${id}/${decision}`, { method: "POST" });
+    flash(answer.message, false);
+  } catch (error) {
+    flash(error.message, true);
+  }
+  scheduleRefresh();
+}
+
+// Open incidents with their diagnosis, and the proposals waiting for an operator.
+async function incidentPanel(root) {
+  const [incidents, proposals] = await Promise.all([
+    api("/api/v1/incidents").catch(() => []),
+    api("/api/v1/proposals").catch(() => []),
+  ]);
+  const parts = [el("h2", {}, "Incidents")];
+  if (!incidents.length) parts.push(el("p", { class: "muted" }, "no open incident"));
+  for (const i of incidents) {
+    parts.push(el("div", { class: "incident", "data-incident": i.id, "data-component": i.component_id },
+      el("h3", {}, `#${i.id} ${i.kind} — `, el("a", { href: "/components/" + encodeURIComponent(i.component_id) }, i.component_id)),
+      el("p", { class: "diagnosis" }, i.diagnosis || i.summary),
+      el("p", { class: "muted" }, `diagnosis by ${i.diagnosis_source || "rules"}; suggested: ${i.suggested_action || "none"}`)));
+  }
+  parts.push(el("h2", {}, "Proposed actions"));
+  if (!proposals.length) parts.push(el("p", { class: "muted" }, "none waiting for approval"));
+  for (const p of proposals) {
+    const what = `${p.action} ${p.component_id || ""}${p.argument ? " memory=" + p.argument : ""}`;
+    parts.push(el("div", { class: "proposal", "data-proposal": p.id },
+      el("span", {}, `#${p.id} ${what} (from ${p.source}) `),
+      el("button", { type: "button", "data-decision": "approve", onclick: () => decide(p.id, "approve") }, "Approve"),
+      el("button", { type: "button", "data-decision": "reject", onclick: () => decide(p.id, "reject") }, "Reject")));
+  }
+  root.replaceChildren(...parts);
+}
+
 function eventLine(e) {
   return el("li", { "data-event-id": e.id }, `${e.id} ${e.timestamp} ${e.component_id} ${e.event_type}${e.pid ? " pid " + e.pid : ""}: ${e.message || ""}`);
 }
@@ -203,6 +239,7 @@ async function overview() {
     layout = el("div", { id: "overview" },
       el("p", { id: "note", class: "muted" }),
       el("section", { id: "processes" }), el("section", { id: "component-section" }),
+      el("section", { id: "incident-section" }),
       el("section", {}, el("h2", {}, "Machine"), el("div", { class: "charts", id: "machine" })),
       el("section", { id: "model-loop" }),
       el("section", {}, el("h2", {}, "Lifecycle events"), el("ul", { class: "events", id: "events" })));
@@ -214,6 +251,7 @@ async function overview() {
   }
   document.getElementById("processes").replaceChildren(el("h2", {}, "Boot, log writer and managers"), processTable(view));
   document.getElementById("component-section").replaceChildren(el("h2", {}, "Components"), componentTable(view.components));
+  await incidentPanel(document.getElementById("incident-section"));
   await machineCharts(document.getElementById("machine"));
 }
 

@@ -47,6 +47,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/metrics/{name}", get(metric_series))
         .route("/api/v1/resources/{id}", get(resource_series))
         .route("/api/v1/outputs/{table}", get(outputs))
+        .route("/api/v1/incidents", get(incident_list))
+        .route("/api/v1/incidents/{id}", get(incident))
+        .route("/api/v1/proposals", get(proposal_list))
+        .route("/api/v1/proposals/{id}/{decision}", post(decide_proposal))
         .route(
             "/api/v1/notifications",
             get(notifications).post(new_notification),
@@ -59,7 +63,7 @@ pub fn router(app: Arc<App>) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::not_found(
-        "no such page or endpoint: the API is under /api/v1/ (components, events, logs, metrics, resources, outputs, notifications)",
+        "no such page or endpoint: the API is under /api/v1/ (components, events, logs, metrics, resources, outputs, notifications, incidents, proposals)",
     )
 }
 
@@ -359,6 +363,116 @@ async fn outputs(
     let limit = number(&params(query)?, "limit", 20u32, 1, 1000)?;
     let rows = blocking(move || model_loop::outputs(&open(&app.home)?, &table, limit)).await?;
     Ok(Json(rows).into_response())
+}
+
+/// `?all` (any value but 0 or false) includes closed incidents and decided proposals.
+fn wants_all(params: &HashMap<String, String>) -> bool {
+    params
+        .get("all")
+        .is_some_and(|v| !matches!(v.as_str(), "0" | "false"))
+}
+
+fn record_id(path: Result<Path<String>, PathRejection>, what: &str) -> Result<i64, ApiError> {
+    let text = segment(path)?;
+    text.parse::<i64>().map_err(|_| {
+        ApiError::bad_request(format!(
+            "'{}' is not {what} id: ids are whole numbers",
+            printable(&text)
+        ))
+    })
+}
+
+async fn incident_list(State(app): AppState, query: Params) -> Result<Response, ApiError> {
+    let all = wants_all(&params(query)?);
+    let list =
+        blocking(move || n0m1_ctl::incidents::list(&app.home, all).map_err(ApiError::refused))
+            .await?;
+    Ok(Json(list).into_response())
+}
+
+async fn incident(
+    State(app): AppState,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = record_id(id, "an incident")?;
+    let found = blocking(move || {
+        n0m1_core::incidents::get(&open(&app.home)?, id)
+            .map_err(|e| ApiError::database("the incidents", e))
+    })
+    .await?
+    .ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no incident {id}: GET /api/v1/incidents?all=1 lists them"
+        ))
+    })?;
+    Ok(Json(found).into_response())
+}
+
+async fn proposal_list(State(app): AppState, query: Params) -> Result<Response, ApiError> {
+    let all = wants_all(&params(query)?);
+    let list =
+        blocking(move || n0m1_ctl::proposals::list(&app.home, all).map_err(ApiError::refused))
+            .await?;
+    Ok(Json(list).into_response())
+}
+
+/// `POST /api/v1/proposals/{id}/approve` runs the action and answers once its effect is
+/// checked; `…/reject` takes an optional JSON body `{"reason": "…"}`.
+async fn decide_proposal(
+    State(app): AppState,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path((id, decision)) =
+        path.map_err(|rejection| ApiError::bad_request(format!("bad path: {rejection}")))?;
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "'{}' is not a proposal id: ids are whole numbers",
+            printable(&id)
+        ))
+    })?;
+    let bytes = read_body(body).await?;
+    let reason = if bytes.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Reject {
+            reason: Option<String>,
+        }
+        let body: Reject = serde_json::from_slice(&bytes).map_err(|error| {
+            ApiError::bad_request(format!(
+                "the body must be empty or JSON like {{\"reason\": \"not now\"}}: {error}"
+            ))
+        })?;
+        body.reason
+    };
+    let by = "n0m1_web API (token holder)";
+    let message = blocking(move || {
+        let conn = open(&app.home)?;
+        if n0m1_core::actions::get(&conn, id)
+            .map_err(|e| ApiError::database("the proposals", e))?
+            .is_none()
+        {
+            return Err(ApiError::not_found(format!(
+                "no proposal {id}: GET /api/v1/proposals?all=1 lists them"
+            )));
+        }
+        match decision.as_str() {
+            "approve" => n0m1_ctl::proposals::approve(&app.home, id, by),
+            "reject" => n0m1_ctl::proposals::reject(&app.home, id, by, reason.as_deref()),
+            other => {
+                return Err(ApiError::not_found(format!(
+                    "no decision '{}': POST proposals/{{id}}/approve or reject",
+                    printable(other)
+                )));
+            }
+        }
+        .map_err(ApiError::refused)
+    })
+    .await?;
+    tracing::info!("{message}");
+    Ok(Json(json!({ "message": message })).into_response())
 }
 
 async fn notifications(State(app): AppState, query: Params) -> Result<Response, ApiError> {
