@@ -73,6 +73,7 @@ impl IncidentRules {
             "FAILED" => IncidentKind::Failed,
             "UNHEALTHY" => IncidentKind::Unhealthy,
             "OOM_KILLED" => IncidentKind::OomKilled,
+            "METRIC_ALERT" => IncidentKind::MetricAlert,
             "STOP_REQUESTED" if seen.message.contains("dependency") => {
                 IncidentKind::DependencyHalted
             }
@@ -114,7 +115,7 @@ impl IncidentRules {
             IncidentKind::DependencyHalted => {
                 format!("{} was stopped: {}", seen.component, seen.message)
             }
-            IncidentKind::MetricAlert => seen.message.to_owned(),
+            IncidentKind::MetricAlert => format!("{}: {}", seen.component, seen.message),
         };
         Some(Opening {
             component: seen.component.to_owned(),
@@ -123,6 +124,17 @@ impl IncidentRules {
             summary,
             suggested: suggestion(kind),
         })
+    }
+
+    /// The open metric incident a `METRIC_RECOVERED` event closes, if any.
+    pub fn on_recovered(&self, seen: &Observed<'_>) -> Option<i64> {
+        if seen.event != "METRIC_RECOVERED" {
+            return None;
+        }
+        match self.open.get(seen.component) {
+            Some((id, IncidentKind::MetricAlert)) => Some(*id),
+            _ => None,
+        }
     }
 
     /// The open incidents whose component has recovered: running, its process alive, for
@@ -223,6 +235,13 @@ mod tests {
                 Some(IncidentKind::Failed),
             ),
             (5, "h", "STARTED_SUCCESSFULLY", "", None),
+            (
+                6,
+                "nano_cpu_usage",
+                "METRIC_ALERT",
+                "ALERT: CPU usage 100.0 > 90 (cpu_usage_log row 3)",
+                Some(IncidentKind::MetricAlert),
+            ),
         ];
         let mut rules = IncidentRules::default();
         for (n, (secs, component, event, message, want)) in table.iter().enumerate() {

@@ -17,7 +17,7 @@ use n0m1_core::home::{ENV_HOME, Home};
 use n0m1_core::lifecycle::{self, LifecycleEvent, LifecycleRecord};
 use n0m1_core::process::{self, SpawnSpec};
 use n0m1_core::runtime::{Event, Runtime, SignalSet};
-use n0m1_core::schema::{ALERT_CURSOR, ALERT_LOG};
+use n0m1_core::schema::{ALERT_CURSOR, ALERT_LOG, MAIN_LLM_ID};
 use n0m1_core::{db, notify};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -132,6 +132,12 @@ pub fn run(home: Home, component_id: String) -> anyhow::Result<()> {
                 event: &logged.event_type,
                 message: logged.message.as_deref().unwrap_or(""),
             };
+            if let Some(id) = incident_rules.on_recovered(&observed) {
+                match close_incident(&conn, &logged.component_id, id, Some(logged.id)) {
+                    Ok(()) => incident_rules.closed(&logged.component_id),
+                    Err(error) => tracing::warn!("cannot close incident {id}: {error}"),
+                }
+            }
             if let Some(opening) = incident_rules.on_event(&observed, now) {
                 match open_incident(&conn, &home, &opening) {
                     Ok(id) => incident_rules.opened(&opening.component, id, opening.kind),
@@ -146,7 +152,7 @@ pub fn run(home: Home, component_id: String) -> anyhow::Result<()> {
         if now.duration_since(recoveries_checked) >= RECOVERY_CHECK {
             recoveries_checked = now;
             for (component, id) in incident_rules.recovered(|c| standing(&conn, c)) {
-                match close_incident(&conn, &component, id) {
+                match close_incident(&conn, &component, id, None) {
                     Ok(()) => incident_rules.closed(&component),
                     Err(error) => tracing::warn!("cannot close incident {id}: {error}"),
                 }
@@ -208,6 +214,17 @@ fn open_incident(conn: &Connection, home: &Home, opening: &Opening) -> rusqlite:
             opened_by_event: Some(opening.trigger_event),
         },
     )?;
+    // The main model explains it when it runs (the rules' diagnosis stands meanwhile, and
+    // whenever the model's is refused).
+    let model_runs = n0m1_core::components::find(&transaction, MAIN_LLM_ID)?
+        .is_some_and(|row| row.desired_active);
+    if model_runs {
+        n0m1_protocol::llm_tables::notify(
+            &transaction,
+            MAIN_LLM_ID,
+            &n0m1_protocol::llm_tables::Notification::Incident { id: Some(id) },
+        )?;
+    }
     LifecycleRecord::new(opening.component.as_str(), LifecycleEvent::IncidentOpened)
         .message(format!(
             "incident {id} ({}): {}",
@@ -218,14 +235,25 @@ fn open_incident(conn: &Connection, home: &Home, opening: &Opening) -> rusqlite:
     Ok(id)
 }
 
-fn close_incident(conn: &Connection, component: &str, id: i64) -> rusqlite::Result<()> {
+/// Closes an incident: by a `METRIC_RECOVERED` event (`by_event`), or because the
+/// component has run stably.
+fn close_incident(
+    conn: &Connection,
+    component: &str,
+    id: i64,
+    by_event: Option<i64>,
+) -> rusqlite::Result<()> {
     let transaction = conn.unchecked_transaction()?;
-    if n0m1_core::incidents::close(&transaction, id, n0m1_core::state::unix_now(), None)? {
-        LifecycleRecord::new(component, LifecycleEvent::IncidentClosed)
-            .message(format!(
-                "incident {id} closed: {component} has run for {} s",
+    if n0m1_core::incidents::close(&transaction, id, n0m1_core::state::unix_now(), by_event)? {
+        let why = match by_event {
+            Some(event) => format!("the metric recovered (event {event})"),
+            None => format!(
+                "{component} has run for {} s",
                 incidents::STABLE_FOR.as_secs()
-            ))
+            ),
+        };
+        LifecycleRecord::new(component, LifecycleEvent::IncidentClosed)
+            .message(format!("incident {id} closed: {why}"))
             .write(&transaction)?;
     }
     transaction.commit()

@@ -207,6 +207,15 @@ pub fn set_diagnosis(
     Ok(())
 }
 
+/// Keeps the rules' diagnosis and records why the model's was refused.
+pub fn keep_rules_diagnosis(conn: &Connection, id: i64, rejected: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        &format!("UPDATE {INCIDENTS} SET diagnosis_rejected = ?2 WHERE id = ?1"),
+        params![id, rejected],
+    )?;
+    Ok(())
+}
+
 pub fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<Incident>> {
     conn.query_row(
         &format!("SELECT {COLUMNS} FROM {INCIDENTS} WHERE id = ?1"),

@@ -112,6 +112,10 @@ lifecycle_events! {
     ActionExecuted = "ACTION_EXECUTED",
     /// An approved (or automatic) action ran and its effect did not follow.
     ActionFailed = "ACTION_FAILED",
+    /// A nano instance's metric crossed its alert threshold (its `ALERT:` row).
+    MetricAlert = "METRIC_ALERT",
+    /// The metric fell back below the threshold's clear margin (its `RECOVERED:` row).
+    MetricRecovered = "METRIC_RECOVERED",
     /// The rules opened an incident for the component (`incidents`).
     IncidentOpened = "INCIDENT_OPENED",
     /// The component recovered: its open incident is closed.

@@ -50,6 +50,28 @@ const TREND_WORDS: &[(&str, &[&str])] = &[
         "flat",
         &["flat", "stable", "steady", "unchanged", "constant"],
     ),
+    (
+        "spike",
+        &[
+            "spike", "spiked", "spikes", "spiking", "surge", "surged", "burst",
+        ],
+    ),
+    ("dip", &["dip", "dipped", "dips", "trough", "slump"]),
+    (
+        "volatile",
+        &[
+            "volatile",
+            "fluctuating",
+            "fluctuates",
+            "fluctuated",
+            "erratic",
+            "swinging",
+            "swings",
+            "oscillating",
+            "oscillates",
+            "unstable",
+        ],
+    ),
 ];
 
 /// The trends a text claims, each with the first word that claims it, in `TREND_WORDS` order.
@@ -275,6 +297,27 @@ pub fn not_copied(text: &str, asked: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// The text, or why it is only one of the rows it read, copied (three words or more, case
+/// and punctuation aside): a copied row says nothing the row did not.
+pub fn not_a_row(text: &str, rows: &[String]) -> Result<String, String> {
+    let words = |t: &str| -> String {
+        t.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let said = words(text);
+    if said.split(' ').count() >= 3
+        && let Some(n) = rows
+            .iter()
+            .position(|row| format!(" {} ", words(row)).contains(&format!(" {said} ")))
+    {
+        return Err(format!("it copies row {} of what it read", n + 1));
+    }
+    Ok(text.to_owned())
+}
+
 /// The main model's reading of rows it was shown: cleaned of repeats, and every number in it
 /// must be one written in those rows (after rounding to the digits the text gives).
 pub fn check_against(text: &str, source: &str) -> Result<String, String> {
@@ -289,6 +332,87 @@ pub fn check_against(text: &str, source: &str) -> Result<String, String> {
         }
     }
     Ok(cleaned)
+}
+
+/// Words that claim a kind of problem, by the incident kinds they may be said of.
+const KIND_WORDS: &[(&[&str], &[&str])] = &[
+    (
+        &[
+            "out of memory",
+            "oom",
+            "memory limit",
+            "ran out of memory",
+            "memory_max",
+        ],
+        &["oom_killed"],
+    ),
+    (
+        &[
+            "hung",
+            "hang",
+            "hangs",
+            "hanging",
+            "unresponsive",
+            "froze",
+            "frozen",
+            "deadlock",
+            "stuck",
+        ],
+        &["unhealthy"],
+    ),
+    (
+        &["crashed", "crash", "crashes", "crashing", "keeps dying"],
+        &["crash_loop", "failed", "oom_killed"],
+    ),
+    (
+        &["dependency", "depends on"],
+        &["dependency_halted", "failed"],
+    ),
+];
+
+/// A model's diagnosis of an incident, cleaned, or why it cannot stand: every number in it
+/// must be one written in the evidence, every identifier (a word with `_`) and signal name
+/// must appear there, a word that claims a kind of problem must match the incident's kind,
+/// and it may not repeat the question it was asked.
+pub fn check_diagnosis(
+    text: &str,
+    evidence: &str,
+    kind: &str,
+    asked: &str,
+) -> Result<String, String> {
+    let cleaned = check_against(text, evidence)
+        .map_err(|reason| reason.replace("the rows read", "the evidence"))?;
+    for word in cleaned.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-' || c == '.'))
+    {
+        let word = word.trim_matches(|c: char| c == '.' || c == '-');
+        let identifier = word.contains('_') && word.chars().any(char::is_alphabetic);
+        let signal = word.len() > 3
+            && word.starts_with("SIG")
+            && word[3..].chars().all(|c| c.is_ascii_uppercase());
+        if (identifier || signal) && !evidence.contains(word) {
+            return Err(format!("'{word}' is not in the evidence"));
+        }
+    }
+    let lower = cleaned.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    for (claims, kinds) in KIND_WORDS {
+        let said = claims.iter().find(|claim| {
+            if claim.contains(' ') {
+                lower.contains(*claim)
+            } else {
+                words.contains(claim)
+            }
+        });
+        if let Some(said) = said
+            && !kinds.contains(&kind)
+        {
+            return Err(format!("it says '{said}' of a {kind} incident"));
+        }
+    }
+    not_copied(&cleaned, asked)
 }
 
 /// A plain sentence from the statistics alone (it passes `check` by construction).

@@ -22,6 +22,9 @@ pub enum Notification {
     PullRequest { what: Option<String> },
     /// Read `llm_io_config` again.
     ConfigReload,
+    /// Diagnose incident `id` (the payload) from its evidence; `None`: the payload is not an
+    /// incident id.
+    Incident { id: Option<i64> },
     /// A type this version does not know: marked processed with an error event.
     Unknown {
         kind: String,
@@ -33,6 +36,7 @@ pub const RUN: &str = "RUN";
 pub const PUSH: &str = "PUSH";
 pub const PULL_REQUEST: &str = "PULL_REQUEST";
 pub const CONFIG_RELOAD: &str = "CONFIG_RELOAD";
+pub const INCIDENT: &str = "INCIDENT";
 
 impl Notification {
     /// The row's `notification_type` and `payload`, as written by anyone.
@@ -42,6 +46,9 @@ impl Notification {
             PUSH => Notification::Push { tables: payload },
             PULL_REQUEST => Notification::PullRequest { what: payload },
             CONFIG_RELOAD => Notification::ConfigReload,
+            INCIDENT => Notification::Incident {
+                id: payload.as_deref().and_then(|p| p.trim().parse().ok()),
+            },
             _ => Notification::Unknown {
                 kind: kind.to_owned(),
                 payload,
@@ -56,17 +63,19 @@ impl Notification {
             Notification::Push { .. } => PUSH,
             Notification::PullRequest { .. } => PULL_REQUEST,
             Notification::ConfigReload => CONFIG_RELOAD,
+            Notification::Incident { .. } => INCIDENT,
             Notification::Unknown { kind, .. } => kind,
         }
     }
 
     /// The `payload` column.
-    pub fn payload(&self) -> Option<&str> {
+    pub fn payload(&self) -> Option<String> {
         match self {
-            Notification::Run { tables } | Notification::Push { tables } => tables.as_deref(),
-            Notification::PullRequest { what } => what.as_deref(),
+            Notification::Run { tables } | Notification::Push { tables } => tables.clone(),
+            Notification::PullRequest { what } => what.clone(),
             Notification::ConfigReload => None,
-            Notification::Unknown { payload, .. } => payload.as_deref(),
+            Notification::Incident { id } => id.map(|id| id.to_string()),
+            Notification::Unknown { payload, .. } => payload.clone(),
         }
     }
 }

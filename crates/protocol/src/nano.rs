@@ -174,6 +174,15 @@ impl NanoInstance {
             .observe(&row, self.metrics.as_str(), n0m1_core::state::unix_now());
         for alert in &raised {
             self.write(conn, alert)?;
+            // A crossing (not a reminder) is also a lifecycle event: the alerter's rules
+            // open and close a metric incident on them, and alert rules can match them.
+            if alert.starts_with("RECOVERED:") {
+                self.events
+                    .push((LifecycleEvent::MetricRecovered, alert.clone()));
+            } else if alert.starts_with("ALERT:") && !alert.contains(" still above ") {
+                self.events
+                    .push((LifecycleEvent::MetricAlert, alert.clone()));
+            }
         }
         self.window.push_back(row);
         while self.window.len() > self.options.context_window.max(1) {
@@ -286,18 +295,21 @@ pub fn run(mut runtime: Runtime, options: NanoOptions, generator: Loaded) -> any
     runtime.serve(pull_interval, |conn| {
         let step = (|| -> rusqlite::Result<()> {
             nano.refresh_prompt(conn)?;
-            nano.pull(conn)?;
-            if Instant::now() >= next_summary {
-                let written = nano.summarise(conn);
-                for (event, message) in nano.take_events() {
-                    LifecycleRecord::new(component_id.as_str(), event)
-                        .pid(std::process::id() as i32)
-                        .message(&message)
-                        .write(conn)?;
-                }
-                written?;
+            let pulled = nano.pull(conn);
+            let written = if Instant::now() >= next_summary {
                 next_summary = Instant::now() + nano.options.summary_interval;
+                nano.summarise(conn).map(|_| ())
+            } else {
+                Ok(())
+            };
+            for (event, message) in nano.take_events() {
+                LifecycleRecord::new(component_id.as_str(), event)
+                    .pid(std::process::id() as i32)
+                    .message(&message)
+                    .write(conn)?;
             }
+            pulled?;
+            written?;
             Ok(())
         })();
         if let Err(error) = step {
@@ -420,6 +432,80 @@ mod tests {
             let text = nano.summarise(&conn).unwrap().unwrap();
             assert!(text.ends_with(expected), "{text}");
         }
+    }
+
+    /// The trace a user watched (two busy loops for 40 s, then idle): the nano rows alert and
+    /// recover, the window that went up and came back is a spike, and the main model's reading
+    /// of the summaries leads with the recovery, not the first alert it could copy.
+    #[test]
+    fn a_spike_is_called_a_spike_and_the_reading_leads_with_the_recovery() {
+        let conn = db();
+        let mut six = options();
+        six.context_window = 6;
+        let (mut nano, _) = NanoInstance::new(
+            &conn,
+            six,
+            Some(Box::new(Scripted("CPU usage had a spike."))),
+        )
+        .unwrap();
+        for value in [2.08, 33.8, 100.0, 100.0, 22.1, 1.05] {
+            conn.execute("INSERT INTO cpu_usage_log (cpu_usage) VALUES (?1)", [value])
+                .unwrap();
+            nano.pull(&conn).unwrap();
+        }
+        let crossings: Vec<LifecycleEvent> =
+            nano.take_events().into_iter().map(|(e, _)| e).collect();
+        assert_eq!(
+            crossings,
+            [LifecycleEvent::MetricAlert, LifecycleEvent::MetricRecovered]
+        );
+        let text = nano.summarise(&conn).unwrap().unwrap();
+        assert!(text.contains("trend=spike"), "{text}");
+        assert!(text.ends_with(" | model: CPU usage had a spike."), "{text}");
+        let rows =
+            crate::testing::texts(&conn, "SELECT content FROM cpu_usage_summary ORDER BY id");
+        assert!(
+            rows[0].starts_with("ALERT: CPU usage 100.0 > 90"),
+            "{rows:?}"
+        );
+        assert!(
+            rows[1].starts_with("RECOVERED: CPU usage 22.1 <= 85"),
+            "{rows:?}"
+        );
+
+        // The processor reads the summaries; a model that copies the first alert is refused,
+        // and the reading says where things stand now.
+        struct CopiesTheAlert;
+        impl Generator for CopiesTheAlert {
+            fn complete(
+                &mut self,
+                _: Option<&str>,
+                _: &str,
+            ) -> Result<String, crate::generator::GenerateError> {
+                Ok("CPU usage 100.0 > 90 (cpu_usage_log row 3)".into())
+            }
+            fn describe(&self) -> String {
+                "copies".into()
+            }
+        }
+        conn.execute(
+            "INSERT INTO llm_notifications (llm_id, notification_type, payload) VALUES ('main_llm_processor', 'RUN', 'cpu_usage_summary')",
+            [],
+        )
+        .unwrap();
+        let mut processor = crate::processor::Processor::new(
+            &conn,
+            "main_llm_processor",
+            "main_llm_processor",
+            Some(Box::new(CopiesTheAlert)),
+        );
+        processor.handle_pending(&conn).unwrap();
+        let reading = crate::testing::texts(&conn, "SELECT content FROM llm_outputs").remove(0);
+        assert!(
+            reading.starts_with("cpu_usage_summary: now recovered: CPU usage 22.1 <= 85"),
+            "{reading}"
+        );
+        assert!(reading.contains("rejected (it copies row"), "{reading}");
     }
 
     #[test]

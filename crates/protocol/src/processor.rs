@@ -42,6 +42,20 @@ fn read_rows(conn: &Connection, table: &TableName, limit: usize) -> rusqlite::Re
     })
 }
 
+/// The state the newest rows give, by rule: the newest `ALERT:` or `RECOVERED:` row (a nano
+/// instance's threshold rows), so a reading leads with where things stand now rather than
+/// with whichever row a model picked.
+fn newest_state(rows: &[String]) -> Option<String> {
+    rows.iter().find_map(|row| {
+        [("RECOVERED:", "recovered"), ("ALERT:", "in alert")]
+            .into_iter()
+            .find_map(|(word, said)| {
+                let at = row.find(word)?;
+                Some(format!("{said}: {}", row[at + word.len()..].trim()))
+            })
+    })
+}
+
 /// The processor's state between notifications.
 pub struct Processor {
     pub llm_id: String,
@@ -60,6 +74,59 @@ struct Handled {
     /// The model service is down: nothing is committed, the notification stays unprocessed
     /// and is handled again, whole, once the service answers.
     deferred: Option<String>,
+    /// An incident's diagnosis: (incident, the model's checked text or None, why the model's
+    /// text was refused).
+    diagnosis: Option<(i64, Option<String>, Option<String>)>,
+}
+
+const INCIDENT_SYSTEM_PROMPT: &str = "You help the operator of a process supervisor. From the evidence, say in two or three plain sentences what went wrong with the component and the likely cause. Use only names and numbers from the evidence.";
+
+/// The evidence of an incident as the lines a model reads (and the checker checks against).
+fn evidence_text(incident: &n0m1_core::incidents::Incident) -> String {
+    let evidence: serde_json::Value =
+        serde_json::from_str(&incident.evidence).unwrap_or(serde_json::Value::Null);
+    let text = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string())
+    };
+    let mut lines = vec![
+        format!(
+            "Incident {}: {} of component {}.",
+            incident.id, incident.kind, incident.component_id
+        ),
+        format!("Summary: {}", incident.summary),
+        "Recent events, oldest first:".to_owned(),
+    ];
+    for event in evidence["events"].as_array().into_iter().flatten() {
+        // No timestamps: their digits would make any small number look like evidence.
+        lines.push(format!(
+            "- {}: {}",
+            text(&event["event"]),
+            text(&event["message"])
+        ));
+    }
+    let stderr: Vec<String> = evidence["stderr_tail"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    if !stderr.is_empty() {
+        lines.push("Last lines on stderr:".to_owned());
+        lines.extend(stderr.iter().rev().take(8).rev().map(|l| format!("- {l}")));
+    }
+    let state = &evidence["state"];
+    if state.is_object() {
+        lines.push(format!(
+            "State: {}, restarts {}, last exit: {}",
+            text(&state["state"]),
+            text(&state["restarts"]),
+            text(&state["last_exit"])
+        ));
+    }
+    lines.push(format!("Limits: {}", text(&evidence["limits"])));
+    lines.join("\n")
 }
 
 impl Processor {
@@ -128,13 +195,17 @@ impl Processor {
                                 .into(),
                         ));
                     }
+                    let now = newest_state(&rows)
+                        .map(|state| format!("now {state}; "))
+                        .unwrap_or_default();
                     match completed {
                         Ok(text) => match crate::checker::check_against(&text, &rows.join("\n"))
                             .and_then(|text| crate::checker::not_copied(&text, &prompt))
+                            .and_then(|text| crate::checker::not_a_row(&text, &rows))
                         {
-                            Ok(reading) => format!("{table}: {reading}"),
+                            Ok(reading) => format!("{table}: {now}{reading}"),
                             Err(reason) => format!(
-                                "{table}: model: rejected ({reason}) | {} rows, newest: {}",
+                                "{table}: {now}model: rejected ({reason}) | {} rows, newest: {}",
                                 rows.len(),
                                 rows[0].chars().take(300).collect::<String>()
                             ),
@@ -154,9 +225,63 @@ impl Processor {
         }
     }
 
+    /// A model's diagnosis of an incident, checked against its evidence; the rules' stands
+    /// when the model's is refused or there is no model.
+    fn diagnose(&mut self, conn: &Connection, id: Option<i64>, handled: &mut Handled) {
+        let Some(id) = id else {
+            handled.events.push((
+                LifecycleEvent::Error,
+                "INCIDENT without an incident id as its payload".into(),
+            ));
+            return;
+        };
+        let incident = match n0m1_core::incidents::get(conn, id) {
+            Ok(Some(incident)) => incident,
+            Ok(None) => {
+                handled
+                    .events
+                    .push((LifecycleEvent::Error, format!("no incident {id}")));
+                return;
+            }
+            Err(error) => {
+                handled.events.push((
+                    LifecycleEvent::Error,
+                    format!("cannot read incident {id}: {error}"),
+                ));
+                return;
+            }
+        };
+        let Some(generator) = &mut self.generator else {
+            handled.diagnosis = Some((
+                id,
+                None,
+                Some("no model loaded: the rules' diagnosis stands".into()),
+            ));
+            return;
+        };
+        let evidence = evidence_text(&incident);
+        let prompt = format!("{evidence}\nDiagnosis:");
+        match generator.complete(Some(INCIDENT_SYSTEM_PROMPT), &prompt) {
+            Err(GenerateError::ServiceDown(reason)) => handled.deferred = Some(reason),
+            Err(error) => {
+                handled.diagnosis = Some((id, None, Some(format!("generation failed: {error}"))));
+            }
+            Ok(text) => {
+                handled.diagnosis = Some(
+                    match crate::checker::check_diagnosis(&text, &evidence, &incident.kind, &prompt)
+                    {
+                        Ok(checked) => (id, Some(checked), None),
+                        Err(reason) => (id, None, Some(reason)),
+                    },
+                );
+            }
+        }
+    }
+
     fn handle(&mut self, conn: &Connection, notification: &Notification) -> Handled {
         let mut handled = Handled::default();
         match notification {
+            Notification::Incident { id } => self.diagnose(conn, *id, &mut handled),
             Notification::ConfigReload => {
                 self.config = load_config(conn, &self.llm_id);
                 match &self.config {
@@ -235,6 +360,26 @@ impl Processor {
             if let Ok(table) = &output_table {
                 for content in &handled.outputs {
                     llm_tables::write_output(&transaction, table, &self.llm_id, content)?;
+                }
+            }
+            if let Some((incident, text, rejected)) = &handled.diagnosis {
+                let source = self
+                    .generator
+                    .as_ref()
+                    .map_or_else(|| "rules".to_owned(), |g| g.describe());
+                match text {
+                    Some(text) => n0m1_core::incidents::set_diagnosis(
+                        &transaction,
+                        *incident,
+                        text,
+                        &source,
+                        None,
+                    )?,
+                    None => n0m1_core::incidents::keep_rules_diagnosis(
+                        &transaction,
+                        *incident,
+                        rejected.as_deref().unwrap_or("refused"),
+                    )?,
                 }
             }
             for (event, message) in &handled.events {
@@ -322,6 +467,90 @@ mod tests {
             params![kind, payload],
         )
         .unwrap();
+    }
+
+    /// Says what it is told to, whatever it is asked.
+    struct Scripted(String);
+    impl Generator for Scripted {
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+        fn complete(&mut self, _: Option<&str>, _: &str) -> Result<String, GenerateError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    #[test]
+    fn an_incident_diagnosis_stands_only_when_the_evidence_bears_it_out() {
+        let conn = db();
+        let evidence = serde_json::json!({
+            "events": [
+                {"time": "2026-12-07 10:00:01", "event": "CRASHED", "message": "exit code 3 after 0.1 s"},
+                {"time": "2026-12-07 10:00:02", "event": "CRASHED", "message": "exit code 3 after 0.1 s"},
+            ],
+            "stderr_tail": ["boom: cannot open settings.toml"],
+            "state": {"state": "backoff", "restarts": 3, "last_exit": "exit code 3"},
+            "limits": "none",
+        });
+        let incident = n0m1_core::incidents::open(
+            &conn,
+            &n0m1_core::incidents::NewIncident {
+                opened_at: 1.0,
+                component_id: "flaky",
+                kind: n0m1_core::incidents::IncidentKind::CrashLoop,
+                evidence: &evidence.to_string(),
+                summary: "flaky crashed 3 times within 60 s",
+                diagnosis: "rules said so",
+                diagnosis_source: "rules",
+                suggested_action: n0m1_core::incidents::SuggestedAction::Stop,
+                opened_by_event: None,
+            },
+        )
+        .unwrap();
+        // (what the model says, accepted, the reason when refused)
+        let table = [
+            (
+                "flaky crashed because it cannot open settings.toml; it exits with code 3.",
+                true,
+                "",
+            ),
+            ("flaky ran out of memory.", false, "out of memory"),
+            ("flaky is hung.", false, "'hung'"),
+            ("flaky crashed 7 times.", false, "number 7"),
+            ("other_thing broke flaky.", false, "'other_thing'"),
+            ("flaky was killed by SIGKILL.", false, "'SIGKILL'"),
+        ];
+        for (said, accepted, reason) in table {
+            notify(&conn, "INCIDENT", Some(&incident.to_string()));
+            let mut processor = Processor::new(
+                &conn,
+                "main_llm_processor",
+                "main_llm_processor",
+                Some(Box::new(Scripted(said.into()))),
+            );
+            assert_eq!(processor.handle_pending(&conn).unwrap(), 1);
+            let row = n0m1_core::incidents::get(&conn, incident).unwrap().unwrap();
+            if accepted {
+                assert_eq!(row.diagnosis.as_deref(), Some(said), "{said}");
+                assert_eq!(row.diagnosis_source.as_deref(), Some("scripted"));
+            } else {
+                assert_eq!(row.diagnosis.as_deref(), Some("rules said so"), "{said}");
+                let rejected = row.diagnosis_rejected.unwrap_or_default();
+                assert!(rejected.contains(reason), "{said}: {rejected}");
+            }
+            // Back to the rules' diagnosis for the next line.
+            n0m1_core::incidents::set_diagnosis(&conn, incident, "rules said so", "rules", None)
+                .unwrap();
+        }
+        // No model: the rules' diagnosis stands, and says why.
+        notify(&conn, "INCIDENT", Some(&incident.to_string()));
+        let mut digest = Processor::new(&conn, "main_llm_processor", "main_llm_processor", None);
+        digest.handle_pending(&conn).unwrap();
+        let row = n0m1_core::incidents::get(&conn, incident).unwrap().unwrap();
+        assert!(row.diagnosis_rejected.unwrap().contains("no model"));
+        // A payload that is no incident is an error event, and processed.
+        notify(&conn, "INCIDENT", Some("x; DROP TABLE incidents"));
+        assert_eq!(digest.handle_pending(&conn).unwrap(), 1);
     }
 
     #[test]

@@ -57,22 +57,12 @@ pub fn window_stats(window: &VecDeque<MetricRow>) -> Vec<ColumnStats> {
                 .iter()
                 .filter_map(|r| r.values.iter().find(|(c, _)| *c == column).map(|(_, v)| *v))
                 .collect();
-            let (first, last) = (*values.first()?, *values.last()?);
+            let last = *values.last()?;
             let count = values.len();
             let mean = values.iter().sum::<f64>() / count as f64;
             let min = values.iter().copied().fold(f64::INFINITY, f64::min);
             let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            // A trend is a change from first to last of more than 5 % of the window's range
-            // and more than 1 % of its mean: a reading jittering by 0.1 around 20 is flat,
-            // not falling (a reader would call it flat, and the model says so).
-            let threshold = (0.05 * (max - min)).max(0.01 * mean.abs()).max(1e-9);
-            let trend = if count < 2 || (last - first).abs() <= threshold {
-                "flat"
-            } else if last > first {
-                "rising"
-            } else {
-                "falling"
-            };
+            let trend = trend(&values, min, max, mean);
             Some(ColumnStats {
                 column,
                 count,
@@ -84,6 +74,49 @@ pub fn window_stats(window: &VecDeque<MetricRow>) -> Vec<ColumnStats> {
             })
         })
         .collect()
+}
+
+/// The window's shape. From first to last: a change of more than 5 % of the window's range
+/// and more than 1 % of its mean is `rising` or `falling`, less is `flat` (a reading
+/// jittering by 0.1 around 20 is flat, as a reader would call it). Within: a peak (or trough)
+/// beyond both ends by more than half the range, reached and left once, is a `spike` (`dip`)
+/// whatever the ends say; ends alike with swings that change direction twice or more (by a
+/// quarter of the range each) are `volatile`.
+fn trend(values: &[f64], min: f64, max: f64, mean: f64) -> &'static str {
+    let (first, last) = (values[0], values[values.len() - 1]);
+    let range = max - min;
+    let threshold = (0.05 * range).max(0.01 * mean.abs()).max(1e-9);
+    let by_ends = if values.len() < 2 || (last - first).abs() <= threshold {
+        "flat"
+    } else if last > first {
+        "rising"
+    } else {
+        "falling"
+    };
+    if values.len() < 3 || range <= threshold {
+        return by_ends;
+    }
+    let big = 0.25 * range;
+    let mut directions = values
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .filter(|step| step.abs() > big)
+        .map(f64::is_sign_positive)
+        .collect::<Vec<bool>>();
+    directions.dedup();
+    let reversals = directions.len().saturating_sub(1);
+    if reversals >= 2 && by_ends == "flat" {
+        return "volatile";
+    }
+    if reversals <= 1 {
+        if max - first.max(last) > 0.5 * range {
+            return "spike";
+        }
+        if first.min(last) - min > 0.5 * range {
+            return "dip";
+        }
+    }
+    by_ends
 }
 
 #[cfg(test)]
@@ -118,5 +151,25 @@ mod tests {
         );
         assert_eq!(window_stats(&window(&[10.0, 30.0]))[0].trend, "rising");
         assert_eq!(window_stats(&window(&[30.0, 10.0]))[0].trend, "falling");
+        // The window a user saw called flat: up to 100 and back down is a spike.
+        assert_eq!(
+            window_stats(&window(&[2.08, 33.8, 100.0, 100.0, 22.1, 1.05]))[0].trend,
+            "spike"
+        );
+        assert_eq!(window_stats(&window(&[2.0, 100.0, 30.0]))[0].trend, "spike");
+        assert_eq!(window_stats(&window(&[80.0, 5.0, 78.0]))[0].trend, "dip");
+        assert_eq!(
+            window_stats(&window(&[10.0, 50.0, 10.0, 50.0, 12.0]))[0].trend,
+            "volatile"
+        );
+        // Swings on the way up, ends apart: it rises.
+        assert_eq!(
+            window_stats(&window(&[10.0, 50.0, 10.0, 50.0, 40.0]))[0].trend,
+            "rising"
+        );
+        assert_eq!(
+            window_stats(&window(&[10.0, 20.0, 18.0, 30.0]))[0].trend,
+            "rising"
+        );
     }
 }
