@@ -139,6 +139,10 @@ pub fn rule_diagnosis(
         SuggestedAction::RaiseLimit => format!(
             "Suggested: raise its memory limit (`n0m1ctl limit {id} --memory SIZE`) or find what grows."
         ),
+        SuggestedAction::None if opening.kind == IncidentKind::MetricAlert => {
+            "Suggested: nothing to the component; see what loads the machine (`n0m1ctl status --detailed`)."
+                .to_owned()
+        }
         SuggestedAction::None => format!(
             "Suggested: fix the cause shown in its log (`n0m1ctl logs {id}`), then `n0m1ctl enable {id}`."
         ),
