@@ -198,6 +198,8 @@ struct Outcome {
     wall: f64,
     cpu: f64,
     rejected: Option<String>,
+    /// The model's accepted diagnosis.
+    diagnosis: Option<String>,
 }
 
 /// Stages `kind` (round `round`) and waits for its incident and its final diagnosis.
@@ -353,16 +355,30 @@ fn stage(h: &Home_, kind: Kind, round: usize, with_model: bool) -> Option<Outcom
             wall,
             cpu,
             rejected: Some("no incident".into()),
+            diagnosis: None,
         });
     };
+    let accepted = !with_model || source.as_deref() != Some("rules");
+    let diagnosis = (with_model && accepted)
+        .then(|| {
+            conn.query_row(
+                "SELECT diagnosis FROM incidents WHERE component_id = ?1 ORDER BY id DESC LIMIT 1",
+                [&component],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .ok()
+            .flatten()
+        })
+        .flatten();
     Some(Outcome {
         kind_right: found_kind == kind.name(),
         component_right: found_component == component,
-        accepted: !with_model || source.as_deref() != Some("rules"),
+        accepted,
         action_right: action.as_deref() == Some(kind.right_action()),
         wall,
         cpu,
         rejected,
+        diagnosis,
     })
 }
 
@@ -460,6 +476,7 @@ fn main() {
             kinds.push(Kind::OomKilled);
         }
         let mut reasons: Vec<String> = Vec::new();
+        let mut samples: Vec<String> = Vec::new();
         for kind in kinds {
             let mut outcomes = Vec::new();
             for round in 0..rounds {
@@ -472,6 +489,16 @@ fn main() {
             let mut walls: Vec<f64> = outcomes.iter().map(|o| o.wall).collect();
             let mut cpus: Vec<f64> = outcomes.iter().map(|o| o.cpu).collect();
             reasons.extend(outcomes.iter().filter_map(|o| o.rejected.clone()));
+            samples.extend(
+                outcomes
+                    .iter()
+                    .filter_map(|o| {
+                        o.diagnosis
+                            .as_ref()
+                            .map(|d| format!("{}: {d}", kind.name()))
+                    })
+                    .take(1),
+            );
             println!(
                 "{:<10} {:<18} {:>5} {:>9} {:>9} {:>8} {:>7}  {:<26} {:<26}",
                 mode,
@@ -484,6 +511,12 @@ fn main() {
                 quantiles(&mut walls),
                 quantiles(&mut cpus),
             );
+        }
+        if !samples.is_empty() {
+            println!("  {mode}: accepted diagnoses (one per kind):");
+            for sample in &samples {
+                println!("    {sample}");
+            }
         }
         if model.is_some() && !reasons.is_empty() {
             reasons.sort();

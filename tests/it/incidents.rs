@@ -14,6 +14,18 @@ fn a_crash_loop_opens_one_incident_with_evidence_and_closes_when_it_runs_again()
          echo 'loading settings' \necho 'boom: cannot open settings.toml' >&2\nexit 3\n",
     );
     env.add_component("flaky", "flaky.sh", "daemon_manager", "{}");
+    // Incidents go on to a hook like any event an alert rule names.
+    let hook = env.home.hooks_dir().join("incident.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\necho \"$N0M1_EVENT $N0M1_COMPONENT: $N0M1_MESSAGE\" >> \"$N0M1_HOME/incident.out\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    env.sql(
+        "INSERT INTO alert_rules (event_types, component_glob, action, target, min_interval_s, remind_s)
+         VALUES ('INCIDENT_OPENED', '*', 'exec', 'incident.sh', 0, 0)",
+    );
     env.sql(
         "UPDATE autorun_components SET desired_state = 'inactive' WHERE component_id = 'flaky';
          UPDATE autorun_components SET desired_state = 'active' WHERE component_id = 'n0m1_alerts';",
@@ -70,6 +82,16 @@ fn a_crash_loop_opens_one_incident_with_evidence_and_closes_when_it_runs_again()
         .query_row("SELECT count(*) FROM incidents", [], |r| r.get(0))
         .unwrap();
     assert_eq!(count, 1);
+    let delivered = env.home.root().join("incident.out");
+    wait_until(
+        Duration::from_secs(15),
+        "the incident sent to the hook",
+        || crate::support::file_contains(&delivered, "INCIDENT_OPENED flaky: incident"),
+    );
+    assert!(crate::support::file_contains(
+        &delivered,
+        "boom: cannot open settings.toml"
+    ));
     let listed = env.ctl(&["incidents"]).success();
     let listed = String::from_utf8_lossy(&listed.get_output().stdout).into_owned();
     assert!(
