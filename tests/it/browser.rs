@@ -206,13 +206,22 @@ fn the_dashboard_lists_components_disables_one_live_and_draws_a_metric_graph() {
         .await;
         assert_eq!(env.pid_of("patient"), Some(patient), "nothing ran before the approval");
         std::fs::write(screenshot_dir().join("dashboard-incident.png"), client.screenshot().await.unwrap()).unwrap();
-        client
-            .find(Locator::Css(r#".proposal button[data-decision="approve"]"#))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        // The panel is redrawn as events arrive (crashy keeps crashing): a button found just
+        // before a redraw is stale by the click, so find it again until a click lands.
+        let mut clicked = false;
+        for _ in 0..50 {
+            let button = client
+                .find(Locator::Css(r#".proposal button[data-decision="approve"]"#))
+                .await;
+            if let Ok(button) = button
+                && button.click().await.is_ok()
+            {
+                clicked = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(clicked, "the Approve button could be clicked");
         wait_js(
             &client,
             Duration::from_secs(20),

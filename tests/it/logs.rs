@@ -151,6 +151,12 @@ fn both_log_files_exist_as_soon_as_a_component_starts() {
     );
     env.add_component("silent", "silent.sh", "daemon_manager", "{}");
     env.add_component("stderr_only", "stderr_only.sh", "daemon_manager", "{}");
+    // Three short lines, then a line of a million bytes: written whole, the three kept.
+    env.script(
+        "dump.sh",
+        "#!/bin/sh\necho one\necho two\necho three\nhead -c 1000000 /dev/zero | tr '\\0' x\necho\necho after\nexec sleep 1000\n",
+    );
+    env.add_component("dump", "dump.sh", "daemon_manager", "{}");
     env.ctl(&["start"]).success();
     env.wait_pid("silent", "silent to run");
     env.wait_pid("stderr_only", "stderr_only to run");
@@ -158,6 +164,20 @@ fn both_log_files_exist_as_soon_as_a_component_starts() {
     wait_until(T, "the stderr line", || {
         std::fs::read_to_string(&err).is_ok_and(|text| text.contains("only stderr"))
     });
+    let (dump, _) = env.home.component_logs("dump");
+    wait_until(T, "the dump's last line", || {
+        std::fs::read_to_string(&dump).is_ok_and(|text| text.ends_with("after\n"))
+    });
+    let text = std::fs::read_to_string(&dump).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "one file, nothing cut");
+    assert_eq!(&lines[..3], ["one", "two", "three"]);
+    assert_eq!(lines[3].len(), 1_000_000);
+    assert!(lines[3].bytes().all(|b| b == b'x'));
+    assert!(
+        !std::path::Path::new(&format!("{}.1", dump.display())).exists(),
+        "no rotation"
+    );
     for id in ["silent", "stderr_only"] {
         let (out, err) = env.home.component_logs(id);
         for file in [out, err] {

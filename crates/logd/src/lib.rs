@@ -19,8 +19,12 @@ use n0m1_core::{Config, PidFile};
 /// How often `run/logs/` is looked at for new FIFOs; what is written meanwhile waits in the
 /// pipe, held open by whoever spawned the writer.
 const SCAN_EVERY: Duration = Duration::from_millis(100);
-/// A line longer than this is written in pieces (a writer that never ends its line).
+/// A line without its end is handed on in pieces of this size (a writer that never ends its
+/// line); the pieces of one line go to one file, never split by a rotation.
 const MAX_LINE: usize = 64 * 1024;
+/// A line is kept whole up to this size; the rest of a longer one is dropped, and a marker
+/// at its end says how much.
+pub const MAX_WHOLE_LINE: u64 = 1024 * 1024;
 
 /// One FIFO and the file it goes to.
 struct Stream {
@@ -30,6 +34,11 @@ struct Stream {
     size: u64,
     /// Bytes after the last newline, waiting for the rest of their line.
     partial: Vec<u8>,
+    /// Bytes of the line being written (its start is in the file, its end not yet): 0 at the
+    /// start of a line.
+    mid_line: u64,
+    /// Bytes of the current line dropped beyond `MAX_WHOLE_LINE`.
+    dropped: u64,
 }
 
 impl Stream {
@@ -42,6 +51,8 @@ impl Stream {
             file: None,
             size,
             partial: Vec::new(),
+            mid_line: 0,
+            dropped: 0,
         })
     }
 
@@ -75,9 +86,19 @@ impl Stream {
         }
     }
 
-    /// Whole lines, rotating between them: the run of lines that fits goes in one write.
+    /// Whole lines, rotating between them: the run of lines that fits goes in one write. A
+    /// line's pieces (it came without its end) go to the file its start went to.
     fn write_lines(&mut self, mut bytes: &[u8], settings: &LogSettings) {
         while !bytes.is_empty() {
+            if self.mid_line > 0 {
+                let end = bytes
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(bytes.len(), |i| i + 1);
+                self.continue_line(&bytes[..end]);
+                bytes = &bytes[end..];
+                continue;
+            }
             let room = settings.max_bytes.saturating_sub(self.size);
             let mut take = 0;
             for (i, b) in bytes.iter().enumerate() {
@@ -88,19 +109,55 @@ impl Stream {
                     take = i + 1;
                 }
             }
-            if take == 0 {
-                if self.size > 0 {
-                    self.rotate(settings);
-                    continue;
-                }
-                // A single line longer than the limit: written whole, into a fresh file.
-                take = bytes
-                    .iter()
-                    .position(|b| *b == b'\n')
-                    .map_or(bytes.len(), |i| i + 1);
+            if take > 0 {
+                self.append(&bytes[..take]);
+                bytes = &bytes[take..];
+                continue;
             }
-            self.append(&bytes[..take]);
-            bytes = &bytes[take..];
+            // The first line does not fit, or has no end yet (only its start is here).
+            let end = bytes
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(bytes.len(), |i| i + 1);
+            if end as u64 > room && self.size > 0 {
+                self.rotate(settings);
+                continue;
+            }
+            // A line longer than the limit goes whole into a fresh file.
+            self.continue_line(&bytes[..end]);
+            bytes = &bytes[end..];
+        }
+    }
+
+    /// Writes a piece of the current line (up to and with its end, if `piece` has it), keeping
+    /// at most `MAX_WHOLE_LINE` bytes of the line and marking what was dropped.
+    fn continue_line(&mut self, piece: &[u8]) {
+        let ends = piece.last() == Some(&b'\n');
+        let body = if ends {
+            &piece[..piece.len() - 1]
+        } else {
+            piece
+        };
+        let keep = MAX_WHOLE_LINE
+            .saturating_sub(self.mid_line)
+            .min(body.len() as u64) as usize;
+        if keep > 0 {
+            self.append(&body[..keep]);
+        }
+        self.mid_line += keep as u64;
+        self.dropped += (body.len() - keep) as u64;
+        if ends {
+            if self.dropped > 0 {
+                let marker = format!(
+                    " [n0m1_logd: line cut at {MAX_WHOLE_LINE} bytes, {} more not kept]\n",
+                    self.dropped
+                );
+                self.append(marker.as_bytes());
+            } else {
+                self.append(b"\n");
+            }
+            self.mid_line = 0;
+            self.dropped = 0;
         }
     }
 
@@ -246,6 +303,98 @@ fn scan(home: &Home, streams: &mut HashMap<PathBuf, Stream>, runtime: &mut Runti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes `bytes` into a FIFO from a thread and drains it into `x.log` until all came.
+    fn through(settings: &LogSettings, bytes: Vec<u8>) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("c.x.out");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        )
+        .unwrap();
+        let target = dir.path().join("x.log");
+        let mut stream = Stream::open(&fifo, target.clone()).unwrap();
+        let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let total = bytes.len();
+        let sender = std::thread::spawn(move || {
+            let mut writer = writer;
+            writer.write_all(&bytes).unwrap();
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut read = 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sender.is_finished() || read < total {
+            stream.drain(settings, &mut buf);
+            read = std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("x.log"))
+                .map(|e| e.metadata().unwrap().len() as usize)
+                .sum();
+            if sender.is_finished() && Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            if sender.is_finished() {
+                stream.drain(settings, &mut buf);
+                break;
+            }
+        }
+        sender.join().unwrap();
+        stream.drain(settings, &mut buf);
+        (dir, target)
+    }
+
+    #[test]
+    fn a_long_line_is_written_whole_and_the_history_stays() {
+        let settings = LogSettings {
+            max_bytes: 10 * 1024 * 1024,
+            keep: 5,
+        };
+        let mut bytes = b"one\ntwo\nthree\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', 1_000_000));
+        bytes.extend(b"\nafter\n");
+        let (_dir, target) = through(&settings, bytes);
+        let text = std::fs::read_to_string(&target).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "no rotation, nothing cut");
+        assert_eq!(&lines[..3], ["one", "two", "three"]);
+        assert_eq!(lines[3].len(), 1_000_000);
+        assert_eq!(lines[4], "after");
+        assert!(!PathBuf::from(format!("{}.1", target.display())).exists());
+    }
+
+    #[test]
+    fn a_line_beyond_the_cap_is_cut_once_and_marked() {
+        let settings = LogSettings {
+            max_bytes: 100_000,
+            keep: 3,
+        };
+        let mut bytes = b"before\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'z', 3 * 1024 * 1024));
+        bytes.extend(b"\nafter\n");
+        let (_dir, target) = through(&settings, bytes);
+        // The long line went whole (cut) into a fresh file; the line before it is in `.2`,
+        // kept, after one rotation for the long line and one for the line after it.
+        let one = std::fs::read_to_string(format!("{}.1", target.display())).unwrap();
+        assert!(one.starts_with("zzz"));
+        assert!(
+            one.ends_with(&format!(
+                " [n0m1_logd: line cut at {MAX_WHOLE_LINE} bytes, {} more not kept]\n",
+                3 * 1024 * 1024 - MAX_WHOLE_LINE
+            )),
+            "{}",
+            &one[one.len() - 100..]
+        );
+        assert_eq!(one.lines().count(), 1);
+        assert_eq!(
+            std::fs::read_to_string(format!("{}.2", target.display())).unwrap(),
+            "before\n"
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "after\n");
+    }
 
     #[test]
     fn lines_rotate_whole_and_at_most_keep_old_files_remain() {
