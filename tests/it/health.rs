@@ -70,7 +70,7 @@ fn a_failing_probe_is_unhealthy_and_bad_rows_name_their_field() {
     let hook = env.home.hooks_dir().join("check.sh");
     std::fs::write(
         &hook,
-        "#!/bin/sh\necho \"checking $N0M1_CHECKED_COMPONENT pid $N0M1_CHECKED_PID\"\n[ ! -e \"$N0M1_HOME/sick\" ]\n",
+        "#!/bin/sh\necho \"checking $N0M1_CHECKED_COMPONENT pid $N0M1_CHECKED_PID\"\nsetsid sleep 4243 > /dev/null 2>&1 &\n[ ! -e \"$N0M1_HOME/sick\" ]\n",
     )
     .unwrap();
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
@@ -87,6 +87,13 @@ fn a_failing_probe_is_unhealthy_and_bad_rows_name_their_field() {
         file_contains(&probe_log, &format!("checking probed pid {first}"))
     });
     std::thread::sleep(Duration::from_millis(600));
+    // Each run left a setsid child behind it; each went with its probe (one may be caught
+    // between its probe's exit and the next run).
+    let left: Vec<_> = crate::support::live_processes_mentioning(env.root())
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains("sleep 4243"))
+        .collect();
+    assert!(left.len() <= 1, "probes' children left behind: {left:?}");
     assert_eq!(
         env.count_events("probed", "UNHEALTHY"),
         0,

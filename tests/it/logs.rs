@@ -193,3 +193,55 @@ fn both_log_files_exist_as_soon_as_a_component_starts() {
     }
     env.ctl(&["stop"]).success();
 }
+
+/// A chatty health probe and a chatty alert hook write through the log writer: their side
+/// logs rotate at `logs.max_bytes` and keep `logs.keep` old files, like every log.
+#[test]
+fn probe_and_hook_output_is_bounded_like_every_log() {
+    let env = TestEnv::new();
+    let mut config: serde_json::Value = serde_json::from_str(crate::support::FAST_CONFIG).unwrap();
+    config["logs"] = serde_json::json!({"max_bytes": 65536, "keep": 2});
+    std::fs::write(env.home.config_path(), config.to_string()).unwrap();
+    let hooks = env.home.hooks_dir();
+    // 100 KB per run, in lines of 100 bytes.
+    let chatty = "#!/bin/sh\ni=0\nwhile [ $i -lt 1000 ]; do echo \"$i xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"; i=$((i+1)); done\nexit 0\n";
+    for name in ["chatty_probe.sh", "chatty_hook.sh"] {
+        let path = hooks.join(name);
+        std::fs::write(&path, chatty).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+    }
+    env.add_component("watched", "sleeper.sh", "daemon_manager", "{}");
+    env.add_component("crashy", "crasher.sh", "daemon_manager", "{}");
+    env.sql(
+        "INSERT INTO component_health (component_id, probe, probe_interval_s, probe_timeout_s, failures)
+           VALUES ('watched', 'chatty_probe.sh', 0.2, 5, 3);
+         INSERT INTO alert_rules (event_types, component_glob, action, target, min_interval_s, remind_s)
+           VALUES ('CRASHED,FAILED,RESTART_SCHEDULED,START_ATTEMPT', 'crashy', 'exec', 'chatty_hook.sh', 0, 0);
+         UPDATE autorun_components SET desired_state = 'active' WHERE component_id = 'n0m1_alerts';",
+    );
+    env.ctl(&["start"]).success();
+    let logs = env.home.logs_dir();
+    let file = |name: &str| logs.join(name);
+    wait_until(
+        Duration::from_secs(20),
+        "both side logs rotated twice",
+        || file("watched.probe.2").exists() && file("n0m1_alerts.hooks.2").exists(),
+    );
+    // A few more runs each, then look: never more than keep old files, none much past the limit.
+    std::thread::sleep(Duration::from_millis(600));
+    for name in ["watched.probe", "n0m1_alerts.hooks"] {
+        assert!(!file(&format!("{name}.3")).exists(), "{name}: keep = 2");
+        for f in [
+            file(name),
+            file(&format!("{name}.1")),
+            file(&format!("{name}.2")),
+        ] {
+            let size = std::fs::metadata(&f).map_or(0, |m| m.len());
+            assert!(size <= 65536 + 200, "{}: {size} bytes", f.display());
+        }
+        let text = std::fs::read_to_string(file(&format!("{name}.1"))).unwrap();
+        assert!(text.ends_with("xxxx\n"), "whole lines");
+    }
+    env.ctl(&["stop"]).success();
+}

@@ -60,6 +60,7 @@ pub fn run(home: Home, component_id: String) -> anyhow::Result<()> {
         }
     }
     let mut recoveries_checked = Instant::now();
+    let mut hook_pipes = n0m1_core::logpipe::LogPipes::default();
     let event = |event, message: &str| {
         if let Err(error) = LifecycleRecord::new(component_id.as_str(), event)
             .pid(std::process::id() as i32)
@@ -178,7 +179,20 @@ pub fn run(home: Home, component_id: String) -> anyhow::Result<()> {
                     let Some(rule) = rules.iter().find(|r| r.id == alert.rule_id) else {
                         continue;
                     };
-                    deliver(rule.action.clone(), alert, &home, done_tx.clone());
+                    // A hook's output goes to its side log through the log writer, bounded
+                    // like every log (the FIFO is held here, for every hook).
+                    let hook_log = matches!(rule.action, Action::Exec(_)).then(|| {
+                        let settings = n0m1_core::Config::load(&home.config_path())
+                            .map(|c| c.logs)
+                            .unwrap_or_default();
+                        hook_pipes.side_path(
+                            &home,
+                            n0m1_core::home::ALERT_HOOKS_LOG,
+                            n0m1_core::logpipe::log_writer_running(&home),
+                            &settings,
+                        )
+                    });
+                    deliver(rule.action.clone(), alert, &home, hook_log, done_tx.clone());
                 }
             }
         }
@@ -359,13 +373,23 @@ fn log_outcome(conn: &Connection, outcome: &Outcome) {
 }
 
 /// Delivers on a thread of its own; the outcome comes back on `done`.
-fn deliver(action: Action, alert: Alert, home: &Home, done: mpsc::Sender<Outcome>) {
+fn deliver(
+    action: Action,
+    alert: Alert,
+    home: &Home,
+    hook_log: Option<std::path::PathBuf>,
+    done: mpsc::Sender<Outcome>,
+) {
     let home = home.clone();
     let spawned = std::thread::Builder::new()
         .name("alert".into())
         .spawn(move || {
             let (ok, detail) = match &action {
-                Action::Exec(program) => run_hook(program, &alert, &home),
+                Action::Exec(program) => {
+                    let log = hook_log
+                        .unwrap_or_else(|| home.logs_dir().join(n0m1_core::home::ALERT_HOOKS_LOG));
+                    run_hook(program, &alert, &home, log)
+                }
                 Action::Webhook(url) => post(url, &alert),
             };
             let _ = done.send(Outcome { alert, ok, detail });
@@ -375,8 +399,12 @@ fn deliver(action: Action, alert: Alert, home: &Home, done: mpsc::Sender<Outcome
     }
 }
 
-fn run_hook(program: &std::path::Path, alert: &Alert, home: &Home) -> (bool, String) {
-    let log = home.logs_dir().join("n0m1_alerts.hooks");
+fn run_hook(
+    program: &std::path::Path,
+    alert: &Alert,
+    home: &Home,
+    log: std::path::PathBuf,
+) -> (bool, String) {
     let spec = SpawnSpec {
         program: program.to_path_buf(),
         args: Vec::new(),

@@ -43,6 +43,8 @@ pub const WEB_TOKEN_FILE: &str = "web.token";
 pub const BOOT_LOG_STEM: &str = "boot_system_daemon";
 /// The log writer: its binary, PID file stem and log stem.
 pub const LOGD_STEM: &str = "n0m1_logd";
+/// The side log of the alerter's exec hooks (`logs/n0m1_alerts.hooks`).
+pub const ALERT_HOOKS_LOG: &str = "n0m1_alerts.hooks";
 /// Boot's PID file stem (`pids/boot_system.pid`).
 pub const BOOT_PID_STEM: &str = "boot_system";
 
@@ -66,6 +68,9 @@ pub enum HomeError {
 pub enum LogOwner {
     Component,
     Manager,
+    /// One file for both streams, `logs/<name>`: health probes (`<id>.probe`) and alert hooks
+    /// (`n0m1_alerts.hooks`).
+    Side,
 }
 
 /// The resolved home folder of one n0m1 installation.
@@ -211,13 +216,17 @@ impl Home {
     }
     /// Where a component's probe runs write their output.
     pub fn probe_log(&self, component_id: &str) -> PathBuf {
-        self.logs_dir().join(format!("{component_id}.probe"))
+        self.logs_dir().join(self.probe_log_name(component_id))
+    }
+    /// The side log's name of a component's health probe.
+    pub fn probe_log_name(&self, component_id: &str) -> String {
+        format!("{component_id}.probe")
     }
     pub fn run_dir(&self) -> PathBuf {
         self.root.join(RUN_DIR)
     }
-    /// The FIFOs the log writer reads: `run/logs/c.<id>.out|err` for components and
-    /// `run/logs/m.<stem>.out|err` for managers.
+    /// The FIFOs the log writer reads: `run/logs/c.<id>.out|err` for components,
+    /// `run/logs/m.<stem>.out|err` for managers and `run/logs/s.<name>.out` for side logs.
     pub fn log_fifos_dir(&self) -> PathBuf {
         self.run_dir().join("logs")
     }
@@ -225,6 +234,7 @@ impl Home {
         let kind = match owner {
             LogOwner::Component => "c",
             LogOwner::Manager => "m",
+            LogOwner::Side => "s",
         };
         let stream = if stderr { "err" } else { "out" };
         self.log_fifos_dir().join(format!("{kind}.{stem}.{stream}"))
@@ -238,6 +248,7 @@ impl Home {
         let (stdout, stderr) = match kind {
             "c" => self.component_logs(stem),
             "m" => self.manager_logs(stem),
+            "s" if stream == "out" => return Some(self.logs_dir().join(stem)),
             _ => return None,
         };
         match stream {

@@ -38,6 +38,10 @@ impl LogPipes {
         let files = || match owner {
             LogOwner::Component => home.component_logs(stem),
             LogOwner::Manager => home.manager_logs(stem),
+            LogOwner::Side => {
+                let file = home.logs_dir().join(stem);
+                (file.clone(), file)
+            }
         };
         if !via_writer {
             return files();
@@ -65,6 +69,47 @@ impl LogPipes {
             }
         }
         (fifos[0].clone(), fifos[1].clone())
+    }
+
+    /// Where a short-lived helper (a health probe, an alert hook) writes both its streams:
+    /// the side log `logs/<name>`, through the log writer when it runs (`via_writer`), so it
+    /// is bounded and rotated like every log. Without the log writer, the file itself,
+    /// rotated first when it has passed `settings.max_bytes`.
+    pub fn side_path(
+        &mut self,
+        home: &Home,
+        name: &str,
+        via_writer: bool,
+        settings: &crate::config::LogSettings,
+    ) -> PathBuf {
+        let file = home.logs_dir().join(name);
+        let fifo = home.log_fifo(LogOwner::Side, name, false);
+        // A name the log writer would not read must not get a FIFO nobody drains.
+        let readable = fifo
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| home.log_target(n))
+            .is_some();
+        if via_writer && readable {
+            match self.hold(&fifo, (format!("s.{name}"), false)) {
+                Ok(()) => {
+                    if let Err(error) = crate::home::open_private_append(&file) {
+                        tracing::warn!("{error}");
+                    }
+                    return fifo;
+                }
+                Err(error) => tracing::warn!(
+                    "cannot use log FIFO {}: {error}; writing {name} directly",
+                    fifo.display()
+                ),
+            }
+        }
+        if std::fs::metadata(&file).is_ok_and(|m| m.len() > settings.max_bytes)
+            && let Err(error) = rotate(&file, settings.keep)
+        {
+            tracing::warn!("cannot rotate {}: {error}", file.display());
+        }
+        file
     }
 
     fn hold(&mut self, path: &std::path::Path, key: (String, bool)) -> std::io::Result<()> {

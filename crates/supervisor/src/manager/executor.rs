@@ -48,6 +48,8 @@ pub(super) struct Executor {
     pub pids: HashMap<i32, PidOwner>,
     /// This home's cgroups; `None` where limits are unavailable (said once, at start).
     pub cgroups: Option<HomeCgroups>,
+    /// config.json's `logs`: a probe's side log is bounded by them when no log writer runs.
+    pub log_settings: n0m1_core::config::LogSettings,
 }
 
 impl Executor {
@@ -106,7 +108,14 @@ impl Executor {
     /// home and which component it checks, but not `N0M1_COMPONENT_ID`: it is not part of
     /// the component (an orphan sweep would take it for one).
     fn run_probe(&mut self, id: &str, program: PathBuf, checked_pid: i32) -> Input {
-        let log = self.home.probe_log(id);
+        // Through the log writer, bounded and rotated like every log.
+        let via_writer = self.under_boot || n0m1_core::logpipe::log_writer_running(&self.home);
+        let log = self.log_pipes.side_path(
+            &self.home,
+            &self.home.probe_log_name(id),
+            via_writer,
+            &self.log_settings,
+        );
         let spec = SpawnSpec {
             program,
             args: Vec::new(),

@@ -162,6 +162,7 @@ impl Manager {
             snapshot: None,
             pids: HashMap::new(),
             cgroups: None,
+            log_settings: Default::default(),
         };
         let mut manager = Manager {
             policy: SupervisorPolicy::default(),
@@ -308,6 +309,31 @@ impl Manager {
         }
     }
 
+    /// A probe's whole tree ends with the probe: what is left in its group, and what left the
+    /// group (setsid) and, orphaned, came to us as the subreaper, known by the
+    /// `N0M1_CHECKED_COMPONENT` it inherited. Something not yet orphaned is found after the
+    /// next run, so nothing piles up.
+    fn end_probe_tree(&mut self, id: &str, probe_pid: i32) {
+        use nix::sys::signal::Signal;
+        n0m1_core::process::signal_group(probe_pid, Signal::SIGKILL);
+        let me = std::process::id() as i32;
+        let home = self.options.home.root().display().to_string();
+        for stat in n0m1_core::process::all_processes() {
+            if stat.ppid == me
+                && !self.exec.pids.contains_key(&stat.pid)
+                && n0m1_core::process::environ_has(
+                    stat.pid,
+                    n0m1_core::home::ENV_CHECKED_COMPONENT,
+                    id,
+                )
+                && n0m1_core::process::environ_has(stat.pid, n0m1_core::home::ENV_HOME, &home)
+            {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(stat.pid), Signal::SIGKILL);
+            }
+        }
+    }
+
     fn load_policy(&mut self) {
         match Config::load(&self.options.home.config_path()) {
             Ok(config) => {
@@ -315,6 +341,7 @@ impl Manager {
                 self.resources = config.resources;
                 self.retention = config.retention;
                 self.model_memory_max = config.models.memory_max.map(|size| size.0);
+                self.exec.log_settings = config.logs;
             }
             Err(error) => self.exec.writer.event(
                 LifecycleRecord::new(&self.options.manager, LifecycleEvent::Error)
@@ -370,6 +397,7 @@ impl Manager {
         match self.exec.pids.get(&pid).cloned() {
             Some(PidOwner::Probe(id)) if !adopted => {
                 self.exec.pids.remove(&pid);
+                self.end_probe_tree(&id, pid);
                 let input = Input::ProbeDone {
                     pid: Some(pid),
                     ok: cause == ExitCause::Code(0),

@@ -46,6 +46,7 @@ impl Bench {
             snapshot: None,
             pids: Default::default(),
             cgroups: None,
+            log_settings: Default::default(),
         };
         Bench {
             _children: children,
