@@ -245,3 +245,41 @@ fn probe_and_hook_output_is_bounded_like_every_log() {
     }
     env.ctl(&["stop"]).success();
 }
+
+/// `n0m1ctl logs` on a terminal escapes a component's control sequences (window title, clear
+/// screen, clipboard) as `status` does; into a pipe the bytes go as they are.
+#[test]
+fn logs_on_a_terminal_escape_control_sequences() {
+    let mut env = TestEnv::new();
+    env.script(
+        "loud.sh",
+        "#!/bin/sh\nprintf 'title \\033]0;pwned\\007 clear \\033[2J clip \\033]52;c;aGk=\\007 end\\n'\nexec sleep 1000\n",
+    );
+    env.add_component("loud", "loud.sh", "daemon_manager", "{}");
+    env.spawn("daemon_manager");
+    let (out, _) = env.home.component_logs("loud");
+    wait_until(T, "the line logged", || file_contains_bytes(&out, b"end"));
+    let ctl = crate::support::bin("n0m1ctl");
+    // On a pseudo-terminal (util-linux `script`).
+    let command = format!("{} --home {} logs loud -n 5", ctl.display(), env.root());
+    let shown = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        shown.contains("title \\x1b]0;pwned\\x07 clear \\x1b[2J clip \\x1b]52;c;aGk=\\x07 end"),
+        "{shown:?}"
+    );
+    assert!(
+        !shown.contains("\x1b]0;pwned"),
+        "raw on a terminal: {shown:?}"
+    );
+    // Into a pipe: as written.
+    let piped = env.ctl(&["logs", "loud", "-n", "5"]).success();
+    assert!(String::from_utf8_lossy(&piped.get_output().stdout).contains("\x1b]0;pwned\x07"));
+}
+
+fn file_contains_bytes(path: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+}

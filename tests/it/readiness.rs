@@ -100,3 +100,38 @@ fn systemd_notify_from_a_script_works_unchanged() {
         crate::support::file_contains(&log, "notify exit 0")
     });
 }
+
+/// A flood of sd_notify datagrams from outside any component is counted and said at most
+/// once a second: the manager's log keeps its history, and the flood costs little.
+#[test]
+fn a_flood_of_stray_notifications_is_summarised_not_logged_one_by_one() {
+    let mut env = TestEnv::new();
+    env.add_component("quiet", "sleeper.sh", "daemon_manager", "{}");
+    let manager = env.spawn("daemon_manager");
+    env.wait_pid("quiet", "quiet running");
+    let socket = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    let path = env.home.notify_socket("daemon_manager");
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        if socket.send_to(b"READY=1", &path).is_ok() {
+            sent += 1;
+        }
+    }
+    assert!(sent > 1000, "sent {sent}");
+    std::thread::sleep(Duration::from_millis(1200));
+    let log = std::fs::read_to_string(env.home.root().join("daemon_manager.test.err")).unwrap();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("no component")).collect();
+    assert!(
+        !warnings.is_empty() && warnings.len() <= 4,
+        "{} warnings for {sent} datagrams",
+        warnings.len()
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains(" notifications from processes of no component")),
+        "{warnings:?}"
+    );
+    assert!(crate::support::alive(manager));
+}

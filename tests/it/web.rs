@@ -804,3 +804,43 @@ fn a_thousand_sse_connects_and_disconnects_leave_the_open_fd_count_where_it_was(
     assert_eq!(web.get("/healthz").status, 200);
     eprintln!("open fds: {before} before, {now} after 1,000 SSE connects");
 }
+
+/// A FIFO as `web.token` would block whoever opens it: the server refuses it by name and
+/// does not start (its manager records why), and `n0m1ctl --remote` answers at once.
+#[test]
+fn a_fifo_token_is_refused_by_name_and_blocks_nobody() {
+    let mut env = TestEnv::new();
+    write_config(&env, serde_json::json!({}));
+    nix::unistd::mkfifo(
+        &env.home.web_token(),
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .unwrap();
+    let port = free_port();
+    env.db()
+        .execute(
+            "UPDATE autorun_components SET desired_state = 'active', launch_args_json = ?1 WHERE component_id = 'n0m1_web'",
+            [format!(r#"{{"--listen": "127.0.0.1:{port}"}}"#)],
+        )
+        .unwrap();
+    env.spawn("daemon_manager");
+    let (_, err) = env.home.component_logs("n0m1_web");
+    wait_until(Duration::from_secs(15), "the server's refusal", || {
+        crate::support::file_contains(&err, "is a FIFO, not a regular file")
+    });
+    let started = std::time::Instant::now();
+    let answer = assert_cmd::Command::new(bin("n0m1ctl"))
+        .args([
+            "--home",
+            env.root(),
+            "--remote",
+            &format!("http://127.0.0.1:{port}"),
+            "status",
+        ])
+        .timeout(Duration::from_secs(20))
+        .assert()
+        .failure();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let error = String::from_utf8_lossy(&answer.get_output().stderr).into_owned();
+    assert!(error.contains("is a FIFO"), "{error}");
+}

@@ -92,8 +92,12 @@ pub fn tail(home: &Home, id: &str, lines: usize) -> anyhow::Result<Vec<LogFileTa
 pub fn print_tails(tails: &[LogFileTail]) {
     for tail in tails {
         println!("==> {} <==", tail.path);
+        let terminal = stdout_is_terminal();
         for line in &tail.lines {
-            println!("{line}");
+            println!(
+                "{}",
+                String::from_utf8_lossy(&for_terminal(line.as_bytes(), terminal))
+            );
         }
     }
 }
@@ -114,7 +118,8 @@ pub fn run(home: &Home, args: &LogsArgs) -> anyhow::Result<()> {
         println!("==> {} <==", path.display());
         let text = last_lines(&mut file, meta.len(), args.lines)?;
         if !text.is_empty() {
-            println!("{text}");
+            let shown = for_terminal(text.as_bytes(), stdout_is_terminal());
+            println!("{}", String::from_utf8_lossy(&shown));
         }
         followed.push(Followed {
             path: path.clone(),
@@ -164,8 +169,33 @@ struct Followed {
     offset: u64,
 }
 
+/// What a log shows on a terminal: every control character but a line break and a tab
+/// escaped (`\x1b`), so a component's output cannot retitle the window, clear the screen or
+/// write the clipboard (OSC 52). Into a pipe or a file the bytes go as they are.
+fn for_terminal(bytes: &[u8], terminal: bool) -> std::borrow::Cow<'_, [u8]> {
+    if !terminal {
+        return std::borrow::Cow::Borrowed(bytes);
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out.into_bytes())
+}
+
+fn stdout_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal()
+}
+
 fn follow(mut followed: Vec<Followed>) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
+    let terminal = stdout_is_terminal();
     loop {
         for f in &mut followed {
             // Rotation replaces the file (new inode); truncation shrinks it: either way,
@@ -181,6 +211,7 @@ fn follow(mut followed: Vec<Followed>) -> anyhow::Result<()> {
                         let mut rest = Vec::new();
                         old.read_to_end(&mut rest)?;
                         let mut out = stdout.lock();
+                        let rest = for_terminal(&rest, terminal);
                         if out.write_all(&rest).and_then(|()| out.flush()).is_err() {
                             return Ok(());
                         }
@@ -198,6 +229,7 @@ fn follow(mut followed: Vec<Followed>) -> anyhow::Result<()> {
             if !bytes.is_empty() {
                 f.offset += bytes.len() as u64;
                 let mut out = stdout.lock();
+                let bytes = for_terminal(&bytes, terminal);
                 // A closed pipe (`n0m1ctl logs -f | head`) ends the command quietly.
                 if out.write_all(&bytes).and_then(|()| out.flush()).is_err() {
                     return Ok(());

@@ -27,6 +27,10 @@ pub enum TokenError {
         "the token file {path} does not hold a token ({TOKEN_BYTES} bytes in hex): delete it to have n0m1_web make a new one"
     )]
     Malformed { path: PathBuf },
+    #[error(
+        "the token file {path} is {kind}, not a regular file: delete it to have n0m1_web make a new one"
+    )]
+    NotAFile { path: PathBuf, kind: &'static str },
     #[error("no randomness for a new token: {0}")]
     Random(String),
 }
@@ -39,9 +43,36 @@ fn io<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -
     }
 }
 
-/// Reads the token in `path`, refusing a file group or others may read.
+/// Reads the token in `path`, refusing a file group or others may read and anything but a
+/// regular file (a FIFO would block the reader in `open` for ever). Opened without blocking,
+/// then checked, then read: at most a token's length and a little more.
 pub fn read(path: &Path) -> Result<String, TokenError> {
-    let meta = fs::metadata(path).map_err(io(path, "read"))?;
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(io(path, "read"))?;
+    let meta = file.metadata().map_err(io(path, "read"))?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let kind = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(TokenError::NotAFile {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(TokenError::Exposed {
@@ -49,7 +80,10 @@ pub fn read(path: &Path) -> Result<String, TokenError> {
             mode,
         });
     }
-    let text = fs::read_to_string(path).map_err(io(path, "read"))?;
+    let mut text = String::new();
+    file.take(4096)
+        .read_to_string(&mut text)
+        .map_err(io(path, "read"))?;
     let token = text.trim();
     if token.len() != TOKEN_BYTES * 2 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(TokenError::Malformed {
@@ -61,7 +95,7 @@ pub fn read(path: &Path) -> Result<String, TokenError> {
 
 /// The token in `path`, made first if there is none (created 0600, never overwritten).
 pub fn load_or_create(path: &Path) -> Result<String, TokenError> {
-    if path.exists() {
+    if fs::symlink_metadata(path).is_ok() {
         return read(path);
     }
     let mut bytes = [0u8; TOKEN_BYTES];
@@ -108,5 +142,17 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         fs::write(&path, "not a token\n").unwrap();
         assert!(matches!(read(&path), Err(TokenError::Malformed { .. })));
+        // A FIFO would block `open` for ever: refused by name, at once.
+        let fifo = tmp.path().join("fifo.token");
+        nix::unistd::mkfifo(
+            &fifo,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .unwrap();
+        let error = load_or_create(&fifo).unwrap_err().to_string();
+        assert!(error.contains("is a FIFO, not a regular file"), "{error}");
+        let dir = tmp.path().join("dir.token");
+        fs::create_dir(&dir).unwrap();
+        assert!(read(&dir).unwrap_err().to_string().contains("a directory"));
     }
 }

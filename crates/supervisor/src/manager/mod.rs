@@ -91,6 +91,8 @@ pub struct Manager {
     /// Where components send sd_notify datagrams (`NOTIFY_SOCKET`); `None` if it could not
     /// be bound (then readiness is unknown, and said once in the log).
     notify: Option<NotifySocket>,
+    /// Datagrams from no component of ours since the last warning about them.
+    stray_notices: observe::StrayNotices,
     /// The valid dependencies as last read (for the stop order at shutdown).
     dependencies: Vec<n0m1_core::dependencies::Dependency>,
     /// How often the components' trees are sampled, and how long samples are kept.
@@ -175,6 +177,7 @@ impl Manager {
             database,
             database_gone: None,
             notify,
+            stray_notices: Default::default(),
             dependencies: Vec::new(),
             resources: ResourceSettings::default(),
             retention: Retention::default(),

@@ -5,6 +5,7 @@ use n0m1_core::cgroup::ComponentCgroup;
 use n0m1_core::process::{self, ProcStat};
 use n0m1_core::resources::{self, ResourceSample};
 use n0m1_core::state::unix_now;
+use std::time::{Duration, Instant};
 
 use super::Manager;
 use super::slot::PidOwner;
@@ -91,11 +92,65 @@ impl Manager {
             match owner {
                 Some(id) if !notices.is_empty() => self.dispatch(&id, Input::Notified(notices)),
                 Some(_) => {}
-                None => tracing::warn!(
-                    "notification from pid {pid}, which belongs to no component of {}; ignored",
-                    self.options.manager
-                ),
+                None => {
+                    if let Some(summary) = self.stray_notices.note(pid, Instant::now()) {
+                        tracing::warn!("{summary}; ignored ({})", self.options.manager);
+                    }
+                }
             }
         }
+    }
+}
+
+/// Datagrams from processes of no component: counted, and said at most once a second (a
+/// flood must not rotate the manager's own history out of its log).
+#[derive(Debug, Default)]
+pub(super) struct StrayNotices {
+    count: u64,
+    last_pid: i32,
+    said_at: Option<Instant>,
+}
+
+impl StrayNotices {
+    /// Counts one; the sentence to log when a second has passed since the last one.
+    pub fn note(&mut self, pid: i32, now: Instant) -> Option<String> {
+        self.count += 1;
+        self.last_pid = pid;
+        if self
+            .said_at
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return None;
+        }
+        let summary = if self.count == 1 {
+            format!("a notification from pid {pid}, which belongs to no component")
+        } else {
+            format!(
+                "{} notifications from processes of no component (the last from pid {pid})",
+                self.count
+            )
+        };
+        self.count = 0;
+        self.said_at = Some(now);
+        Some(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stray_notifications_are_said_at_most_once_a_second() {
+        let mut stray = StrayNotices::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert!(stray.note(7, at(0)).unwrap().contains("pid 7"));
+        for i in 1..=1000 {
+            assert_eq!(stray.note(8, at(i % 999)), None);
+        }
+        let summary = stray.note(9, at(1000)).unwrap();
+        assert!(summary.starts_with("1001 notifications"), "{summary}");
+        assert!(summary.contains("pid 9"));
     }
 }
