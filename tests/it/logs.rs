@@ -249,6 +249,7 @@ fn probe_and_hook_output_is_bounded_like_every_log() {
 /// `n0m1ctl logs` on a terminal escapes a component's control sequences (window title, clear
 /// screen, clipboard) as `status` does; into a pipe the bytes go as they are.
 #[test]
+#[allow(clippy::disallowed_methods)] // runs `script` to give n0m1ctl a terminal
 fn logs_on_a_terminal_escape_control_sequences() {
     let mut env = TestEnv::new();
     env.script(
