@@ -550,6 +550,17 @@ fn a_fifo_config_on_reload_blocks_nothing() {
             && message.contains("keeping the running configuration"),
         "{message}"
     );
+    // A manager told to reload says it kept its settings, and only that.
+    kill(Pid::from_raw(manager), Signal::SIGHUP).unwrap();
+    wait_until(T, "the manager's refusal", || {
+        env.count_events("daemon_manager", "ERROR") == 1
+    });
+    assert!(
+        env.last_message("daemon_manager", "ERROR")
+            .contains("keeping the previous supervisor policy")
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(env.count_events("daemon_manager", "CONFIG_RELOADED"), 0);
     // Boot is not stuck: a killed manager is restarted as usual.
     kill(Pid::from_raw(manager), Signal::SIGKILL).unwrap();
     env.wait_new_pid(

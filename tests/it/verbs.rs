@@ -207,6 +207,13 @@ fn add_restart_status_events_and_remove_work_like_their_namesakes() {
         history.lines().last().unwrap().contains("START_ATTEMPT"),
         "{history}"
     );
+    // A typo is an error naming it, as the API's 404.
+    let typo = env.ctl(&["events", "--component", "nothere"]).failure();
+    assert!(
+        stderr(&typo).contains("unknown component 'nothere'"),
+        "{}",
+        stderr(&typo)
+    );
     let refused = env.ctl(&["restart", "idle"]).failure();
     assert!(
         stderr(&refused).contains("'idle' is inactive"),

@@ -556,6 +556,7 @@ fn hostile_requests_are_refused_by_name_and_change_nothing() {
         "evil.example",
         "evil.example:8686",
         "127.0.0.1.evil.example",
+        "127.0.0.1:18702@evil.com",
     ] {
         let answer = http(
             &web.addr,
@@ -587,6 +588,24 @@ fn hostile_requests_are_refused_by_name_and_change_nothing() {
         assert!(answer.json()["error"].is_string(), "{path}");
         assert!(!answer.body.contains("root:"), "{path}");
     }
+    // Two Host headers (the second one foreign), and an absolute-form request naming another
+    // host in its request line: refused.
+    let doubled = http(
+        &web.addr,
+        "GET",
+        "/api/v1/components",
+        &[("Host", "localhost"), ("Host", "evil.example")],
+        b"",
+    );
+    assert_eq!(doubled.status, 403);
+    let absolute = http(
+        &web.addr,
+        "GET",
+        "http://evil.example/api/v1/components",
+        &[("Host", "localhost")],
+        b"",
+    );
+    assert_eq!(absolute.status, 403);
     let unknown_action = web.post("/api/v1/components/sleeper/explode", "");
     assert_eq!(unknown_action.status, 404);
     // Proposals: an id that is not a number, one that does not exist, a decision that does
@@ -674,6 +693,16 @@ fn hostile_requests_are_refused_by_name_and_change_nothing() {
             answer.body
         );
     }
+    let nobody = web.post(
+        "/api/v1/notifications",
+        r#"{"llm_id": "nobody", "notification_type": "RUN"}"#,
+    );
+    assert_eq!(nobody.status, 404, "{}", nobody.body);
+    assert!(
+        nobody.body.contains("no processor answers to it"),
+        "{}",
+        nobody.body
+    );
     for query in [
         "/api/v1/events?limit=abc",
         "/api/v1/events?limit=0",

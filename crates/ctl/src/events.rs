@@ -59,6 +59,15 @@ pub fn print(event: &LoggedEvent) -> bool {
 pub fn run(home: &Home, args: &EventsArgs) -> anyhow::Result<()> {
     let conn = crate::open_database(home)?;
     let component = args.component.as_deref();
+    // An id that is no row and has no event is a typo, not a quiet component (the API
+    // answers 404 for it too).
+    if let Some(id) = component {
+        let known = n0m1_core::components::find(&conn, id)?.is_some()
+            || !lifecycle::page(&conn, 0, Some(id), 1, true)?.is_empty();
+        if !known {
+            return Err(crate::components::unknown(&conn, id));
+        }
+    }
     let mut last = 0;
     for event in page(&conn, 0, component, args.lines, true)? {
         last = event.id;

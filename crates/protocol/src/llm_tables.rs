@@ -135,6 +135,30 @@ pub fn notify(
     Ok(conn.last_insert_rowid())
 }
 
+/// The llm_ids some processor row answers to: each `llm_processor` row's `--llm_id`
+/// (`main_llm_processor` when it names none), sorted.
+pub fn processor_llm_ids(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut ids: Vec<String> = n0m1_core::components::all(conn)?
+        .into_iter()
+        .filter(|row| row.base_script_name.trim_end_matches(".py") == "llm_processor")
+        .map(|row| {
+            serde_json::from_str::<serde_json::Value>(
+                row.launch_args_json.as_deref().unwrap_or("{}"),
+            )
+            .ok()
+            .and_then(|args| {
+                ["--llm_id", "--llm-id"]
+                    .iter()
+                    .find_map(|key| args.get(*key)?.as_str().map(str::to_owned))
+            })
+            .unwrap_or_else(|| n0m1_core::schema::MAIN_LLM_ID.to_owned())
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
 /// A row of `llm_notifications` as the dashboard lists it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct NotificationRow {

@@ -93,6 +93,19 @@ pub fn insert_notification(conn: &Connection, new: &NewNotification) -> Result<i
             "payload: longer than {MAX_PAYLOAD_CHARS} characters"
         )));
     }
+    let processors = llm_tables::processor_llm_ids(conn)
+        .map_err(|e| ApiError::database(n0m1_core::schema::AUTORUN_COMPONENTS, e))?;
+    if !processors.contains(&new.llm_id) {
+        return Err(ApiError::not_found(format!(
+            "llm_id '{}': no processor answers to it (llm_processor rows answer to: {}); a notification for it would wait for ever",
+            printable(&new.llm_id),
+            if processors.is_empty() {
+                "none".to_owned()
+            } else {
+                processors.join(", ")
+            }
+        )));
+    }
     let notification = Notification::parse(kind, new.payload.clone());
     llm_tables::notify(conn, &new.llm_id, &notification)
         .map_err(|e| ApiError::database(LLM_NOTIFICATIONS, e))

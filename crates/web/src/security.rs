@@ -13,24 +13,35 @@ use subtle::ConstantTimeEq;
 
 use crate::{ApiError, App, MAX_BODY_BYTES};
 
-/// The host part of a Host header value (`[::1]:8686` → `[::1]`, `localhost:80` → `localhost`).
-fn host_name(value: &str) -> &str {
-    if value.starts_with('[') {
-        return value.find(']').map_or(value, |end| &value[..=end]);
+/// Whether an authority (a Host header's value, or an absolute-form request's) is exactly one
+/// of this machine's names with an optional port: `localhost`, `127.0.0.1` or `[::1]`, then
+/// `:` and digits, nothing else (no `user@`, no second host after it).
+fn local_authority(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    let rest = ["localhost", "127.0.0.1", "[::1]"]
+        .iter()
+        .find_map(|name| lower.strip_prefix(name));
+    match rest {
+        Some("") => true,
+        Some(port) => port.strip_prefix(':').is_some_and(|digits| {
+            !digits.is_empty() && digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit())
+        }),
+        None => false,
     }
-    value.split(':').next().unwrap_or(value)
 }
 
 /// On loopback only names of this machine are accepted: a page on another site whose name
-/// was rebound to 127.0.0.1 sends its own name.
-pub fn host_allowed(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+/// was rebound to 127.0.0.1 sends its own name. One Host header exactly, and an absolute-form
+/// request's authority must be one of ours too.
+pub fn host_allowed(headers: &HeaderMap, uri_authority: Option<&str>) -> bool {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let (Some(value), None) = (hosts.next(), hosts.next()) else {
         return false;
     };
-    matches!(
-        host_name(value).to_ascii_lowercase().as_str(),
-        "localhost" | "127.0.0.1" | "[::1]"
-    )
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    local_authority(value) && uri_authority.is_none_or(local_authority)
 }
 
 /// The request carries `Authorization: Bearer <token>` with the right token (compared in
@@ -52,10 +63,11 @@ fn is_read(method: &Method) -> bool {
 
 pub async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let headers = request.headers();
-    if app.loopback && !host_allowed(headers) {
+    let authority = request.uri().authority().map(|a| a.as_str());
+    if app.loopback && !host_allowed(headers, authority) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            "the Host header must name localhost, 127.0.0.1 or [::1]: n0m1_web on loopback answers only this machine's names",
+            "the Host header (one, naming localhost, 127.0.0.1 or [::1] with an optional port) and any authority in the request line must name this machine: n0m1_web on loopback answers only this machine's names",
         )
         .into_response();
     }
@@ -137,7 +149,7 @@ mod tests {
             "[::1]:8686",
             "LOCALHOST",
         ] {
-            assert!(host_allowed(&with(header::HOST, ok)), "{ok}");
+            assert!(host_allowed(&with(header::HOST, ok), None), "{ok}");
         }
         for bad in [
             "evil.example",
@@ -146,10 +158,23 @@ mod tests {
             "localhost.evil.example:80",
             "[::2]:8686",
             "",
+            "127.0.0.1:18702@evil.com",
+            "localhost:80:80",
+            "localhost:",
+            "localhost:123456",
+            "localhost/evil",
         ] {
-            assert!(!host_allowed(&with(header::HOST, bad)), "{bad}");
+            assert!(!host_allowed(&with(header::HOST, bad), None), "{bad}");
         }
-        assert!(!host_allowed(&HeaderMap::new()));
+        assert!(!host_allowed(&HeaderMap::new(), None));
+        // Two Host headers: refused, whichever comes first.
+        let mut two = with(header::HOST, "localhost");
+        two.append(header::HOST, HeaderValue::from_static("evil.example"));
+        assert!(!host_allowed(&two, None));
+        // An absolute-form request names its host in the request line too.
+        let local = with(header::HOST, "localhost");
+        assert!(host_allowed(&local, Some("127.0.0.1:8686")));
+        assert!(!host_allowed(&local, Some("evil.example")));
     }
 
     #[test]

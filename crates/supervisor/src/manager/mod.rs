@@ -185,7 +185,7 @@ impl Manager {
             cgroup_layout: None,
             options,
         };
-        manager.load_policy();
+        let _ = manager.load_policy();
         let me = std::process::id() as i32;
         manager.exec.writer.event(
             LifecycleRecord::new(
@@ -295,7 +295,11 @@ impl Manager {
     }
 
     fn reload(&mut self) {
-        self.load_policy();
+        // A config that cannot be read is an ERROR (load_policy says so) and nothing else:
+        // CONFIG_RELOADED would claim settings that were not applied.
+        if !self.load_policy() {
+            return;
+        }
         self.exec.writer.event(
             LifecycleRecord::new(&self.options.manager, LifecycleEvent::ConfigReloaded)
                 .pid(std::process::id() as i32)
@@ -337,7 +341,8 @@ impl Manager {
         }
     }
 
-    fn load_policy(&mut self) {
+    /// Applies config.json's settings; false (and an ERROR event) when it cannot be read.
+    fn load_policy(&mut self) -> bool {
         match Config::load(&self.options.home.config_path()) {
             Ok(config) => {
                 self.policy = config.supervisor;
@@ -345,11 +350,15 @@ impl Manager {
                 self.retention = config.retention;
                 self.model_memory_max = config.models.memory_max.map(|size| size.0);
                 self.exec.log_settings = config.logs;
+                true
             }
-            Err(error) => self.exec.writer.event(
-                LifecycleRecord::new(&self.options.manager, LifecycleEvent::Error)
-                    .message(format!("{error}; keeping the previous supervisor policy")),
-            ),
+            Err(error) => {
+                self.exec.writer.event(
+                    LifecycleRecord::new(&self.options.manager, LifecycleEvent::Error)
+                        .message(format!("{error}; keeping the previous supervisor policy")),
+                );
+                false
+            }
         }
     }
 
