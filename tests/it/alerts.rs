@@ -190,3 +190,73 @@ fn failed_reaches_webhooks_and_hooks_once_per_interval_then_recovered() {
         env.live_processes()
     );
 }
+
+/// A burst of alerts runs at most `WORKERS` deliveries at once with a bounded queue behind
+/// them; what finds the queue full is recorded as dropped, and the alerter stays small.
+#[test]
+fn a_burst_of_alerts_is_delivered_through_a_bounded_pool_and_the_rest_recorded_dropped() {
+    let env = TestEnv::new();
+    let hook = env.home.hooks_dir().join("slow.sh");
+    std::fs::write(&hook, "#!/bin/sh\nexec sleep 3\n").unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    env.sql(
+        "INSERT INTO alert_rules (event_types, component_glob, action, target, min_interval_s, remind_s)
+           VALUES ('FAILED', 'burst*', 'exec', 'slow.sh', 0, 0);
+         UPDATE autorun_components SET desired_state = 'active' WHERE component_id = 'n0m1_alerts';",
+    );
+    env.ctl(&["start"]).success();
+    let alerter = env.wait_pid("n0m1_alerts", "the alerter running");
+    wait_until(T, "the alerter watching", || {
+        env.count_events("n0m1_alerts", "STARTED_SUCCESSFULLY") == 1
+    });
+    // 300 FAILED events at once, each for another component (none is suppressed).
+    let mut sql = String::from("BEGIN;");
+    for i in 0..300 {
+        sql.push_str(&format!(
+            "INSERT INTO component_lifecycle_log (component_id, event_type, message) VALUES ('burst{i}', 'FAILED', 'staged');"
+        ));
+    }
+    sql.push_str("COMMIT;");
+    env.sql(&sql);
+    let dropped = || -> i64 {
+        env.db()
+            .query_row(
+                "SELECT count(*) FROM alert_log WHERE outcome = 'dropped'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    // The workers may take up to 4 jobs from the queue while it fills.
+    wait_until(T, "the overflow recorded", || dropped() >= 300 - 64 - 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let hooks_running = crate::support::live_processes_mentioning(env.root())
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains("sleep 3"))
+        .count();
+    assert!(hooks_running <= 4, "{hooks_running} hooks at once");
+    let threads: usize = std::fs::read_to_string(format!("/proc/{alerter}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(threads <= 12, "{threads} threads");
+    let dropped_now = dropped();
+    assert!(
+        (300 - 64 - 4..=300 - 64).contains(&dropped_now),
+        "{dropped_now}: every alert running, queued or recorded dropped"
+    );
+    let detail: String = env
+        .db()
+        .query_row(
+            "SELECT detail FROM alert_log WHERE outcome = 'dropped' LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(detail.contains("dropped"), "{detail}");
+    env.ctl(&["stop"]).success();
+}

@@ -32,6 +32,11 @@ pub const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the loop looks for delivery results and new events at the least.
 const POLL: Duration = Duration::from_millis(200);
+/// Deliveries run on this many threads at most (each waits for its hook or webhook, up to
+/// its timeout); a burst beyond them waits in a queue of `QUEUE` deliveries, and what finds
+/// the queue full is dropped and recorded in `alert_log` as `dropped`.
+pub const WORKERS: usize = 4;
+pub const QUEUE: usize = 64;
 
 /// What became of one delivery.
 struct Outcome {
@@ -61,6 +66,7 @@ pub fn run(home: Home, component_id: String) -> anyhow::Result<()> {
     }
     let mut recoveries_checked = Instant::now();
     let mut hook_pipes = n0m1_core::logpipe::LogPipes::default();
+    let deliveries = DeliveryPool::start(&home, done_tx.clone());
     let event = |event, message: &str| {
         if let Err(error) = LifecycleRecord::new(component_id.as_str(), event)
             .pid(std::process::id() as i32)
@@ -192,7 +198,17 @@ pub fn run(home: Home, component_id: String) -> anyhow::Result<()> {
                             &settings,
                         )
                     });
-                    deliver(rule.action.clone(), alert, &home, hook_log, done_tx.clone());
+                    if let Err(alert) = deliveries.offer(rule.action.clone(), alert, hook_log) {
+                        let _ = conn.execute(
+                            &format!("INSERT INTO {ALERT_LOG} (rule_id, component_id, event_type, outcome, detail) VALUES (?1, ?2, ?3, 'dropped', ?4)"),
+                            params![
+                                alert.rule_id,
+                                alert.component,
+                                alert.event,
+                                format!("{QUEUE} deliveries already wait behind {WORKERS} running; this one is dropped")
+                            ],
+                        );
+                    }
                 }
             }
         }
@@ -372,30 +388,70 @@ fn log_outcome(conn: &Connection, outcome: &Outcome) {
     }
 }
 
-/// Delivers on a thread of its own; the outcome comes back on `done`.
-fn deliver(
+/// One delivery waiting for a worker.
+struct Job {
     action: Action,
     alert: Alert,
-    home: &Home,
     hook_log: Option<std::path::PathBuf>,
-    done: mpsc::Sender<Outcome>,
-) {
-    let home = home.clone();
-    let spawned = std::thread::Builder::new()
-        .name("alert".into())
-        .spawn(move || {
-            let (ok, detail) = match &action {
-                Action::Exec(program) => {
-                    let log = hook_log
-                        .unwrap_or_else(|| home.logs_dir().join(n0m1_core::home::ALERT_HOOKS_LOG));
-                    run_hook(program, &alert, &home, log)
-                }
-                Action::Webhook(url) => post(url, &alert),
-            };
-            let _ = done.send(Outcome { alert, ok, detail });
-        });
-    if let Err(error) = spawned {
-        tracing::error!("cannot start an alert delivery: {error}");
+}
+
+/// `WORKERS` threads delivering from a bounded queue; outcomes come back on `done`.
+struct DeliveryPool {
+    queue: mpsc::SyncSender<Job>,
+}
+
+impl DeliveryPool {
+    fn start(home: &Home, done: mpsc::Sender<Outcome>) -> DeliveryPool {
+        let (queue, jobs) = mpsc::sync_channel::<Job>(QUEUE);
+        let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs));
+        for n in 0..WORKERS {
+            let (jobs, done, home) = (jobs.clone(), done.clone(), home.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("alert-{n}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only to take a job, never while delivering.
+                        let next = jobs.lock().map(|receiver| receiver.recv());
+                        let Ok(Ok(job)) = next else { return };
+                        let (ok, detail) = match &job.action {
+                            Action::Exec(program) => {
+                                let log = job.hook_log.clone().unwrap_or_else(|| {
+                                    home.logs_dir().join(n0m1_core::home::ALERT_HOOKS_LOG)
+                                });
+                                run_hook(program, &job.alert, &home, log)
+                            }
+                            Action::Webhook(url) => post(url, &job.alert),
+                        };
+                        let _ = done.send(Outcome {
+                            alert: job.alert,
+                            ok,
+                            detail,
+                        });
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::error!("cannot start an alert delivery thread: {error}");
+            }
+        }
+        DeliveryPool { queue }
+    }
+
+    /// Queues a delivery; the alert back when the queue is full.
+    fn offer(
+        &self,
+        action: Action,
+        alert: Alert,
+        hook_log: Option<std::path::PathBuf>,
+    ) -> Result<(), Alert> {
+        self.queue
+            .try_send(Job {
+                action,
+                alert,
+                hook_log,
+            })
+            .map_err(|error| match error {
+                mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job) => job.alert,
+            })
     }
 }
 
