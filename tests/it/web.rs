@@ -873,3 +873,66 @@ fn a_fifo_token_is_refused_by_name_and_blocks_nobody() {
     let error = String::from_utf8_lossy(&answer.get_output().stderr).into_owned();
     assert!(error.contains("is a FIFO"), "{error}");
 }
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Clients that send a request line and stop cannot hold the server: the dashboard is still
+/// served to a new client at once, the half-open ones are closed after the header-read
+/// timeout, and memory stays bounded.
+#[test]
+fn half_open_connections_cannot_hold_the_server() {
+    let mut env = TestEnv::new();
+    write_config(&env, serde_json::json!({}));
+    let web = start_web(&mut env);
+    let idle = rss_kib(web.pid);
+    let mut stalled = Vec::new();
+    for _ in 0..600 {
+        let mut stream = TcpStream::connect(&web.addr).unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        stalled.push(stream);
+    }
+    let started = std::time::Instant::now();
+    let page = http(&web.addr, "GET", "/", &[], b"");
+    assert_eq!(page.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "served after {:?}",
+        started.elapsed()
+    );
+    let peak = rss_kib(web.pid);
+    // Every stalled client is closed: by eviction, or by the header-read timeout (5 s).
+    for stream in &mut stalled {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        // EOF, an answer (408) or a reset: closed. A read that times out: still held.
+        let held = matches!(
+            stream.read(&mut buf),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        );
+        assert!(
+            !held,
+            "a stalled connection still held after the header-read timeout"
+        );
+    }
+    drop(stalled);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = rss_kib(web.pid);
+    eprintln!(
+        "n0m1_web RSS: idle {idle} KiB, with 600 stalled clients {peak} KiB, after {after} KiB"
+    );
+    assert!(peak < idle + 40 * 1024, "RSS {idle} → {peak} KiB");
+    assert!(
+        after < idle + 40 * 1024,
+        "RSS after {after} KiB (idle {idle})"
+    );
+    assert_eq!(web.get("/healthz").status, 200);
+}

@@ -16,6 +16,7 @@ use n0m1_core::{Config, Home};
 
 mod api;
 mod assets;
+mod connections;
 mod error;
 mod model_loop;
 pub mod prometheus;
@@ -115,14 +116,12 @@ async fn serve(
     {
         tracing::warn!("cannot tell the manager we are ready: {error}");
     }
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            stop_signal().await;
-            tracing::info!("stopping: closing streams and connections");
-            let _ = shutdown_tx.send(true);
-        })
-        .await
-        .context("serving HTTP")?;
+    tokio::spawn(async move {
+        stop_signal().await;
+        tracing::info!("stopping: closing streams and connections");
+        let _ = shutdown_tx.send(true);
+    });
+    connections::serve(listener, router, shutdown).await;
     Ok(())
 }
 
