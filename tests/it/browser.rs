@@ -29,6 +29,21 @@ async fn wait_js(client: &Client, timeout: Duration, what: &str, check: &str) {
     }
 }
 
+/// Clicks the element `css` names. The page redraws its tables as events arrive (a crashing
+/// component makes one a second): an element found just before a redraw is stale by the
+/// click, so it is found again until a click lands.
+async fn click_fresh(client: &Client, css: &str) {
+    for _ in 0..100 {
+        if let Ok(element) = client.find(Locator::Css(css)).await
+            && element.click().await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{css} could not be clicked");
+}
+
 fn screenshot_dir() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
     std::fs::create_dir_all(&dir).unwrap();
@@ -160,13 +175,7 @@ fn the_dashboard_lists_components_disables_one_live_and_draws_a_metric_graph() {
         // Disable from the page: it asks for the token first, then the row turns stopped
         // through the lifecycle stream, with no reload (the marker survives).
         client.execute("window.__sameDocument = true; return true;", vec![]).await.unwrap();
-        client
-            .find(Locator::Css(r#"button[data-action="disable"][data-component="runner"]"#))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click_fresh(&client, r#"button[data-action="disable"][data-component="runner"]"#).await;
         let input = client.wait().for_element(Locator::Id("token-input")).await.unwrap();
         wait_js(&client, Duration::from_secs(5), "the token dialog", "return document.getElementById('token-dialog').open;").await;
         input.send_keys(&web.token).await.unwrap();
@@ -206,22 +215,7 @@ fn the_dashboard_lists_components_disables_one_live_and_draws_a_metric_graph() {
         .await;
         assert_eq!(env.pid_of("patient"), Some(patient), "nothing ran before the approval");
         std::fs::write(screenshot_dir().join("dashboard-incident.png"), client.screenshot().await.unwrap()).unwrap();
-        // The panel is redrawn as events arrive (crashy keeps crashing): a button found just
-        // before a redraw is stale by the click, so find it again until a click lands.
-        let mut clicked = false;
-        for _ in 0..50 {
-            let button = client
-                .find(Locator::Css(r#".proposal button[data-decision="approve"]"#))
-                .await;
-            if let Ok(button) = button
-                && button.click().await.is_ok()
-            {
-                clicked = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(clicked, "the Approve button could be clicked");
+        click_fresh(&client, r#".proposal button[data-decision="approve"]"#).await;
         wait_js(
             &client,
             Duration::from_secs(20),

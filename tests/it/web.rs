@@ -936,3 +936,71 @@ fn half_open_connections_cannot_hold_the_server() {
     );
     assert_eq!(web.get("/healthz").status, 200);
 }
+
+/// `--remote` sends the home's token only to the address the home's n0m1_web listens on, and
+/// gives up on a server that answers a byte at a time within its deadline.
+#[test]
+fn remote_keeps_the_home_token_at_home_and_has_a_deadline() {
+    let env = TestEnv::new();
+    // A token in the home, as n0m1_web would have made it.
+    n0m1_ctl::token::load_or_create(&env.home.web_token()).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        // First client: record its request and answer 401. Second: one byte a second.
+        let (mut first, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = first.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            request.extend_from_slice(&buf[..n]);
+        }
+        let _ = first.write_all(
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        drop(first);
+        let (mut slow, _) = listener.accept().unwrap();
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" {
+            if slow.write_all(&[*byte]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        String::from_utf8_lossy(&request).into_owned()
+    });
+    let url = format!("http://{addr}");
+    let refused = assert_cmd::Command::new(bin("n0m1ctl"))
+        .args(["--home", env.root(), "--remote", &url, "status"])
+        .timeout(Duration::from_secs(20))
+        .assert()
+        .failure();
+    let error = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+    assert!(
+        error.contains("401") && error.contains("--token-file"),
+        "{error}"
+    );
+    let started = std::time::Instant::now();
+    assert_cmd::Command::new(bin("n0m1ctl"))
+        .args([
+            "--home",
+            env.root(),
+            "--remote",
+            &url,
+            "--timeout",
+            "2",
+            "status",
+        ])
+        .timeout(Duration::from_secs(20))
+        .assert()
+        .failure();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "the deadline held: {took:?}");
+    let request = server.join().unwrap();
+    assert!(
+        !request.to_ascii_lowercase().contains("authorization"),
+        "{request}"
+    );
+}

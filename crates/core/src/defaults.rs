@@ -25,6 +25,11 @@ pub struct DefaultComponent {
 /// The original's default rows, plus `llm_command_daemon` (inactive, like the processor) and
 /// the alerter `n0m1_alerts` (active; with no rule it sends nothing) and the web server
 /// `n0m1_web` (active, loopback only).
+/// Where `n0m1_web` listens unless its row's `--listen` says otherwise.
+pub const WEB_LISTEN: &str = "127.0.0.1:8686";
+/// The bundled web server's script (and default row id).
+pub const WEB_SCRIPT: &str = "n0m1_web";
+
 pub const DEFAULT_COMPONENTS: &[DefaultComponent] = &[
     DefaultComponent {
         component_id: "temp_main_daemon",

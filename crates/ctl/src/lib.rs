@@ -56,9 +56,13 @@ pub struct Cli {
     /// disable, restart, logs and events.
     #[arg(long, global = true, value_name = "URL")]
     pub remote: Option<String>,
-    /// The token for --remote (default: the home's web.token, when there is one).
+    /// The token for --remote (default: the home's web.token, sent only to the address
+    /// this home's n0m1_web listens on).
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// With --remote: every request ends within this many seconds.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 30.0)]
+    pub timeout: f64,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -214,8 +218,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         command => command,
     };
     if let Some(url) = &cli.remote {
-        let home_token = cli.home.resolve().ok().map(|home| home.web_token());
-        let remote = remote::Remote::new(url, cli.token_file.as_deref(), home_token.as_deref())?;
+        let home = cli.home.resolve().ok();
+        if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
+            anyhow::bail!("--timeout {}: a number of seconds above 0", cli.timeout);
+        }
+        let remote = remote::Remote::new(
+            url,
+            cli.token_file.as_deref(),
+            home.as_ref(),
+            std::time::Duration::from_secs_f64(cli.timeout.min(86_400.0)),
+        )?;
         return run_remote(&remote, command);
     }
     let home = cli.home.resolve()?;

@@ -39,28 +39,78 @@ pub fn segment(text: &str) -> String {
     out
 }
 
+/// Where this home's n0m1_web listens: its row's `--listen`, else the default.
+pub fn served_address(home: &n0m1_core::Home) -> Option<String> {
+    let conn = n0m1_core::db::open(&home.db_path()).ok()?;
+    let row = n0m1_core::components::all(&conn)
+        .ok()?
+        .into_iter()
+        .find(|row| row.base_script_name == n0m1_core::defaults::WEB_SCRIPT)?;
+    let listen = row
+        .launch_args_json
+        .as_deref()
+        .and_then(|args| serde_json::from_str::<serde_json::Value>(args).ok())
+        .and_then(|args| args.get("--listen")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| n0m1_core::defaults::WEB_LISTEN.to_owned());
+    Some(listen)
+}
+
+/// Whether a URL's authority (`localhost:8686/…`) names the listening address `served`
+/// (`127.0.0.1:8686`): the same port, and the same host, where any loopback name stands for
+/// a loopback address.
+fn same_address(authority: &str, served: &str) -> bool {
+    let authority = authority
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let split = |text: &str| -> Option<(String, u16)> {
+        let (host, port) = text.rsplit_once(':')?;
+        Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+    };
+    let (host, port) = match split(&authority) {
+        Some(found) => found,
+        None => (authority.clone(), 80),
+    };
+    let Some((served_host, served_port)) = split(served) else {
+        return false;
+    };
+    let loopback = |h: &str| matches!(h, "localhost" | "127.0.0.1" | "::1");
+    port == served_port && (host == served_host || (loopback(&host) && loopback(&served_host)))
+}
+
 impl Remote {
     /// `url` is n0m1_web's base address (`http://127.0.0.1:8686`); the token is read from
     /// `token_file`, else from the home's `web.token` when there is one.
+    /// The home's own token is sent only to the address the home's n0m1_web listens on;
+    /// anywhere else it takes `--token-file`. Every request ends within `deadline`, however
+    /// slowly a server answers.
     pub fn new(
         url: &str,
         token_file: Option<&Path>,
-        home_token: Option<&Path>,
+        home: Option<&n0m1_core::Home>,
+        deadline: Duration,
     ) -> anyhow::Result<Remote> {
         let base = url.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") {
+        let Some(authority) = base.strip_prefix("http://") else {
             bail!(
                 "--remote {url}: expected an http:// address such as http://127.0.0.1:8686 (put a TLS proxy in front of n0m1_web for https)"
             );
-        }
-        let token = match (token_file, home_token) {
+        };
+        let token = match (token_file, home) {
             (Some(path), _) => Some(crate::token::read(path)?),
-            (None, Some(path)) if path.exists() => Some(crate::token::read(path)?),
+            (None, Some(home))
+                if std::fs::symlink_metadata(home.web_token()).is_ok()
+                    && served_address(home)
+                        .is_some_and(|served| same_address(authority, &served)) =>
+            {
+                Some(crate::token::read(&home.web_token())?)
+            }
             _ => None,
         };
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(5))
-            .timeout_read(Duration::from_secs(30))
+            .timeout(deadline)
             .build();
         Ok(Remote { base, token, agent })
     }
@@ -194,5 +244,31 @@ impl Remote {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::same_address;
+
+    #[test]
+    fn the_home_token_goes_only_where_the_home_listens() {
+        for (authority, served, same) in [
+            ("127.0.0.1:8686", "127.0.0.1:8686", true),
+            ("localhost:8686/api", "127.0.0.1:8686", true),
+            ("[::1]:8686", "127.0.0.1:8686", true),
+            ("127.0.0.1:8687", "127.0.0.1:8686", false),
+            ("evil.example:8686", "127.0.0.1:8686", false),
+            ("evil.example", "127.0.0.1:80", false),
+            ("10.0.0.5:8686", "10.0.0.5:8686", true),
+            ("10.0.0.6:8686", "10.0.0.5:8686", false),
+            ("localhost", "127.0.0.1:80", true),
+        ] {
+            assert_eq!(
+                same_address(authority, served),
+                same,
+                "{authority} vs {served}"
+            );
+        }
     }
 }

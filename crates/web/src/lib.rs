@@ -26,7 +26,7 @@ mod streams;
 pub use error::ApiError;
 
 /// Where `n0m1_web` listens unless told otherwise.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8686";
+pub const DEFAULT_LISTEN: &str = n0m1_core::defaults::WEB_LISTEN;
 /// The largest request body accepted (413 beyond).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Threads for SQLite and /proc work: reads are short, and two keep one slow read from
