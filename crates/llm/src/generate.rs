@@ -25,6 +25,8 @@ pub struct GenerationOptions {
     pub stop_strings: Vec<String>,
     /// Token ids that end generation, besides the model's end-of-sequence ids.
     pub stop_ids: Vec<u32>,
+    /// Generation ends before the next token once this is set (the asker is gone).
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for GenerationOptions {
@@ -34,6 +36,7 @@ impl Default for GenerationOptions {
             decoding: Decoding::Greedy,
             stop_strings: Vec::new(),
             stop_ids: Vec::new(),
+            cancel: None,
         }
     }
 }
@@ -44,6 +47,8 @@ pub enum StopReason {
     EndOfSequence,
     StopString,
     ContextFull,
+    /// `cancel` was set: nobody waits for the rest.
+    Cancelled,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +155,13 @@ impl LoadedModel {
             if generated.len() >= options.max_new_tokens {
                 break StopReason::MaxTokens;
             }
+            if options
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            {
+                break StopReason::Cancelled;
+            }
             let next = sampler.sample(&logits)?;
             if self.eos_ids.contains(&next) || options.stop_ids.contains(&next) {
                 break StopReason::EndOfSequence;
@@ -198,6 +210,24 @@ mod tests {
         )
         .unwrap();
         (tmp, model)
+    }
+
+    #[test]
+    fn a_cancelled_generation_stops_before_its_next_token() {
+        let (_tmp, mut model) = fixture_model(false);
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let options = GenerationOptions {
+            max_new_tokens: 50,
+            cancel: Some(cancel.clone()),
+            ..Default::default()
+        };
+        let stopped = model.generate("hello", &options).unwrap();
+        assert_eq!(stopped.stop, StopReason::Cancelled);
+        assert!(stopped.token_ids.is_empty());
+        cancel.store(false, std::sync::atomic::Ordering::Relaxed);
+        let whole = model.generate("hello", &options).unwrap();
+        assert_ne!(whole.stop, StopReason::Cancelled);
+        assert!(!whole.token_ids.is_empty());
     }
 
     #[test]

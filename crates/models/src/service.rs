@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -26,12 +26,18 @@ use n0m1_llm::model::{LoadOptions, LoadedModel};
 use n0m1_protocol::cli::CommonArgs;
 use n0m1_protocol::model_service::{
     ErrorKind, FairQueue, Line, LoadedModelInfo, MAX_LINE_BYTES, MAX_NEW_TOKENS, ModelSpec, Reply,
-    Request, parse_request, read_line, write_line,
+    Request, parse_request, write_line,
 };
 use n0m1_protocol::runtime::{Runtime, Wake, component_id_or};
 
 /// Connections beyond this many are told so and closed (each costs a thread).
 pub const MAX_CONNECTIONS: usize = 64;
+/// A request begun and not finished (no end of line) within this time closes its
+/// connection: half a request must not hold one of the `MAX_CONNECTIONS` slots for good.
+/// A connection idle between requests waits as long as it likes.
+pub const UNFINISHED_REQUEST: Duration = Duration::from_secs(5);
+/// How often a connection waiting for its answer looks whether its client is still there.
+const HANGUP_CHECK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,7 +56,8 @@ struct ServiceArgs {
 /// What the worker is asked: a request of a connection (with where its reply goes), or that
 /// the connection closed.
 enum Job {
-    Request(Request, mpsc::Sender<Reply>),
+    /// A request, where its reply goes, and the flag that says its client has gone.
+    Request(Request, mpsc::Sender<Reply>, Arc<AtomicBool>),
     Closed,
 }
 
@@ -93,6 +100,8 @@ struct Models {
     loaded: HashMap<String, Slot>,
     opened: HashMap<u64, String>,
     events: mpsc::Sender<(LifecycleEvent, String)>,
+    /// Completions stopped, or never started, because their asker had gone.
+    cancelled: u64,
 }
 
 /// The file (or folder) a spec names, resolved as the component itself would resolve it.
@@ -115,14 +124,14 @@ impl Models {
         let _ = self.events.send((event, message));
     }
 
-    fn handle(&mut self, client: u64, request: Request) -> Reply {
+    fn handle(&mut self, client: u64, request: Request, gone: &Arc<AtomicBool>) -> Reply {
         match request {
             Request::Open(spec) => self.open(client, spec),
             Request::Complete {
                 system,
                 prompt,
                 max_new_tokens,
-            } => self.complete(client, system.as_deref(), &prompt, max_new_tokens),
+            } => self.complete(client, system.as_deref(), &prompt, max_new_tokens, gone),
             Request::Status => Reply::Status {
                 models: self
                     .loaded
@@ -135,6 +144,7 @@ impl Models {
                     })
                     .collect(),
                 connections: self.opened.len(),
+                cancelled: self.cancelled,
             },
         }
     }
@@ -195,6 +205,7 @@ impl Models {
         system: Option<&str>,
         prompt: &str,
         max_new_tokens: usize,
+        gone: &Arc<AtomicBool>,
     ) -> Reply {
         let Some(slot) = self
             .opened
@@ -209,9 +220,14 @@ impl Models {
         let text = slot.model.format_prompt(system, prompt);
         let options = GenerationOptions {
             max_new_tokens: max_new_tokens.clamp(1, MAX_NEW_TOKENS),
+            cancel: Some(gone.clone()),
             ..Default::default()
         };
         match slot.model.generate(&text, &options) {
+            Ok(completion) if completion.stop == n0m1_llm::generate::StopReason::Cancelled => {
+                self.cancelled += 1;
+                Reply::error(ErrorKind::Engine, "cancelled: the client has gone")
+            }
             Ok(completion) => {
                 slot.completions += 1;
                 Reply::Completed {
@@ -281,13 +297,14 @@ struct Refusal {
     closing: bool,
 }
 
-/// Reads one request; `None` at the end of the stream.
+/// Reads one request; `None` at the end of the stream, or when a request was begun and not
+/// finished within `UNFINISHED_REQUEST` (the connection then closes).
 fn read_request(reader: &mut BufReader<UnixStream>) -> Option<Result<Request, Refusal>> {
     let closing = |message: String| Refusal {
         reply: Reply::error(ErrorKind::BadRequest, message),
         closing: true,
     };
-    match read_line(reader) {
+    match read_line_patiently(reader) {
         Line::End => None,
         Line::NotText => Some(Err(closing(
             "a request that is not UTF-8 text; closing the connection".into(),
@@ -302,8 +319,73 @@ fn read_request(reader: &mut BufReader<UnixStream>) -> Option<Result<Request, Re
     }
 }
 
+/// One line, waiting as long as the connection is idle, but at most `UNFINISHED_REQUEST`
+/// once a line has begun (the socket's read timeout is that long).
+fn read_line_patiently(reader: &mut BufReader<UnixStream>) -> Line {
+    use std::io::BufRead;
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut begun: Option<Instant> = None;
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if begun.is_some_and(|at| at.elapsed() >= UNFINISHED_REQUEST) {
+                    tracing::info!(
+                        "a request begun and not finished within {} s; closing its connection",
+                        UNFINISHED_REQUEST.as_secs()
+                    );
+                    return Line::End;
+                }
+                continue;
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Line::End,
+        };
+        if available.is_empty() {
+            return Line::End;
+        }
+        begun.get_or_insert_with(Instant::now);
+        let (used, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (available.len(), false),
+        };
+        bytes.extend_from_slice(&available[..used]);
+        reader.consume(used);
+        if bytes.len() > MAX_LINE_BYTES + 1 || (!done && bytes.len() > MAX_LINE_BYTES) {
+            return Line::TooLong;
+        }
+        if done {
+            return match String::from_utf8(bytes) {
+                Ok(text) => Line::Text(text),
+                Err(_) => Line::NotText,
+            };
+        }
+    }
+}
+
+/// Whether the client has closed its socket, without reading: a Unix stream socket whose
+/// peer is closed polls `POLLHUP`.
+fn client_gone(stream: &UnixStream) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::empty())];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
+}
+
 fn serve_connection(stream: UnixStream, client: u64, queue: Arc<Queue>) {
     let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(UNFINISHED_REQUEST));
+    let Ok(watched) = stream.try_clone() else {
         return;
     };
     let mut reader = BufReader::new(stream);
@@ -311,10 +393,24 @@ fn serve_connection(stream: UnixStream, client: u64, queue: Arc<Queue>) {
         let reply = match request {
             Ok(request) => {
                 let (send, receive) = mpsc::channel();
-                queue.push(client, Job::Request(request, send));
-                match receive.recv() {
-                    Ok(reply) => reply,
-                    Err(_) => break,
+                let gone = Arc::new(AtomicBool::new(false));
+                queue.push(client, Job::Request(request, send, gone.clone()));
+                // While it waits (queued or generating), look whether the client is still
+                // there: a closed client stops its generation at the next token.
+                let answer = loop {
+                    match receive.recv_timeout(HANGUP_CHECK) {
+                        Ok(reply) => break Some(reply),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if !gone.load(Ordering::Relaxed) && client_gone(&watched) {
+                                gone.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                };
+                match answer {
+                    Some(reply) if !gone.load(Ordering::Relaxed) => reply,
+                    _ => break,
                 }
             }
             Err(refusal) => {
@@ -359,6 +455,7 @@ pub fn service_main() -> ExitCode {
             loaded: HashMap::new(),
             opened: HashMap::new(),
             events,
+            cancelled: 0,
         };
         let worker_queue = queue.clone();
         std::thread::Builder::new()
@@ -366,8 +463,13 @@ pub fn service_main() -> ExitCode {
             .spawn(move || {
                 loop {
                     match worker_queue.pop() {
-                        (client, Job::Request(request, reply)) => {
-                            let _ = reply.send(models.handle(client, request));
+                        (client, Job::Request(request, reply, gone)) => {
+                            // Nobody waits for it: not even started.
+                            if gone.load(Ordering::Relaxed) {
+                                models.cancelled += 1;
+                                continue;
+                            }
+                            let _ = reply.send(models.handle(client, request, &gone));
                         }
                         (client, Job::Closed) => models.close(client),
                     }

@@ -354,7 +354,7 @@ fn components_naming_one_model_share_one_copy_and_outlive_the_service() {
     });
     let socket = env.socket();
     wait_until("one model, three connections", || {
-        matches!(status(&socket), Ok(Reply::Status { ref models, connections: 3 })
+        matches!(status(&socket), Ok(Reply::Status { ref models, connections: 3, .. })
             if models.len() == 1 && models[0].clients == 3)
     });
     let mode = std::fs::metadata(&socket).unwrap().permissions();
@@ -954,4 +954,74 @@ fn n0m1ctl_model_list_generate_and_bench_use_a_model_in_the_home() {
     assert!(figures["decode_tok_s"].as_f64().unwrap() > 0.0, "{figures}");
     assert!(figures["peak_rss_mib"].as_f64().unwrap() > 0.0, "{figures}");
     assert_eq!(figures["ids"].as_array().unwrap().len(), 6, "{figures}");
+}
+
+/// A client that goes away mid-completion stops its generation at the next token (another
+/// client is not kept waiting behind it), and connections that send half a request are
+/// closed after `UNFINISHED_REQUEST`, so they cannot hold every slot.
+#[test]
+fn the_model_service_drops_work_for_clients_that_are_gone_and_half_requests() {
+    use std::io::{BufRead, BufReader, Write};
+    let env = Env::new();
+    let socket = env.socket();
+    let open = format!(
+        "{{\"op\": \"open\", \"model\": {}, \"default_model\": \"x\", \"lora\": null, \"quantize\": false}}\n",
+        serde_json::Value::String(env.model().to_owned())
+    );
+    // A long completion, asked for and abandoned.
+    let mut quitter = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    quitter.set_read_timeout(Some(T)).unwrap();
+    quitter.write_all(open.as_bytes()).unwrap();
+    let mut opened = String::new();
+    BufReader::new(quitter.try_clone().unwrap())
+        .read_line(&mut opened)
+        .unwrap();
+    assert!(opened.contains("opened"), "{opened}");
+    quitter
+        .write_all(b"{\"op\": \"complete\", \"system\": null, \"prompt\": \"count\", \"max_new_tokens\": 4096}\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(quitter);
+    let cancelled = || match n0m1_protocol::model_service::status(&socket) {
+        Ok(n0m1_protocol::model_service::Reply::Status {
+            connections,
+            cancelled,
+            ..
+        }) => (connections, cancelled),
+        _ => (usize::MAX, 0),
+    };
+    // Its connection is gone from the service. With the tiny test model the completion may
+    // have ended (its context is short) before the hangup was seen; if not, it was stopped
+    // and counted. (A larger model shows the stop: see the README.)
+    wait_until("the abandoned connection closed", || cancelled().0 == 0);
+    assert!(cancelled().1 <= 1);
+
+    // 64 connections with half a request each: all slots taken, until the timeout frees them.
+    let mut halves = Vec::new();
+    for _ in 0..n0m1_models::service::MAX_CONNECTIONS {
+        let mut half = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        half.write_all(b"{\"op\": \"sta").unwrap();
+        halves.push(half);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = n0m1_protocol::model_service::status(&socket);
+    assert!(refused.is_err(), "every slot is taken: {refused:?}");
+    let started = Instant::now();
+    wait_until("the half requests closed", || {
+        n0m1_protocol::model_service::status(&socket).is_ok()
+    });
+    assert!(
+        started.elapsed() <= n0m1_models::service::UNFINISHED_REQUEST + Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut closed = 0;
+    for half in &mut halves {
+        half.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut buf = [0u8; 64];
+        if matches!(std::io::Read::read(half, &mut buf), Ok(0) | Err(_)) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, halves.len());
 }

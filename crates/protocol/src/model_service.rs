@@ -72,6 +72,9 @@ pub enum Reply {
     Status {
         models: Vec<LoadedModelInfo>,
         connections: usize,
+        /// Completions stopped, or never started, because their asker had gone.
+        #[serde(default)]
+        cancelled: u64,
     },
     Error {
         kind: ErrorKind,
