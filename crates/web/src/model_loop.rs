@@ -121,6 +121,8 @@ mod tests {
         n0m1_core::schema::migrations()
             .to_latest(&mut conn)
             .unwrap();
+        // The default rows: main_llm_processor is the processor a notification may name.
+        n0m1_core::defaults::insert_defaults(&conn).unwrap();
         conn.execute(
             "INSERT INTO llm_outputs (llm_id, content) VALUES ('main_llm_processor', 'hello')",
             [],
@@ -153,5 +155,12 @@ mod tests {
             payload: None,
         };
         assert!(insert_notification(&conn, &bad).is_err());
+        let nobody = NewNotification {
+            llm_id: "nobody".into(),
+            notification_type: "RUN".into(),
+            payload: None,
+        };
+        let error = insert_notification(&conn, &nobody).unwrap_err();
+        assert!(error.message.contains("no processor answers to it"), "{}", error.message);
     }
 }
