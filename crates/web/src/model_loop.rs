@@ -161,6 +161,10 @@ mod tests {
             payload: None,
         };
         let error = insert_notification(&conn, &nobody).unwrap_err();
-        assert!(error.message.contains("no processor answers to it"), "{}", error.message);
+        assert!(
+            error.message.contains("no processor answers to it"),
+            "{}",
+            error.message
+        );
     }
 }
