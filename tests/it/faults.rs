@@ -192,6 +192,7 @@ fn a_write_lock_held_for_ten_seconds_loses_nothing_and_stops_no_restart() {
     let blocker = env.db();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     // The restart path writes nothing, so a crash is answered while the lock is held.
+    let killed_at = n0m1_core::state::unix_now() as i64;
     signal(first, Signal::SIGKILL);
     let started = Instant::now();
     wait_until(T, "a restart during the lock", || {
@@ -213,6 +214,20 @@ fn a_write_lock_held_for_ten_seconds_loses_nothing_and_stops_no_restart() {
     wait_until(T, "the queued CRASHED event", || {
         env.count_events("sleepy", "CRASHED") == 1
     });
+    // Written 10 s late, it carries the time of the crash.
+    let stamped: i64 = env
+        .db()
+        .query_row(
+            "SELECT CAST(strftime('%s', event_timestamp) AS INTEGER) FROM component_lifecycle_log
+             WHERE component_id = 'sleepy' AND event_type = 'CRASHED'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        (killed_at..=killed_at + 2).contains(&stamped),
+        "CRASHED stamped {stamped}, the kill was at {killed_at}, the write after {unlocked_at}"
+    );
     // The samples queued during the lock are written at the daemon's next round: every second
     // from its start to after the lock has its row.
     let last_second = unlocked_at + 1;

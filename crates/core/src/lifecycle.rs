@@ -160,6 +160,10 @@ pub struct LifecycleRecord {
     pub message: Option<String>,
     pub manager_script: Option<String>,
     pub script_path: Option<String>,
+    /// When it happened (Unix seconds), when known before the row is written: a row queued
+    /// while the database is locked or the disk full carries the time of its event, not of
+    /// its write. `None`: the time of the write.
+    pub at: Option<i64>,
 }
 
 impl LifecycleRecord {
@@ -172,7 +176,13 @@ impl LifecycleRecord {
             message: None,
             manager_script: None,
             script_path: None,
+            at: None,
         }
+    }
+    /// Stamps the record with the time of its event (the writer does, when it queues it).
+    pub fn at(mut self, unix_seconds: i64) -> Self {
+        self.at = Some(unix_seconds);
+        self
     }
     pub fn pid(mut self, pid: i32) -> Self {
         self.pid = Some(pid);
@@ -200,8 +210,9 @@ impl LifecycleRecord {
         let event = self.event.as_str();
         let mut statement = conn.prepare_cached(&format!(
             "INSERT INTO {COMPONENT_LIFECYCLE_LOG}
-             (component_id, process_pid, event_type, run_type, message, manager_script, script_path)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+             (component_id, process_pid, event_type, run_type, message, manager_script, script_path,
+              event_timestamp)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, coalesce(datetime(?8, 'unixepoch'), CURRENT_TIMESTAMP))"
         ))?;
         statement.execute(params![
             self.component_id,
@@ -210,7 +221,8 @@ impl LifecycleRecord {
             self.run_type,
             self.message,
             self.manager_script,
-            self.script_path
+            self.script_path,
+            self.at
         ])?;
         Ok(conn.last_insert_rowid())
     }

@@ -82,8 +82,12 @@ impl Writer {
         }
     }
 
-    /// Queues a lifecycle event (and logs it, in plain words).
-    pub fn event(&self, record: LifecycleRecord) {
+    /// Queues a lifecycle event (and logs it, in plain words), stamped with the time it is
+    /// queued: the time of its event, however late the database lets it be written.
+    pub fn event(&self, mut record: LifecycleRecord) {
+        if record.at.is_none() {
+            record.at = Some(crate::state::unix_now() as i64);
+        }
         tracing::info!(
             "{} {}{}: {}",
             record.component_id,
