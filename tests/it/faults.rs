@@ -199,6 +199,12 @@ fn a_write_lock_held_for_ten_seconds_loses_nothing_and_stops_no_restart() {
         env.pid_of("sleepy").is_some_and(|p| p != first && alive(p))
     });
     assert!(started.elapsed() < Duration::from_secs(5));
+    // Its row cannot be written yet; status still tells the truth, from the PID file its
+    // manager holds.
+    let restarted = env.pid_of("sleepy").unwrap();
+    let shown = env.status_json("sleepy");
+    assert_eq!(shown["actual"], "running", "{shown}");
+    assert_eq!(shown["pid"], restarted, "{shown}");
     std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
     let unlocked_at = n0m1_core::state::unix_now() as i64;
     assert_eq!(

@@ -244,11 +244,26 @@ pub fn collect_from(
         .map(|row| {
             let saved = saved.get(&row.component_id);
             let recorded = saved.map(|s| s.state);
-            let stat = match saved.and_then(|s| Some((s.pid?, s.pid_start_ticks?))) {
+            let recorded_stat = match saved.and_then(|s| Some((s.pid?, s.pid_start_ticks?))) {
                 Some((pid, ticks)) => {
                     ProcStat::read(pid).filter(|s| s.is_alive() && s.start_ticks == ticks)
                 }
                 None => None,
+            };
+            // The row is behind the process (its manager could not write it yet: a locked
+            // database, a full disk): the PID file its manager holds names the live one.
+            let (stat, behind) = match recorded_stat {
+                Some(stat) => (Some(stat), false),
+                None => {
+                    let live = n0m1_core::home::validate_component_id(&row.component_id)
+                        .ok()
+                        .and_then(|()| PidFile::inspect(&home.pid_file(&row.component_id)).ok())
+                        .and_then(|status| status.live_pid())
+                        .and_then(ProcStat::read)
+                        .filter(|s| s.is_alive());
+                    let behind = live.is_some();
+                    (live, behind)
+                }
             };
             let supervised = manager_alive(&row.manager_affinity);
             let problem = cannot_run(&row.component_id, &row.manager_affinity, &manager_names);
@@ -258,6 +273,7 @@ pub fn collect_from(
             let actual = match (recorded, &stat) {
                 (_, None) if problem.is_some() => RunState::Failed,
                 (_, Some(_)) if !supervised => RunState::Unsupervised,
+                (_, Some(_)) if behind => RunState::Running,
                 (Some(RunState::Running | RunState::Stopping), None) => RunState::Dead,
                 (Some(state), _) => state,
                 (None, Some(_)) => RunState::Running,
@@ -277,11 +293,13 @@ pub fn collect_from(
                 component_id: row.component_id,
                 manager: row.manager_affinity,
                 actual,
-                pid: saved.and_then(|s| s.pid).filter(|_| alive),
-                started_at: saved.and_then(|s| s.started_at).filter(|_| alive),
+                pid: stat.as_ref().map(|s| s.pid),
+                started_at: saved
+                    .and_then(|s| s.started_at)
+                    .filter(|_| alive && !behind),
                 uptime_secs: saved
                     .and_then(|s| s.started_at)
-                    .filter(|_| alive)
+                    .filter(|_| alive && !behind)
                     .map(|t| (now - t).max(0.0)),
                 restarts: saved.map_or(0, |s| s.restarts),
                 last_exit: saved
@@ -290,8 +308,10 @@ pub fn collect_from(
                 rss_kib,
                 cpu_percent,
                 waiting_for,
-                ready: alive && saved.is_some_and(|s| s.ready),
-                status_text: saved.and_then(|s| s.status_text.clone()).filter(|_| alive),
+                ready: alive && !behind && saved.is_some_and(|s| s.ready),
+                status_text: saved
+                    .and_then(|s| s.status_text.clone())
+                    .filter(|_| alive && !behind),
                 problem,
                 limits: own_limits,
             }
