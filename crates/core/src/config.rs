@@ -365,7 +365,7 @@ impl Config {
     /// with it) and a link to /dev/zero would never end.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         use std::io::Read;
-        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        use std::os::unix::fs::OpenOptionsExt;
         let read_error = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -383,19 +383,7 @@ impl Config {
             Err(source) => return Err(read_error(source)),
         };
         let metadata = file.metadata().map_err(read_error)?;
-        let kind = metadata.file_type();
-        if !kind.is_file() {
-            let kind = if kind.is_fifo() {
-                "a FIFO"
-            } else if kind.is_char_device() || kind.is_block_device() {
-                "a device"
-            } else if kind.is_dir() {
-                "a directory"
-            } else if kind.is_socket() {
-                "a socket"
-            } else {
-                "not a file"
-            };
+        if let Some(kind) = crate::home::not_a_regular_file(&metadata.file_type()) {
             return Err(ConfigError::NotAFile {
                 path: path.to_path_buf(),
                 kind,

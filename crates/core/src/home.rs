@@ -353,6 +353,25 @@ pub fn validate_supervised_id(id: &str) -> Result<(), HomeError> {
     Ok(())
 }
 
+/// What a file of type `kind` is when it is not a regular file (`a FIFO`, `a directory`, …),
+/// for refusals that name it; `None` for a regular file.
+pub fn not_a_regular_file(kind: &fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    Some(if kind.is_file() {
+        return None;
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    })
+}
+
 /// Opens a file for appending, creating it private to the user (0600). Used for every log
 /// file the system writes, so logs that may hold model output are never world-readable.
 pub fn open_private_append(path: &Path) -> Result<fs::File, HomeError> {

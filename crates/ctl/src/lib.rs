@@ -280,12 +280,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             id: Some(id), json, ..
         } => {
             let incident = incidents::get(&home, id)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&incident)?);
-            } else {
-                print!("{}", incidents::render_one(&incident));
-            }
-            Ok(ExitCode::SUCCESS)
+            json_or(json, &incident, || incidents::render_one(&incident))
         }
         Command::Incidents {
             id: None,
@@ -293,25 +288,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let list = incidents::list(&home, all)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                print!("{}", incidents::render(&list, all));
-            }
-            Ok(ExitCode::SUCCESS)
+            json_or(json, &list, || incidents::render(&list, all))
         }
         Command::Proposals {
             decision: None,
             all,
             json,
         } => {
-            let proposals = proposals::list(&home, all)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&proposals)?);
-            } else {
-                print!("{}", proposals::render(&proposals, all));
-            }
-            Ok(ExitCode::SUCCESS)
+            let list = proposals::list(&home, all)?;
+            json_or(json, &list, || proposals::render(&list, all))
         }
         Command::Proposals {
             decision: Some(ProposalDecision::Approve { id }),
@@ -355,6 +340,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Prints a command's sentence.
 fn say(result: anyhow::Result<String>) -> anyhow::Result<ExitCode> {
     println!("{}", result?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `value` as JSON, or the text `render` makes.
+fn json_or(
+    json: bool,
+    value: &impl serde::Serialize,
+    render: impl FnOnce() -> String,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", render());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

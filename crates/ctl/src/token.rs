@@ -48,26 +48,13 @@ fn io<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -
 /// then checked, then read: at most a token's length and a little more.
 pub fn read(path: &Path) -> Result<String, TokenError> {
     use std::io::Read;
-    use std::os::unix::fs::FileTypeExt;
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
         .open(path)
         .map_err(io(path, "read"))?;
     let meta = file.metadata().map_err(io(path, "read"))?;
-    let kind = meta.file_type();
-    if !kind.is_file() {
-        let kind = if kind.is_fifo() {
-            "a FIFO"
-        } else if kind.is_dir() {
-            "a directory"
-        } else if kind.is_char_device() || kind.is_block_device() {
-            "a device"
-        } else if kind.is_socket() {
-            "a socket"
-        } else {
-            "not a file"
-        };
+    if let Some(kind) = n0m1_core::home::not_a_regular_file(&meta.file_type()) {
         return Err(TokenError::NotAFile {
             path: path.to_path_buf(),
             kind,

@@ -187,21 +187,7 @@ impl ScriptResolver {
 
 /// What `path` is when it is not a regular file.
 fn not_a_file(path: &Path) -> Option<&'static str> {
-    use std::os::unix::fs::FileTypeExt;
-    let kind = path.metadata().ok()?.file_type();
-    Some(if kind.is_file() {
-        return None;
-    } else if kind.is_dir() {
-        "a directory"
-    } else if kind.is_fifo() {
-        "a FIFO"
-    } else if kind.is_socket() {
-        "a socket"
-    } else if kind.is_char_device() || kind.is_block_device() {
-        "a device"
-    } else {
-        "not a regular file"
-    })
+    n0m1_core::home::not_a_regular_file(&path.metadata().ok()?.file_type())
 }
 
 /// Python's `str()` of a JSON number, from its text: an integer keeps every digit (Python's
