@@ -186,11 +186,18 @@ fn an_escaped_descendant_dies_with_its_component_and_stop_leaves_no_cgroup() {
     env.ctl(&["limit", "escaper", "--memory", "256M"]).success();
     env.ctl(&["start"]).success();
     env.wait_pid("escaper", "the escaper");
-    let escaped = format!("sleep {marker}1");
-    wait_until(T, "the escaped grandchild", || {
-        processes_with(&escaped).len() == 1
-    });
-    let grandchild = processes_with(&escaped)[0];
+    // Until `env` has exec'd, the shells and `env` itself mention the marker too: the
+    // grandchild is the process that runs /bin/sleep.
+    let escaped = format!("/bin/sleep {marker}1");
+    let grandchildren = || -> Vec<i32> {
+        crate::support::live_processes_mentioning(&escaped)
+            .into_iter()
+            .filter(|(_, cmdline)| cmdline.starts_with(&escaped))
+            .map(|(pid, _)| pid)
+            .collect()
+    };
+    wait_until(T, "the escaped grandchild", || grandchildren().len() == 1);
+    let grandchild = grandchildren()[0];
     let environ = std::fs::read(format!("/proc/{grandchild}/environ")).unwrap();
     assert!(environ.is_empty(), "env -i left no environment");
     env.ctl(&["disable", "escaper"]).success();
@@ -205,7 +212,7 @@ fn an_escaped_descendant_dies_with_its_component_and_stop_leaves_no_cgroup() {
 
     env.ctl(&["enable", "escaper"]).success();
     wait_until(T, "the escaped grandchild again", || {
-        processes_with(&escaped).len() == 1
+        grandchildren().len() == 1
     });
     assert!(!home_cgroups(&env).is_empty(), "the home has its cgroups");
     env.ctl(&["stop"]).success();
