@@ -8,22 +8,9 @@ use std::time::{Duration, Instant};
 
 use predicates::str::contains;
 
-use crate::support::{TestEnv, alive, bin, wait_until};
+use crate::support::{TestEnv, alive, bin, root_or_skip, wait_until};
 
 const T: Duration = Duration::from_secs(30);
-
-/// Cgroups need root on these machines; elsewhere the tests say so (and fail under CI).
-fn root_or_skip() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "the limits tests need root (CI runs as root)"
-    );
-    eprintln!("skipped: not root");
-    false
-}
 
 /// Every directory of this home's cgroup subtree, in every hierarchy.
 fn home_cgroups(env: &TestEnv) -> Vec<PathBuf> {

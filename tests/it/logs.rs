@@ -6,7 +6,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::support::{FAST_CONFIG, TestEnv, wait_until};
+use crate::support::{FAST_CONFIG, TestEnv, alive, wait_until};
 
 const T: Duration = Duration::from_secs(30);
 const MAX_BYTES: u64 = 4096;
@@ -283,4 +283,104 @@ fn logs_on_a_terminal_escape_control_sequences() {
 
 fn file_contains_bytes(path: &std::path::Path, needle: &[u8]) -> bool {
     std::fs::read(path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+}
+
+/// A tmpfs mounted on a directory for one test, unmounted when it ends.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+        #[allow(clippy::disallowed_methods)] // test plumbing, not a supervised process
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("n0m1-test-small-disk")
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a tmpfs on {}", dir.display());
+        SmallDisk(dir.to_path_buf())
+    }
+
+    /// Writes a file until the device is full; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        loop {
+            if let Err(error) = file.write_all(&chunk) {
+                assert_eq!(error.kind(), std::io::ErrorKind::StorageFull, "{error}");
+                return path;
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        #[allow(clippy::disallowed_methods)] // test plumbing, not a supervised process
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Round three, item 11: a full disk is recorded once (`DISK_FULL`), the bytes dropped are
+/// counted and recorded when space returns (`DISK_FULL_CLEARED`), and the log file marks the
+/// gap; the component runs through it all.
+#[test]
+fn a_full_disk_is_recorded_once_and_the_bytes_dropped_when_it_clears() {
+    if !crate::support::root_or_skip() {
+        return;
+    }
+    let env = TestEnv::new();
+    let disk = SmallDisk::mount(&env.home.logs_dir(), "2m");
+    env.script(
+        "chatter.sh",
+        "#!/bin/sh\ni=0\nwhile :; do echo \"line $i\"; i=$((i+1)); sleep 0.005; done\n",
+    );
+    env.add_component("chatter", "chatter.sh", "daemon_manager", "{}");
+    env.ctl(&["start"]).success();
+    let pid = env.wait_pid("chatter", "the chatter");
+    let (log, _) = env.home.component_logs("chatter");
+    wait_until(T, "the chatter's first lines", || {
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("line 10\n"))
+    });
+    let filler = disk.fill();
+    wait_until(T, "DISK_FULL", || {
+        env.count_events(n0m1_core::home::LOGD_STEM, "DISK_FULL") == 1
+    });
+    let full = env.last_message(n0m1_core::home::LOGD_STEM, "DISK_FULL");
+    assert!(
+        full.contains("no space left on the device of logs/"),
+        "{full}"
+    );
+    // Lines keep coming and are dropped; still one event.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(env.count_events(n0m1_core::home::LOGD_STEM, "DISK_FULL"), 1);
+    assert_eq!(
+        env.count_events(n0m1_core::home::LOGD_STEM, "DISK_FULL_CLEARED"),
+        0
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(T, "DISK_FULL_CLEARED", || {
+        env.count_events(n0m1_core::home::LOGD_STEM, "DISK_FULL_CLEARED") == 1
+    });
+    let cleared = env.last_message(n0m1_core::home::LOGD_STEM, "DISK_FULL_CLEARED");
+    let dropped: u64 = cleared
+        .split(": ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {cleared:?}"));
+    assert!(dropped > 0, "{cleared}");
+    wait_until(T, "the gap marked in the chatter's log", || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|text| text.contains("bytes not written here: no space left on the device]"))
+    });
+    assert!(alive(pid), "the component ran through it");
+    assert_eq!(env.count_events(n0m1_core::home::LOGD_STEM, "DISK_FULL"), 1);
+    env.ctl(&["stop"]).success();
 }

@@ -69,6 +69,20 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
 }
 
 /// Alive per /proc: exists and is not a zombie (PID 1 here never reaps orphans).
+/// Whether this run may do what needs root (cgroups, mounts); CI runs as root, so there a
+/// missing root is a failure, not a skip.
+pub fn root_or_skip() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "this test needs root for cgroups or a mount (CI runs as root)"
+    );
+    eprintln!("skipped: not root");
+    false
+}
+
 pub fn alive(pid: i32) -> bool {
     n0m1_core::process::is_alive(pid)
 }

@@ -120,6 +120,12 @@ lifecycle_events! {
     IncidentOpened = "INCIDENT_OPENED",
     /// The component recovered: its open incident is closed.
     IncidentClosed = "INCIDENT_CLOSED",
+    /// The log writer could not write a log file for want of space: lines are dropped and
+    /// counted until space returns. Said once per episode.
+    DiskFull = "DISK_FULL",
+    /// The log writer wrote again after `DISK_FULL`; the message says how many bytes were
+    /// dropped meanwhile.
+    DiskFullCleared = "DISK_FULL_CLEARED",
 }
 
 impl LifecycleEvent {
@@ -139,6 +145,7 @@ impl LifecycleEvent {
                 | LifecycleEvent::ModelUnavailable
                 | LifecycleEvent::OomKilled
                 | LifecycleEvent::LimitsUnavailable
+                | LifecycleEvent::DiskFull
         )
     }
 }
