@@ -219,3 +219,277 @@ proptest! {
         hostile_case(rows, config);
     }
 }
+
+// Round three: what a component prints, what the token file is, and clients that stop
+// half-way. Each case runs the whole system (boot, the log writer, the web server).
+
+/// A piece of what the noisy component prints.
+#[derive(Debug, Clone)]
+enum Output {
+    Text(String),
+    /// One line of this many bytes (past the log writer's 64 KiB pieces and its 1 MiB cap).
+    Long(usize, u8),
+    /// Any bytes: NUL, invalid UTF-8, newlines where they fall.
+    Binary(Vec<u8>),
+}
+
+fn output() -> impl Strategy<Value = Output> {
+    prop_oneof![
+        "\\PC{0,80}".prop_map(Output::Text),
+        Just(Output::Text(
+            "\u{1b}]0;PWNED\u{7}\u{1b}[2J\u{1b}]52;c;cHduZWQ=\u{7}".to_owned()
+        )),
+        (60_000usize..1_500_000, b'a'..=b'z').prop_map(|(n, b)| Output::Long(n, b)),
+        prop::collection::vec(any::<u8>(), 0..4096).prop_map(Output::Binary),
+    ]
+}
+
+/// The bytes printed: the pieces, each ended by a newline, then `END`.
+fn printed(pieces: &[Output]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for piece in pieces {
+        match piece {
+            Output::Text(text) => bytes.extend(text.as_bytes()),
+            Output::Long(n, b) => bytes.extend(std::iter::repeat_n(*b, *n)),
+            Output::Binary(raw) => bytes.extend(raw),
+        }
+        bytes.push(b'\n');
+    }
+    bytes.extend(b"END\n");
+    bytes
+}
+
+/// What the log file must hold: every line as printed, one past the cap cut once and marked.
+fn logged(printed: &[u8]) -> Vec<u8> {
+    let cap = n0m1_logd::MAX_WHOLE_LINE as usize;
+    let mut expected = Vec::new();
+    for line in printed.strip_suffix(b"\n").unwrap().split(|b| *b == b'\n') {
+        if line.len() > cap {
+            expected.extend(&line[..cap]);
+            expected.extend(
+                format!(
+                    " [n0m1_logd: line cut at {cap} bytes, {} more not kept]\n",
+                    line.len() - cap
+                )
+                .as_bytes(),
+            );
+        } else {
+            expected.extend(line);
+            expected.push(b'\n');
+        }
+    }
+    expected
+}
+
+#[derive(Debug, Clone, Copy)]
+enum TokenFile {
+    Made,
+    Fifo,
+    Directory,
+    Device,
+    Empty,
+    Huge,
+    Exposed,
+}
+
+/// Puts the token file in place; returns what every refusal must say, if it must be refused.
+fn write_token(env: &TestEnv, token: TokenFile) -> Option<&'static str> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = env.home.web_token();
+    let private = |bytes: &[u8]| {
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    match token {
+        TokenFile::Made => None,
+        TokenFile::Fifo => {
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+            Some("is a FIFO")
+        }
+        TokenFile::Directory => {
+            std::fs::create_dir(&path).unwrap();
+            Some("is a directory")
+        }
+        TokenFile::Device => {
+            std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+            Some("is a device")
+        }
+        TokenFile::Empty => {
+            private(b"");
+            Some("does not hold a token")
+        }
+        TokenFile::Huge => {
+            private(&vec![b'a'; 1 << 20]);
+            Some("does not hold a token")
+        }
+        TokenFile::Exposed => {
+            private(format!("{}\n", "ab".repeat(32)).as_bytes());
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            Some("can be read by others")
+        }
+    }
+}
+
+fn token_file() -> impl Strategy<Value = TokenFile> {
+    prop::sample::select(vec![
+        TokenFile::Made,
+        TokenFile::Made,
+        TokenFile::Fifo,
+        TokenFile::Directory,
+        TokenFile::Device,
+        TokenFile::Empty,
+        TokenFile::Huge,
+        TokenFile::Exposed,
+    ])
+}
+
+/// What a client sends before it stops: a prefix of a request, or any bytes.
+fn half_request() -> impl Strategy<Value = Vec<u8>> {
+    const REQUEST: &[u8] =
+        b"POST /api/components/noisy/disable HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n{\"a\":";
+    prop_oneof![
+        (0..REQUEST.len()).prop_map(|n| REQUEST[..n].to_vec()),
+        prop::collection::vec(any::<u8>(), 1..512),
+    ]
+}
+
+fn round_three_case(pieces: Vec<Output>, token: TokenFile, halves: Vec<Vec<u8>>) {
+    use std::io::Write;
+    let env = TestEnv::new();
+    let payload = printed(&pieces);
+    eprintln!(
+        "case: {} bytes printed, token {token:?}, {} half-open clients",
+        payload.len(),
+        halves.len()
+    );
+    std::fs::write(env.home.root().join("payload"), &payload).unwrap();
+    env.script(
+        "noisy.sh",
+        &format!(
+            "#!/bin/sh\ncat '{0}/payload'\ncat '{0}/payload' >&2\nexec sleep 1000\n",
+            env.root()
+        ),
+    );
+    env.add_component("noisy", "noisy.sh", "daemon_manager", "{}");
+    let refusal = write_token(&env, token);
+    let addr = format!("127.0.0.1:{}", crate::support::free_port());
+    env.db()
+        .execute(
+            "UPDATE autorun_components SET desired_state = 'active', launch_args_json = ?1 WHERE component_id = 'n0m1_web'",
+            [format!(r#"{{"--listen": "{addr}"}}"#)],
+        )
+        .unwrap();
+    env.ctl(&["start"]).success();
+    let logd = env.wait_pid(n0m1_core::home::LOGD_STEM, "the log writer");
+
+    // Every line as printed, on both streams; one past 1 MiB cut once and marked.
+    let expected = logged(&payload);
+    let (out, err) = env.home.component_logs("noisy");
+    for file in [&out, &err] {
+        wait_until(DEADLINE, &format!("{} complete", file.display()), || {
+            std::fs::read(file).is_ok_and(|bytes| bytes.ends_with(b"\nEND\n"))
+        });
+        let got = std::fs::read(file).unwrap();
+        assert!(
+            got == expected,
+            "{}: {} bytes logged, {} expected",
+            file.display(),
+            got.len(),
+            expected.len()
+        );
+    }
+    // `logs` piped passes the bytes on and ends.
+    let shown = env.ctl(&["logs", "noisy", "-n", "3"]).success();
+    assert!(shown.get_output().stdout.ends_with(b"END\n"));
+
+    let remote = |env: &TestEnv| {
+        assert_cmd::Command::new(crate::support::bin("n0m1ctl"))
+            .args([
+                "--home",
+                env.root(),
+                "--remote",
+                &format!("http://{addr}"),
+                "status",
+            ])
+            .timeout(DEADLINE)
+            .assert()
+    };
+    match refusal {
+        Some(says) => {
+            let (_, web_err) = env.home.component_logs("n0m1_web");
+            wait_until(DEADLINE, &format!("n0m1_web's refusal: {says}"), || {
+                file_contains(&web_err, says)
+            });
+            let answer = remote(&env).failure();
+            let error = String::from_utf8_lossy(&answer.get_output().stderr).into_owned();
+            assert!(
+                error.contains("web.token") && error.contains(says),
+                "{error}"
+            );
+        }
+        None => {
+            wait_until(DEADLINE, "n0m1_web ready", || {
+                env.status_json("n0m1_web")["ready"] == true
+            });
+            let mut held = Vec::new();
+            for half in &halves {
+                let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+                // The server may close on garbage at once.
+                let _ = stream.write_all(half);
+                held.push(stream);
+            }
+            // The half-open clients are still connected; others are served.
+            assert_eq!(
+                crate::web::http(&addr, "GET", "/healthz", &[], b"").status,
+                200
+            );
+            let listed = remote(&env).success();
+            let text = String::from_utf8_lossy(&listed.get_output().stdout).into_owned();
+            assert!(text.contains("noisy"), "{text}");
+            drop(held);
+        }
+    }
+    assert_eq!(
+        env.state_of("noisy").as_deref(),
+        Some("running"),
+        "no half request reached it"
+    );
+    assert_eq!(
+        env.pid_of(n0m1_core::home::LOGD_STEM),
+        Some(logd),
+        "the log writer never died"
+    );
+    env.ctl(&["stop"]).success();
+    assert!(
+        env.live_processes().is_empty(),
+        "{:?}",
+        env.live_processes()
+    );
+    for dir in [env.home.logs_dir(), env.home.manager_logs_dir()] {
+        for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("noisy.") {
+                continue;
+            }
+            assert!(!file_contains(&entry.path(), "panicked"), "{name}");
+        }
+    }
+}
+
+proptest! {
+    // The whole system per case, with lines up to 1.5 MB through the log writer.
+    #![proptest_config(ProptestConfig {
+        cases: 16,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn long_lines_binary_output_bad_tokens_and_half_open_clients_break_nothing(
+        pieces in prop::collection::vec(output(), 1..5),
+        token in token_file(),
+        halves in prop::collection::vec(half_request(), 0..200),
+    ) {
+        round_three_case(pieces, token, halves);
+    }
+}

@@ -1025,3 +1025,125 @@ fn the_model_service_drops_work_for_clients_that_are_gone_and_half_requests() {
     }
     assert_eq!(closed, halves.len());
 }
+
+/// What a hostile client of the model service sends before it stops or hangs up.
+#[derive(Debug, Clone)]
+enum Sent {
+    /// A prefix of a good `open` request, then nothing (half-open).
+    Half(usize),
+    /// Any bytes, newlines where they fall.
+    Bytes(Vec<u8>),
+    /// A line past the 1 MiB limit.
+    TooLong(usize),
+    /// A complete request with NUL and invalid UTF-8 in it.
+    Garbled(Vec<u8>),
+}
+
+fn sent() -> impl proptest::strategy::Strategy<Value = (Sent, bool)> {
+    use proptest::prelude::*;
+    let what = prop_oneof![
+        (0usize..120).prop_map(Sent::Half),
+        prop::collection::vec(any::<u8>(), 1..2048).prop_map(Sent::Bytes),
+        (0usize..4096).prop_map(|extra| Sent::TooLong(
+            n0m1_protocol::model_service::MAX_LINE_BYTES + 1 + extra
+        )),
+        prop::collection::vec(prop_oneof![Just(0u8), Just(0xffu8), any::<u8>()], 1..64)
+            .prop_map(Sent::Garbled),
+    ];
+    (what, any::<bool>())
+}
+
+/// Hostile clients, generated (round three of the hostile-input tests): half requests held
+/// open, random bytes, lines past the limit, garbled requests, up to twice as many clients
+/// as the service has slots. Whatever they send, the service stays up, a good client is
+/// served once the bad ones are closed or timed out, and nothing panics.
+fn hostile_clients_case(clients: Vec<(Sent, bool)>) {
+    use std::io::Write;
+    let mut env = Env::bare();
+    let stderr = env.home.join("service.err");
+    let child = Command::new(SERVICE)
+        .arg("--home")
+        .arg(&env.home)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    env.children.push(child);
+    let socket = env.socket();
+    wait_until("the model service to answer", || {
+        n0m1_protocol::model_service::status(&socket).is_ok()
+    });
+    let open = format!(
+        "{{\"op\": \"open\", \"model\": {}, \"default_model\": \"x\", \"lora\": null, \"quantize\": false}}\n",
+        serde_json::Value::String(env.model().to_owned())
+    );
+    let mut held = Vec::new();
+    for (what, hang_up) in &clients {
+        // A full service refuses new clients: that is its limit working, not a failure.
+        let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&socket) else {
+            continue;
+        };
+        let bytes = match what {
+            Sent::Half(n) => open.as_bytes()[..(*n).min(open.len() - 1)].to_vec(),
+            Sent::Bytes(raw) => raw.clone(),
+            Sent::TooLong(n) => vec![b'{'; *n],
+            Sent::Garbled(raw) => {
+                let mut line = b"{\"op\": \"complete\", \"prompt\": \"".to_vec();
+                line.extend(raw.iter().filter(|b| **b != b'\n'));
+                line.extend(b"\", \"system\": null, \"max_new_tokens\": 3}\n");
+                line
+            }
+        };
+        // The service may close on a bad line before all of it is read.
+        let _ = stream.write_all(&bytes);
+        if !hang_up {
+            held.push(stream);
+        }
+    }
+    // A good client is served once the bad ones are gone (refused, or timed out).
+    wait_until("the service to answer a good client", || {
+        n0m1_protocol::model_service::status(&socket).is_ok()
+    });
+    let mut good = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    good.set_read_timeout(Some(T)).unwrap();
+    good.write_all(open.as_bytes()).unwrap();
+    good.write_all(
+        b"{\"op\": \"complete\", \"system\": null, \"prompt\": \"hi\", \"max_new_tokens\": 2}\n",
+    )
+    .unwrap();
+    let mut replies = std::io::BufRead::lines(std::io::BufReader::new(good));
+    let opened = replies.next().unwrap().unwrap();
+    assert!(opened.contains("opened"), "{opened}");
+    let completed = replies.next().unwrap().unwrap();
+    assert!(completed.contains("completed"), "{completed}");
+    eprintln!(
+        "{} hostile clients, {} held open",
+        clients.len(),
+        held.len()
+    );
+    drop(held);
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok(),
+        "the service is still up"
+    );
+    env.stop(pid);
+    let said = std::fs::read_to_string(&stderr).unwrap();
+    assert!(!said.contains("panicked"), "{said}");
+}
+
+proptest::proptest! {
+    // A service per case; a case that fills every slot waits out the 5 s request timeout.
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 8,
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    #[test]
+    fn hostile_clients_cannot_take_the_model_service_down(
+        clients in proptest::collection::vec(sent(), 0..2 * n0m1_models::service::MAX_CONNECTIONS),
+    ) {
+        hostile_clients_case(clients);
+    }
+}
