@@ -50,3 +50,5 @@ mod house;
 // Resource limits: cgroups per component, OOM_KILLED, CPU and task limits, escaped trees,
 // two homes apart, run as nobody, no permission.
 mod limits;
+// Schedules: every and cron (seconds), overlap skip, missed once, status's next run, refusals.
+mod schedules;

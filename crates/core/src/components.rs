@@ -137,6 +137,8 @@ pub struct NewComponent<'a> {
     pub manager_affinity: &'a str,
     pub active: bool,
     pub launch_args_json: &'a str,
+    /// `RUN_TYPE_PRIMARY` or `RUN_TYPE_ONESHOT`.
+    pub run_type: &'a str,
     pub description: &'a str,
 }
 
@@ -160,7 +162,7 @@ pub fn insert_if_missing(conn: &Connection, row: NewComponent<'_>) -> rusqlite::
             row.manager_affinity,
             desired,
             row.launch_args_json,
-            RUN_TYPE_PRIMARY,
+            row.run_type,
             row.description
         ])?;
     Ok(inserted > 0)
@@ -180,6 +182,7 @@ mod tests {
     fn rows_of_a_manager_include_the_original_script_spelling() {
         let conn = db();
         let new = |id, manager| NewComponent {
+            run_type: RUN_TYPE_PRIMARY,
             component_id: id,
             base_script_name: "x.sh",
             manager_affinity: manager,

@@ -212,6 +212,7 @@ impl<'a> From<&'a DefaultComponent> for NewComponent<'a> {
             manager_affinity: row.manager_affinity,
             active: row.desired_state == DESIRED_ACTIVE,
             launch_args_json: row.launch_args_json,
+            run_type: crate::components::RUN_TYPE_PRIMARY,
             description: row.description,
         }
     }

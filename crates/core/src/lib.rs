@@ -30,6 +30,7 @@ pub mod pidfile;
 pub mod process;
 pub mod resources;
 pub mod runtime;
+pub mod schedules;
 pub mod schema;
 pub mod state;
 pub mod text;

@@ -120,6 +120,11 @@ lifecycle_events! {
     IncidentOpened = "INCIDENT_OPENED",
     /// The component recovered: its open incident is closed.
     IncidentClosed = "INCIDENT_CLOSED",
+    /// A scheduled component was started on its schedule (or once after a missed run, or by
+    /// an operator's restart); the message says why and when it runs next.
+    ScheduledStart = "SCHEDULED_START",
+    /// A scheduled run fell due while the last one still ran (`overlap skip`): not run.
+    SkippedOverlap = "SKIPPED_OVERLAP",
     /// The log writer could not write a log file for want of space: lines are dropped and
     /// counted until space returns. Said once per episode.
     DiskFull = "DISK_FULL",

@@ -35,6 +35,7 @@ pub const COMPONENT_LIMITS: &str = "component_limits";
 pub const ACTION_PROPOSALS: &str = "action_proposals";
 pub const ACTION_POLICY: &str = "action_policy";
 pub const INCIDENTS: &str = "incidents";
+pub const COMPONENT_SCHEDULES: &str = "component_schedules";
 
 /// Every table of the original's schema, in the order the spec lists them.
 pub const ORIGINAL_TABLES: &[&str] = &[
@@ -70,6 +71,7 @@ pub const N0M1_TABLES: &[&str] = &[
     ACTION_PROPOSALS,
     ACTION_POLICY,
     INCIDENTS,
+    COMPONENT_SCHEDULES,
 ];
 
 /// The SQL of each migration, oldest first; `PRAGMA user_version` records how many ran.
@@ -84,6 +86,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../../../migrations/08-resources/up.sql"),
     include_str!("../../../migrations/09-limits/up.sql"),
     include_str!("../../../migrations/10-actions/up.sql"),
+    include_str!("../../../migrations/11-schedules/up.sql"),
 ];
 
 /// The schema's migrations, oldest first.

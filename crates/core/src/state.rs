@@ -29,6 +29,8 @@ pub enum RunState {
     Failed,
     /// A one-shot run that finished cleanly.
     Completed,
+    /// A scheduled one-shot between runs: it starts at its next time.
+    Scheduled,
     /// Shown by `status`, never written by a manager: the recorded process is alive but no
     /// manager of its affinity is running.
     Unsupervised,
@@ -38,6 +40,20 @@ pub enum RunState {
 }
 
 impl RunState {
+    /// Every state, in the order they are listed above.
+    pub const ALL: &'static [RunState] = &[
+        RunState::Running,
+        RunState::Stopping,
+        RunState::Stopped,
+        RunState::Waiting,
+        RunState::Backoff,
+        RunState::Failed,
+        RunState::Completed,
+        RunState::Scheduled,
+        RunState::Unsupervised,
+        RunState::Dead,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RunState::Running => "running",
@@ -47,6 +63,7 @@ impl RunState {
             RunState::Backoff => "backoff",
             RunState::Failed => "failed",
             RunState::Completed => "completed",
+            RunState::Scheduled => "scheduled",
             RunState::Unsupervised => "unsupervised",
             RunState::Dead => "dead",
         }
@@ -70,6 +87,7 @@ impl FromStr for RunState {
             "backoff" => RunState::Backoff,
             "failed" => RunState::Failed,
             "completed" => RunState::Completed,
+            "scheduled" => RunState::Scheduled,
             "unsupervised" => RunState::Unsupervised,
             "dead" => RunState::Dead,
             other => return Err(format!("unknown run state {other:?}")),
@@ -301,16 +319,7 @@ mod tests {
 
     #[test]
     fn states_round_trip() {
-        for state in [
-            RunState::Running,
-            RunState::Stopping,
-            RunState::Stopped,
-            RunState::Backoff,
-            RunState::Failed,
-            RunState::Completed,
-            RunState::Unsupervised,
-            RunState::Dead,
-        ] {
+        for &state in RunState::ALL {
             assert_eq!(state.as_str().parse::<RunState>().unwrap(), state);
         }
     }

@@ -131,6 +131,7 @@ pub struct NewRow {
     pub manager: String,
     pub args_json: String,
     pub active: bool,
+    pub oneshot: bool,
 }
 
 /// `add`: a new row, checked the way its manager will check it, so a row that cannot run is
@@ -142,7 +143,12 @@ pub fn add(home: &Home, new: &NewRow) -> anyhow::Result<String> {
     if let Some(problem) = cannot_run(&new.component_id, &new.manager, &managers) {
         bail!("cannot add '{}': {problem}", printable(&new.component_id));
     }
-    launch_args(Some(&new.args_json), components::RUN_TYPE_PRIMARY)
+    let run_type = if new.oneshot {
+        components::RUN_TYPE_ONESHOT
+    } else {
+        components::RUN_TYPE_PRIMARY
+    };
+    launch_args(Some(&new.args_json), run_type)
         .with_context(|| format!("cannot add '{}': --args", printable(&new.component_id)))?;
     let bin_dir = n0m1_core::process::own_bin_dir().unwrap_or_default();
     ScriptResolver::new(home, bin_dir)
@@ -156,6 +162,7 @@ pub fn add(home: &Home, new: &NewRow) -> anyhow::Result<String> {
             manager_affinity: &new.manager,
             active: new.active,
             launch_args_json: &new.args_json,
+            run_type,
             description: "added with n0m1ctl add",
         },
     )
@@ -167,7 +174,12 @@ pub fn add(home: &Home, new: &NewRow) -> anyhow::Result<String> {
             printable(&new.component_id)
         );
     }
-    let state = if new.active { "active" } else { "inactive" };
+    let state = match (new.active, new.oneshot) {
+        (true, false) => "active",
+        (false, false) => "inactive",
+        (true, true) => "active, one-shot",
+        (false, true) => "inactive, one-shot",
+    };
     Ok(format!(
         "added {} ({state}, {}); {}",
         new.component_id,

@@ -22,6 +22,7 @@ pub mod logs;
 pub mod metrics;
 pub mod proposals;
 pub mod remote;
+pub mod schedule;
 pub mod status;
 pub mod token;
 
@@ -115,7 +116,14 @@ pub enum Command {
         /// Add it inactive (default: active, started within a second).
         #[arg(long)]
         inactive: bool,
+        /// A one-shot (run_type_on_boot ONESHOT): run once, not restarted after a clean
+        /// exit; what `n0m1ctl schedule` runs on a schedule.
+        #[arg(long)]
+        oneshot: bool,
     },
+    /// Show, set or clear when a ONESHOT component runs on its own: every DURATION or a cron
+    /// expression, with rules for an overlapping and a missed run.
+    Schedule(schedule::ScheduleArgs),
     /// Show or set a component's limits (memory, CPU, tasks) and account; applied to the
     /// running process at once through its cgroup.
     Limit(limits::LimitArgs),
@@ -264,6 +272,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             manager,
             args,
             inactive,
+            oneshot,
         } => say(components::add(
             &home,
             &components::NewRow {
@@ -272,10 +281,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 manager,
                 args_json: args,
                 active: !inactive,
+                oneshot,
             },
         )),
         Command::Remove { component_id } => say(components::remove(&home, &component_id)),
         Command::Limit(args) => say(limits::run(&home, &args)),
+        Command::Schedule(args) => say(schedule::run(&home, &args)),
         Command::Incidents {
             id: Some(id), json, ..
         } => {

@@ -268,6 +268,7 @@ fn perform(home: &Home, conn: &Connection, action: &actions::Action) -> anyhow::
                         manager_affinity: NANO_MANAGER,
                         active: true,
                         launch_args_json: &args,
+                        run_type: components::RUN_TYPE_PRIMARY,
                         description: "created by CMD:START",
                     },
                 )

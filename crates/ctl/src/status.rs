@@ -86,6 +86,9 @@ pub struct ComponentView {
     /// Its limits and account, and what its cgroup says it uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<crate::limits::LimitsView>,
+    /// Its schedule, next run and last start, if it runs on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::schedule::ScheduleView>,
 }
 
 /// What waiting components wait for, from the same rules the managers apply.
@@ -239,6 +242,7 @@ pub fn collect_from(
     let now = unix_now();
     let waiting = WaitingView::read(conn, &rows, &saved);
     let mut limits = crate::limits::views(conn, home, &config, &rows);
+    let mut schedules = crate::schedule::views(conn, &rows);
     let components = rows
         .into_iter()
         .map(|row| {
@@ -288,6 +292,7 @@ pub fn collect_from(
                 _ => (None, None),
             };
             let own_limits = limits.remove(&row.component_id);
+            let schedule = schedules.remove(&row.component_id);
             ComponentView {
                 desired: row.desired_state().to_owned(),
                 component_id: row.component_id,
@@ -314,6 +319,7 @@ pub fn collect_from(
                     .filter(|_| alive && !behind),
                 problem,
                 limits: own_limits,
+                schedule,
             }
         })
         .collect();
@@ -408,10 +414,16 @@ pub fn print(view: &SystemView, detailed: bool, json: bool) -> anyhow::Result<Ex
         };
         // What the component says of itself while it runs; otherwise how it last ended.
         let waiting = c.waiting_for.as_ref().map(|w| format!("waiting for {w}"));
+        let next = c
+            .schedule
+            .as_ref()
+            .filter(|_| c.actual == RunState::Scheduled)
+            .map(schedule_note);
         let note = c
             .problem
             .as_deref()
             .or(waiting.as_deref())
+            .or(next.as_deref())
             .or(c.status_text.as_deref())
             .or(c.last_exit.as_deref())
             .unwrap_or("-");
@@ -455,6 +467,15 @@ pub fn print(view: &SystemView, detailed: bool, json: bool) -> anyhow::Result<Ex
         }
     }
     Ok(code)
+}
+
+/// What the table says of a scheduled component between runs.
+fn schedule_note(schedule: &crate::schedule::ScheduleView) -> String {
+    match (&schedule.problem, &schedule.next_run_text) {
+        (Some(problem), _) => format!("schedule not followed: {problem}"),
+        (None, Some(next)) => format!("next run {next}"),
+        (None, None) => "no next run".to_owned(),
+    }
 }
 
 /// `status ID`: one component as `systemctl status` shows a unit.
@@ -538,6 +559,21 @@ pub fn print_detail(detail: &ComponentDetail, json: bool) -> anyhow::Result<Exit
     if let Some(problem) = &c.problem {
         println!("     Problem: {}", printable(problem));
     }
+    if let Some(schedule) = &c.schedule {
+        println!(
+            "    Schedule: {} (overlap {}, missed {})",
+            printable(&schedule.spec),
+            schedule.overlap,
+            schedule.missed
+        );
+        match &schedule.problem {
+            Some(problem) => println!("              not followed: {}", printable(problem)),
+            None => println!(
+                "    Next run: {}",
+                schedule.next_run_text.as_deref().unwrap_or("never")
+            ),
+        }
+    }
     if let Some(limits) = &c.limits {
         println!("      Limits: {}", printable(&limits.summary));
         let mut usage = Vec::new();
@@ -568,7 +604,8 @@ pub fn print_detail(detail: &ComponentDetail, json: bool) -> anyhow::Result<Exit
         }
     }
     Ok(match c.actual {
-        RunState::Running => ExitCode::SUCCESS,
+        // Between runs a scheduled component is where it should be.
+        RunState::Running | RunState::Scheduled => ExitCode::SUCCESS,
         _ => ExitCode::from(EXIT_NOT_RUNNING),
     })
 }

@@ -21,9 +21,11 @@ use n0m1_core::state::{ComponentState, Request, RunState};
 use crate::reaper::ExitCause;
 
 mod health;
+mod schedule;
 mod waiting;
 pub use health::Checks;
 use n0m1_core::health::HealthCheck;
+pub use schedule::Timing;
 pub use waiting::Gate;
 
 /// How long after SIGKILL a process may take to vanish before the stop is called failed.
@@ -105,7 +107,9 @@ pub enum Input {
     /// The component's own memory limit killed a process of it (its cgroup's OOM counter
     /// rose): said before the leader's `Exited`, which is then recorded as `OOM_KILLED`.
     OutOfMemory { pid: i32, detail: String },
-    /// Time passed (backoff over, stop deadline reached).
+    /// The component's `component_schedules` row, as the latest pass read it.
+    Timing(Timing),
+    /// Time passed (backoff over, stop deadline reached, a scheduled time come).
     Tick,
     /// The manager is stopping.
     Shutdown,
@@ -226,6 +230,8 @@ enum Phase {
     },
     Failed,
     Completed,
+    /// A scheduled one-shot between runs (`schedule.rs`).
+    Scheduled,
 }
 
 /// One supervised component.
@@ -250,6 +256,8 @@ pub struct Component {
     out_of_memory: Option<String>,
     /// The cycle last reported, so it is said once.
     reported_cycle: Option<String>,
+    /// Its schedule's clock, if it is a scheduled one-shot.
+    timer: Option<schedule::Timer>,
 }
 
 impl Component {
@@ -267,6 +275,7 @@ impl Component {
             limits: Limits::default(),
             out_of_memory: None,
             reported_cycle: None,
+            timer: None,
         }
     }
 
@@ -299,6 +308,7 @@ impl Component {
             Phase::Backoff { .. } => RunState::Backoff,
             Phase::Failed => RunState::Failed,
             Phase::Completed => RunState::Completed,
+            Phase::Scheduled => RunState::Scheduled,
         }
     }
 
@@ -365,7 +375,14 @@ impl Component {
     /// When the machine next needs a `Tick`.
     pub fn deadline(&self, now: Instant) -> Option<Instant> {
         match &self.phase {
-            Phase::Running(proc) => proc.checks.deadline(&self.health),
+            Phase::Running(proc) => {
+                let health = proc.checks.deadline(&self.health);
+                match (health, self.timer_deadline()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            Phase::Scheduled => self.timer_deadline(),
             Phase::Waiting { give_up, .. } => self.waiting_deadline(*give_up),
             Phase::Backoff { until } => Some(*until),
             Phase::Stopping {
@@ -464,6 +481,7 @@ impl Component {
                 }
             }
             Input::Dependencies(gate) => self.on_gate(gate, cx, &mut out),
+            Input::Timing(timing) => self.on_timing(timing, cx, &mut out),
             Input::ProbeStarted { pid } => self.on_probe_started(pid),
             Input::ProbeDone { pid, ok, how } => self.on_probe_done(pid, ok, how, cx, &mut out),
             Input::Vanished { pid, restarts } if self.phase == Phase::Idle => {
@@ -487,7 +505,7 @@ impl Component {
                     self.begin_stop(AfterStop::Stop, "manager shutting down", cx, &mut out)
                 }
                 Phase::Stopping { then, .. } => *then = AfterStop::Stop,
-                Phase::Backoff { .. } | Phase::Waiting { .. } => {
+                Phase::Backoff { .. } | Phase::Waiting { .. } | Phase::Scheduled => {
                     self.phase = Phase::Idle;
                     out.push(Effect::save());
                 }
@@ -568,7 +586,12 @@ impl Component {
                 .is_some_and(|settled| *settled != row);
         self.row = row;
         let active = self.row.desired_active;
+        let scheduled = self.timer.is_some() && self.row.is_oneshot();
         match (&mut self.phase, active) {
+            (Phase::Idle, true) if scheduled => {
+                self.quick_deaths = 0;
+                self.wait_for_next(cx, out);
+            }
             (Phase::Idle, true) => {
                 self.quick_deaths = 0;
                 self.start(cx, out);
@@ -577,11 +600,22 @@ impl Component {
                 self.quick_deaths = 0;
                 self.recent_exits.clear();
                 self.settled_row = None;
+                let then = if scheduled {
+                    "reset by an operator; waiting for its next time"
+                } else {
+                    "reset by an operator; starting again"
+                };
                 out.push(Effect::Record(
-                    self.record(LifecycleEvent::Reset)
-                        .message("reset by an operator; starting again"),
+                    self.record(LifecycleEvent::Reset).message(then),
                 ));
-                self.start(cx, out);
+                if scheduled {
+                    self.wait_for_next(cx, out);
+                } else {
+                    self.start(cx, out);
+                }
+            }
+            (Phase::Scheduled, true) if restart => {
+                self.run_scheduled("run now by an operator (`n0m1ctl restart`)", cx, out)
             }
             (Phase::Running(_), true) if restart => self.begin_stop(
                 AfterStop::Restart,
@@ -614,7 +648,11 @@ impl Component {
                 *then = AfterStop::Stop
             }
             (
-                Phase::Backoff { .. } | Phase::Failed | Phase::Completed | Phase::Waiting { .. },
+                Phase::Backoff { .. }
+                | Phase::Failed
+                | Phase::Completed
+                | Phase::Waiting { .. }
+                | Phase::Scheduled,
                 false,
             ) => {
                 self.phase = Phase::Idle;

@@ -280,7 +280,7 @@ async function componentPage(id) {
   const rows = [["manager", c.manager], ["desired", c.desired], ["actual", c.actual], ["ready", c.pid == null ? "-" : (c.ready ? "yes" : "no")],
     ["pid", c.pid ?? "-"], ["uptime", duration(c.uptime_secs)], ["restarts", c.restarts], ["last exit", c.last_exit || "-"],
     ["status", c.status_text || "-"], ["waiting for", c.waiting_for || "-"], ["problem", c.problem || "-"],
-    ...limitRows(c.limits)];
+    ...limitRows(c.limits), ...scheduleRows(c.schedule)];
   const table = el("table", {}, el("tbody", {}, ...rows.map(([k, v]) => el("tr", {}, el("th", {}, k), k === "actual" ? stateCell(v) : el("td", {}, v)))));
   document.getElementById("summary").replaceChildren(el("h2", {}, c.component_id), table,
     el("table", {}, el("tbody", {}, el("tr", { "data-component": c.component_id, "data-actual": c.actual }, actionButtons(c)))));
@@ -293,6 +293,13 @@ async function componentPage(id) {
   // CPU % between consecutive samples (a drop means a process of the tree exited).
   const pct = samples.slice(1).map((s, i) => Math.max(0, (s.cpu_seconds - samples[i].cpu_seconds) / Math.max(1e-3, s.sampled_at - samples[i].sampled_at) * 100));
   chart(cpu, "cpu", "CPU %", pct.length ? [xs.slice(1), pct] : [], "needs two samples");
+}
+
+/** Its schedule and next run (`n0m1ctl schedule`), if it runs on one. */
+function scheduleRows(schedule) {
+  if (!schedule) return [];
+  const rules = `${schedule.spec} (overlap ${schedule.overlap}, missed ${schedule.missed})`;
+  return [["schedule", rules], ["next run", schedule.problem ? "not followed: " + schedule.problem : (schedule.next_run_text || "never")]];
 }
 
 /** Limits and what the component's cgroup says it uses now (`n0m1ctl limit`). */

@@ -16,17 +16,7 @@ use n0m1_ctl::status::SystemView;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Every state a component can show, so `n0m1_component_state` has each series every scrape.
-pub const STATES: &[RunState] = &[
-    RunState::Running,
-    RunState::Stopping,
-    RunState::Stopped,
-    RunState::Waiting,
-    RunState::Backoff,
-    RunState::Failed,
-    RunState::Completed,
-    RunState::Unsupervised,
-    RunState::Dead,
-];
+pub const STATES: &[RunState] = RunState::ALL;
 
 /// The latest value of each system metric, when there is one.
 #[derive(Debug, Clone, Default)]
@@ -343,6 +333,7 @@ mod tests {
                 summary: "memory_max 64.0 MiB".into(),
                 ..Default::default()
             }),
+            schedule: None,
         }
     }
 

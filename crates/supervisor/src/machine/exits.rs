@@ -57,6 +57,10 @@ impl Component {
                 ))
             }
         };
+        if self.scheduled_exit(pid, &cause, exit_record.clone(), cx, out) {
+            out.push(Effect::KillOrphans);
+            return;
+        }
         if self.row.is_oneshot() && cause.is_clean() {
             self.phase = Phase::Completed;
             self.settled_row = Some(self.row.clone());
@@ -194,12 +198,17 @@ impl Component {
                 out.push(Effect::save());
                 out.push(Effect::Forget);
             }
+            // Stopped for the run due after it (`overlap kill`).
+            AfterStop::Stop if self.scheduled() && self.row.desired_active && !cx.shutting_down => {
+                self.after_run(cx, out)
+            }
             _ => out.push(Effect::save()),
         }
         out.push(Effect::KillOrphans);
     }
 
     pub(super) fn on_tick(&mut self, cx: &Context<'_>, out: &mut Vec<Effect>) {
+        self.schedule_tick(cx, out);
         match self.phase {
             Phase::Running(_) => return self.health_tick(cx, out),
             Phase::Waiting { .. } => return self.waiting_tick(cx, out),

@@ -1108,3 +1108,222 @@ fn an_oom_kill_record_names_the_limit_and_the_peak() {
         "{record:?}"
     );
 }
+
+fn scheduled_row() -> ComponentRow {
+    let mut row = row(true);
+    row.run_type = RUN_TYPE_ONESHOT.into();
+    row
+}
+
+fn scheduled_input() -> Input {
+    Input::Row {
+        row: scheduled_row(),
+        request: None,
+    }
+}
+
+/// `every 2s`, with the overlap and missed rules given; the log saw it last at `last_run`.
+fn every_two_seconds(overlap: &str, missed: &str, last_run: Option<f64>) -> Input {
+    let row = n0m1_core::schedules::ScheduleRow {
+        component_id: "c".into(),
+        spec: "every 2s".into(),
+        overlap: overlap.into(),
+        missed: missed.into(),
+    };
+    Input::Timing(Timing::Scheduled {
+        schedule: row.check().unwrap(),
+        last_run,
+    })
+}
+
+// The table's clock: unix 1000.0 at 0 ms, so `every 2s` is due at 1002 (2,000 ms), 1004, …
+
+#[test]
+fn a_scheduled_oneshot_runs_on_time_and_waits_between_runs() {
+    let c = check_with(
+        Component::new(scheduled_row()),
+        &policy(),
+        &[
+            (0, every_two_seconds("skip", "skip", None), &[]),
+            (0, scheduled_input(), &["save"]),
+            (1_000, Input::Tick, &[]),
+            (2_000, Input::Tick, &["spawn", "SCHEDULED_START"]),
+            (2_000, spawned(10), &["START_ATTEMPT", "save"]),
+            // A clean end: back to waiting, never restarted between runs.
+            (
+                2_500,
+                exited(10, ExitCause::Code(0)),
+                &["kill 10", "release", "STOPPED", "save", "orphans"],
+            ),
+            (3_000, Input::Tick, &[]),
+            (4_000, Input::Tick, &["spawn", "SCHEDULED_START"]),
+        ],
+    );
+    assert_eq!(c.next_run(), Some(1_006.0));
+}
+
+#[test]
+fn overlap_skip_records_the_skipped_run_and_queue_runs_it_after() {
+    let skip = check_with(
+        Component::new(scheduled_row()),
+        &policy(),
+        &[
+            (0, every_two_seconds("skip", "skip", None), &[]),
+            (0, scheduled_input(), &["save"]),
+            (2_000, Input::Tick, &["spawn", "SCHEDULED_START"]),
+            (2_000, spawned(10), &["START_ATTEMPT", "save"]),
+            // Still running when the next run is due.
+            (4_000, Input::Tick, &["SKIPPED_OVERLAP"]),
+            (
+                5_000,
+                exited(10, ExitCause::Code(0)),
+                &["kill 10", "release", "STOPPED", "save", "orphans"],
+            ),
+            (6_000, Input::Tick, &["spawn", "SCHEDULED_START"]),
+        ],
+    );
+    assert_eq!(skip.next_run(), Some(1_008.0));
+    check_with(
+        Component::new(scheduled_row()),
+        &policy(),
+        &[
+            (0, every_two_seconds("queue", "skip", None), &[]),
+            (0, scheduled_input(), &["save"]),
+            (2_000, Input::Tick, &["spawn", "SCHEDULED_START"]),
+            (2_000, spawned(10), &["START_ATTEMPT", "save"]),
+            (4_000, Input::Tick, &[]),
+            // The queued run starts as the last one ends.
+            (
+                5_000,
+                exited(10, ExitCause::Code(0)),
+                &[
+                    "kill 10",
+                    "release",
+                    "STOPPED",
+                    "spawn",
+                    "SCHEDULED_START",
+                    "orphans",
+                ],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn overlap_kill_stops_the_old_run_and_starts_the_new_one() {
+    check_with(
+        Component::new(scheduled_row()),
+        &policy(),
+        &[
+            (0, every_two_seconds("kill", "skip", None), &[]),
+            (0, scheduled_input(), &["save"]),
+            (2_000, Input::Tick, &["spawn", "SCHEDULED_START"]),
+            (2_000, spawned(10), &["START_ATTEMPT", "save"]),
+            (4_000, Input::Tick, &["term 10", "STOP_REQUESTED", "save"]),
+            (4_100, exited(10, ExitCause::Signal(Signal::SIGTERM)), &[]),
+            (
+                4_100,
+                Input::TreeGone,
+                &[
+                    "STOPPED_SUCCESSFULLY",
+                    "release",
+                    "spawn",
+                    "SCHEDULED_START",
+                    "orphans",
+                ],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_missed_run_is_run_once_only_when_the_row_says_once() {
+    // Last run at 990: the run due at 992 was missed while no manager ran.
+    check_with(
+        Component::new(scheduled_row()),
+        &policy(),
+        &[
+            (0, every_two_seconds("skip", "once", Some(990.0)), &[]),
+            (0, scheduled_input(), &["spawn", "SCHEDULED_START"]),
+        ],
+    );
+    check_with(
+        Component::new(scheduled_row()),
+        &policy(),
+        &[
+            (0, every_two_seconds("skip", "skip", Some(990.0)), &[]),
+            (0, scheduled_input(), &["save"]),
+        ],
+    );
+    // Nothing was missed: the last run was the last one due.
+    check_with(
+        Component::new(scheduled_row()),
+        &policy(),
+        &[
+            (0, every_two_seconds("skip", "once", Some(999.5)), &[]),
+            (0, scheduled_input(), &["save"]),
+        ],
+    );
+}
+
+#[test]
+fn failed_runs_count_as_quick_deaths_and_end_failed() {
+    let c = check_with(
+        Component::new(scheduled_row()),
+        &policy(),
+        &[
+            (0, every_two_seconds("skip", "skip", None), &[]),
+            (0, scheduled_input(), &["save"]),
+            (2_000, Input::Tick, &["spawn", "SCHEDULED_START"]),
+            (2_000, spawned(10), &["START_ATTEMPT", "save"]),
+            (
+                2_100,
+                exited(10, ExitCause::Code(1)),
+                &["kill 10", "release", "CRASHED", "save", "orphans"],
+            ),
+            (4_000, Input::Tick, &["spawn", "SCHEDULED_START"]),
+            (4_000, spawned(11), &["START_ATTEMPT", "save"]),
+            (
+                4_100,
+                exited(11, ExitCause::Code(1)),
+                &["kill 11", "release", "CRASHED", "save", "orphans"],
+            ),
+            (6_000, Input::Tick, &["spawn", "SCHEDULED_START"]),
+            (6_000, spawned(12), &["START_ATTEMPT", "save"]),
+            (
+                6_100,
+                exited(12, ExitCause::Code(1)),
+                &["kill 12", "release", "CRASHED", "FAILED", "save", "orphans"],
+            ),
+            (8_000, Input::Tick, &[]),
+        ],
+    );
+    assert_eq!(c.run_state(), RunState::Failed);
+}
+
+#[test]
+fn a_removed_schedule_leaves_it_completed_and_a_broken_one_never_runs() {
+    let c = check_with(
+        Component::new(scheduled_row()),
+        &policy(),
+        &[
+            (0, every_two_seconds("skip", "skip", None), &[]),
+            (0, scheduled_input(), &["save"]),
+            (1_000, Input::Timing(Timing::Unscheduled), &["save"]),
+            (2_000, Input::Tick, &[]),
+            (2_000, scheduled_input(), &[]),
+        ],
+    );
+    assert_eq!(c.run_state(), RunState::Completed);
+    let broken = check_with(
+        Component::new(scheduled_row()),
+        &policy(),
+        &[
+            (0, Input::Timing(Timing::Broken), &[]),
+            (0, scheduled_input(), &["save"]),
+            (60_000, Input::Tick, &[]),
+        ],
+    );
+    assert_eq!(broken.run_state(), RunState::Scheduled);
+    assert_eq!(broken.next_run(), None);
+}

@@ -9,13 +9,14 @@ use n0m1_core::components::{self, ComponentRow};
 use n0m1_core::health::{self, HealthCheck};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::limits::{self, Limits};
+use n0m1_core::schedules;
 use n0m1_core::state::{self, Request};
 use rusqlite::Connection;
 
 use super::Manager;
 use super::slot::Slot;
 use crate::launch::runs_a_model;
-use crate::machine::{Component, Input};
+use crate::machine::{Component, Input, Timing};
 
 impl Manager {
     /// Makes the machines see the table.
@@ -40,6 +41,7 @@ impl Manager {
         let mut checks = self.health_checks(&ids);
         let (mut gates, held) = self.dependency_gates(&ids);
         let mut limits = self.limits_rows();
+        let mut timings = self.timings(&rows);
         let mut seen = HashSet::new();
         for row in rows {
             let id = row.component_id.clone();
@@ -58,6 +60,10 @@ impl Manager {
             self.dispatch(&id, Input::Health(health));
             self.dispatch(&id, Input::Limits(own_limits));
             self.dispatch(&id, Input::Dependencies(gate));
+            if let Some(timings) = &mut timings {
+                let timing = timings.remove(&id).unwrap_or(Timing::Unscheduled);
+                self.dispatch(&id, Input::Timing(timing));
+            }
             // Disabled while dependents still run: it stops after them (the watcher brings
             // us back here as their states change).
             let running = self
@@ -80,6 +86,76 @@ impl Manager {
         for id in gone {
             self.dispatch(&id, Input::RowGone);
         }
+    }
+
+    /// Each of this manager's components' schedule; a row that does not check, or that
+    /// names a component that is not a ONESHOT, is an ERROR event naming it (once per
+    /// distinct error). `None` (schedules unchanged) when the table cannot be read now.
+    fn timings(&mut self, rows: &[ComponentRow]) -> Option<HashMap<String, Timing>> {
+        let (stored, last_runs) = match schedules::all(&self.conn)
+            .and_then(|s| Ok((s, schedules::last_runs(&self.conn)?)))
+        {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::error!(
+                    "cannot read {}: {error}; schedules unchanged until it can be read",
+                    n0m1_core::schema::COMPONENT_SCHEDULES
+                );
+                return None;
+            }
+        };
+        let stored: HashMap<&str, &schedules::ScheduleRow> = stored
+            .iter()
+            .map(|s| (s.component_id.as_str(), s))
+            .collect();
+        let mut timings = HashMap::new();
+        for row in rows {
+            let id = row.component_id.as_str();
+            let Some(schedule) = stored.get(id) else {
+                if let Some(slot) = self.slots.get_mut(id) {
+                    slot.schedule_error = None;
+                }
+                continue;
+            };
+            let (timing, error) = if !row.is_oneshot() {
+                (
+                    Timing::Unscheduled,
+                    Some(format!(
+                        "its {} row is ignored: only a ONESHOT component runs on a schedule (run_type_on_boot is {:?}; `n0m1ctl add … --oneshot`)",
+                        n0m1_core::schema::COMPONENT_SCHEDULES,
+                        row.run_type
+                    )),
+                )
+            } else {
+                match schedule.check() {
+                    Ok(checked) => (
+                        Timing::Scheduled {
+                            schedule: checked,
+                            last_run: last_runs.get(id).copied(),
+                        },
+                        None,
+                    ),
+                    Err(error) => (
+                        Timing::Broken,
+                        Some(format!("{error}; it does not run until the row is fixed")),
+                    ),
+                }
+            };
+            if let Some(slot) = self.slots.get_mut(id) {
+                if let Some(message) = &error
+                    && slot.schedule_error.as_ref() != Some(message)
+                {
+                    self.exec.writer.event(
+                        LifecycleRecord::new(id, LifecycleEvent::Error)
+                            .manager(self.options.manager.clone())
+                            .message(message.clone()),
+                    );
+                }
+                slot.schedule_error = error;
+            }
+            timings.insert(id.to_owned(), timing);
+        }
+        Some(timings)
     }
 
     /// Every `component_limits` row (unchanged limits when the table cannot be read now).
@@ -189,6 +265,7 @@ pub(super) fn rows_fingerprint(conn: &Connection, manager: &str) -> rusqlite::Re
     requests.hash(&mut hasher);
     checks.hash(&mut hasher);
     limits::fingerprint(conn)?.hash(&mut hasher);
+    schedules::all(conn)?.hash(&mut hasher);
     super::gates::fingerprint(conn, &mut hasher)?;
     Ok(hasher.finish())
 }

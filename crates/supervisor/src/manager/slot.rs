@@ -18,6 +18,8 @@ pub(super) struct Slot {
     pub escaped: Vec<(i32, u64)>,
     /// The last error its `component_health` row gave, so a bad row is said once.
     pub health_error: Option<String>,
+    /// The same for its `component_schedules` row.
+    pub schedule_error: Option<String>,
     /// The same for its `component_dependencies` rows, by the component depended on.
     pub dependency_errors: BTreeMap<String, String>,
     /// At shutdown: not yet told to stop (its dependents go first).
@@ -45,6 +47,7 @@ impl Slot {
             pid_file: None,
             escaped: Vec::new(),
             health_error: None,
+            schedule_error: None,
             dependency_errors: BTreeMap::new(),
             shutdown_pending: false,
             cgroup: None,
