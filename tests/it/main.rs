@@ -52,3 +52,6 @@ mod house;
 mod limits;
 // Schedules: every and cron (seconds), overlap skip, missed once, status's next run, refusals.
 mod schedules;
+// The stack as a file: export, apply into a fresh home, export again byte for byte; plan lists
+// an edit exactly; a bad file applies nothing.
+mod stack;

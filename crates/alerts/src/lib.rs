@@ -6,7 +6,8 @@
 
 pub mod evidence;
 pub mod incidents;
-pub mod rules;
+// The table and its validation live in core (n0m1ctl apply checks rules too).
+pub use n0m1_core::alert_rules as rules;
 pub mod tracker;
 
 use std::collections::HashMap;

@@ -11,6 +11,7 @@
 
 pub mod access_log;
 pub mod actions;
+pub mod alert_rules;
 pub mod cgroup;
 pub mod components;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod resources;
 pub mod runtime;
 pub mod schedules;
 pub mod schema;
+pub mod stack;
 pub mod state;
 pub mod text;
 pub mod writer;

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod proposals;
 pub mod remote;
 pub mod schedule;
+pub mod stack;
 pub mod status;
 pub mod token;
 
@@ -124,6 +125,27 @@ pub enum Command {
     /// Show, set or clear when a ONESHOT component runs on its own: every DURATION or a cron
     /// expression, with rules for an overlapping and a missed run.
     Schedule(schedule::ScheduleArgs),
+    /// Write the whole stack (components, dependencies, health checks, schedules, limits,
+    /// alert rules, action policy) as a TOML file to keep in git or copy to another home.
+    Export {
+        /// Write it here (0600) instead of to standard output.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Print what applying a stack file would add, change and remove, row by row.
+    Plan {
+        file: std::path::PathBuf,
+        /// Rows the file leaves out would be removed.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Apply a stack file in one transaction, after checking all of it.
+    Apply {
+        file: std::path::PathBuf,
+        /// Remove rows the file leaves out (each table becomes exactly the file's).
+        #[arg(long)]
+        prune: bool,
+    },
     /// Show or set a component's limits (memory, CPU, tasks) and account; applied to the
     /// running process at once through its cgroup.
     Limit(limits::LimitArgs),
@@ -287,6 +309,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Remove { component_id } => say(components::remove(&home, &component_id)),
         Command::Limit(args) => say(limits::run(&home, &args)),
         Command::Schedule(args) => say(schedule::run(&home, &args)),
+        Command::Export { output } => {
+            stack::run_export(&home, output.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan { file, prune } => {
+            say(stack::prepare(&home, &file, prune, false).map(|outcome| outcome.text))
+        }
+        Command::Apply { file, prune } => {
+            say(stack::prepare(&home, &file, prune, true).map(|outcome| outcome.text))
+        }
         Command::Incidents {
             id: Some(id), json, ..
         } => {

@@ -1,10 +1,10 @@
-//! `alert_rules`: the one reader of the table, and the validation that turns a row into a
-//! `Rule` (or an error naming the row and the field).
+//! `alert_rules`: the one owner of the table (read by n0m1_alerts, written by `n0m1ctl apply`),
+//! and the validation that turns a row into a `Rule` (or an error naming the row and the field).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use n0m1_core::schema::ALERT_RULES;
+use crate::schema::ALERT_RULES;
 use rusqlite::Connection;
 
 /// A row as written.
@@ -106,7 +106,7 @@ impl RuleRow {
             .map_err(|e| bad("component_glob", format!("{:?}: {e}", self.component_glob)))?;
         let action = match self.action.trim() {
             "exec" => Action::Exec(
-                n0m1_core::health::hook(hooks_dir, self.target.trim())
+                crate::health::hook(hooks_dir, self.target.trim())
                     .map_err(|reason| bad("target", reason))?,
             ),
             "webhook" => {
