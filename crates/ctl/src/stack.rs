@@ -14,6 +14,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use n0m1_core::Home;
 use n0m1_core::components::{self, ComponentRow};
+use n0m1_core::schema;
 use n0m1_core::stack::{Change, Key, Kind, Row, SECTIONS, Section, diff, shown, write};
 use n0m1_core::text::printable;
 use n0m1_supervisor::launch::{ScriptResolver, launch_args};
@@ -272,8 +273,9 @@ fn check_written(
     conn: &rusqlite::Connection,
     wanted: &Wanted,
 ) -> anyhow::Result<Vec<String>> {
-    let named = |section: &str| -> BTreeSet<String> {
-        let index = SECTIONS.iter().position(|s| s.name == section).unwrap();
+    let index_of = |table: &str| SECTIONS.iter().position(|s| s.table == table).unwrap();
+    let named = |table: &str| -> BTreeSet<String> {
+        let index = index_of(table);
         wanted[index]
             .values()
             .filter_map(|row| text_of(row, "component_id").map(str::to_owned))
@@ -287,7 +289,7 @@ fn check_written(
 
     let (deps, errors) =
         n0m1_core::dependencies::validate(&n0m1_core::dependencies::all(conn)?, &known);
-    let dependents = named("dependencies");
+    let dependents = named(schema::COMPONENT_DEPENDENCIES);
     problems.extend(
         errors
             .iter()
@@ -299,7 +301,7 @@ fn check_written(
             problems.push(format!("dependencies: {id} is in a cycle ({cycle})"));
         }
     }
-    let checked = named("health");
+    let checked = named(schema::COMPONENT_HEALTH);
     for row in n0m1_core::health::all(conn)? {
         if checked.contains(&row.component_id)
             && let Err(error) = row.check(&home.hooks_dir())
@@ -307,7 +309,7 @@ fn check_written(
             problems.push(error.to_string());
         }
     }
-    let scheduled = named("schedules");
+    let scheduled = named(schema::COMPONENT_SCHEDULES);
     for row in n0m1_core::schedules::all(conn)? {
         if !scheduled.contains(&row.component_id) {
             continue;
@@ -331,7 +333,7 @@ fn check_written(
             }
         }
     }
-    let limited = named("limits");
+    let limited = named(schema::COMPONENT_LIMITS);
     let machine = n0m1_core::limits::MachineSize::here();
     for (id, limits) in n0m1_core::limits::all(conn)? {
         if limited.contains(&id)
@@ -340,10 +342,7 @@ fn check_written(
             problems.push(format!("limits {}: {error}", printable(&id)));
         }
     }
-    let rule_index = SECTIONS
-        .iter()
-        .position(|s| s.name == "alert_rules")
-        .unwrap();
+    let rule_index = index_of(schema::ALERT_RULES);
     for row in n0m1_core::alert_rules::all(conn)? {
         let named = wanted[rule_index]
             .values()

@@ -418,7 +418,7 @@ pub fn print(view: &SystemView, detailed: bool, json: bool) -> anyhow::Result<Ex
             .schedule
             .as_ref()
             .filter(|_| c.actual == RunState::Scheduled)
-            .map(schedule_note);
+            .map(|schedule| schedule_note(schedule, c.last_exit.as_deref()));
         let note = c
             .problem
             .as_deref()
@@ -470,12 +470,13 @@ pub fn print(view: &SystemView, detailed: bool, json: bool) -> anyhow::Result<Ex
 }
 
 /// What the table says of a scheduled component between runs.
-fn schedule_note(schedule: &crate::schedule::ScheduleView) -> String {
-    match (&schedule.problem, &schedule.next_run_text) {
-        (Some(problem), _) => format!("schedule not followed: {problem}"),
+fn schedule_note(schedule: &crate::schedule::ScheduleView, last_exit: Option<&str>) -> String {
+    let next = match (&schedule.problem, &schedule.next_run_text) {
+        (Some(problem), _) => return format!("schedule not followed: {problem}"),
         (None, Some(next)) => format!("next run {next}"),
         (None, None) => "no next run".to_owned(),
-    }
+    };
+    format!("{next}; last run: {}", last_exit.unwrap_or("none yet"))
 }
 
 /// `status ID`: one component as `systemctl status` shows a unit.
