@@ -55,3 +55,6 @@ mod schedules;
 // The stack as a file: export, apply into a fresh home, export again byte for byte; plan lists
 // an edit exactly; a bad file applies nothing.
 mod stack;
+// Many hosts: n0m1_web over TLS on 127.0.0.2 and up, `--fleet` fan-out, pinned fingerprints,
+// a real Prometheus over TLS through file_sd and a real Alertmanager.
+mod fleet;

@@ -759,6 +759,22 @@ fn hostile_requests_are_refused_by_name_and_change_nothing() {
         .timeout(Duration::from_secs(20))
         .assert()
         .failure();
+    assert!(
+        String::from_utf8_lossy(&public.get_output().stderr)
+            .contains("plain HTTP would carry the token in clear")
+    );
+    // Plain HTTP accepted by the operator: reads still need the token off loopback.
+    write_config(&env, serde_json::json!({ "insecure_http": true }));
+    let public = assert_cmd::Command::new(bin("n0m1_web"))
+        .args([
+            "--home",
+            env.root(),
+            "--listen",
+            &format!("0.0.0.0:{}", free_port()),
+        ])
+        .timeout(Duration::from_secs(20))
+        .assert()
+        .failure();
     assert!(String::from_utf8_lossy(&public.get_output().stderr).contains("read_requires_token"));
 }
 

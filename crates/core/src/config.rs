@@ -280,6 +280,28 @@ impl<'de> Deserialize<'de> for ByteSize {
 pub struct WebSettings {
     /// Reads need the token too (mutations always do). Required for a non-loopback address.
     pub read_requires_token: bool,
+    /// HTTPS: a certificate and key of the operator's, or one made in the home.
+    pub tls: Option<TlsSetting>,
+    /// Plain HTTP on a non-loopback address anyway (flagged by `status` and the dashboard).
+    pub insecure_http: bool,
+}
+
+/// `web.tls`: `"self-signed"`, or `{"cert": FILE, "key": FILE}` (PEM; relative to the home).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum TlsSetting {
+    /// `"self-signed"`: a key and certificate made at n0m1_web's first start, kept in the home.
+    Named(SelfSigned),
+    Files {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+pub enum SelfSigned {
+    #[serde(rename = "self-signed")]
+    SelfSigned,
 }
 
 /// How proposed actions are handled (`action_policy` says which need an operator).

@@ -39,6 +39,9 @@ pub const MODELS_DIR: &str = "models";
 pub const MODEL_SOCKET_FILE: &str = "model.sock";
 /// The web server's bearer token (32 random bytes in hex, mode 0600).
 pub const WEB_TOKEN_FILE: &str = "web.token";
+/// n0m1_web's self-signed certificate and its key (`web.tls = "self-signed"`), PEM, 0600.
+pub const WEB_CERT_FILE: &str = "web.crt";
+pub const WEB_KEY_FILE: &str = "web.key";
 /// Boot's own log, as the original named it.
 pub const BOOT_LOG_STEM: &str = "boot_system_daemon";
 /// The log writer: its binary, PID file stem and log stem.
@@ -277,6 +280,12 @@ impl Home {
     }
     pub fn web_token(&self) -> PathBuf {
         self.root.join(WEB_TOKEN_FILE)
+    }
+    pub fn web_cert(&self) -> PathBuf {
+        self.root.join(WEB_CERT_FILE)
+    }
+    pub fn web_key(&self) -> PathBuf {
+        self.root.join(WEB_KEY_FILE)
     }
     pub fn models_dir(&self) -> PathBuf {
         self.root.join(MODELS_DIR)

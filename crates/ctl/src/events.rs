@@ -39,17 +39,26 @@ pub fn page(
 
 /// One line per event: `id time component event [pid N]: message`.
 pub fn print(event: &LoggedEvent) -> bool {
-    use std::io::Write;
-    let line = format!(
-        "{:>7} {} {} {}{}: {}\n",
+    print_line(&line(event))
+}
+
+/// An event as `print` writes it, without the line's end.
+pub fn line(event: &LoggedEvent) -> String {
+    format!(
+        "{:>7} {} {} {}{}: {}",
         event.id,
         printable(&event.timestamp),
         printable(&event.component_id),
         printable(&event.event_type),
         event.pid.map(|p| format!(" pid {p}")).unwrap_or_default(),
         printable(event.message.as_deref().unwrap_or(""))
-    );
-    // A closed pipe (`events -f | head`) ends the command quietly.
+    )
+}
+
+/// Writes a line to stdout; false once stdout is closed (`events -f | head` ends quietly).
+pub fn print_line(line: &str) -> bool {
+    use std::io::Write;
+    let line = format!("{line}\n");
     let mut out = std::io::stdout().lock();
     out.write_all(line.as_bytes())
         .and_then(|()| out.flush())

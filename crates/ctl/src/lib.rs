@@ -15,6 +15,7 @@ pub mod components;
 pub mod control;
 pub mod events;
 pub mod fetch;
+pub mod fleet;
 pub mod incidents;
 pub mod init;
 pub mod limits;
@@ -25,6 +26,7 @@ pub mod remote;
 pub mod schedule;
 pub mod stack;
 pub mod status;
+pub mod tls;
 pub mod token;
 
 /// Refuses to work on the home's database when the running system opened another file
@@ -62,11 +64,34 @@ pub struct Cli {
     /// this home's n0m1_web listens on).
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// With --remote: every request ends within this many seconds.
-    #[arg(long, global = true, value_name = "SECS", default_value_t = 30.0)]
-    pub timeout: f64,
+    /// With --remote (default 30) or --fleet (default 3, per host): every request ends
+    /// within this many seconds.
+    #[arg(long, global = true, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Drive every host of a fleet file (TOML, [[hosts]]: name, url, token_file, ca_file or
+    /// fingerprint) at once: status, events, metrics, enable|disable|restart ID@HOST,
+    /// prometheus-targets. Without FILE: fleet.toml in the home.
+    #[arg(long, global = true, value_name = "FILE", num_args = 0..=1, default_missing_value = "", conflicts_with = "remote")]
+    pub fleet: Option<PathBuf>,
+    /// With --fleet: the host an enable, disable or restart goes to (or write ID@HOST).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub host: Option<String>,
+    /// With --remote https://: trust exactly the certificate with this fingerprint
+    /// (`sha256:…`, as `n0m1ctl web fingerprint` prints it on the server).
+    #[arg(long, global = true, value_name = "SHA256", conflicts_with = "ca_file")]
+    pub fingerprint: Option<String>,
+    /// With --remote https://: trust certificates signed by the CAs in this PEM file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebCommand {
+    /// The SHA-256 fingerprint of n0m1_web's certificate (`sha256:<64 hex digits>`), for
+    /// `--remote https://… --fingerprint`.
+    Fingerprint,
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +150,17 @@ pub enum Command {
     /// Show, set or clear when a ONESHOT component runs on its own: every DURATION or a cron
     /// expression, with rules for an overlapping and a missed run.
     Schedule(schedule::ScheduleArgs),
+    /// n0m1_web's TLS: `web fingerprint` prints the SHA-256 of the certificate it serves.
+    Web {
+        #[command(subcommand)]
+        command: WebCommand,
+    },
+    /// With --fleet: the hosts as Prometheus file_sd JSON (a `host` label each).
+    PrometheusTargets {
+        /// Write it here instead of to standard output.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Write the whole stack (components, dependencies, health checks, schedules, limits,
     /// alert rules, action policy) as a TOML file to keep in git or copy to another home.
     Export {
@@ -247,16 +283,33 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         command => command,
     };
+    if let Some(timeout) = cli.timeout
+        && !(timeout.is_finite() && timeout > 0.0)
+    {
+        anyhow::bail!("--timeout {timeout}: a number of seconds above 0");
+    }
+    if let Some(file) = &cli.fleet {
+        let home = cli.home.resolve().ok();
+        let path = fleet::file_path(file, home.as_ref())?;
+        let timeout = cli.timeout.map_or(fleet::DEFAULT_TIMEOUT, |t| {
+            std::time::Duration::from_secs_f64(t.min(86_400.0))
+        });
+        let fleet = fleet::Fleet::load(&path, timeout)?;
+        return run_fleet(&fleet, cli.host.as_deref(), command);
+    }
     if let Some(url) = &cli.remote {
         let home = cli.home.resolve().ok();
-        if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
-            anyhow::bail!("--timeout {}: a number of seconds above 0", cli.timeout);
-        }
+        let trust = match (&cli.fingerprint, &cli.ca_file) {
+            (Some(pin), _) => Some(tls::Trust::Pinned(tls::parse_fingerprint(pin)?)),
+            (None, Some(file)) => Some(tls::Trust::CaFile(file.clone())),
+            (None, None) => None,
+        };
         let remote = remote::Remote::new(
             url,
             cli.token_file.as_deref(),
             home.as_ref(),
-            std::time::Duration::from_secs_f64(cli.timeout.min(86_400.0)),
+            std::time::Duration::from_secs_f64(cli.timeout.unwrap_or(30.0).min(86_400.0)),
+            trust,
         )?;
         return run_remote(&remote, command);
     }
@@ -309,6 +362,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Remove { component_id } => say(components::remove(&home, &component_id)),
         Command::Limit(args) => say(limits::run(&home, &args)),
         Command::Schedule(args) => say(schedule::run(&home, &args)),
+        Command::Web {
+            command: WebCommand::Fingerprint,
+        } => say(tls::home_fingerprint(&home)),
+        Command::PrometheusTargets { .. } => {
+            anyhow::bail!("prometheus-targets lists a fleet's hosts: give --fleet FILE")
+        }
         Command::Export { output } => {
             stack::run_export(&home, output.as_deref())?;
             Ok(ExitCode::SUCCESS)
@@ -398,6 +457,41 @@ fn json_or(
         print!("{}", render());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The commands `--fleet` carries.
+fn run_fleet(
+    fleet: &fleet::Fleet,
+    host: Option<&str>,
+    command: Command,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Status {
+            component_id: None,
+            json,
+            ..
+        } => fleet::status(fleet, json),
+        Command::Enable { component_id } => say(fleet::act(fleet, &component_id, host, "enable")),
+        Command::Disable { component_id } => say(fleet::act(fleet, &component_id, host, "disable")),
+        Command::Restart {
+            component_id: Some(id),
+        } => say(fleet::act(fleet, &id, host, "restart")),
+        Command::Events(args) => fleet::events(fleet, &args),
+        Command::Metrics { limit, json } => fleet::metrics(fleet, limit, json),
+        Command::PrometheusTargets { output } => {
+            let text = fleet::prometheus_targets(fleet)?;
+            match output {
+                None => print!("{text}"),
+                Some(path) => anyhow::Context::with_context(std::fs::write(&path, text), || {
+                    format!("cannot write {}", path.display())
+                })?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => anyhow::bail!(
+            "--fleet carries status, events, metrics, enable|disable|restart ID@HOST and prometheus-targets"
+        ),
+    }
 }
 
 /// The commands `--remote` carries; the rest need the machine itself.

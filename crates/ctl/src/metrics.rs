@@ -6,12 +6,12 @@ pub use n0m1_core::metric::Metric;
 use n0m1_core::schema::COMPONENT_LIFECYCLE_LOG;
 use n0m1_core::{Home, LifecycleEvent};
 use rusqlite::{Connection, OptionalExtension};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct MetricSummary {
-    pub name: &'static str,
-    pub unit: &'static str,
+    pub name: String,
+    pub unit: String,
     pub samples: usize,
     pub last: Option<f64>,
     pub last_time: Option<String>,
@@ -21,7 +21,7 @@ pub struct MetricSummary {
     /// Oldest first.
     pub sparkline: String,
     /// Why there are no values, when there are none.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing: Option<String>,
 }
 
@@ -114,8 +114,8 @@ fn summarise(conn: &Connection, metric: Metric, limit: u64) -> anyhow::Result<Me
     };
     let round = |v: f64| (v * 100.0).round() / 100.0;
     Ok(MetricSummary {
-        name,
-        unit,
+        name: name.to_owned(),
+        unit: unit.to_owned(),
         samples: usize::try_from(n).unwrap_or(0),
         last: last.as_ref().map(|r| round(r.0)),
         last_time: last.map(|r| r.1),
@@ -206,32 +206,33 @@ pub fn run(home: &Home, limit: u64, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&summaries)?);
         return Ok(());
     }
+    println!("Last {limit} samples:");
+    print(&summaries);
+    Ok(())
+}
+
+/// One line per metric: last value and time, average, min, max, sparkline.
+pub fn print(summaries: &[MetricSummary]) {
     let fmt = |v: Option<f64>, unit: &str| {
         v.map_or_else(|| "N/A".to_owned(), |v| format!("{v:.1}{unit}"))
     };
-    println!("Last {limit} samples:");
-    for s in &summaries {
+    for s in summaries {
         if let Some(missing) = &s.missing {
             println!("  {:<16} N/A ({missing})", s.name);
             continue;
         }
-        let fewer = if (s.samples as u64) < limit {
-            format!(" ({} samples)", s.samples)
-        } else {
-            String::new()
-        };
         println!(
-            "  {:<16} last {:>8} at {}  avg {:>8}  min {:>8}  max {:>8}  {}{fewer}",
+            "  {:<16} last {:>8} at {}  avg {:>8}  min {:>8}  max {:>8}  {} ({} samples)",
             s.name,
-            fmt(s.last, s.unit),
+            fmt(s.last, &s.unit),
             s.last_time.as_deref().unwrap_or("-"),
-            fmt(s.average, s.unit),
-            fmt(s.min, s.unit),
-            fmt(s.max, s.unit),
-            s.sparkline
+            fmt(s.average, &s.unit),
+            fmt(s.min, &s.unit),
+            fmt(s.max, &s.unit),
+            s.sparkline,
+            s.samples
         );
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::logs::LogFileTail;
 use crate::status::{ComponentDetail, SystemView};
+use crate::tls::Trust;
 use n0m1_core::lifecycle::LoggedEvent;
 
 /// What the API answers to a mutation.
@@ -24,6 +25,8 @@ pub struct Remote {
     base: String,
     token: Option<String>,
     agent: ureq::Agent,
+    /// For streams, which last as long as they are followed: the same TLS, no deadline.
+    stream_agent: ureq::Agent,
 }
 
 /// Path segments are percent-encoded, so an id can never become another path.
@@ -90,11 +93,21 @@ impl Remote {
         token_file: Option<&Path>,
         home: Option<&n0m1_core::Home>,
         deadline: Duration,
+        trust: Option<Trust>,
     ) -> anyhow::Result<Remote> {
         let base = url.trim_end_matches('/').to_owned();
-        let Some(authority) = base.strip_prefix("http://") else {
+        let (authority, tls) = if let Some(rest) = base.strip_prefix("https://") {
+            (rest, Some(trust.unwrap_or(Trust::System)))
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            if trust.is_some() {
+                bail!(
+                    "--remote {url}: --fingerprint and --ca-file are for https:// addresses (web.tls on the server)"
+                );
+            }
+            (rest, None)
+        } else {
             bail!(
-                "--remote {url}: expected an http:// address such as http://127.0.0.1:8686 (put a TLS proxy in front of n0m1_web for https)"
+                "--remote {url}: expected an http:// or https:// address such as https://127.0.0.2:8686"
             );
         };
         let token = match (token_file, home) {
@@ -108,11 +121,27 @@ impl Remote {
             }
             _ => None,
         };
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            .timeout(deadline)
-            .build();
-        Ok(Remote { base, token, agent })
+        let connect = Duration::from_secs(5).min(deadline);
+        let mut builder = ureq::AgentBuilder::new()
+            .timeout_connect(connect)
+            .timeout(deadline);
+        let mut streams = ureq::AgentBuilder::new().timeout_connect(connect);
+        if let Some(trust) = &tls {
+            let config = crate::tls::client_config(trust)?;
+            builder = builder.tls_config(config.clone());
+            streams = streams.tls_config(config);
+        }
+        Ok(Remote {
+            base,
+            token,
+            agent: builder.build(),
+            stream_agent: streams.build(),
+        })
+    }
+
+    /// The address, for messages (`https://127.0.0.2:8686`).
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     fn request(&self, method: &str, path: &str) -> ureq::Request {
@@ -164,8 +193,47 @@ impl Remote {
     }
 
     pub fn status(&self, detailed: bool, json: bool) -> anyhow::Result<ExitCode> {
-        let view: SystemView = self.get("/api/v1/status")?;
-        crate::status::print(&view, detailed, json)
+        crate::status::print(&self.view()?, detailed, json)
+    }
+
+    /// The system as `status` shows it.
+    pub fn view(&self) -> anyhow::Result<SystemView> {
+        self.get("/api/v1/status")
+    }
+
+    /// The newest `lines` events (of one component).
+    pub fn recent_events(
+        &self,
+        lines: usize,
+        component: Option<&str>,
+    ) -> anyhow::Result<Vec<LoggedEvent>> {
+        let component = component
+            .map(|c| format!("&component={}", segment(c)))
+            .unwrap_or_default();
+        self.get(&format!("/api/v1/events?tail={lines}{component}"))
+    }
+
+    /// Calls `each` with every event after `after` as it comes, until the stream ends.
+    pub fn follow_events(
+        &self,
+        after: i64,
+        component: Option<&str>,
+        mut each: impl FnMut(LoggedEvent),
+    ) -> anyhow::Result<()> {
+        let component = component
+            .map(|c| format!("&component={}", segment(c)))
+            .unwrap_or_default();
+        let path = format!("/api/v1/events/stream?after={after}{component}");
+        self.stream(&path, |data| {
+            if let Ok(event) = serde_json::from_str::<LoggedEvent>(data) {
+                each(event);
+            }
+        })
+    }
+
+    /// What `metrics` prints, over the last `limit` samples.
+    pub fn metrics(&self, limit: u64) -> anyhow::Result<Vec<crate::metrics::MetricSummary>> {
+        self.get(&format!("/api/v1/metrics?limit={limit}"))
     }
 
     pub fn status_of(&self, id: &str, json: bool) -> anyhow::Result<ExitCode> {
@@ -221,10 +289,7 @@ impl Remote {
 
     /// Reads a server-sent event stream, calling `each` with every event's data.
     fn stream(&self, path: &str, mut each: impl FnMut(&str)) -> anyhow::Result<()> {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            .build();
-        let mut request = agent.get(&format!("{}{path}", self.base));
+        let mut request = self.stream_agent.get(&format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.set("Authorization", &format!("Bearer {token}"));
         }

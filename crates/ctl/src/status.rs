@@ -145,6 +145,9 @@ pub struct SystemView {
     pub components: Vec<ComponentView>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_errors: Vec<ErrorView>,
+    /// What an operator should know first (plain HTTP off loopback).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Memory and average CPU since start, from /proc.
@@ -336,6 +339,18 @@ pub fn collect_from(
     } else {
         Vec::new()
     };
+    let mut warnings = Vec::new();
+    if config.web.insecure_http
+        && config.web.tls.is_none()
+        && let Some(served) = crate::remote::served_address(home)
+        && served
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|addr| !addr.ip().is_loopback())
+    {
+        warnings.push(format!(
+            "n0m1_web serves plain HTTP on {served} (web.insecure_http): its token crosses the network in clear; set web.tls"
+        ));
+    }
     Ok(SystemView {
         home_id: n0m1_core::cgroup::home_id(home.root()),
         home: home.root().display().to_string(),
@@ -343,10 +358,11 @@ pub fn collect_from(
         managers,
         components,
         recent_errors,
+        warnings,
     })
 }
 
-fn duration(secs: Option<f64>) -> String {
+pub fn duration(secs: Option<f64>) -> String {
     let Some(secs) = secs else {
         return "-".to_owned();
     };
@@ -367,6 +383,45 @@ pub fn run(home: &Home, detailed: bool, json: bool) -> anyhow::Result<ExitCode> 
     print(&collect(home, detailed)?, detailed, json)
 }
 
+/// The head of the components table.
+pub const COMPONENT_HEADER: &str = "COMPONENT              MANAGER           DESIRED  ACTUAL       READY      PID    UPTIME RESTARTS  STATUS / LAST EXIT";
+
+/// A component's line in the components table (`--fleet status` leads it with its host).
+pub fn component_line(c: &ComponentView) -> String {
+    let ready = match (c.pid, c.ready) {
+        (None, _) => "-",
+        (Some(_), true) => "yes",
+        (Some(_), false) => "no",
+    };
+    // What the component says of itself while it runs; otherwise how it last ended.
+    let waiting = c.waiting_for.as_ref().map(|w| format!("waiting for {w}"));
+    let next = c
+        .schedule
+        .as_ref()
+        .filter(|_| c.actual == RunState::Scheduled)
+        .map(|schedule| schedule_note(schedule, c.last_exit.as_deref()));
+    let note = c
+        .problem
+        .as_deref()
+        .or(waiting.as_deref())
+        .or(next.as_deref())
+        .or(c.status_text.as_deref())
+        .or(c.last_exit.as_deref())
+        .unwrap_or("-");
+    format!(
+        "{:<22} {:<17} {:<8} {:<12} {:<5} {:>8} {:>9} {:>8}  {}",
+        printable(&c.component_id),
+        printable(&c.manager),
+        printable(&c.desired),
+        c.actual.as_str(),
+        ready,
+        opt(c.pid),
+        duration(c.uptime_secs),
+        c.restarts,
+        printable(note)
+    )
+}
+
 /// Prints a view (collected here or fetched from `n0m1_web`) and returns status's exit code.
 pub fn print(view: &SystemView, detailed: bool, json: bool) -> anyhow::Result<ExitCode> {
     let code = if view.boot.state == "running" {
@@ -379,6 +434,9 @@ pub fn print(view: &SystemView, detailed: bool, json: bool) -> anyhow::Result<Ex
         return Ok(code);
     }
     println!("n0m1 home: {} (cgroups n0m1/{})", view.home, view.home_id);
+    for warning in &view.warnings {
+        println!("WARNING: {}", printable(warning));
+    }
     println!(
         "\n{:<20} {:<9} {:>8} {:>9} {:>10}",
         "PROCESS", "STATE", "PID", "UPTIME", "HEARTBEAT"
@@ -402,43 +460,9 @@ pub fn print(view: &SystemView, detailed: bool, json: bool) -> anyhow::Result<Ex
         }
         println!("{line}");
     }
-    println!(
-        "\n{:<22} {:<17} {:<8} {:<12} {:<5} {:>8} {:>9} {:>8}  STATUS / LAST EXIT",
-        "COMPONENT", "MANAGER", "DESIRED", "ACTUAL", "READY", "PID", "UPTIME", "RESTARTS"
-    );
+    println!("\n{COMPONENT_HEADER}");
     for c in &view.components {
-        let ready = match (c.pid, c.ready) {
-            (None, _) => "-",
-            (Some(_), true) => "yes",
-            (Some(_), false) => "no",
-        };
-        // What the component says of itself while it runs; otherwise how it last ended.
-        let waiting = c.waiting_for.as_ref().map(|w| format!("waiting for {w}"));
-        let next = c
-            .schedule
-            .as_ref()
-            .filter(|_| c.actual == RunState::Scheduled)
-            .map(|schedule| schedule_note(schedule, c.last_exit.as_deref()));
-        let note = c
-            .problem
-            .as_deref()
-            .or(waiting.as_deref())
-            .or(next.as_deref())
-            .or(c.status_text.as_deref())
-            .or(c.last_exit.as_deref())
-            .unwrap_or("-");
-        let mut line = format!(
-            "{:<22} {:<17} {:<8} {:<12} {:<5} {:>8} {:>9} {:>8}  {}",
-            printable(&c.component_id),
-            printable(&c.manager),
-            printable(&c.desired),
-            c.actual.as_str(),
-            ready,
-            opt(c.pid),
-            duration(c.uptime_secs),
-            c.restarts,
-            printable(note)
-        );
+        let mut line = component_line(c);
         if detailed && c.pid.is_some() {
             line.push_str(&format!(
                 "  rss {} KiB, cpu {}%",

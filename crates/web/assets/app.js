@@ -237,6 +237,7 @@ async function overview() {
   let layout = document.getElementById("overview");
   if (!layout) {
     layout = el("div", { id: "overview" },
+      el("p", { id: "warnings", class: "error" }),
       el("p", { id: "note", class: "muted" }),
       el("section", { id: "processes" }), el("section", { id: "component-section" }),
       el("section", { id: "incident-section" }),
@@ -249,6 +250,7 @@ async function overview() {
     for (const e of events.reverse()) list.append(eventLine(e));
     modelLoop(document.getElementById("model-loop"));
   }
+  document.getElementById("warnings").replaceChildren(...(view.warnings || []).map(w => el("strong", {}, "Warning: " + w)));
   document.getElementById("processes").replaceChildren(el("h2", {}, "Boot, log writer and managers"), processTable(view));
   document.getElementById("component-section").replaceChildren(el("h2", {}, "Components"), componentTable(view.components));
   await incidentPanel(document.getElementById("incident-section"));

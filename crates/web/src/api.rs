@@ -44,6 +44,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/events/stream", get(events_stream))
         .route("/api/v1/logs/{id}", get(logs))
         .route("/api/v1/logs/{id}/stream", get(logs_stream))
+        .route("/api/v1/metrics", get(metric_summaries))
         .route("/api/v1/metrics/{name}", get(metric_series))
         .route("/api/v1/resources/{id}", get(resource_series))
         .route("/api/v1/outputs/{table}", get(outputs))
@@ -303,6 +304,17 @@ async fn logs_stream(
     })
     .await?;
     Ok(streams::log_lines(app, files).into_response())
+}
+
+/// What `n0m1ctl metrics` prints: each metric's last value, average, min, max and
+/// sparkline over the last `limit` samples (default 10).
+async fn metric_summaries(State(app): AppState, query: Params) -> Result<Response, ApiError> {
+    let params = params(query)?;
+    let limit = number(&params, "limit", 10u64, 1, 100_000)?;
+    let summaries =
+        blocking(move || n0m1_ctl::metrics::collect(&app.home, limit).map_err(ApiError::refused))
+            .await?;
+    Ok(Json(summaries).into_response())
 }
 
 async fn metric_series(

@@ -51,7 +51,12 @@ impl Waiting {
 
 /// Serves `router` on `listener` until `shutdown` turns true; then stops accepting, lets
 /// connections finish for up to two seconds and returns.
-pub async fn serve(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let waiting = Arc::new(Mutex::new(Waiting::default()));
     let mut tasks = tokio::task::JoinSet::new();
@@ -97,7 +102,8 @@ pub async fn serve(listener: TcpListener, router: Router, mut shutdown: watch::R
         let (id, closed) = waiting.lock().unwrap_or_else(|e| e.into_inner()).add();
         let seen = waiting.clone();
         let router = router.clone();
-        let mut stop = shutdown.clone();
+        let stop = shutdown.clone();
+        let tls = tls.clone();
         tasks.spawn(async move {
             let _permit = permit;
             // The first request's headers are in: it no longer counts as waiting.
@@ -106,20 +112,20 @@ pub async fn serve(listener: TcpListener, router: Router, mut shutdown: watch::R
                 waiting: seen.clone(),
                 id,
             };
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-                .with_upgrades();
-            tokio::pin!(connection);
-            let mut closed = closed;
-            tokio::select! {
-                _ = &mut connection => {}
-                // A sender dropped (the first request came) is no close: only a sent one is.
-                Ok(()) = &mut closed => {}
-                _ = async { drop(stop.wait_for(|stopping| *stopping).await) } => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
+            match tls {
+                None => drive(stream, service, closed, stop).await,
+                // The handshake is bounded like the headers: a client that stops in the
+                // middle of it holds nothing for longer.
+                Some(acceptor) => {
+                    let mut closed = closed;
+                    tokio::select! {
+                        handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)) => {
+                            if let Ok(Ok(stream)) = handshake {
+                                drive(stream, service, closed, stop).await;
+                            }
+                        }
+                        Ok(()) = &mut closed => {}
+                    }
                 }
             }
             seen.lock()
@@ -132,6 +138,32 @@ pub async fn serve(listener: TcpListener, router: Router, mut shutdown: watch::R
         while tasks.join_next().await.is_some() {}
     })
     .await;
+}
+
+/// Serves one connection until it ends, is closed for a newer one, or the server stops.
+async fn drive<S>(
+    stream: S,
+    service: MarkFirstRequest,
+    mut closed: oneshot::Receiver<()>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = &mut connection => {}
+        // A sender dropped (the first request came) is no close: only a sent one is.
+        Ok(()) = &mut closed => {}
+        _ = async { drop(stop.wait_for(|stopping| *stopping).await) } => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
+        }
+    }
 }
 
 /// `router`, taking its connection off the waiting list at the first request.

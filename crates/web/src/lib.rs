@@ -22,6 +22,7 @@ mod model_loop;
 pub mod prometheus;
 mod security;
 mod streams;
+mod tls;
 
 pub use error::ApiError;
 
@@ -47,6 +48,9 @@ pub struct App {
     pub read_requires_token: bool,
     /// Bound to a loopback address: the Host header is checked (DNS rebinding).
     pub loopback: bool,
+    /// The address it listens on: its host is accepted in the Host header besides
+    /// localhost's names (127.0.0.2 when it listens there).
+    pub listen: SocketAddr,
     /// The newest lifecycle row id, published by one poller for every event stream.
     pub last_event: tokio::sync::watch::Receiver<i64>,
     /// Flips to true at SIGTERM: streams end so the server can stop.
@@ -57,6 +61,13 @@ pub struct App {
 pub fn run(options: Options) -> anyhow::Result<()> {
     let config = Config::load(&options.home.config_path())?;
     let loopback = options.listen.ip().is_loopback();
+    if !loopback && config.web.tls.is_none() && !config.web.insecure_http {
+        bail!(
+            "--listen {} is not a loopback address, and plain HTTP would carry the token in clear: set \"web\": {{\"tls\": \"self-signed\"}} (or {{\"cert\": FILE, \"key\": FILE}}) in {}, or \"insecure_http\": true to accept that",
+            options.listen,
+            options.home.config_path().display()
+        );
+    }
     if !loopback && !config.web.read_requires_token {
         bail!(
             "--listen {} is not a loopback address, and reads would be open to anyone who can reach it: set \"web\": {{\"read_requires_token\": true}} in {} first",
@@ -64,6 +75,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             options.home.config_path().display()
         );
     }
+    let tls = match &config.web.tls {
+        Some(setting) => {
+            let (server, fingerprint) = tls::server_config(&options.home, setting, options.listen)?;
+            tracing::info!("TLS certificate {fingerprint}");
+            Some(tokio_rustls::TlsAcceptor::from(server))
+        }
+        None => None,
+    };
     // Refuses a missing or outdated database before anything listens.
     drop(n0m1_core::db::open(&options.home.db_path())?);
     let token = n0m1_ctl::token::load_or_create(&options.home.web_token())?;
@@ -78,6 +97,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         token,
         config.web.read_requires_token,
         loopback,
+        tls,
     ))
 }
 
@@ -86,6 +106,7 @@ async fn serve(
     token: String,
     read_requires_token: bool,
     loopback: bool,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -97,6 +118,7 @@ async fn serve(
         token,
         read_requires_token,
         loopback,
+        listen: options.listen,
         last_event,
         shutdown: shutdown.clone(),
     });
@@ -107,13 +129,15 @@ async fn serve(
     ));
     tokio::spawn(watchdog(shutdown.clone()));
     let router = api::router(app);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
-        "serving http://{} (dashboard /, API /api/v1, metrics /metrics)",
+        "serving {scheme}://{} (dashboard /, API /api/v1, metrics /metrics)",
         listener.local_addr().unwrap_or(options.listen)
     );
-    if let Err(error) =
-        n0m1_core::notify::notify(&format!("READY=1\nSTATUS=listening on {}", options.listen))
-    {
+    if let Err(error) = n0m1_core::notify::notify(&format!(
+        "READY=1\nSTATUS=listening on {scheme}://{}",
+        options.listen
+    )) {
         tracing::warn!("cannot tell the manager we are ready: {error}");
     }
     tokio::spawn(async move {
@@ -121,7 +145,7 @@ async fn serve(
         tracing::info!("stopping: closing streams and connections");
         let _ = shutdown_tx.send(true);
     });
-    connections::serve(listener, router, shutdown).await;
+    connections::serve(listener, router, tls, shutdown).await;
     Ok(())
 }
 

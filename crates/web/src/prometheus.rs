@@ -352,6 +352,7 @@ mod tests {
                 component("we\"ird\\id", RunState::Failed, None),
             ],
             recent_errors: Vec::new(),
+            warnings: Vec::new(),
         };
         let resources = [ResourceSample {
             component_id: "a".into(),

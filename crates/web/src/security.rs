@@ -14,11 +14,12 @@ use subtle::ConstantTimeEq;
 use crate::{ApiError, App, MAX_BODY_BYTES};
 
 /// Whether an authority (a Host header's value, or an absolute-form request's) is exactly one
-/// of this machine's names with an optional port: `localhost`, `127.0.0.1` or `[::1]`, then
-/// `:` and digits, nothing else (no `user@`, no second host after it).
-fn local_authority(value: &str) -> bool {
+/// of this machine's names with an optional port: `localhost`, `127.0.0.1`, `[::1]` or the
+/// address it listens on (`127.0.0.2`), then `:` and digits, nothing else (no `user@`, no
+/// second host after it).
+fn local_authority(value: &str, listening: &str) -> bool {
     let lower = value.to_ascii_lowercase();
-    let rest = ["localhost", "127.0.0.1", "[::1]"]
+    let rest = ["localhost", "127.0.0.1", "[::1]", listening]
         .iter()
         .find_map(|name| lower.strip_prefix(name));
     match rest {
@@ -33,7 +34,7 @@ fn local_authority(value: &str) -> bool {
 /// On loopback only names of this machine are accepted: a page on another site whose name
 /// was rebound to 127.0.0.1 sends its own name. One Host header exactly, and an absolute-form
 /// request's authority must be one of ours too.
-pub fn host_allowed(headers: &HeaderMap, uri_authority: Option<&str>) -> bool {
+pub fn host_allowed(headers: &HeaderMap, uri_authority: Option<&str>, listening: &str) -> bool {
     let mut hosts = headers.get_all(header::HOST).iter();
     let (Some(value), None) = (hosts.next(), hosts.next()) else {
         return false;
@@ -41,7 +42,8 @@ pub fn host_allowed(headers: &HeaderMap, uri_authority: Option<&str>) -> bool {
     let Ok(value) = value.to_str() else {
         return false;
     };
-    local_authority(value) && uri_authority.is_none_or(local_authority)
+    local_authority(value, listening)
+        && uri_authority.is_none_or(|authority| local_authority(authority, listening))
 }
 
 /// The request carries `Authorization: Bearer <token>` with the right token (compared in
@@ -64,10 +66,14 @@ fn is_read(method: &Method) -> bool {
 pub async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let authority = request.uri().authority().map(|a| a.as_str());
-    if app.loopback && !host_allowed(headers, authority) {
+    let listening = match app.listen.ip() {
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    if app.loopback && !host_allowed(headers, authority, &listening) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            "the Host header (one, naming localhost, 127.0.0.1 or [::1] with an optional port) and any authority in the request line must name this machine: n0m1_web on loopback answers only this machine's names",
+            format!("the Host header (one, naming localhost, 127.0.0.1, [::1] or {listening}, with an optional port) and any authority in the request line must name this machine: n0m1_web on loopback answers only this machine's names"),
         )
         .into_response();
     }
@@ -148,8 +154,12 @@ mod tests {
             "127.0.0.1:8686",
             "[::1]:8686",
             "LOCALHOST",
+            "127.0.0.2:8686",
         ] {
-            assert!(host_allowed(&with(header::HOST, ok), None), "{ok}");
+            assert!(
+                host_allowed(&with(header::HOST, ok), None, "127.0.0.2"),
+                "{ok}"
+            );
         }
         for bad in [
             "evil.example",
@@ -157,6 +167,8 @@ mod tests {
             "127.0.0.1.evil.example",
             "localhost.evil.example:80",
             "[::2]:8686",
+            "127.0.0.3:8686",
+            "127.0.0.2.evil.example",
             "",
             "127.0.0.1:18702@evil.com",
             "localhost:80:80",
@@ -164,17 +176,20 @@ mod tests {
             "localhost:123456",
             "localhost/evil",
         ] {
-            assert!(!host_allowed(&with(header::HOST, bad), None), "{bad}");
+            assert!(
+                !host_allowed(&with(header::HOST, bad), None, "127.0.0.2"),
+                "{bad}"
+            );
         }
-        assert!(!host_allowed(&HeaderMap::new(), None));
+        assert!(!host_allowed(&HeaderMap::new(), None, "127.0.0.2"));
         // Two Host headers: refused, whichever comes first.
         let mut two = with(header::HOST, "localhost");
         two.append(header::HOST, HeaderValue::from_static("evil.example"));
-        assert!(!host_allowed(&two, None));
+        assert!(!host_allowed(&two, None, "127.0.0.2"));
         // An absolute-form request names its host in the request line too.
         let local = with(header::HOST, "localhost");
-        assert!(host_allowed(&local, Some("127.0.0.1:8686")));
-        assert!(!host_allowed(&local, Some("evil.example")));
+        assert!(host_allowed(&local, Some("127.0.0.1:8686"), "127.0.0.2"));
+        assert!(!host_allowed(&local, Some("evil.example"), "127.0.0.2"));
     }
 
     #[test]
