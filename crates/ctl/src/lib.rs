@@ -28,6 +28,7 @@ pub mod stack;
 pub mod status;
 pub mod tls;
 pub mod token;
+pub mod web;
 
 /// Refuses to work on the home's database when the running system opened another file
 /// there (the first was deleted or replaced): every answer would then be about the wrong file.

@@ -42,22 +42,6 @@ pub fn segment(text: &str) -> String {
     out
 }
 
-/// Where this home's n0m1_web listens: its row's `--listen`, else the default.
-pub fn served_address(home: &n0m1_core::Home) -> Option<String> {
-    let conn = n0m1_core::db::open(&home.db_path()).ok()?;
-    let row = n0m1_core::components::all(&conn)
-        .ok()?
-        .into_iter()
-        .find(|row| row.base_script_name == n0m1_core::defaults::WEB_SCRIPT)?;
-    let listen = row
-        .launch_args_json
-        .as_deref()
-        .and_then(|args| serde_json::from_str::<serde_json::Value>(args).ok())
-        .and_then(|args| args.get("--listen")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| n0m1_core::defaults::WEB_LISTEN.to_owned());
-    Some(listen)
-}
-
 /// Whether a URL's authority (`localhost:8686/…`) names the listening address `served`
 /// (`127.0.0.1:8686`): the same port, and the same host, where any loopback name stands for
 /// a loopback address.
@@ -114,7 +98,7 @@ impl Remote {
             (Some(path), _) => Some(crate::token::read(path)?),
             (None, Some(home))
                 if std::fs::symlink_metadata(home.web_token()).is_ok()
-                    && served_address(home)
+                    && crate::web::served_address(home)
                         .is_some_and(|served| same_address(authority, &served)) =>
             {
                 Some(crate::token::read(&home.web_token())?)

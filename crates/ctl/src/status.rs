@@ -342,7 +342,7 @@ pub fn collect_from(
     let mut warnings = Vec::new();
     if config.web.insecure_http
         && config.web.tls.is_none()
-        && let Some(served) = crate::remote::served_address(home)
+        && let Some(served) = crate::web::served_address(home)
         && served
             .parse::<std::net::SocketAddr>()
             .is_ok_and(|addr| !addr.ip().is_loopback())
