@@ -399,19 +399,6 @@ fn pid_files_and_logs_are_private() {
     assert_eq!(mode(env.home.root()), 0o700);
 }
 
-/// Unmounts the test's tmpfs however the test ends.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        #[allow(clippy::disallowed_methods)] // test plumbing, not a supervised process
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn a_full_disk_corrupts_nothing_and_loses_nothing_once_space_returns() {
     let tmp = tempfile::Builder::new()
@@ -419,33 +406,15 @@ fn a_full_disk_corrupts_nothing_and_loses_nothing_once_space_returns() {
         .tempdir()
         .unwrap();
     let mount_point = tmp.path().join("disk");
-    std::fs::create_dir_all(&mount_point).unwrap();
-    #[allow(clippy::disallowed_methods)] // test plumbing, not a supervised process
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&mount_point)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root in a sandbox that allows it)");
+    let Some(disk) = crate::support::SmallDisk::mount(&mount_point, "4m") else {
+        eprintln!("skipped");
         return;
-    }
-    let _mount = Mount(mount_point.clone());
+    };
     let mut env = TestEnv::with_home(tmp, mount_point.join("home"));
     let daemon = env.spawn_with("mem_usage_daemon", &["--interval", "0.02"], &[]);
     wait_until(T, "rows", || env.count_rows("memory_usage_log") > 5);
     // Fill the disk to the last byte.
-    let filler_path = mount_point.join("filler");
-    {
-        use std::io::Write;
-        let mut filler = std::fs::File::create(&filler_path).unwrap();
-        let block = vec![0u8; 64 * 1024];
-        while filler.write_all(&block).is_ok() {}
-        let small = vec![0u8; 512];
-        while filler.write_all(&small).is_ok() {}
-        let _ = filler.flush();
-    }
+    let filler_path = disk.fill();
     let before = env.count_rows("memory_usage_log");
     std::thread::sleep(Duration::from_secs(2));
     assert!(alive(daemon), "a full disk does not kill the daemon");

@@ -285,47 +285,6 @@ fn file_contains_bytes(path: &std::path::Path, needle: &[u8]) -> bool {
     std::fs::read(path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
 }
 
-/// A tmpfs mounted on a directory for one test, unmounted when it ends.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
-        #[allow(clippy::disallowed_methods)] // test plumbing, not a supervised process
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .arg("n0m1-test-small-disk")
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount a tmpfs on {}", dir.display());
-        SmallDisk(dir.to_path_buf())
-    }
-
-    /// Writes a file until the device is full; returns its path.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.0.join("filler");
-        let mut file = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 4096];
-        loop {
-            if let Err(error) = file.write_all(&chunk) {
-                assert_eq!(error.kind(), std::io::ErrorKind::StorageFull, "{error}");
-                return path;
-            }
-        }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        #[allow(clippy::disallowed_methods)] // test plumbing, not a supervised process
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// Round three, item 11: a full disk is recorded once (`DISK_FULL`), the bytes dropped are
 /// counted and recorded when space returns (`DISK_FULL_CLEARED`), and the log file marks the
 /// gap; the component runs through it all.
@@ -335,7 +294,8 @@ fn a_full_disk_is_recorded_once_and_the_bytes_dropped_when_it_clears() {
         return;
     }
     let env = TestEnv::new();
-    let disk = SmallDisk::mount(&env.home.logs_dir(), "2m");
+    let disk = crate::support::SmallDisk::mount(&env.home.logs_dir(), "2m")
+        .expect("root mounts a tmpfs on the logs");
     env.script(
         "chatter.sh",
         "#!/bin/sh\ni=0\nwhile :; do echo \"line $i\"; i=$((i+1)); sleep 0.005; done\n",

@@ -472,3 +472,47 @@ pub fn wait_for_a_row_from(env: &TestEnv, table: &str, second: i64) {
         },
     );
 }
+
+/// A tmpfs mounted on a directory for one test (a small disk to fill), unmounted however the
+/// test ends.
+pub struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// `None` (said) where no tmpfs can be mounted (not root, or a sandbox that forbids it).
+    pub fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("n0m1-test-small-disk")
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !mounted {
+            eprintln!(
+                "cannot mount a tmpfs on {} here (needs root, in a sandbox that allows it)",
+                dir.display()
+            );
+            return None;
+        }
+        Some(SmallDisk(dir.to_path_buf()))
+    }
+
+    /// Writes a file until the device is full, to the last byte; returns its path.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        for size in [64 * 1024, 512, 1] {
+            let block = vec![0u8; size];
+            while file.write_all(&block).is_ok() {}
+        }
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

@@ -396,6 +396,25 @@ pub fn open_private_append(path: &Path) -> Result<fs::File, HomeError> {
         })
 }
 
+/// Writes `bytes` to `path` (created 0600, or truncated), for what only the home's owner may
+/// read: keys, certificates, exported stacks.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), HomeError> {
+    use std::io::Write;
+    let io = |source| HomeError::Io {
+        path: path.to_path_buf(),
+        action: "write",
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(bytes).map_err(io)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,20 +78,8 @@ pub fn run_export(home: &Home, output: Option<&Path>) -> anyhow::Result<()> {
     let text = export(&conn)?;
     match output {
         None => print!("{text}"),
-        Some(path) => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            // Webhook URLs and accounts are in it: private, like the home's own files.
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            file.write_all(text.as_bytes())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
+        // Webhook URLs and accounts are in it: private, like the home's own files.
+        Some(path) => n0m1_core::home::write_private(path, text.as_bytes())?,
     }
     Ok(())
 }

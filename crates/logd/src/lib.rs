@@ -450,8 +450,8 @@ fn scan(home: &Home, streams: &mut HashMap<PathBuf, Stream>, runtime: &mut Runti
 mod tests {
     use super::*;
 
-    /// Writes `bytes` into a FIFO from a thread and drains it into `x.log` until all came.
-    fn through(settings: &LogSettings, bytes: Vec<u8>) -> (tempfile::TempDir, PathBuf) {
+    /// A fresh folder with a FIFO `c.x.out` in it, as a spawner makes one.
+    fn fifo() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("c.x.out");
         rustix::fs::mkfifoat(
@@ -460,6 +460,12 @@ mod tests {
             rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
         )
         .unwrap();
+        (dir, fifo)
+    }
+
+    /// Writes `bytes` into a FIFO from a thread and drains it into `x.log` until all came.
+    fn through(settings: &LogSettings, bytes: Vec<u8>) -> (tempfile::TempDir, PathBuf) {
+        let (dir, fifo) = fifo();
         let target = dir.path().join("x.log");
         let mut stream = Stream::open(&fifo, target.clone()).unwrap();
         let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
@@ -545,14 +551,7 @@ mod tests {
 
     #[test]
     fn lines_rotate_whole_and_at_most_keep_old_files_remain() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("c.x.out");
-        rustix::fs::mkfifoat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
-        )
-        .unwrap();
+        let (dir, fifo) = fifo();
         let target = dir.path().join("x.log");
         let mut stream = Stream::open(&fifo, target.clone()).unwrap();
         let settings = LogSettings {
@@ -601,14 +600,7 @@ mod tests {
 
     #[test]
     fn a_full_disk_is_said_once_and_its_dropped_bytes_when_space_returns() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("c.x.out");
-        rustix::fs::mkfifoat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
-        )
-        .unwrap();
+        let (dir, fifo) = fifo();
         // /dev/full refuses every write with ENOSPC, as a full file system does.
         let target = dir.path().join("x.log");
         std::os::unix::fs::symlink("/dev/full", &target).unwrap();

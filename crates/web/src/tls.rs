@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use n0m1_core::Home;
 use n0m1_core::config::TlsSetting;
+use n0m1_core::home::write_private;
 use n0m1_ctl::tls::{fingerprint_of, read_certificates, read_key};
 
 /// The server configuration, and the certificate's fingerprint (for the log).
@@ -73,18 +74,4 @@ fn make_self_signed(cert: &Path, key: &Path, listen: SocketAddr) -> anyhow::Resu
         key.display()
     );
     Ok(())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(bytes)
-        .with_context(|| format!("cannot write {}", path.display()))
 }
