@@ -149,6 +149,70 @@ fn a_fleet_over_tls_answers_together_names_what_is_down_and_acts_on_one_host() {
         .failure()
         .stderr(contains("no host \"nowhere\" in the fleet"));
 
+    // The stack as a file, through the API: edge1's exported over --remote and planned on
+    // every host (each differs in its own n0m1_web address).
+    let exported = hosts[0]
+        .env
+        .ctl(&[
+            "--remote",
+            &hosts[0].url,
+            "--fingerprint",
+            &pins[0],
+            "export",
+        ])
+        .success();
+    let stack = dir.path().join("edge1.toml");
+    std::fs::write(&stack, &exported.get_output().stdout).unwrap();
+    let local = hosts[0].env.ctl(&["export"]).success();
+    assert_eq!(exported.get_output().stdout, local.get_output().stdout);
+    let planned = stdout(&fleet(&file, &["plan", stack.to_str().unwrap()]).success());
+    assert!(planned.contains("edge1 no changes"), "{planned}");
+    assert!(
+        planned.contains(&format!(
+            "edge4 ~ components.n0m1_web: launch_args_json \"{{\\\"--listen\\\": \\\"{}\\\"}}\" -> ",
+            hosts[3].addr
+        )),
+        "{planned}"
+    );
+    // edge1's file made edge4's (its own address) with app disabled, applied to edge4 alone
+    // over --remote: one change there, and nothing left to plan.
+    let edge4 = dir.path().join("edge4.toml");
+    let text = std::fs::read_to_string(&stack)
+        .unwrap()
+        .replace(&hosts[0].addr, &hosts[3].addr)
+        .replace(
+            "component_id = \"app\"\nbase_script_name = \"sleeper.sh\"\nmanager_affinity = \"daemon_manager\"\ndesired_state = \"active\"",
+            "component_id = \"app\"\nbase_script_name = \"sleeper.sh\"\nmanager_affinity = \"daemon_manager\"\ndesired_state = \"inactive\"",
+        );
+    std::fs::write(&edge4, text).unwrap();
+    hosts[3]
+        .env
+        .ctl(&[
+            "--remote",
+            &hosts[3].url,
+            "--fingerprint",
+            &pins[3],
+            "apply",
+            edge4.to_str().unwrap(),
+        ])
+        .success()
+        .stdout(contains("applied: 0 added, 1 changed, 0 removed"));
+    let replanned = stdout(&fleet(&file, &["plan", edge4.to_str().unwrap()]).success());
+    assert!(replanned.contains("edge4 no changes"), "{replanned}");
+    wait_until(T, "app stopped on edge4", || {
+        hosts[3].env.status_json("app")["actual"] == "stopped"
+    });
+    assert_eq!(hosts[2].env.status_json("app")["actual"], "running");
+    // A file with a bad row is refused by every host, which says why; nothing changes.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[components]]\ncomponent_id = \"x\"\n").unwrap();
+    let refused = fleet(&file, &["apply", bad.to_str().unwrap()]).failure();
+    let said = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+    assert!(
+        said.contains("edge2 (https://") && said.contains("base_script_name is required"),
+        "{said}"
+    );
+
     // A wrong pin is refused naming both fingerprints; the others still answer.
     let mut wrong = pins.clone();
     wrong[3] = format!("sha256:{}", "0".repeat(64));
@@ -181,7 +245,7 @@ fn a_fleet_over_tls_answers_together_names_what_is_down_and_acts_on_one_host() {
     assert!(took < Duration::from_secs(2), "took {took:?}");
     let said = String::from_utf8_lossy(&answer.get_output().stderr).into_owned();
     assert!(
-        said.contains("edge3 (https://") && said.contains("unreachable"),
+        said.contains("edge3 (https://") && said.contains("cannot reach n0m1_web"),
         "{said}"
     );
     assert!(said.contains("blackhole (https://"), "{said}");

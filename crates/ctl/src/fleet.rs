@@ -162,17 +162,14 @@ fn client(entry: &HostEntry, folder: &Path, timeout: Duration) -> anyhow::Result
     Remote::new(&entry.url, token.as_deref(), None, timeout, trust)
 }
 
-/// Prints why each host that did not answer did not; true if every one answered.
+/// Prints why each host that did not answer did not (unreachable, slow, refused); true if
+/// every one answered.
 fn report_failures<T>(fleet: &Fleet, answers: &[Answer<T>]) -> bool {
     let mut all = true;
     for (host, answer) in fleet.hosts.iter().zip(answers) {
         if let Err(why) = answer {
             all = false;
-            eprintln!(
-                "{} ({}): unreachable: {why}",
-                host.name,
-                printable(&host.url)
-            );
+            eprintln!("{} ({}): {why}", host.name, printable(&host.url));
         }
     }
     all
@@ -354,6 +351,21 @@ pub fn metrics(fleet: &Fleet, limit: u64, json: bool) -> anyhow::Result<ExitCode
         if let Ok(summaries) = answer {
             println!("{}:", host.name);
             crate::metrics::print(summaries);
+        }
+    }
+    Ok(exit(report_failures(fleet, &answers)))
+}
+
+/// `--fleet plan|apply FILE [--prune]`: the same file on every host at once; each host's
+/// lines led by its name. An apply that one host refuses changes nothing there; the others
+/// apply it (each host's transaction is its own).
+pub fn stack(fleet: &Fleet, file: &str, prune: bool, commit: bool) -> anyhow::Result<ExitCode> {
+    let answers = fleet.each(|remote| remote.stack(file, prune, commit));
+    for (host, answer) in fleet.hosts.iter().zip(&answers) {
+        if let Ok(outcome) = answer {
+            for line in outcome.text.lines() {
+                println!("{} {line}", host.name);
+            }
         }
     }
     Ok(exit(report_failures(fleet, &answers)))

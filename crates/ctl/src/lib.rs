@@ -479,6 +479,12 @@ fn run_fleet(
         } => say(fleet::act(fleet, &id, host, "restart")),
         Command::Events(args) => fleet::events(fleet, &args),
         Command::Metrics { limit, json } => fleet::metrics(fleet, limit, json),
+        Command::Plan { file, prune } => {
+            fleet::stack(fleet, &stack::read_text(&file)?, prune, false)
+        }
+        Command::Apply { file, prune } => {
+            fleet::stack(fleet, &stack::read_text(&file)?, prune, true)
+        }
         Command::PrometheusTargets { output } => {
             let text = fleet::prometheus_targets(fleet)?;
             match output {
@@ -490,7 +496,7 @@ fn run_fleet(
             Ok(ExitCode::SUCCESS)
         }
         _ => anyhow::bail!(
-            "--fleet carries status, events, metrics, enable|disable|restart ID@HOST and prometheus-targets"
+            "--fleet carries status, events, metrics, enable|disable|restart ID@HOST, plan, apply and prometheus-targets (export one host with --remote)"
         ),
     }
 }
@@ -519,8 +525,26 @@ fn run_remote(remote: &remote::Remote, command: Command) -> anyhow::Result<ExitC
             follow,
         }) => remote.logs(&id, lines, follow).map(|()| ExitCode::SUCCESS),
         Command::Events(args) => remote.events(&args).map(|()| ExitCode::SUCCESS),
+        Command::Export { output } => {
+            let text = remote.export()?;
+            match output {
+                None => print!("{text}"),
+                Some(path) => n0m1_core::home::write_private(&path, text.as_bytes())?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan { file, prune } => {
+            let text = stack::read_text(&file)?;
+            say(remote
+                .stack(&text, prune, false)
+                .map(|outcome| outcome.text))
+        }
+        Command::Apply { file, prune } => {
+            let text = stack::read_text(&file)?;
+            say(remote.stack(&text, prune, true).map(|outcome| outcome.text))
+        }
         _ => anyhow::bail!(
-            "--remote carries status, enable, disable, restart ID, logs ID and events; run this command on the machine itself"
+            "--remote carries status, enable, disable, restart ID, logs ID, events, export, plan and apply; run this command on the machine itself"
         ),
     }
 }

@@ -215,6 +215,35 @@ impl Remote {
         })
     }
 
+    /// The host's stack, as `export` writes it.
+    pub fn export(&self) -> anyhow::Result<String> {
+        let path = "/api/v1/stack";
+        let response = self.answer(path, self.request("GET", path).call())?;
+        response
+            .into_string()
+            .with_context(|| format!("reading the answer of {}{path}", self.base))
+    }
+
+    /// `plan` (or `apply`, when `commit`) of a stack file's text on the host.
+    pub fn stack(
+        &self,
+        file: &str,
+        prune: bool,
+        commit: bool,
+    ) -> anyhow::Result<crate::stack::Outcome> {
+        let path = format!(
+            "/api/v1/stack/{}?prune={prune}",
+            if commit { "apply" } else { "plan" }
+        );
+        let request = self
+            .request("POST", &path)
+            .set("Content-Type", "application/toml");
+        let response = self.answer(&path, request.send_string(file))?;
+        response
+            .into_json()
+            .with_context(|| format!("reading the answer of {}{path}", self.base))
+    }
+
     /// What `metrics` prints, over the last `limit` samples.
     pub fn metrics(&self, limit: u64) -> anyhow::Result<Vec<crate::metrics::MetricSummary>> {
         self.get(&format!("/api/v1/metrics?limit={limit}"))

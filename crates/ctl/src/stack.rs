@@ -87,8 +87,8 @@ pub fn run_export(home: &Home, output: Option<&Path>) -> anyhow::Result<()> {
 /// The rows a file asks for, by section and key.
 type Wanted = Vec<BTreeMap<Key, Row>>;
 
-/// Reads and checks the file's shape: everything that needs no database.
-fn read_file(path: &Path) -> anyhow::Result<Wanted> {
+/// The file's text: a regular file of at most `MAX_FILE_BYTES`, UTF-8.
+pub fn read_text(path: &Path) -> anyhow::Result<String> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if let Some(kind) = n0m1_core::home::not_a_regular_file(&meta.file_type()) {
@@ -102,15 +102,20 @@ fn read_file(path: &Path) -> anyhow::Result<Wanted> {
         );
     }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let text = String::from_utf8(bytes).map_err(|error| {
+    String::from_utf8(bytes).map_err(|error| {
         anyhow::anyhow!(
             "{} is not UTF-8 (byte {}): a stack file is TOML text",
             path.display(),
             error.utf8_error().valid_up_to()
         )
-    })?;
+    })
+}
+
+/// Parses and checks the file's shape (`name` in messages): everything that needs no
+/// database.
+fn parse(text: &str, name: &str) -> anyhow::Result<Wanted> {
     let table: toml::Table =
-        toml::from_str(&text).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+        toml::from_str(text).map_err(|error| anyhow::anyhow!("{name}: {error}"))?;
     let mut problems = Vec::new();
     for name in table.keys() {
         if !SECTIONS.iter().any(|s| s.name == name) {
@@ -159,8 +164,7 @@ fn read_file(path: &Path) -> anyhow::Result<Wanted> {
     }
     if !problems.is_empty() {
         bail!(
-            "{} is refused, nothing applied:\n  {}",
-            path.display(),
+            "{name} is refused, nothing applied:\n  {}",
             problems.join("\n  ")
         );
     }
@@ -345,6 +349,7 @@ fn check_written(
 }
 
 /// What `plan` and `apply` print, and whether anything changes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub text: String,
     pub changes: usize,
@@ -352,12 +357,23 @@ pub struct Outcome {
 
 /// Reads, checks and applies the file in a transaction; commits only when `commit`.
 pub fn prepare(home: &Home, path: &Path, prune: bool, commit: bool) -> anyhow::Result<Outcome> {
-    let wanted = read_file(path)?;
+    let text = read_text(path)?;
+    prepare_text(home, &text, &path.display().to_string(), prune, commit)
+}
+
+/// `prepare` on a file's text (`name` in messages): what the API's plan and apply run.
+pub fn prepare_text(
+    home: &Home,
+    file: &str,
+    name: &str,
+    prune: bool,
+    commit: bool,
+) -> anyhow::Result<Outcome> {
+    let wanted = parse(file, name)?;
     let problems = check_components(home, &wanted[0]);
     if !problems.is_empty() {
         bail!(
-            "{} is refused, nothing applied:\n  {}",
-            path.display(),
+            "{name} is refused, nothing applied:\n  {}",
             problems.join("\n  ")
         );
     }
@@ -418,8 +434,7 @@ pub fn prepare(home: &Home, path: &Path, prune: bool, commit: bool) -> anyhow::R
     for (section, key, change) in removals.chain(others) {
         if let Err(error) = write(&tx, section, change) {
             bail!(
-                "{} is refused, nothing applied:\n  {}.{key}: {} refuses it: {error}",
-                path.display(),
+                "{name} is refused, nothing applied:\n  {}.{key}: {} refuses it: {error}",
                 section.name,
                 section.table
             );
@@ -428,8 +443,7 @@ pub fn prepare(home: &Home, path: &Path, prune: bool, commit: bool) -> anyhow::R
     let problems = check_written(home, &tx, &wanted)?;
     if !problems.is_empty() {
         bail!(
-            "{} is refused, nothing applied:\n  {}",
-            path.display(),
+            "{name} is refused, nothing applied:\n  {}",
             problems.join("\n  ")
         );
     }

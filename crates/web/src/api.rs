@@ -45,6 +45,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/logs/{id}", get(logs))
         .route("/api/v1/logs/{id}/stream", get(logs_stream))
         .route("/api/v1/metrics", get(metric_summaries))
+        .route("/api/v1/stack", get(stack_export))
+        .route("/api/v1/stack/{verb}", post(stack_change))
         .route("/api/v1/metrics/{name}", get(metric_series))
         .route("/api/v1/resources/{id}", get(resource_series))
         .route("/api/v1/outputs/{table}", get(outputs))
@@ -443,7 +445,7 @@ async fn decide_proposal(
             printable(&id)
         ))
     })?;
-    let bytes = read_body(body).await?;
+    let bytes = read_body(body, MAX_BODY_BYTES).await?;
     let reason = if bytes.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -494,7 +496,7 @@ async fn notifications(State(app): AppState, query: Params) -> Result<Response, 
 }
 
 async fn new_notification(State(app): AppState, body: Body) -> Result<Response, ApiError> {
-    let bytes = read_body(body).await?;
+    let bytes = read_body(body, MAX_BODY_BYTES).await?;
     let new: model_loop::NewNotification = serde_json::from_slice(&bytes).map_err(|error| {
         ApiError::bad_request(format!(
             "the body must be JSON like {{\"llm_id\": \"main_llm_processor\", \"notification_type\": \"RUN\", \"payload\": null}}: {error}"
@@ -508,11 +510,80 @@ async fn new_notification(State(app): AppState, body: Body) -> Result<Response, 
         .into_response())
 }
 
-/// The body, up to the limit (a chunked body has no Content-Length for the guard to check).
-async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
+/// The body, up to `limit` (a chunked body has no Content-Length for the guard to check).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| security::too_large())
+        .map_err(|_| security::too_large(limit))
+}
+
+/// `GET /api/v1/stack`: the stack as `n0m1ctl export` writes it. It holds webhook URLs and
+/// accounts: the token is needed even where reads are open.
+async fn stack_export(State(app): AppState, headers: HeaderMap) -> Result<Response, ApiError> {
+    if !security::token_matches(&headers, &app.token) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "the stack holds webhook URLs and accounts: send `Authorization: Bearer <token>`",
+        ));
+    }
+    let text =
+        blocking(move || n0m1_ctl::stack::export(&open(&app.home)?).map_err(ApiError::refused))
+            .await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/toml; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// `POST /api/v1/stack/plan|apply[?prune=true]` with a stack file as the body: what
+/// `n0m1ctl plan|apply` print, as `{"text", "changes"}`.
+async fn stack_change(
+    State(app): AppState,
+    verb: Result<Path<String>, PathRejection>,
+    query: Params,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let verb = segment(verb)?;
+    let commit = match verb.as_str() {
+        "plan" => false,
+        "apply" => true,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no stack action '{}': POST stack/plan or stack/apply",
+                printable(other)
+            )));
+        }
+    };
+    let params = params(query)?;
+    let prune = match params.get("prune").map(String::as_str) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "prune={:?}: true or false",
+                printable(other)
+            )));
+        }
+    };
+    let bytes = read_body(body, crate::MAX_STACK_BYTES).await?;
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::bad_request("the stack file is not UTF-8: it is TOML text"))?;
+    let outcome = blocking(move || {
+        n0m1_ctl::stack::prepare_text(&app.home, &text, "the stack file", prune, commit)
+            .map_err(ApiError::refused)
+    })
+    .await?;
+    if commit && outcome.changes > 0 {
+        tracing::info!(
+            "stack applied: {}",
+            outcome.text.lines().last().unwrap_or("")
+        );
+    }
+    Ok(Json(outcome).into_response())
 }
 
 async fn metrics(State(app): AppState) -> Result<Response, ApiError> {

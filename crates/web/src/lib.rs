@@ -30,6 +30,18 @@ pub use error::ApiError;
 pub const DEFAULT_LISTEN: &str = n0m1_core::defaults::WEB_LISTEN;
 /// The largest request body accepted (413 beyond).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The largest stack file `POST /api/v1/stack/plan|apply` takes (a thousand components
+/// with their rows stay far below it).
+pub const MAX_STACK_BYTES: usize = 1024 * 1024;
+
+/// The body limit of a request to `path`.
+pub fn body_limit(path: &str) -> usize {
+    if path.starts_with("/api/v1/stack/") {
+        MAX_STACK_BYTES
+    } else {
+        MAX_BODY_BYTES
+    }
+}
 /// Threads for SQLite and /proc work: reads are short, and two keep one slow read from
 /// holding up the rest without letting a flood of requests spawn threads.
 const BLOCKING_THREADS: usize = 2;

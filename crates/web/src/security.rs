@@ -11,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-use crate::{ApiError, App, MAX_BODY_BYTES};
+use crate::{ApiError, App, body_limit};
 
 /// Whether an authority (a Host header's value, or an absolute-form request's) is exactly one
 /// of this machine's names with an optional port: `localhost`, `127.0.0.1`, `[::1]` or the
@@ -81,8 +81,9 @@ pub async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) ->
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
-        return too_large().into_response();
+    let limit = body_limit(request.uri().path());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return too_large(limit).into_response();
     }
     let needs_token = !is_read(request.method()) || app.read_requires_token;
     // The dashboard itself (and its scripts) loads without the token; it asks for it.
@@ -129,10 +130,10 @@ fn is_page(path: &str) -> bool {
     path == "/" || path.starts_with("/components/") || path.starts_with("/assets/")
 }
 
-pub fn too_large() -> ApiError {
+pub fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+        format!("request bodies here are limited to {limit} bytes"),
     )
 }
 
