@@ -13,6 +13,8 @@ mod executor;
 mod gates;
 mod observe;
 mod rows;
+mod setup;
+pub use setup::become_subreaper;
 mod shutdown;
 mod slot;
 
@@ -26,7 +28,6 @@ use n0m1_core::home::{ENV_BOOT_PID, Home, HomeError};
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::notify::NotifySocket;
 use n0m1_core::pidfile::{PidError, PidFile};
-use n0m1_core::process;
 use n0m1_core::runtime::{Event, PidWatcher, Runtime, SignalSet};
 use n0m1_core::state::unix_now;
 use n0m1_core::writer::Writer;
@@ -115,8 +116,8 @@ impl Manager {
             source,
         })?;
         become_subreaper()?;
-        die_with_boot(&options.manager)?;
-        raise_open_file_limit();
+        setup::die_with_boot(&options.manager)?;
+        setup::raise_open_file_limit();
         options.home.ensure()?;
         let own_pid_file = PidFile::acquire(&options.home.pid_file(&options.manager))?;
         let db_path = options.home.db_path();
@@ -463,40 +464,5 @@ impl Manager {
         for id in gone {
             self.dispatch(&id, Input::TreeGone);
         }
-    }
-}
-
-/// Orphans of our components are re-parented to us, not to PID 1 (which does not reap here),
-/// so they can be reaped and nothing is left as a zombie.
-pub fn become_subreaper() -> Result<(), ManagerError> {
-    nix::sys::prctl::set_child_subreaper(true).map_err(|errno| ManagerError::Os {
-        what: "cannot become a child subreaper",
-        source: errno.into(),
-    })
-}
-
-/// Started by boot: die with boot (SIGTERM on its death), and refuse to start if boot is
-/// already gone, so a manager never runs on as an orphan.
-fn die_with_boot(manager: &str) -> Result<(), ManagerError> {
-    process::die_with_boot().map_err(|error| match error {
-        process::DieWithBootError::Os(source) => ManagerError::Os {
-            what: "cannot set the parent-death signal",
-            source,
-        },
-        process::DieWithBootError::Orphaned { boot_pid } => ManagerError::Orphaned {
-            manager: manager.to_owned(),
-            boot_pid,
-        },
-    })
-}
-
-/// Each supervised component holds a PID file open; 500 components need more than the
-/// usual soft limit of 1024 descriptors once logs and pidfds are counted.
-fn raise_open_file_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-    {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
