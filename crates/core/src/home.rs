@@ -281,6 +281,10 @@ impl Home {
     pub fn web_token(&self) -> PathBuf {
         self.root.join(WEB_TOKEN_FILE)
     }
+    /// The log writer's report of a full disk (`disk_report`), read by boot.
+    pub fn disk_report(&self) -> PathBuf {
+        self.run_dir().join("logd.disk")
+    }
     pub fn web_cert(&self) -> PathBuf {
         self.root.join(WEB_CERT_FILE)
     }

@@ -18,6 +18,7 @@ pub mod config;
 pub mod db;
 pub mod defaults;
 pub mod dependencies;
+pub mod disk_report;
 pub mod health;
 pub mod home;
 pub mod incidents;

@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use n0m1_core::config::LogSettings;
+use n0m1_core::disk_report::{DiskReport, DiskReportFile};
 use n0m1_core::home::{Home, LOGD_STEM, open_private_append};
-use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::logpipe;
 use n0m1_core::runtime::{Event, Runtime, SignalSet};
-use n0m1_core::writer::Writer;
 use n0m1_core::{Config, PidFile};
 
 /// How often `run/logs/` is looked at for new FIFOs; what is written meanwhile waits in the
@@ -258,20 +257,19 @@ fn is_out_of_space(error: &std::io::Error) -> bool {
 }
 
 /// Whether the log files' device has room. The first write refused for space opens an
-/// episode (one `DISK_FULL` event, one line in this process's own log), the first write that
-/// goes through again closes it (one `DISK_FULL_CLEARED` with the bytes dropped meanwhile):
-/// a full disk costs two rows, not one per refused line.
+/// episode, the first write that goes through again closes it; each change is a new
+/// `DiskReport`, which boot turns into one `DISK_FULL` and one `DISK_FULL_CLEARED` with the
+/// bytes dropped: a full disk costs two rows, not one per refused line.
 #[derive(Default)]
 struct SpaceWatch {
-    full: Option<FullEpisode>,
-    /// Events for the lifecycle log, taken by the loop.
-    events: Vec<LifecycleRecord>,
+    episodes: u64,
+    full: Option<DiskReport>,
+    /// The report to write, when it changed.
+    changed: Option<DiskReport>,
 }
 
-struct FullEpisode {
-    since: Instant,
-    dropped: u64,
-    files: std::collections::BTreeSet<String>,
+fn unix_now() -> i64 {
+    n0m1_core::state::unix_now() as i64
 }
 
 impl SpaceWatch {
@@ -280,45 +278,49 @@ impl SpaceWatch {
             || target.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        if self.full.is_none() {
-            let message = format!(
-                "no space left on the device of logs/{name}: log lines are dropped (and \
-                 counted) until space returns; free space on it"
+        let full = self.full.get_or_insert_with(|| {
+            self.episodes += 1;
+            DiskReport {
+                episode: self.episodes,
+                since: unix_now(),
+                ..DiskReport::default()
+            }
+        });
+        if full.dropped == 0 && full.files.is_empty() {
+            tracing::error!(
+                "{}",
+                DiskReport {
+                    files: name.clone(),
+                    ..full.clone()
+                }
+                .full_message()
             );
-            tracing::error!("{message}");
-            self.events
-                .push(LifecycleRecord::new(LOGD_STEM, LifecycleEvent::DiskFull).message(message));
-            self.full = Some(FullEpisode {
-                since: Instant::now(),
-                dropped: 0,
-                files: Default::default(),
+            self.changed = Some(DiskReport {
+                files: name.clone(),
+                ..full.clone()
             });
         }
-        if let Some(full) = &mut self.full {
-            full.dropped += bytes;
-            full.files.insert(name);
+        full.dropped += bytes;
+        if !full.files.split(',').any(|f| f == name) {
+            if !full.files.is_empty() {
+                full.files.push(',');
+            }
+            full.files.push_str(&name);
         }
     }
 
     fn written(&mut self) {
-        let Some(full) = self.full.take() else {
+        let Some(mut full) = self.full.take() else {
             return;
         };
-        let files: Vec<&str> = full.files.iter().map(String::as_str).collect();
-        let message = format!(
-            "space is back after {:.0} s: {} bytes of log lines were dropped ({})",
-            full.since.elapsed().as_secs_f64(),
-            full.dropped,
-            files.join(", ")
-        );
-        tracing::warn!("{message}");
-        self.events.push(
-            LifecycleRecord::new(LOGD_STEM, LifecycleEvent::DiskFullCleared).message(message),
-        );
+        full.cleared = Some(unix_now());
+        tracing::warn!("{}", full.cleared_message());
+        self.changed = Some(full);
     }
 
-    fn take_events(&mut self) -> Vec<LifecycleRecord> {
-        std::mem::take(&mut self.events)
+    /// The report to write, if it changed since the last call.
+    fn take_report(&mut self) -> Option<DiskReport> {
+        self.changed.take()
     }
 }
 
@@ -356,20 +358,22 @@ pub fn run(home: Home) -> Result<(), LogdError> {
     let mut streams: HashMap<PathBuf, Stream> = HashMap::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut space = SpaceWatch::default();
-    // Events go through the writer thread: it keeps them queued (with their own time) while
-    // the database is on the full disk too.
-    let writer = match Writer::start(&home.db_path()) {
-        Ok(writer) => Some(writer),
+    // Made whole now, while there is room: overwritten in place when the disk is full.
+    let report = match DiskReportFile::create(&home.disk_report()) {
+        Ok(file) => Some(file),
         Err(error) => {
-            tracing::error!("{error}; a full disk will be said in this log only");
+            tracing::error!(
+                "cannot make {}: {error}; a full disk will be said in this log only",
+                home.disk_report().display()
+            );
             None
         }
     };
     let record = |space: &mut SpaceWatch| {
-        for event in space.take_events() {
-            if let Some(writer) = &writer {
-                writer.event(event);
-            }
+        if let (Some(changed), Some(file)) = (space.take_report(), &report)
+            && let Err(error) = file.write(&changed)
+        {
+            tracing::error!("cannot write {}: {error}", home.disk_report().display());
         }
     };
     let mut next_scan = Instant::now();
@@ -406,9 +410,6 @@ pub fn run(home: Home) -> Result<(), LogdError> {
         stream.flush_partial(&settings, &mut space);
     }
     record(&mut space);
-    if let Some(writer) = writer {
-        writer.close();
-    }
     pid_file.remove();
     Ok(())
 }
@@ -618,11 +619,13 @@ mod tests {
                 .unwrap();
             stream.drain(&settings, &mut buf, &mut space);
         }
-        let events = space.take_events();
-        assert_eq!(events.len(), 1, "one event for the whole episode");
-        assert_eq!(events[0].event, LifecycleEvent::DiskFull);
-        assert_eq!(events[0].component_id, LOGD_STEM);
-        assert!(events[0].message.as_deref().unwrap().contains("logs/x.log"));
+        let report = space.take_report().expect("the episode is reported");
+        assert_eq!((report.episode, report.cleared), (1, None));
+        assert!(report.full_message().contains("logs/x.log"));
+        assert!(
+            space.take_report().is_none(),
+            "said once for the whole episode"
+        );
 
         // Space returns: the next line is written after a marker naming the gap.
         std::fs::remove_file(&target).unwrap();
@@ -632,16 +635,18 @@ mod tests {
             std::fs::read_to_string(&target).unwrap(),
             "[n0m1_logd: 900 bytes not written here: no space left on the device]\nkept\n"
         );
-        let events = space.take_events();
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0].event, LifecycleEvent::DiskFullCleared);
-        let message = events[0].message.as_deref().unwrap();
+        let report = space
+            .take_report()
+            .expect("the end of the episode is reported");
+        assert!(report.cleared.is_some());
+        assert_eq!((report.dropped, report.files.as_str()), (900, "x.log"));
+        let message = report.cleared_message();
         assert!(
             message.contains("900 bytes of log lines were dropped (x.log)"),
             "{message}"
         );
         writer.write_all(b"more\n").unwrap();
         stream.drain(&settings, &mut buf, &mut space);
-        assert!(space.take_events().is_empty(), "nothing more to say");
+        assert!(space.take_report().is_none(), "nothing more to say");
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use n0m1_core::home::LOGD_STEM;
 use n0m1_core::lifecycle::{LifecycleEvent, LifecycleRecord};
 use n0m1_core::pidfile::PidFile;
 use n0m1_core::process;
@@ -18,6 +19,7 @@ impl Boot {
         if self.database_gone.is_none() {
             self.database_replaced();
         }
+        self.record_disk_report();
         // Boot's own log (the files `n0m1ctl start` gave it) is bounded like the others.
         let (stdout, stderr) = self
             .options
@@ -51,6 +53,42 @@ impl Boot {
                 } if next_health <= now => self.check_health(index, pid, now),
                 _ => {}
             }
+        }
+    }
+
+    /// The log writer's report of a full disk (`n0m1_core::disk_report`) becomes one
+    /// `DISK_FULL` per episode and one `DISK_FULL_CLEARED`, stamped with their own times (the
+    /// journal keeps them queued while the database is on the full disk too).
+    fn record_disk_report(&mut self) {
+        let Some(report) = n0m1_core::disk_report::read(&self.options.home.disk_report()) else {
+            return;
+        };
+        let (mut episode, mut cleared) = self.disk_recorded;
+        if report.episode < episode {
+            // A log writer restarted: its episodes count from one again.
+            (episode, cleared) = (0, false);
+            self.disk_recorded = (0, false);
+        }
+        if report.episode == 0 {
+            return;
+        }
+        if report.episode > episode {
+            self.journal.event(
+                LifecycleRecord::new(LOGD_STEM, LifecycleEvent::DiskFull)
+                    .at(report.since)
+                    .message(report.full_message()),
+            );
+            self.disk_recorded = (report.episode, false);
+        }
+        if let Some(at) = report.cleared
+            && !(report.episode == episode && cleared)
+        {
+            self.journal.event(
+                LifecycleRecord::new(LOGD_STEM, LifecycleEvent::DiskFullCleared)
+                    .at(at)
+                    .message(report.cleared_message()),
+            );
+            self.disk_recorded = (report.episode, true);
         }
     }
 

@@ -117,6 +117,8 @@ pub struct Boot {
     /// systemd (`Type=notify`) has been told READY=1.
     told_ready: bool,
     watchdog: WatchdogPinger,
+    /// The log writer's last full-disk episode recorded, and whether its end was.
+    disk_recorded: (u64, bool),
 }
 
 impl Boot {
@@ -164,7 +166,10 @@ impl Boot {
             // Nobody to tell outside systemd.
             told_ready: std::env::var_os(notify::ENV_NOTIFY_SOCKET).is_none(),
             watchdog: WatchdogPinger::from_env(),
+            disk_recorded: (0, false),
         };
+        // A report left by a previous log writer is not this one's.
+        let _ = std::fs::remove_file(boot.options.home.disk_report());
         boot.journal.event(
             LifecycleRecord::new(BOOT_COMPONENT_ID, LifecycleEvent::StartedSuccessfully)
                 .pid(std::process::id() as i32)
