@@ -289,6 +289,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!("--timeout {timeout}: a number of seconds above 0");
     }
+    if cli.host.is_some() && cli.fleet.is_none() {
+        anyhow::bail!("--host names a host of a fleet: give --fleet FILE too");
+    }
     if let Some(file) = &cli.fleet {
         let home = cli.home.resolve().ok();
         let path = fleet::file_path(file, home.as_ref())?;
