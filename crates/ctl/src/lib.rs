@@ -529,11 +529,7 @@ fn run_remote(remote: &remote::Remote, command: Command) -> anyhow::Result<ExitC
         }) => remote.logs(&id, lines, follow).map(|()| ExitCode::SUCCESS),
         Command::Events(args) => remote.events(&args).map(|()| ExitCode::SUCCESS),
         Command::Export { output } => {
-            let text = remote.export()?;
-            match output {
-                None => print!("{text}"),
-                Some(path) => n0m1_core::home::write_private(&path, text.as_bytes())?,
-            }
+            stack::write_out(&remote.export()?, output.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Plan { file, prune } => {

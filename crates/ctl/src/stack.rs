@@ -75,10 +75,14 @@ fn literal(kind: Kind, value: &Value) -> String {
 /// `export [--output FILE]`.
 pub fn run_export(home: &Home, output: Option<&Path>) -> anyhow::Result<()> {
     let conn = crate::open_database(home)?;
-    let text = export(&conn)?;
+    write_out(&export(&conn)?, output)
+}
+
+/// A stack's text to standard output, or to `output` (0600: webhook URLs and accounts are
+/// in it, private like the home's own files).
+pub fn write_out(text: &str, output: Option<&Path>) -> anyhow::Result<()> {
     match output {
         None => print!("{text}"),
-        // Webhook URLs and accounts are in it: private, like the home's own files.
         Some(path) => n0m1_core::home::write_private(path, text.as_bytes())?,
     }
     Ok(())

@@ -278,6 +278,7 @@ impl SpaceWatch {
             || target.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
+        let opens = self.full.is_none();
         let full = self.full.get_or_insert_with(|| {
             self.episodes += 1;
             DiskReport {
@@ -286,26 +287,16 @@ impl SpaceWatch {
                 ..DiskReport::default()
             }
         });
-        if full.dropped == 0 && full.files.is_empty() {
-            tracing::error!(
-                "{}",
-                DiskReport {
-                    files: name.clone(),
-                    ..full.clone()
-                }
-                .full_message()
-            );
-            self.changed = Some(DiskReport {
-                files: name.clone(),
-                ..full.clone()
-            });
-        }
         full.dropped += bytes;
         if !full.files.split(',').any(|f| f == name) {
             if !full.files.is_empty() {
                 full.files.push(',');
             }
             full.files.push_str(&name);
+        }
+        if opens {
+            tracing::error!("{}", full.full_message());
+            self.changed = Some(full.clone());
         }
     }
 
