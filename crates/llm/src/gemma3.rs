@@ -1,20 +1,24 @@
-//! Gemma 3 on a GGUF file's quantized weights, written here: candle-transformers 0.11's
-//! quantized Gemma 3 gates its MLP with SiLU where Gemma uses GELU (tanh), so its text drifts
-//! from llama.cpp's on the same file from the second token on.
+//! Gemma 3 on a GGUF file's own blocks, on the same parts as `llama` (`decoder`): the block
+//! kernels for every matrix whose format they take (a Q4_K_M file's Q4_K, Q6_K, Q5_0 and
+//! Q8_0), plain f32 buffers kept between steps, a key/value cache allocated once per layer
+//! for the whole context (pages touched only as positions fill). The token embedding stays
+//! quantized (rows dequantized as they are looked up) and serves as the tied output head.
 //!
-//! Memory is kept to what the file holds: the token embedding stays quantized (a prompt's
-//! rows are dequantized as they are looked up) and also serves as the tied output head, and
-//! the key/value cache is allocated once per layer for the whole context (pages are touched
-//! only as positions fill), so decoding appends in place instead of concatenating.
+//! What differs from Llama, as llama.cpp's graph has it: the embedding scaled by √dim, a
+//! norm on each query and key head, norms after attention and after the MLP as well as
+//! before, rotary pairs split in halves with a local and a global base, sliding-window
+//! attention on five layers of six, and the MLP gated by GELU (tanh) where candle-transformers
+//! 0.11's quantized Gemma 3 uses SiLU (its text drifts from llama.cpp's from the second token).
 
 use std::io::{Read, Seek};
-use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor, gguf_file};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Result, Tensor};
 
-use crate::attention::{Rope, attention_mask};
-use candle_transformers::quantized_nn::RmsNorm;
+use crate::decoder::{
+    Embedding, Heads, KvCache, Linear, Pairs, Rotary, forward_all, linear, rms_norm, vector,
+};
+use crate::team::Team;
 
 /// Positions the cache holds at most; the file's 32,768 would reserve 1.2 GB of address
 /// space for Gemma 3 270M's cache, more than a summariser's prompts ever need.
@@ -27,40 +31,73 @@ const DEFAULT_LOCAL_ROPE_BASE: f32 = 10_000.0;
 const DEFAULT_GLOBAL_ROPE_BASE: f32 = 1_000_000.0;
 
 struct Layer {
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
-    o: QMatMul,
-    q_norm: RmsNorm,
-    k_norm: RmsNorm,
-    attn_norm: RmsNorm,
-    post_attn_norm: RmsNorm,
-    ffn_norm: RmsNorm,
-    post_ffn_norm: RmsNorm,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Vec<f32>,
+    k_norm: Vec<f32>,
+    attn_norm: Vec<f32>,
+    post_attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    post_ffn_norm: Vec<f32>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
     /// `Some(window)` for a sliding-window layer.
     window: Option<usize>,
-    /// [1, kv_heads, MAX_CONTEXT, head_dim], written in place.
-    keys: Tensor,
-    values: Tensor,
+    cache: KvCache,
+}
+
+/// The buffers of one step, kept so a decode step reuses them.
+#[derive(Default)]
+struct Buffers {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    normed: Vec<f32>,
+    attended: Vec<f32>,
+    projected: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    scores: Vec<f32>,
 }
 
 pub struct Gemma3 {
-    embedding: Arc<QTensor>,
-    embedding_dim: usize,
+    embedding: Embedding,
+    /// `None`: tied to the embedding's blocks.
+    output: Option<Linear>,
     layers: Vec<Layer>,
-    norm: RmsNorm,
-    output: QMatMul,
-    global_rope: Rope,
-    local_rope: Rope,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
+    norm: Vec<f32>,
+    eps: f32,
+    global_rope: Rotary,
+    local_rope: Rotary,
+    shape: Heads,
+    dim: usize,
+    vocab: usize,
     /// Positions the cache holds.
     pub context_length: usize,
+    buffers: Buffers,
+    team: Team,
     device: Device,
+}
+
+/// GELU with the tanh approximation (Gemma's `gelu_pytorch_tanh`) as ggml computes it: from
+/// a table indexed by the input rounded to f16, holding f16 results, between −10 and 10 (0
+/// below, the input above). The same roundings here, so greedy text follows llama.cpp's.
+fn gelu(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    let to_f16 = |v: f32| half::f16::from_f32(v).to_f32();
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    let x = to_f16(x);
+    to_f16(0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh()))
 }
 
 impl Gemma3 {
@@ -79,10 +116,13 @@ impl Gemma3 {
         let heads = meta("attention.head_count")?.to_u32()? as usize;
         let kv_heads = meta("attention.head_count_kv")?.to_u32()? as usize;
         let blocks = meta("block_count")?.to_u32()? as usize;
-        let embedding_dim = meta("embedding_length")?.to_u32()? as usize;
+        let dim = meta("embedding_length")?.to_u32()? as usize;
         let head_dim = meta("attention.key_length")?.to_u32()? as usize;
-        let eps = f64::from(meta("attention.layer_norm_rms_epsilon")?.to_f32()?);
+        let eps = meta("attention.layer_norm_rms_epsilon")?.to_f32()?;
         let window = meta("attention.sliding_window")?.to_u32()? as usize;
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || head_dim < 2 {
+            candle_core::bail!("{heads} heads, {kv_heads} key heads of {head_dim} do not divide");
+        }
         let pattern = meta("attention.sliding_window_type")
             .and_then(|v| v.to_u32())
             .map_or(DEFAULT_SLIDING_PATTERN, |v| v as usize)
@@ -96,150 +136,163 @@ impl Gemma3 {
         let context_length = meta("context_length")
             .and_then(|v| v.to_u32())
             .map_or(MAX_CONTEXT, |v| (v as usize).min(MAX_CONTEXT));
-        let mut tensor = |name: &str| content.tensor(reader, name, device);
-        let embedding = Arc::new(tensor("token_embd.weight")?);
-        let output = match tensor("output.weight") {
-            Ok(head) => QMatMul::from_qtensor(head)?,
-            Err(_) => QMatMul::from_arc(embedding.clone())?,
-        };
-        let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, eps)?;
-        let mut layers = Vec::with_capacity(blocks);
-        for index in 0..blocks {
-            let mut weight = |part: &str| tensor(&format!("blk.{index}.{part}.weight"));
-            let matmul = |t: QTensor| QMatMul::from_qtensor(t);
-            let rms = |t: QTensor| RmsNorm::from_qtensor(t, eps);
-            let cache =
-                || Tensor::zeros((1, kv_heads, context_length, head_dim), DType::F32, device);
-            layers.push(Layer {
-                q: matmul(weight("attn_q")?)?,
-                k: matmul(weight("attn_k")?)?,
-                v: matmul(weight("attn_v")?)?,
-                o: matmul(weight("attn_output")?)?,
-                q_norm: rms(weight("attn_q_norm")?)?,
-                k_norm: rms(weight("attn_k_norm")?)?,
-                attn_norm: rms(weight("attn_norm")?)?,
-                post_attn_norm: rms(weight("post_attention_norm")?)?,
-                ffn_norm: rms(weight("ffn_norm")?)?,
-                post_ffn_norm: rms(weight("post_ffw_norm")?)?,
-                gate: matmul(weight("ffn_gate")?)?,
-                up: matmul(weight("ffn_up")?)?,
-                down: matmul(weight("ffn_down")?)?,
-                window: (!(index + 1).is_multiple_of(pattern)).then_some(window),
-                keys: cache()?,
-                values: cache()?,
-            });
-        }
-        Ok(Gemma3 {
-            global_rope: Rope::new(head_dim, global_base, context_length, device)?,
-            local_rope: Rope::new(head_dim, local_base, context_length, device)?,
-            embedding,
-            embedding_dim,
-            layers,
-            norm,
-            output,
+        let shape = Heads {
             heads,
             kv_heads,
             head_dim,
+            context: context_length,
+        };
+        let (embedding, vocab) = Embedding::read(&content, reader, device)?;
+        let output = if content.tensor_infos.contains_key("output.weight") {
+            Some(linear(&content, reader, "output.weight", device)?)
+        } else if matches!(embedding, Embedding::Dense(_)) {
+            Some(linear(&content, reader, "token_embd.weight", device)?)
+        } else {
+            None
+        };
+        let norm = vector(&content, reader, "output_norm.weight", device)?;
+        let mut layers = Vec::with_capacity(blocks);
+        for index in 0..blocks {
+            let name = |part: &str| format!("blk.{index}.{part}.weight");
+            let mut matrix = |part: &str| linear(&content, reader, &name(part), device);
+            let (q, k, v, o) = (
+                matrix("attn_q")?,
+                matrix("attn_k")?,
+                matrix("attn_v")?,
+                matrix("attn_output")?,
+            );
+            let (gate, up, down) = (matrix("ffn_gate")?, matrix("ffn_up")?, matrix("ffn_down")?);
+            let mut norm = |part: &str| vector(&content, reader, &name(part), device);
+            layers.push(Layer {
+                q,
+                k,
+                v,
+                o,
+                q_norm: norm("attn_q_norm")?,
+                k_norm: norm("attn_k_norm")?,
+                attn_norm: norm("attn_norm")?,
+                post_attn_norm: norm("post_attention_norm")?,
+                ffn_norm: norm("ffn_norm")?,
+                post_ffn_norm: norm("post_ffw_norm")?,
+                gate,
+                up,
+                down,
+                window: (!(index + 1).is_multiple_of(pattern)).then_some(window),
+                cache: KvCache::new(shape),
+            });
+        }
+        Ok(Gemma3 {
+            embedding,
+            output,
+            layers,
+            norm,
+            eps,
+            global_rope: Rotary::new(head_dim, global_base, context_length, Pairs::Halves),
+            local_rope: Rotary::new(head_dim, local_base, context_length, Pairs::Halves),
+            shape,
+            dim,
+            vocab,
             context_length,
+            buffers: Buffers::default(),
+            // As many threads as the pool candle sizes from --threads (RAYON_NUM_THREADS).
+            team: Team::new(rayon::current_num_threads().saturating_sub(1)),
             device: device.clone(),
         })
-    }
-
-    /// The embedding rows of `ids`, dequantized one row at a time: [seq, dim].
-    fn embed(&self, ids: &[u32]) -> Result<Tensor> {
-        let dtype = self.embedding.dtype();
-        let row_bytes = self.embedding_dim / dtype.block_size() * dtype.type_size();
-        let data = self.embedding.data()?;
-        let rows = ids
-            .iter()
-            .map(|&id| {
-                let start = id as usize * row_bytes;
-                let bytes = data.get(start..start + row_bytes).ok_or_else(|| {
-                    candle_core::Error::Msg(format!("token id {id} is outside the vocabulary"))
-                })?;
-                candle_core::quantized::ggml_file::qtensor_from_ggml(
-                    dtype,
-                    bytes,
-                    vec![self.embedding_dim],
-                    &self.device,
-                )?
-                .dequantize(&self.device)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Tensor::stack(&rows, 0)
     }
 
     /// Logits of the last of `ids`, fed at `position`: [vocab].
     pub fn forward(&mut self, ids: &[u32], position: usize) -> Result<Tensor> {
         let seq = ids.len();
-        if position + seq > self.context_length {
+        if seq == 0 || position + seq > self.context_length {
             candle_core::bail!(
-                "positions {position}..{} exceed the cache of {} positions",
+                "positions {position}..{} do not fit the cache of {} positions",
                 position + seq,
                 self.context_length
             );
         }
-        let scale = (self.embedding_dim as f64).sqrt();
-        let mut x = (self.embed(ids)? * scale)?.unsqueeze(0)?;
-        let attention_scale = 1.0 / (self.head_dim as f64).sqrt();
-        let repeats = self.heads / self.kv_heads;
-        for index in 0..self.layers.len() {
-            let mask = attention_mask(self.layers[index].window, position, seq, &self.device)?;
-            let layer = &self.layers[index];
+        let (dim, shape, eps) = (self.dim, self.shape, self.eps);
+        let mut b = std::mem::take(&mut self.buffers);
+        self.embedding.lookup(ids, self.vocab, dim, &mut b.x)?;
+        let scale = (dim as f32).sqrt();
+        for x in b.x.iter_mut() {
+            *x *= scale;
+        }
+        let attention_scale = 1.0 / (shape.head_dim as f32).sqrt();
+        // Adds `norm(projected)` to the residual stream.
+        let add_normed =
+            |x: &mut [f32], projected: &[f32], weight: &[f32], normed: &mut Vec<f32>| {
+                rms_norm(projected, weight, eps, normed);
+                for (x, p) in x.iter_mut().zip(normed.iter()) {
+                    *x += p;
+                }
+            };
+        for layer in &mut self.layers {
+            rms_norm(&b.x, &layer.attn_norm, eps, &mut b.h);
+            forward_all(
+                [&layer.q, &layer.k, &layer.v],
+                &b.h,
+                seq,
+                &mut self.team,
+                [&mut b.q, &mut b.k, &mut b.v],
+            )?;
+            // Per head: `rms_norm` works on rows as long as its weights (head_dim).
+            rms_norm(&b.q, &layer.q_norm, eps, &mut b.normed);
+            std::mem::swap(&mut b.q, &mut b.normed);
+            rms_norm(&b.k, &layer.k_norm, eps, &mut b.normed);
+            std::mem::swap(&mut b.k, &mut b.normed);
             let rope = if layer.window.is_some() {
                 &self.local_rope
             } else {
                 &self.global_rope
             };
-            let residual = x.clone();
-            let h = layer.attn_norm.forward(&x)?;
-            let split = |t: Tensor, heads: usize| -> Result<Tensor> {
-                t.reshape((1, seq, heads, self.head_dim))?
-                    .transpose(1, 2)?
-                    .contiguous()
-            };
-            let q = layer
-                .q_norm
-                .forward(&split(layer.q.forward(&h)?, self.heads)?)?;
-            let k = layer
-                .k_norm
-                .forward(&split(layer.k.forward(&h)?, self.kv_heads)?)?;
-            let v = split(layer.v.forward(&h)?, self.kv_heads)?;
-            let q = rope.apply(&q, position)?;
-            let k = rope.apply(&k, position)?;
-            layer.keys.slice_set(&k, 2, position)?;
-            layer.values.slice_set(&v, 2, position)?;
-            let keys = layer.keys.narrow(2, 0, position + seq)?;
-            let values = layer.values.narrow(2, 0, position + seq)?;
-            // Grouped-query attention: the query heads of one key head share its cache.
-            let q = q.reshape((1, self.kv_heads, repeats * seq, self.head_dim))?;
-            let scores = (q.matmul(&keys.transpose(2, 3)?)? * attention_scale)?
-                .reshape((1, self.heads, seq, position + seq))?
-                .broadcast_add(&mask)?;
-            let weights = candle_nn::ops::softmax_last_dim(&scores)?.reshape((
-                1,
-                self.kv_heads,
-                repeats * seq,
-                position + seq,
-            ))?;
-            let attended = weights
-                .matmul(&values.contiguous()?)?
-                .reshape((1, self.heads, seq, self.head_dim))?
-                .transpose(1, 2)?
-                .reshape((1, seq, self.heads * self.head_dim))?;
-            let attended = layer.post_attn_norm.forward(&layer.o.forward(&attended)?)?;
-            let x_mid = (attended + residual)?;
-            let h = layer.ffn_norm.forward(&x_mid)?;
-            let gated = (layer.gate.forward(&h)?.gelu()? * layer.up.forward(&h)?)?;
-            let out = layer.post_ffn_norm.forward(&layer.down.forward(&gated)?)?;
-            x = (out + x_mid)?;
+            rope.rotate(&mut b.q, shape.heads, position);
+            rope.rotate(&mut b.k, shape.kv_heads, position);
+            // Scaled before the product, as llama.cpp's graph scales Gemma's queries.
+            for q in b.q.iter_mut() {
+                *q *= attention_scale;
+            }
+            layer.cache.store(&b.k, &b.v, position, shape);
+            layer.cache.attend(
+                &b.q,
+                position,
+                layer.window,
+                1.0,
+                shape,
+                &mut b.scores,
+                &mut b.attended,
+            );
+            layer
+                .o
+                .forward(&b.attended, seq, &mut self.team, &mut b.projected)?;
+            add_normed(&mut b.x, &b.projected, &layer.post_attn_norm, &mut b.normed);
+            rms_norm(&b.x, &layer.ffn_norm, eps, &mut b.h);
+            forward_all(
+                [&layer.gate, &layer.up],
+                &b.h,
+                seq,
+                &mut self.team,
+                [&mut b.gate, &mut b.up],
+            )?;
+            for (g, u) in b.gate.iter_mut().zip(&b.up) {
+                *g = gelu(*g) * u;
+            }
+            layer
+                .down
+                .forward(&b.gate, seq, &mut self.team, &mut b.projected)?;
+            add_normed(&mut b.x, &b.projected, &layer.post_ffn_norm, &mut b.normed);
         }
-        let last = x.narrow(1, seq - 1, 1)?;
-        let last = self.norm.forward(&last)?;
-        self.output
-            .forward(&last)?
-            .squeeze(0)?
-            .squeeze(0)?
-            .to_dtype(DType::F32)
+        let last = &b.x[(seq - 1) * dim..];
+        rms_norm(last, &self.norm, eps, &mut b.h);
+        let mut logits = Vec::with_capacity(self.vocab);
+        match (&self.output, &self.embedding) {
+            (Some(output), _) => output.forward(&b.h, 1, &mut self.team, &mut logits)?,
+            (None, Embedding::Blocks(matrix)) => {
+                logits.resize(matrix.rows, 0.0);
+                self.team.matmul(matrix, &b.h, 1, &mut logits);
+            }
+            (None, Embedding::Dense(_)) => unreachable!("a dense embedding gets its own head"),
+        }
+        self.buffers = b;
+        Tensor::from_vec(logits, self.vocab, &self.device)?.to_dtype(DType::F32)
     }
 }

@@ -152,7 +152,8 @@ impl Team {
 
     /// `outs[m][t][r] = row r of matrices[m] · x[t]`: products of one input (a layer's query,
     /// key and value; its gate and up) as one piece of work, the input quantized once and the
-    /// threads meeting once instead of once per matrix.
+    /// threads meeting once instead of once per matrix. The matrices quantize their input
+    /// alike (`BlockFormat::activations`).
     pub fn products(
         &mut self,
         matrices: &[&Arc<BlockMatrix>],
@@ -171,7 +172,14 @@ impl Team {
         }
         let threads = self.threads();
         let work = Arc::get_mut(&mut self.work).expect("unshared after the check above");
-        work.activations.quantize(x);
+        let format = matrices[0].format;
+        assert!(
+            matrices
+                .iter()
+                .all(|m| m.format.activations() == format.activations()),
+            "matrices quantize one input alike"
+        );
+        work.activations.quantize_for(format, x);
         work.tokens = tokens;
         work.matrices.clear();
         work.matrices.extend(matrices.iter().map(|m| Arc::clone(m)));

@@ -1,0 +1,415 @@
+use std::arch::x86_64::*;
+
+use super::blocks::{f16_at, k_scale_min};
+use super::{Activations, BLOCK, BlockFormat, TILE};
+
+/// Whether this CPU runs the AVX2 kernels.
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn horizontal_sum(v: __m256) -> f32 {
+    let pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let pair = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+}
+
+/// A block's 32 weights as bytes for `_mm256_maddubs_epi16` (unsigned nibbles or 5-bit
+/// values, or |q|), and the bytes whose signs the activations take (Q8_0's q; unused for the
+/// others). The K-quants take `unpack_k`.
+///
+/// # Safety
+/// `block` points at a whole block of `format`.
+#[inline]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn weights(format: BlockFormat, block: *const u8) -> (__m256i, __m256i) {
+    match format {
+        BlockFormat::Q8_0 => {
+            // SAFETY: the 32 signed bytes after the f16 scale, inside the block.
+            let q = unsafe { _mm256_loadu_si256(block.add(2).cast()) };
+            (_mm256_sign_epi8(q, q), q)
+        }
+        BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+            let skip = if format == BlockFormat::Q4_1 { 4 } else { 2 };
+            // SAFETY: the 16 bytes of nibbles after the scale (and minimum).
+            let packed = unsafe { _mm_loadu_si128(block.add(skip).cast()) };
+            let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+            (_mm256_and_si256(both, _mm256_set1_epi8(0x0F)), both)
+        }
+        BlockFormat::Q5_0 => {
+            // SAFETY: the 16 bytes of nibbles after the scale and the 4 bytes of high bits.
+            let (packed, high) = unsafe {
+                (
+                    _mm_loadu_si128(block.add(6).cast()),
+                    std::ptr::read_unaligned(block.add(2).cast::<u32>()),
+                )
+            };
+            let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+            let nibbles = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+            (_mm256_or_si256(nibbles, fifth_bits(high, 0)), both)
+        }
+        BlockFormat::Q4_K | BlockFormat::Q5_K | BlockFormat::Q6_K => {
+            unreachable!("K-quant blocks are unpacked by unpack_k")
+        }
+    }
+}
+
+/// 0x10 in byte `i` where bit `i + skip` of `bits` is set (the fifth bit of a 5-bit value):
+/// each byte takes the byte of `bits` holding its bit, all of whose other bits a mask sets,
+/// so the byte is all ones exactly when its bit is.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fifth_bits(bits: u32, skip: u32) -> __m256i {
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32((bits >> skip) as i32),
+        _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        ),
+    );
+    let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    let set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1));
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// Lane 0: what the block's integer dot product is multiplied by (the weights' scale
+/// times the activations'); lane 1: the block's offset (Q4_1's minimum times the scaled
+/// sum of the activations; Q4_0's scale times it, to be multiplied by −8; unused for
+/// Q8_0). One load and one conversion for the block's f16 scale and minimum, into a
+/// fresh register: converting them one by one had the compiler merge each into a live
+/// accumulator, which chained every block behind the previous one.
+///
+/// # Safety
+/// `block` points at a whole block of `format` (at least 18 bytes), `factor` at one of
+/// the activations' factors.
+#[inline]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn factors(
+    format: BlockFormat,
+    block: *const u8,
+    factor: *const [f32; 2],
+) -> __m128 {
+    // SAFETY: the block's first four bytes (its scale, then its minimum or its first
+    // values) and the factor's eight, both inside their slices (see above).
+    let (halves, [scale, sum]) = unsafe {
+        (
+            _mm_cvtph_ps(_mm_loadu_si32(block)),
+            std::ptr::read_unaligned(factor),
+        )
+    };
+    let factor = _mm_setr_ps(scale, sum, 0.0, 0.0);
+    let weights = if matches!(format, BlockFormat::Q4_0 | BlockFormat::Q5_0) {
+        _mm_moveldup_ps(halves)
+    } else {
+        halves
+    };
+    _mm_mul_ps(weights, factor)
+}
+
+/// The 32 products of a block's weights and activation bytes `xv`, summed in 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn products(format: BlockFormat, weights: __m256i, signs: __m256i, xv: __m256i) -> __m256 {
+    let xv = if format == BlockFormat::Q8_0 {
+        _mm256_sign_epi8(xv, signs)
+    } else {
+        xv
+    };
+    let pairs = _mm256_maddubs_epi16(weights, xv);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+}
+
+/// The offsets summed in lane 1 of `offsets`, as the format adds them.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn offset(format: BlockFormat, offsets: __m128) -> f32 {
+    let lane1 = _mm_cvtss_f32(_mm_movehdup_ps(offsets));
+    match format {
+        BlockFormat::Q4_1 => lane1,
+        BlockFormat::Q4_0 => -8.0 * lane1,
+        BlockFormat::Q5_0 => -16.0 * lane1,
+        _ => 0.0,
+    }
+}
+
+/// `dot_reference` with AVX2: 32 products per block in two instructions (unsigned
+/// nibbles, or |w| against sign-adjusted activations, then pairs summed to 32 bits),
+/// blocks alternating between two accumulators so one block's loads overlap the other's
+/// arithmetic.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C (`available()`); the lengths are checked here.
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot(
+    format: BlockFormat,
+    row: &[u8],
+    activations: &Activations,
+    first: usize,
+    blocks: usize,
+) -> f32 {
+    if format.is_k() {
+        // SAFETY: the caller's promise (the CPU's features) is `dot_k`'s; it checks lengths.
+        return unsafe { dot_k(format, row, activations, [first], blocks) }[0];
+    }
+    let size = format.block_bytes();
+    assert!(row.len() >= blocks * size);
+    assert!(activations.blocks() >= first + blocks);
+    let (w, x, f) = (
+        row.as_ptr(),
+        activations.values.as_ptr(),
+        activations.factors.as_ptr(),
+    );
+    let mut sums = [_mm256_setzero_ps(); 2];
+    let mut offsets = [_mm_setzero_ps(); 2];
+    let mut step = |b: usize, lane: usize| {
+        let a = first + b;
+        // SAFETY: block `b < blocks` lies in `row[b * size..(b + 1) * size]`; activation
+        // block `a` in `values[a * 32..][..32]` and `factors[a]`; both bounds asserted above.
+        let (block, xv, factors) = unsafe {
+            let block = w.add(b * size);
+            (
+                block,
+                _mm256_loadu_si256(x.add(a * BLOCK).cast()),
+                factors(format, block, f.add(a)),
+            )
+        };
+        // SAFETY: `block` is a whole block (above).
+        let (weights, signs) = unsafe { weights(format, block) };
+        let products = products(format, weights, signs, xv);
+        sums[lane] = _mm256_fmadd_ps(_mm256_broadcastss_ps(factors), products, sums[lane]);
+        offsets[lane] = _mm_add_ps(offsets[lane], factors);
+    };
+    for pair in 0..blocks / 2 {
+        step(2 * pair, 0);
+        step(2 * pair + 1, 1);
+    }
+    if blocks % 2 == 1 {
+        step(blocks - 1, 0);
+    }
+    horizontal_sum(_mm256_add_ps(sums[0], sums[1]))
+        + offset(format, _mm_add_ps(offsets[0], offsets[1]))
+}
+
+/// `dot` for `TILE` tokens at once: token `i`'s activation blocks start at
+/// `first + i * stride`. Each weight block is loaded and unpacked once, then meets the
+/// `TILE` tokens' blocks, each into its own accumulator.
+///
+/// # Safety
+/// As `dot`; the lengths are checked here.
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_tile(
+    format: BlockFormat,
+    row: &[u8],
+    activations: &Activations,
+    first: usize,
+    stride: usize,
+    blocks: usize,
+) -> [f32; TILE] {
+    if format.is_k() {
+        let firsts = std::array::from_fn(|i| first + i * stride);
+        // SAFETY: as in `dot`.
+        return unsafe { dot_k(format, row, activations, firsts, blocks) };
+    }
+    let size = format.block_bytes();
+    assert!(row.len() >= blocks * size);
+    assert!(activations.blocks() >= first + (TILE - 1) * stride + blocks);
+    let (w, x, f) = (
+        row.as_ptr(),
+        activations.values.as_ptr(),
+        activations.factors.as_ptr(),
+    );
+    let mut sums = [_mm256_setzero_ps(); TILE];
+    let mut offsets = [_mm_setzero_ps(); TILE];
+    for b in 0..blocks {
+        // SAFETY: block `b < blocks` lies in `row[b * size..(b + 1) * size]` (asserted).
+        let block = unsafe { w.add(b * size) };
+        // SAFETY: a whole block.
+        let (weights, signs) = unsafe { weights(format, block) };
+        for i in 0..TILE {
+            let a = first + i * stride + b;
+            // SAFETY: activation block `a` is within `values[a * 32..][..32]` and
+            // `factors`: `a` is below `first + (TILE - 1) * stride + blocks` (asserted).
+            let (xv, factors) = unsafe {
+                (
+                    _mm256_loadu_si256(x.add(a * BLOCK).cast()),
+                    factors(format, block, f.add(a)),
+                )
+            };
+            let products = products(format, weights, signs, xv);
+            sums[i] = _mm256_fmadd_ps(_mm256_broadcastss_ps(factors), products, sums[i]);
+            offsets[i] = _mm_add_ps(offsets[i], factors);
+        }
+    }
+    std::array::from_fn(|i| horizontal_sum(sums[i]) + offset(format, offsets[i]))
+}
+
+/// A K-quant block unpacked once for every token that meets it: per 32-value sub-block its
+/// weights as bytes for `_mm256_maddubs_epi16` (Q6_K: |q − 32|, with the signed values in
+/// `signs` for the activations to take), the weight scale of each of its eight 4-value lanes
+/// (Q6_K scales each half of a sub-block on its own), and its minimum.
+pub(super) struct Unpacked {
+    pub weights: [__m256i; 8],
+    pub signs: [__m256i; 8],
+    pub scales: [__m256; 8],
+    pub mins: [f32; 8],
+}
+
+/// Unpacks one K-quant block (see `blocks::sub_block` for the layouts).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `block` is one whole block of `format` (asserted).
+#[inline]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn unpack_k(format: BlockFormat, block: &[u8]) -> Unpacked {
+    assert!(block.len() >= format.block_bytes());
+    let at = block.as_ptr();
+    let nibbles = _mm256_set1_epi8(0x0F);
+    let mut out = Unpacked {
+        weights: [_mm256_setzero_si256(); 8],
+        signs: [_mm256_setzero_si256(); 8],
+        scales: [_mm256_setzero_ps(); 8],
+        mins: [0.0; 8],
+    };
+    match format {
+        BlockFormat::Q4_K | BlockFormat::Q5_K => {
+            let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+            let skip = if format == BlockFormat::Q4_K { 16 } else { 48 };
+            // SAFETY: 32 bytes of high bits at 16 (Q5_K only), inside the block.
+            let high = (format == BlockFormat::Q5_K)
+                .then(|| unsafe { _mm256_loadu_si256(at.add(16).cast()) });
+            for pair in 0..4 {
+                // SAFETY: 32 bytes of nibbles per pair of sub-blocks, inside the block.
+                let packed = unsafe { _mm256_loadu_si256(at.add(skip + 32 * pair).cast()) };
+                out.weights[2 * pair] = _mm256_and_si256(packed, nibbles);
+                out.weights[2 * pair + 1] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibbles);
+            }
+            for j in 0..8 {
+                let (scale, min) = k_scale_min(&block[4..16], j);
+                out.scales[j] = _mm256_set1_ps(d * f32::from(scale));
+                out.mins[j] = -dmin * f32::from(min);
+                if let Some(high) = high {
+                    let bit = _mm256_set1_epi8((1u8 << j) as i8);
+                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(high, bit), bit);
+                    out.weights[j] = _mm256_or_si256(
+                        out.weights[j],
+                        _mm256_and_si256(set, _mm256_set1_epi8(0x10)),
+                    );
+                }
+            }
+        }
+        BlockFormat::Q6_K => {
+            let d = f16_at(block, 208);
+            let two = _mm256_set1_epi8(3);
+            for half in 0..2 {
+                // SAFETY: 64 bytes of low bits and 32 of high bits per half, inside the block.
+                let (low0, low1, high) = unsafe {
+                    (
+                        _mm256_loadu_si256(at.add(64 * half).cast()),
+                        _mm256_loadu_si256(at.add(64 * half + 32).cast()),
+                        _mm256_loadu_si256(at.add(128 + 32 * half).cast()),
+                    )
+                };
+                let lows = [
+                    _mm256_and_si256(low0, nibbles),
+                    _mm256_and_si256(low1, nibbles),
+                    _mm256_and_si256(_mm256_srli_epi16(low0, 4), nibbles),
+                    _mm256_and_si256(_mm256_srli_epi16(low1, 4), nibbles),
+                ];
+                let tops = [
+                    _mm256_and_si256(high, two),
+                    _mm256_and_si256(_mm256_srli_epi16(high, 2), two),
+                    _mm256_and_si256(_mm256_srli_epi16(high, 4), two),
+                    _mm256_and_si256(_mm256_srli_epi16(high, 6), two),
+                ];
+                for k in 0..4 {
+                    let q = _mm256_or_si256(lows[k], _mm256_slli_epi16(tops[k], 4));
+                    let q = _mm256_sub_epi8(q, _mm256_set1_epi8(32));
+                    let j = 4 * half + k;
+                    out.weights[j] = _mm256_sign_epi8(q, q);
+                    out.signs[j] = q;
+                    let scale = |i: usize| d * f32::from(block[192 + i] as i8);
+                    out.scales[j] =
+                        _mm256_set_m128(_mm_set1_ps(scale(2 * j + 1)), _mm_set1_ps(scale(2 * j)));
+                }
+            }
+        }
+        _ => unreachable!("unpack_k takes the K-quants"),
+    }
+    out
+}
+
+/// `dot_reference` on K-quant rows for `N` tokens at once (token `i`'s activation blocks
+/// from `firsts[i]`; `blocks` counts 32-value blocks, eight per K-quant block): each block is
+/// unpacked once, then every sub-block's 32 products are two instructions, scaled per lane by
+/// the weights' scales and the activations' scale, into two accumulators per token in turn
+/// so consecutive sub-blocks do not wait on each other.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C (`available()`); the lengths are checked here.
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_k<const N: usize>(
+    format: BlockFormat,
+    row: &[u8],
+    activations: &Activations,
+    firsts: [usize; N],
+    blocks: usize,
+) -> [f32; N] {
+    let size = format.block_bytes();
+    assert!(blocks.is_multiple_of(8) && row.len() >= blocks / 8 * size);
+    for first in firsts {
+        assert!(activations.blocks() >= first + blocks);
+    }
+    let (x, f) = (activations.values.as_ptr(), activations.factors.as_ptr());
+    let signed = format == BlockFormat::Q6_K;
+    let ones = _mm256_set1_epi16(1);
+    let mut sums = [[_mm256_setzero_ps(); 2]; N];
+    let mut offsets = [0f32; N];
+    for (kb, block) in row.chunks_exact(size).take(blocks / 8).enumerate() {
+        // SAFETY: a whole block (`chunks_exact`), on this CPU.
+        let u = unsafe { unpack_k(format, block) };
+        for (i, first) in firsts.iter().enumerate() {
+            let a = first + 8 * kb;
+            for j in 0..8 {
+                // SAFETY: activation block `a + j` is below `first + blocks` (asserted), so
+                // its 32 values and its factors lie inside their vectors.
+                let (xv, [scale, sum]) = unsafe {
+                    (
+                        _mm256_loadu_si256(x.add((a + j) * BLOCK).cast()),
+                        *f.add(a + j),
+                    )
+                };
+                let xv = if signed {
+                    _mm256_sign_epi8(xv, u.signs[j])
+                } else {
+                    xv
+                };
+                let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                    _mm256_maddubs_epi16(u.weights[j], xv),
+                    ones,
+                ));
+                sums[i][j % 2] = _mm256_fmadd_ps(
+                    _mm256_mul_ps(products, u.scales[j]),
+                    _mm256_set1_ps(scale),
+                    sums[i][j % 2],
+                );
+                offsets[i] += u.mins[j] * sum;
+            }
+        }
+    }
+    std::array::from_fn(|i| horizontal_sum(_mm256_add_ps(sums[i][0], sums[i][1])) + offsets[i])
+}

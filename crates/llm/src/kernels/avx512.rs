@@ -1,0 +1,257 @@
+use std::arch::x86_64::*;
+
+use super::avx2::{factors, offset, unpack_k, weights};
+use super::{Activations, BLOCK, BlockFormat, TILE};
+
+/// Whether this CPU runs the AVX-512 kernels: 512-bit integer dot products of unsigned
+/// and signed bytes (VNNI), on top of what the AVX2 helpers they share need.
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        super::avx2::available()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    })
+}
+
+/// Two blocks' weights side by side (block `b` in the low half), as unsigned bytes for
+/// `vpdpbusd`, and the activations' bytes made to carry Q8_0's signs.
+///
+/// # Safety
+/// `first` and `second` point at whole blocks of `format`.
+#[inline]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn pair(
+    format: BlockFormat,
+    first: *const u8,
+    second: *const u8,
+    xv: __m512i,
+) -> (__m512i, __m512i) {
+    // SAFETY: whole blocks (above).
+    let ((w0, s0), (w1, s1)) = unsafe { (weights(format, first), weights(format, second)) };
+    let weights = _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
+    let xv = if format == BlockFormat::Q8_0 {
+        // |w| times x with w's sign: x negated where w is negative (|x| <= 127, so the
+        // negation cannot overflow; where w is 0 the product is 0 either way).
+        let signs = _mm512_inserti64x4(_mm512_castsi256_si512(s0), s1, 1);
+        _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(signs), _mm512_setzero_si512(), xv)
+    } else {
+        xv
+    };
+    (weights, xv)
+}
+
+/// Lanes 0-7 `low`'s lane 0, lanes 8-15 `high`'s.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+fn scales(low: __m128, high: __m128) -> __m512 {
+    let low = _mm512_castps_pd(_mm512_broadcastss_ps(low));
+    let high = _mm256_castps_pd(_mm256_broadcastss_ps(high));
+    _mm512_castpd_ps(_mm512_insertf64x4(low, high, 1))
+}
+
+/// `dot_reference` with AVX-512 VNNI: two blocks per step, their 64 products in one
+/// `vpdpbusd`, each block's sums scaled by its own factor.
+///
+/// # Safety
+/// The CPU must have what `available()` checks; the lengths are checked here.
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot(
+    format: BlockFormat,
+    row: &[u8],
+    activations: &Activations,
+    first: usize,
+    blocks: usize,
+) -> f32 {
+    if format.is_k() {
+        // SAFETY: the caller's promise (the CPU's features) is `dot_k`'s; it checks lengths.
+        return unsafe { dot_k(format, row, activations, [first], blocks) }[0];
+    }
+    let size = format.block_bytes();
+    assert!(row.len() >= blocks * size);
+    assert!(activations.blocks() >= first + blocks);
+    let (w, x, f) = (
+        row.as_ptr(),
+        activations.values.as_ptr(),
+        activations.factors.as_ptr(),
+    );
+    let mut sums = _mm512_setzero_ps();
+    let mut offsets = _mm_setzero_ps();
+    for pair_index in 0..blocks / 2 {
+        let (b, a) = (2 * pair_index, first + 2 * pair_index);
+        // SAFETY: blocks `b` and `b + 1 < blocks` lie in `row`; activation blocks `a` and
+        // `a + 1` in `values[a * 32..][..64]` and `factors` (both bounds asserted above).
+        let (weights, xv, low, high) = unsafe {
+            let (block0, block1) = (w.add(b * size), w.add((b + 1) * size));
+            let xv = _mm512_loadu_si512(x.add(a * BLOCK).cast());
+            let (weights, xv) = pair(format, block0, block1, xv);
+            (
+                weights,
+                xv,
+                factors(format, block0, f.add(a)),
+                factors(format, block1, f.add(a + 1)),
+            )
+        };
+        let products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), weights, xv);
+        sums = _mm512_fmadd_ps(_mm512_cvtepi32_ps(products), scales(low, high), sums);
+        offsets = _mm_add_ps(offsets, _mm_add_ps(low, high));
+    }
+    let mut total = _mm512_reduce_add_ps(sums) + offset(format, offsets);
+    if blocks % 2 == 1 {
+        let b = blocks - 1;
+        // SAFETY: the AVX2 kernel runs here (`available()` implies its features); it
+        // checks its own bounds on the last block.
+        total += unsafe { super::avx2::dot(format, &row[b * size..], activations, first + b, 1) };
+    }
+    total
+}
+
+/// `dot` for `TILE` tokens at once (token `i`'s blocks from `first + i * stride`): each
+/// pair of weight blocks is loaded and unpacked once for the `TILE` tokens.
+///
+/// # Safety
+/// As `dot`; the lengths are checked here.
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_tile(
+    format: BlockFormat,
+    row: &[u8],
+    activations: &Activations,
+    first: usize,
+    stride: usize,
+    blocks: usize,
+) -> [f32; TILE] {
+    if format.is_k() {
+        let firsts = std::array::from_fn(|i| first + i * stride);
+        // SAFETY: as in `dot`.
+        return unsafe { dot_k(format, row, activations, firsts, blocks) };
+    }
+    let size = format.block_bytes();
+    assert!(row.len() >= blocks * size);
+    assert!(activations.blocks() >= first + (TILE - 1) * stride + blocks);
+    let (w, x, f) = (
+        row.as_ptr(),
+        activations.values.as_ptr(),
+        activations.factors.as_ptr(),
+    );
+    let mut sums = [_mm512_setzero_ps(); TILE];
+    let mut offsets = [_mm_setzero_ps(); TILE];
+    for pair_index in 0..blocks / 2 {
+        let b = 2 * pair_index;
+        // SAFETY: blocks `b` and `b + 1 < blocks` lie in `row` (asserted).
+        let (block0, block1) = unsafe { (w.add(b * size), w.add((b + 1) * size)) };
+        for i in 0..TILE {
+            let a = first + i * stride + b;
+            // SAFETY: activation blocks `a` and `a + 1` are below
+            // `first + (TILE - 1) * stride + blocks` (asserted), so within `values` and
+            // `factors`; the weight blocks are whole (above).
+            let (weights, xv, low, high) = unsafe {
+                let xv = _mm512_loadu_si512(x.add(a * BLOCK).cast());
+                let (weights, xv) = pair(format, block0, block1, xv);
+                (
+                    weights,
+                    xv,
+                    factors(format, block0, f.add(a)),
+                    factors(format, block1, f.add(a + 1)),
+                )
+            };
+            let products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), weights, xv);
+            sums[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(products), scales(low, high), sums[i]);
+            offsets[i] = _mm_add_ps(offsets[i], _mm_add_ps(low, high));
+        }
+    }
+    let mut totals: [f32; TILE] =
+        std::array::from_fn(|i| _mm512_reduce_add_ps(sums[i]) + offset(format, offsets[i]));
+    if blocks % 2 == 1 {
+        let b = blocks - 1;
+        // SAFETY: as in `dot`.
+        let last = unsafe {
+            super::avx2::dot_tile(format, &row[b * size..], activations, first + b, stride, 1)
+        };
+        for (total, last) in totals.iter_mut().zip(last) {
+            *total += last;
+        }
+    }
+    totals
+}
+
+/// `avx2::dot_k` with AVX-512 VNNI: each K-quant block unpacked once (by the AVX2 code) into
+/// four pairs of sub-blocks, each pair's 64 products in one `vpdpbusd` against 64 contiguous
+/// activation bytes, scaled per lane by the weights' scales and each block's activation scale.
+///
+/// # Safety
+/// The CPU must have what `available()` checks; the lengths are checked here.
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn dot_k<const N: usize>(
+    format: BlockFormat,
+    row: &[u8],
+    activations: &Activations,
+    firsts: [usize; N],
+    blocks: usize,
+) -> [f32; N] {
+    let size = format.block_bytes();
+    assert!(blocks.is_multiple_of(8) && row.len() >= blocks / 8 * size);
+    for first in firsts {
+        assert!(activations.blocks() >= first + blocks);
+    }
+    let (x, f) = (activations.values.as_ptr(), activations.factors.as_ptr());
+    let signed = format == BlockFormat::Q6_K;
+    let wide =
+        |low: __m256i, high: __m256i| _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+    let mut sums = [[_mm512_setzero_ps(); 2]; N];
+    let mut offsets = [0f32; N];
+    for (kb, block) in row.chunks_exact(size).take(blocks / 8).enumerate() {
+        // SAFETY: a whole block (`chunks_exact`), on a CPU with AVX2 (`available()`).
+        let u = unsafe { unpack_k(format, block) };
+        let weights: [__m512i; 4] =
+            std::array::from_fn(|p| wide(u.weights[2 * p], u.weights[2 * p + 1]));
+        let negative: [__mmask64; 4] =
+            std::array::from_fn(|p| _mm512_movepi8_mask(wide(u.signs[2 * p], u.signs[2 * p + 1])));
+        let weight_scales: [__m512; 4] = std::array::from_fn(|p| {
+            _mm512_castpd_ps(_mm512_insertf64x4(
+                _mm512_castpd256_pd512(_mm256_castps_pd(u.scales[2 * p])),
+                _mm256_castps_pd(u.scales[2 * p + 1]),
+                1,
+            ))
+        });
+        for (i, first) in firsts.iter().enumerate() {
+            let a = first + 8 * kb;
+            for p in 0..4 {
+                let j = a + 2 * p;
+                // SAFETY: activation blocks `j` and `j + 1` are below `first + blocks`
+                // (asserted), so their 64 values and factors lie inside their vectors.
+                let (xv, [low, _], [high, _]) = unsafe {
+                    (
+                        _mm512_loadu_si512(x.add(j * BLOCK).cast()),
+                        *f.add(j),
+                        *f.add(j + 1),
+                    )
+                };
+                let xv = if signed {
+                    // |w| times x with w's sign: x negated where w is negative.
+                    _mm512_mask_sub_epi8(xv, negative[p], _mm512_setzero_si512(), xv)
+                } else {
+                    xv
+                };
+                let products =
+                    _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), weights[p], xv));
+                sums[i][p % 2] = _mm512_fmadd_ps(
+                    _mm512_mul_ps(products, weight_scales[p]),
+                    scales(_mm_set_ss(low), _mm_set_ss(high)),
+                    sums[i][p % 2],
+                );
+            }
+            // SAFETY: as above, the eight blocks' factors.
+            offsets[i] += (0..8)
+                .map(|j| u.mins[j] * unsafe { (*f.add(a + j))[1] })
+                .sum::<f32>();
+        }
+    }
+    std::array::from_fn(|i| {
+        _mm512_reduce_add_ps(_mm512_add_ps(sums[i][0], sums[i][1])) + offsets[i]
+    })
+}
