@@ -35,7 +35,8 @@ runs="${N0M1_BENCH_RUNS:-5}"
 cache="${N0M1_BENCH_CACHE:-$HOME/.cache/n0m1-bench}"
 mkdir -p "$cache"
 
-has() { grep -m1 '^flags' /proc/cpuinfo | grep -qw "$1"; }
+cpu_flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+has() { [[ "$cpu_flags" == *" $1 "* ]]; }
 kernels="${N0M1_BENCH_KERNELS:-}"
 common=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF
   -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF)
@@ -109,7 +110,7 @@ cargo build --release -q -p n0m1-models --bin n0m1_model
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 features=$(for f in avx2 fma f16c avx512f avx512bw avx512vl avx512_vnni avx512_bf16 amx_tile amx_int8; do
-  has "$f" && printf '%s ' "$f"; done)
+  if has "$f"; then printf '%s ' "$f"; fi; done)
 n0m1_env=()
 [ "$kernels" = "avx2" ] && n0m1_env=(N0M1_KERNELS=avx2)
 

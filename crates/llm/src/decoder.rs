@@ -9,7 +9,7 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, gguf_file};
 use candle_core::{Device, Module, Result, Tensor};
 
-use crate::kernels::{BlockFormat, BlockMatrix};
+use crate::kernels::{BlockFormat, BlockMatrix, round_to_f16};
 use crate::team::Team;
 
 /// A weight matrix: the file's blocks when the kernels take them, else candle's product.
@@ -317,7 +317,7 @@ impl KvCache {
                 let from = t * width + g * head_dim;
                 // llama.cpp keeps its cache in f16: the same rounding here, so greedy text
                 // follows its text on the same file where the next token is a near tie.
-                let rounded = |v: &f32| half::f16::from_f32(*v).to_f32();
+                let rounded = |v: &f32| round_to_f16(*v);
                 for (c, v) in self.keys[at..at + head_dim]
                     .iter_mut()
                     .zip(&k[from..from + head_dim])
@@ -354,7 +354,7 @@ impl KvCache {
         let width = shape.heads * head_dim;
         let group = repeats * head_dim;
         let seq = q.len() / width;
-        let to_f16 = |v: f32| half::f16::from_f32(v).to_f32();
+        let to_f16 = round_to_f16;
         let mut rounded = Vec::with_capacity(group);
         out.clear();
         out.resize(seq * width, 0.0);

@@ -159,10 +159,6 @@ pub unsafe fn dot(
     first: usize,
     blocks: usize,
 ) -> f32 {
-    if format.is_k() {
-        // SAFETY: the caller's promise (the CPU's features) is `dot_k`'s; it checks lengths.
-        return unsafe { dot_k(format, row, activations, [first], blocks) }[0];
-    }
     let size = format.block_bytes();
     assert!(row.len() >= blocks * size);
     assert!(activations.blocks() >= first + blocks);
@@ -218,11 +214,6 @@ pub unsafe fn dot_tile(
     stride: usize,
     blocks: usize,
 ) -> [f32; TILE] {
-    if format.is_k() {
-        let firsts = std::array::from_fn(|i| first + i * stride);
-        // SAFETY: as in `dot`.
-        return unsafe { dot_k(format, row, activations, firsts, blocks) };
-    }
     let size = format.block_bytes();
     assert!(row.len() >= blocks * size);
     assert!(activations.blocks() >= first + (TILE - 1) * stride + blocks);
@@ -362,7 +353,7 @@ pub(super) unsafe fn unpack_k(format: BlockFormat, block: &[u8]) -> Unpacked {
 /// The CPU must have AVX2, FMA and F16C (`available()`); the lengths are checked here.
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_k<const N: usize>(
+pub unsafe fn dot_k<const N: usize>(
     format: BlockFormat,
     row: &[u8],
     activations: &Activations,

@@ -1,7 +1,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{factors, offset, unpack_k, weights};
-use super::{Activations, BLOCK, BlockFormat, TILE};
+use super::{Activations, BLOCK, BlockFormat};
 
 /// Whether this CPU runs the AVX-512 kernels: 512-bit integer dot products of unsigned
 /// and signed bytes (VNNI), on top of what the AVX2 helpers they share need.
@@ -66,10 +66,6 @@ pub unsafe fn dot(
     first: usize,
     blocks: usize,
 ) -> f32 {
-    if format.is_k() {
-        // SAFETY: the caller's promise (the CPU's features) is `dot_k`'s; it checks lengths.
-        return unsafe { dot_k(format, row, activations, [first], blocks) }[0];
-    }
     let size = format.block_bytes();
     assert!(row.len() >= blocks * size);
     assert!(activations.blocks() >= first + blocks);
@@ -109,75 +105,6 @@ pub unsafe fn dot(
     total
 }
 
-/// `dot` for `TILE` tokens at once (token `i`'s blocks from `first + i * stride`): each
-/// pair of weight blocks is loaded and unpacked once for the `TILE` tokens.
-///
-/// # Safety
-/// As `dot`; the lengths are checked here.
-#[allow(unsafe_code)]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot_tile(
-    format: BlockFormat,
-    row: &[u8],
-    activations: &Activations,
-    first: usize,
-    stride: usize,
-    blocks: usize,
-) -> [f32; TILE] {
-    if format.is_k() {
-        let firsts = std::array::from_fn(|i| first + i * stride);
-        // SAFETY: as in `dot`.
-        return unsafe { dot_k(format, row, activations, firsts, blocks) };
-    }
-    let size = format.block_bytes();
-    assert!(row.len() >= blocks * size);
-    assert!(activations.blocks() >= first + (TILE - 1) * stride + blocks);
-    let (w, x, f) = (
-        row.as_ptr(),
-        activations.values.as_ptr(),
-        activations.factors.as_ptr(),
-    );
-    let mut sums = [_mm512_setzero_ps(); TILE];
-    let mut offsets = [_mm_setzero_ps(); TILE];
-    for pair_index in 0..blocks / 2 {
-        let b = 2 * pair_index;
-        // SAFETY: blocks `b` and `b + 1 < blocks` lie in `row` (asserted).
-        let (block0, block1) = unsafe { (w.add(b * size), w.add((b + 1) * size)) };
-        for i in 0..TILE {
-            let a = first + i * stride + b;
-            // SAFETY: activation blocks `a` and `a + 1` are below
-            // `first + (TILE - 1) * stride + blocks` (asserted), so within `values` and
-            // `factors`; the weight blocks are whole (above).
-            let (weights, xv, low, high) = unsafe {
-                let xv = _mm512_loadu_si512(x.add(a * BLOCK).cast());
-                let (weights, xv) = pair(format, block0, block1, xv);
-                (
-                    weights,
-                    xv,
-                    factors(format, block0, f.add(a)),
-                    factors(format, block1, f.add(a + 1)),
-                )
-            };
-            let products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), weights, xv);
-            sums[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(products), scales(low, high), sums[i]);
-            offsets[i] = _mm_add_ps(offsets[i], _mm_add_ps(low, high));
-        }
-    }
-    let mut totals: [f32; TILE] =
-        std::array::from_fn(|i| _mm512_reduce_add_ps(sums[i]) + offset(format, offsets[i]));
-    if blocks % 2 == 1 {
-        let b = blocks - 1;
-        // SAFETY: as in `dot`.
-        let last = unsafe {
-            super::avx2::dot_tile(format, &row[b * size..], activations, first + b, stride, 1)
-        };
-        for (total, last) in totals.iter_mut().zip(last) {
-            *total += last;
-        }
-    }
-    totals
-}
-
 /// `avx2::dot_k` with AVX-512 VNNI: each K-quant block unpacked once (by the AVX2 code) into
 /// four pairs of sub-blocks, each pair's 64 products in one `vpdpbusd` against 64 contiguous
 /// activation bytes, scaled per lane by the weights' scales and each block's activation scale.
@@ -186,7 +113,7 @@ pub unsafe fn dot_tile(
 /// The CPU must have what `available()` checks; the lengths are checked here.
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn dot_k<const N: usize>(
+pub unsafe fn dot_k<const N: usize>(
     format: BlockFormat,
     row: &[u8],
     activations: &Activations,
