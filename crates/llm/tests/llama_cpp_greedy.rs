@@ -1,14 +1,17 @@
-//! Opt-in: n0m1's greedy text follows llama.cpp's for 32 tokens on the same GGUF files, for
+//! Opt-in: n0m1's greedy tokens are llama.cpp's for 32 tokens on the same GGUF files, for
 //! SmolLM2-135M-Instruct Q4_1 (`N0M1_SMOLLM2`, from `scripts/fetch_smollm2.sh`) and Gemma 3
 //! 270M Q4_K_M (`N0M1_GEMMA3`, from `scripts/fetch_gemma3.sh`). Each model without its file
 //! is skipped (said on stderr) and the test passes.
 //!
-//! llama.cpp has two attention paths, flash attention (its default on a CPU) and the plain
-//! one (`-fa off`), and on these small models they choose different tokens wherever the next
-//! token is a near tie (SmolLM2 on "def fibonacci(n):" after 11 tokens; n0m1 measured a gap
-//! of 0.0125 between its two best logits of about 30 at one such step). So the reference is
-//! the text on which llama.cpp's two paths agree: n0m1's 32 tokens must begin with all of it,
-//! and on most prompts it is the whole 32 tokens.
+//! llama.cpp's tokens are fed back into n0m1 one at a time (so one near tie does not send the
+//! two texts apart for the rest), and at each step llama.cpp's token must be n0m1's greedy
+//! choice, or within `TIE` of n0m1's best logit. llama.cpp has two attention paths, flash
+//! attention (its default on a CPU) and the plain one (`-fa off`), and on these small models
+//! they themselves choose different tokens at near ties (SmolLM2: 3 of the 6 texts below part
+//! within 32 tokens); the check holds where the two agree, and at the step where they part
+//! n0m1 must choose one of their two tokens. Measured here (Intel Xeon, AVX-512 VNNI): 21 to
+//! 32 of each 32 tokens n0m1's exact choice, the largest gap where llama.cpp's paths agree
+//! 0.047 (Gemma 3, logits of about 20), under `TIE`.
 //!
 //! The reference is llama.cpp itself when `N0M1_LLAMA_COMPLETION` names its `llama-completion`
 //! (`benches/llm_vs_llamacpp.sh --build-only` builds one and prints its folder), run as
@@ -62,14 +65,76 @@ fn llama_cpp(model: &std::path::Path, case: &Case) -> [String; 2] {
     })
 }
 
-/// The longest common beginning of `a` and `b`, in whole characters.
-fn agreed<'a>(a: &'a str, b: &str) -> &'a str {
-    let end = a
-        .char_indices()
-        .zip(b.chars())
-        .find(|((_, x), y)| x != y)
-        .map_or(a.len().min(b.len()), |((i, _), _)| i);
-    &a[..end]
+/// How far below n0m1's best logit llama.cpp's token may be and still count as n0m1's own
+/// choice: a tie at the precision both engines keep (8-bit activations, an f16 cache).
+const TIE: f32 = 0.05;
+
+/// llama.cpp's tokens after `prompt` for each of its texts (flash attention, then `-fa off`).
+fn completions(model: &LoadedModel, prompt: &str, texts: &[String; 2]) -> [Vec<u32>; 2] {
+    let prompt_ids = model.encode(prompt).unwrap();
+    texts.clone().map(|text| {
+        let all = model.encode(&format!("{prompt}{text}")).unwrap();
+        assert!(
+            all.starts_with(&prompt_ids),
+            "the prompt tokenizes alike on its own and before llama.cpp's text"
+        );
+        all[prompt_ids.len()..]
+            .iter()
+            .take(NEW_TOKENS)
+            .copied()
+            .collect()
+    })
+}
+
+/// llama.cpp's tokens fed back into n0m1 one by one after the prompt. Where llama.cpp's two
+/// attention paths chose the same token, it must be n0m1's greedy choice (or within `TIE`
+/// of it); at the first step where they chose apart (a near tie for llama.cpp itself),
+/// n0m1's choice must be one of theirs; after it the texts differ and are only reported.
+/// Returns the steps where n0m1 chose otherwise, and what it printed.
+fn follow(
+    model: &mut LoadedModel,
+    prompt: &str,
+    tokens: &[Vec<u32>; 2],
+    which: usize,
+) -> (Vec<String>, String) {
+    let agreed = tokens[0]
+        .iter()
+        .zip(&tokens[1])
+        .take_while(|(a, b)| a == b)
+        .count();
+    let prompt_ids = model.encode(prompt).unwrap();
+    model.clear_cache().unwrap();
+    let mut logits: Vec<f32> = model.forward(&prompt_ids, 0).unwrap().to_vec1().unwrap();
+    let (mut exact, mut worst, mut apart) = (0, 0f32, Vec::new());
+    for (step, &theirs) in tokens[which].iter().enumerate() {
+        let ours = logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as u32)
+            .unwrap();
+        let gap = logits[ours as usize] - logits[theirs as usize];
+        exact += usize::from(ours == theirs);
+        let fork = step == agreed && tokens.iter().any(|t| t.get(step) == Some(&ours));
+        if step <= agreed && ours != theirs && gap > TIE && !fork {
+            apart.push(format!(
+                "step {step} (llama.cpp's paths agree for {agreed}): llama.cpp's {theirs} is {gap:.4} below n0m1's {ours}"
+            ));
+        }
+        if step < agreed {
+            worst = worst.max(gap);
+        }
+        logits = model
+            .forward(&[theirs], prompt_ids.len() + step)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+    }
+    let said = format!(
+        "{exact} of {} tokens n0m1's own choice; llama.cpp's two paths agree for {agreed}, largest gap there {worst:.4}",
+        tokens[which].len()
+    );
+    (apart, said)
 }
 
 fn check(variable: &str, bos: &str, cases: impl Fn(&LoadedModel) -> Vec<Case>) {
@@ -78,41 +143,47 @@ fn check(variable: &str, bos: &str, cases: impl Fn(&LoadedModel) -> Vec<Case>) {
         return;
     };
     let mut model = LoadedModel::load(&path, &LoadOptions::default()).unwrap();
-    let mut differ = Vec::new();
+    let mut apart = Vec::new();
     for case in cases(&model) {
+        let prompt = format!("{bos}{}", case.prompt);
         let ours = model
             .generate(
-                &format!("{bos}{}", case.prompt),
+                &prompt,
                 &GenerationOptions {
                     max_new_tokens: NEW_TOKENS,
                     ..Default::default()
                 },
             )
             .unwrap();
-        let [flash, plain] = llama_cpp(&path, &case);
-        let reference = agreed(&flash, &plain);
-        eprintln!(
-            "{variable} {:?}\n  n0m1:          {:?}\n  llama.cpp:     {flash:?}\n  llama.cpp -fa off: {plain:?}",
-            case.prompt, ours.text
-        );
-        if !ours.text.starts_with(reference) || reference.len() < ours.text.len().min(12) {
-            differ.push(format!(
-                "{variable}: {:?} (agreed: {reference:?})",
-                case.prompt
-            ));
-        }
         assert!(
             ours.token_ids.len() == NEW_TOKENS || ours.stop == StopReason::EndOfSequence,
             "{:?} after {} tokens",
             ours.stop,
             ours.token_ids.len()
         );
+        eprintln!(
+            "{variable} {:?}\n  n0m1 greedy: {:?}",
+            case.prompt, ours.text
+        );
+        let texts = llama_cpp(&path, &case);
+        let tokens = completions(&model, &prompt, &texts);
+        for (which, name) in ["flash attention", "-fa off"].iter().enumerate() {
+            let (far, said) = follow(&mut model, &prompt, &tokens, which);
+            eprintln!("  llama.cpp ({name}): {:?}\n    {said}", texts[which]);
+            apart.extend(
+                far.into_iter()
+                    .map(|f| format!("{variable} {:?} ({name}): {f}", case.prompt)),
+            );
+        }
     }
-    assert!(differ.is_empty(), "greedy text differs for {differ:?}");
+    assert!(
+        apart.is_empty(),
+        "n0m1 and llama.cpp choose apart: {apart:#?}"
+    );
 }
 
 #[test]
-fn greedy_text_equals_llama_cpps_for_32_tokens() {
+fn greedy_tokens_are_llama_cpps_for_32_tokens() {
     let prompts = |model: &LoadedModel| {
         let chat = model.format_prompt(
             Some("You watch a server."),
