@@ -741,7 +741,7 @@ mod speed_probe {
     #[test]
     #[ignore]
     fn probe() {
-        let (rows, cols) = (49152usize, 512usize);
+        let (rows, cols) = (65536usize, 1024usize);
         for format in blocks::FORMATS {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
             let data: Vec<u8> = (0..rows)
