@@ -60,12 +60,15 @@ unsafe fn pair(
             let lanes = _mm512_set_epi64(7, 6, 3, 2, 5, 4, 1, 0);
             let both = _mm512_permutexvar_epi64(
                 lanes,
-                _mm512_inserti64x4(packed, _mm512_castsi512_si256(_mm512_srli_epi16(packed, 4)), 1),
+                _mm512_inserti64x4(
+                    packed,
+                    _mm512_castsi512_si256(_mm512_srli_epi16(packed, 4)),
+                    1,
+                ),
             );
             let nibbles = _mm512_and_si512(both, _mm512_set1_epi8(0x0F));
             // The fifth bits straight from the 64 high bits, one mask bit per value.
-            let weights =
-                _mm512_mask_add_epi8(nibbles, high, nibbles, _mm512_set1_epi8(0x10));
+            let weights = _mm512_mask_add_epi8(nibbles, high, nibbles, _mm512_set1_epi8(0x10));
             (weights, xv)
         }
         _ => {
