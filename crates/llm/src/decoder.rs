@@ -188,6 +188,108 @@ impl Embedding {
     }
 }
 
+/// A layer's seven matrices, as both GGUF decoders name them.
+pub struct Projections {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+impl Projections {
+    /// Layer `index`'s matrices (`blk.{index}.attn_q.weight` …).
+    pub fn read<R: Read + Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        index: usize,
+        device: &Device,
+    ) -> Result<Projections> {
+        let mut matrix = |part: &str| {
+            linear(
+                content,
+                reader,
+                &format!("blk.{index}.{part}.weight"),
+                device,
+            )
+        };
+        Ok(Projections {
+            q: matrix("attn_q")?,
+            k: matrix("attn_k")?,
+            v: matrix("attn_v")?,
+            o: matrix("attn_output")?,
+            gate: matrix("ffn_gate")?,
+            up: matrix("ffn_up")?,
+            down: matrix("ffn_down")?,
+        })
+    }
+
+    pub fn block_bytes(&self) -> usize {
+        [
+            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+        ]
+        .into_iter()
+        .map(Linear::block_bytes)
+        .sum()
+    }
+}
+
+/// The final norm and the output head: the file's own head, or the embedding's blocks when
+/// the file ties them (`output` is `None`).
+pub struct Head {
+    norm: Vec<f32>,
+    output: Option<Linear>,
+}
+
+impl Head {
+    pub fn read<R: Read + Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        embedding: &Embedding,
+        device: &Device,
+    ) -> Result<Head> {
+        let output = if content.tensor_infos.contains_key("output.weight") {
+            Some(linear(content, reader, "output.weight", device)?)
+        } else if matches!(embedding, Embedding::Dense(_)) {
+            Some(linear(content, reader, "token_embd.weight", device)?)
+        } else {
+            None
+        };
+        Ok(Head {
+            norm: vector(content, reader, "output_norm.weight", device)?,
+            output,
+        })
+    }
+
+    /// The logits of `last` (one token's row), normed into `scratch` first.
+    pub fn logits(
+        &self,
+        embedding: &Embedding,
+        last: &[f32],
+        eps: f32,
+        team: &mut Team,
+        scratch: &mut Vec<f32>,
+    ) -> Result<Vec<f32>> {
+        rms_norm(last, &self.norm, eps, scratch);
+        let mut logits = Vec::new();
+        match (&self.output, embedding) {
+            (Some(output), _) => output.forward(scratch, 1, team, &mut logits)?,
+            (None, Embedding::Blocks(matrix)) => {
+                logits.resize(matrix.rows, 0.0);
+                team.matmul(matrix, scratch, 1, &mut logits);
+            }
+            (None, Embedding::Dense(_)) => unreachable!("a dense embedding gets its own head"),
+        }
+        Ok(logits)
+    }
+
+    pub fn block_bytes(&self) -> usize {
+        self.output.as_ref().map_or(0, Linear::block_bytes)
+    }
+}
+
 /// `a · b` in eight independent sums: the plain `zip().sum()` is one chain of dependent
 /// additions (the compiler may not reorder float sums), which made attention's query-key
 /// products latency-bound on the main thread; eight lanes vectorise and overlap.

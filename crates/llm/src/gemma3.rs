@@ -16,7 +16,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Result, Tensor};
 
 use crate::decoder::{
-    Embedding, Heads, KvCache, Linear, Pairs, Rotary, forward_all, linear, rms_norm, vector,
+    Embedding, Head, Heads, KvCache, Pairs, Projections, Rotary, forward_all, rms_norm, vector,
 };
 use crate::team::Team;
 
@@ -31,19 +31,13 @@ const DEFAULT_LOCAL_ROPE_BASE: f32 = 10_000.0;
 const DEFAULT_GLOBAL_ROPE_BASE: f32 = 1_000_000.0;
 
 struct Layer {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    p: Projections,
     q_norm: Vec<f32>,
     k_norm: Vec<f32>,
     attn_norm: Vec<f32>,
     post_attn_norm: Vec<f32>,
     ffn_norm: Vec<f32>,
     post_ffn_norm: Vec<f32>,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
     /// `Some(window)` for a sliding-window layer.
     window: Option<usize>,
     cache: KvCache,
@@ -67,10 +61,8 @@ struct Buffers {
 
 pub struct Gemma3 {
     embedding: Embedding,
-    /// `None`: tied to the embedding's blocks.
-    output: Option<Linear>,
+    head: Head,
     layers: Vec<Layer>,
-    norm: Vec<f32>,
     eps: f32,
     global_rope: Rotary,
     local_rope: Rotary,
@@ -152,49 +144,28 @@ impl Gemma3 {
             context: context_length,
         };
         let (embedding, vocab) = Embedding::read(&content, reader, device)?;
-        let output = if content.tensor_infos.contains_key("output.weight") {
-            Some(linear(&content, reader, "output.weight", device)?)
-        } else if matches!(embedding, Embedding::Dense(_)) {
-            Some(linear(&content, reader, "token_embd.weight", device)?)
-        } else {
-            None
-        };
-        let norm = vector(&content, reader, "output_norm.weight", device)?;
+        let head = Head::read(&content, reader, &embedding, device)?;
         let mut layers = Vec::with_capacity(blocks);
         for index in 0..blocks {
             let name = |part: &str| format!("blk.{index}.{part}.weight");
-            let mut matrix = |part: &str| linear(&content, reader, &name(part), device);
-            let (q, k, v, o) = (
-                matrix("attn_q")?,
-                matrix("attn_k")?,
-                matrix("attn_v")?,
-                matrix("attn_output")?,
-            );
-            let (gate, up, down) = (matrix("ffn_gate")?, matrix("ffn_up")?, matrix("ffn_down")?);
+            let p = Projections::read(&content, reader, index, device)?;
             let mut norm = |part: &str| vector(&content, reader, &name(part), device);
             layers.push(Layer {
-                q,
-                k,
-                v,
-                o,
+                p,
                 q_norm: norm("attn_q_norm")?,
                 k_norm: norm("attn_k_norm")?,
                 attn_norm: norm("attn_norm")?,
                 post_attn_norm: norm("post_attention_norm")?,
                 ffn_norm: norm("ffn_norm")?,
                 post_ffn_norm: norm("post_ffw_norm")?,
-                gate,
-                up,
-                down,
                 window: (!(index + 1).is_multiple_of(pattern)).then_some(window),
                 cache: KvCache::new(shape),
             });
         }
         Ok(Gemma3 {
             embedding,
-            output,
+            head,
             layers,
-            norm,
             eps,
             global_rope: Rotary::new(head_dim, global_base, context_length, Pairs::Halves),
             local_rope: Rotary::new(head_dim, local_base, context_length, Pairs::Halves),
@@ -238,7 +209,7 @@ impl Gemma3 {
         for layer in &mut self.layers {
             rms_norm(&b.x, &layer.attn_norm, eps, &mut b.h);
             forward_all(
-                [&layer.q, &layer.k, &layer.v],
+                [&layer.p.q, &layer.p.k, &layer.p.v],
                 &b.h,
                 seq,
                 &mut self.team,
@@ -271,12 +242,13 @@ impl Gemma3 {
                 &mut b.attended,
             );
             layer
+                .p
                 .o
                 .forward(&b.attended, seq, &mut self.team, &mut b.projected)?;
             add_normed(&mut b.x, &b.projected, &layer.post_attn_norm, &mut b.normed);
             rms_norm(&b.x, &layer.ffn_norm, eps, &mut b.h);
             forward_all(
-                [&layer.gate, &layer.up],
+                [&layer.p.gate, &layer.p.up],
                 &b.h,
                 seq,
                 &mut self.team,
@@ -286,21 +258,15 @@ impl Gemma3 {
                 *g = gelu(*g) * u;
             }
             layer
+                .p
                 .down
                 .forward(&b.gate, seq, &mut self.team, &mut b.projected)?;
             add_normed(&mut b.x, &b.projected, &layer.post_ffn_norm, &mut b.normed);
         }
         let last = &b.x[(seq - 1) * dim..];
-        rms_norm(last, &self.norm, eps, &mut b.h);
-        let mut logits = Vec::with_capacity(self.vocab);
-        match (&self.output, &self.embedding) {
-            (Some(output), _) => output.forward(&b.h, 1, &mut self.team, &mut logits)?,
-            (None, Embedding::Blocks(matrix)) => {
-                logits.resize(matrix.rows, 0.0);
-                self.team.matmul(matrix, &b.h, 1, &mut logits);
-            }
-            (None, Embedding::Dense(_)) => unreachable!("a dense embedding gets its own head"),
-        }
+        let logits = self
+            .head
+            .logits(&self.embedding, last, eps, &mut self.team, &mut b.h)?;
         self.buffers = b;
         Tensor::from_vec(logits, self.vocab, &self.device)?.to_dtype(DType::F32)
     }

@@ -11,7 +11,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Result, Tensor};
 
 use crate::decoder::{
-    Embedding, Heads, KvCache, Linear, Pairs, Rotary, forward_all, linear, rms_norm, vector,
+    Embedding, Head, Heads, KvCache, Pairs, Projections, Rotary, forward_all, rms_norm, vector,
 };
 use crate::team::Team;
 
@@ -19,15 +19,9 @@ use crate::team::Team;
 pub const MAX_CONTEXT: usize = 8192;
 
 struct Layer {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    p: Projections,
     attn_norm: Vec<f32>,
     ffn_norm: Vec<f32>,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
     cache: KvCache,
 }
 
@@ -48,10 +42,8 @@ struct Buffers {
 
 pub struct Llama {
     embedding: Embedding,
-    /// `None`: tied to the embedding's blocks.
-    output: Option<Linear>,
+    head: Head,
     layers: Vec<Layer>,
-    norm: Vec<f32>,
     eps: f32,
     rotary: Rotary,
     shape: Heads,
@@ -105,43 +97,22 @@ impl Llama {
             context: context_length,
         };
         let (embedding, vocab) = Embedding::read(&content, reader, device)?;
-        let output = if content.tensor_infos.contains_key("output.weight") {
-            Some(linear(&content, reader, "output.weight", device)?)
-        } else if matches!(embedding, Embedding::Dense(_)) {
-            Some(linear(&content, reader, "token_embd.weight", device)?)
-        } else {
-            None
-        };
-        let norm = vector(&content, reader, "output_norm.weight", device)?;
+        let head = Head::read(&content, reader, &embedding, device)?;
         let mut layers = Vec::with_capacity(blocks);
         for index in 0..blocks {
             let name = |part: &str| format!("blk.{index}.{part}.weight");
-            let mut matrix = |part: &str| linear(&content, reader, &name(part), device);
-            let (q, k, v, o) = (
-                matrix("attn_q")?,
-                matrix("attn_k")?,
-                matrix("attn_v")?,
-                matrix("attn_output")?,
-            );
-            let (gate, up, down) = (matrix("ffn_gate")?, matrix("ffn_up")?, matrix("ffn_down")?);
+            let p = Projections::read(&content, reader, index, device)?;
             layers.push(Layer {
-                q,
-                k,
-                v,
-                o,
+                p,
                 attn_norm: vector(&content, reader, &name("attn_norm"), device)?,
                 ffn_norm: vector(&content, reader, &name("ffn_norm"), device)?,
-                gate,
-                up,
-                down,
                 cache: KvCache::new(shape),
             });
         }
         Ok(Llama {
             embedding,
-            output,
+            head,
             layers,
-            norm,
             eps,
             rotary: Rotary::new(head_dim, rope_base, context_length, Pairs::Interleaved),
             shape,
@@ -165,14 +136,14 @@ impl Llama {
                 self.context_length
             );
         }
-        let (dim, shape) = (self.dim, self.shape);
+        let (dim, shape, eps) = (self.dim, self.shape, self.eps);
         let mut b = std::mem::take(&mut self.buffers);
         self.embedding.lookup(ids, self.vocab, dim, &mut b.x)?;
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         for layer in &mut self.layers {
-            rms_norm(&b.x, &layer.attn_norm, self.eps, &mut b.h);
+            rms_norm(&b.x, &layer.attn_norm, eps, &mut b.h);
             forward_all(
-                [&layer.q, &layer.k, &layer.v],
+                [&layer.p.q, &layer.p.k, &layer.p.v],
                 &b.h,
                 seq,
                 &mut self.team,
@@ -191,14 +162,15 @@ impl Llama {
                 &mut b.attended,
             );
             layer
+                .p
                 .o
                 .forward(&b.attended, seq, &mut self.team, &mut b.projected)?;
             for (x, p) in b.x.iter_mut().zip(&b.projected) {
                 *x += p;
             }
-            rms_norm(&b.x, &layer.ffn_norm, self.eps, &mut b.h);
+            rms_norm(&b.x, &layer.ffn_norm, eps, &mut b.h);
             forward_all(
-                [&layer.gate, &layer.up],
+                [&layer.p.gate, &layer.p.up],
                 &b.h,
                 seq,
                 &mut self.team,
@@ -208,6 +180,7 @@ impl Llama {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
             layer
+                .p
                 .down
                 .forward(&b.gate, seq, &mut self.team, &mut b.projected)?;
             for (x, p) in b.x.iter_mut().zip(&b.projected) {
@@ -215,16 +188,9 @@ impl Llama {
             }
         }
         let last = &b.x[(seq - 1) * dim..];
-        rms_norm(last, &self.norm, self.eps, &mut b.h);
-        let mut logits = Vec::with_capacity(self.vocab);
-        match (&self.output, &self.embedding) {
-            (Some(output), _) => output.forward(&b.h, 1, &mut self.team, &mut logits)?,
-            (None, Embedding::Blocks(matrix)) => {
-                logits.resize(matrix.rows, 0.0);
-                self.team.matmul(matrix, &b.h, 1, &mut logits);
-            }
-            (None, Embedding::Dense(_)) => unreachable!("a dense embedding gets its own head"),
-        }
+        let logits = self
+            .head
+            .logits(&self.embedding, last, eps, &mut self.team, &mut b.h)?;
         self.buffers = b;
         Tensor::from_vec(logits, self.vocab, &self.device)?.to_dtype(DType::F32)
     }
@@ -232,17 +198,8 @@ impl Llama {
     /// Bytes of weights held by the kernels (the rest is candle's).
     pub fn block_bytes(&self) -> usize {
         self.embedding.block_bytes()
-            + self.output.as_ref().map_or(0, Linear::block_bytes)
-            + self
-                .layers
-                .iter()
-                .map(|l| {
-                    [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
-                        .into_iter()
-                        .map(Linear::block_bytes)
-                        .sum::<usize>()
-                })
-                .sum::<usize>()
+            + self.head.block_bytes()
+            + self.layers.iter().map(|l| l.p.block_bytes()).sum::<usize>()
     }
 }
 

@@ -87,7 +87,7 @@ fn gemma3_tokenizes_like_llama_cpp_and_generates() {
         )
         .unwrap();
     // The 270M file is the pretrained model: its answer to a turn is short, as llama.cpp's
-    // ("You are a model."). Its fifth token is a near tie between "." and "er" (0.046 apart
+    // ("You are a model."). Its fifth token is a near tie between "." and "er" (up to 0.17 apart
     // in n0m1's logits; `llama_cpp_greedy` follows llama.cpp's tokens step by step), so only
     // the four before it are asserted here.
     assert!(
