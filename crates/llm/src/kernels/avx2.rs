@@ -1,6 +1,6 @@
 use std::arch::x86_64::*;
 
-use super::blocks::{f16_at, k_scale_min};
+use super::blocks::{f16_at, k_scales_mins};
 use super::{Activations, BLOCK, BlockFormat, TILE};
 
 /// Whether this CPU runs the AVX2 kernels.
@@ -247,107 +247,80 @@ pub unsafe fn dot_tile(
     std::array::from_fn(|i| horizontal_sum(sums[i]) + offset(format, offsets[i]))
 }
 
-/// A K-quant block unpacked once for every token that meets it: per 32-value sub-block its
-/// weights as bytes for `_mm256_maddubs_epi16` (Q6_K: |q − 32|, with the signed values in
-/// `signs` for the activations to take), the weight scale of each of its eight 4-value lanes
-/// (Q6_K scales each half of a sub-block on its own), and its minimum.
-pub(super) struct Unpacked {
-    pub weights: [__m256i; 8],
-    pub signs: [__m256i; 8],
-    pub scales: [__m256; 8],
-    pub mins: [f32; 8],
-}
-
-/// Unpacks one K-quant block (see `blocks::sub_block` for the layouts).
+/// Sub-blocks `2p` and `2p + 1` of a K-quant block (see `blocks::sub_block` for the
+/// layouts) as bytes for `_mm256_maddubs_epi16` (Q6_K: |q − 32|, with the signed values for
+/// the activations to take), made where they are used: kept for a whole block, the eight
+/// sub-blocks went through memory and the kernel ran at 4.2 GB/s.
 ///
 /// # Safety
-/// The CPU has AVX2, FMA and F16C; `block` is one whole block of `format` (asserted).
+/// The CPU has AVX2; `block` is one whole block of `format` (its length is checked by the
+/// caller, `dot_k`).
 #[inline]
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn unpack_k(format: BlockFormat, block: &[u8]) -> Unpacked {
-    assert!(block.len() >= format.block_bytes());
-    let at = block.as_ptr();
+unsafe fn k_pair(format: BlockFormat, block: *const u8, p: usize) -> [(__m256i, __m256i); 2] {
     let nibbles = _mm256_set1_epi8(0x0F);
-    let mut out = Unpacked {
-        weights: [_mm256_setzero_si256(); 8],
-        signs: [_mm256_setzero_si256(); 8],
-        scales: [_mm256_setzero_ps(); 8],
-        mins: [0.0; 8],
-    };
     match format {
         BlockFormat::Q4_K | BlockFormat::Q5_K => {
-            let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
             let skip = if format == BlockFormat::Q4_K { 16 } else { 48 };
-            // SAFETY: 32 bytes of high bits at 16 (Q5_K only), inside the block.
-            let high = (format == BlockFormat::Q5_K)
-                .then(|| unsafe { _mm256_loadu_si256(at.add(16).cast()) });
-            for pair in 0..4 {
-                // SAFETY: 32 bytes of nibbles per pair of sub-blocks, inside the block.
-                let packed = unsafe { _mm256_loadu_si256(at.add(skip + 32 * pair).cast()) };
-                out.weights[2 * pair] = _mm256_and_si256(packed, nibbles);
-                out.weights[2 * pair + 1] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibbles);
-            }
-            for j in 0..8 {
-                let (scale, min) = k_scale_min(&block[4..16], j);
-                out.scales[j] = _mm256_set1_ps(d * f32::from(scale));
-                out.mins[j] = -dmin * f32::from(min);
-                if let Some(high) = high {
+            // SAFETY: the pair's 32 bytes of nibbles, inside the block.
+            let packed = unsafe { _mm256_loadu_si256(block.add(skip + 32 * p).cast()) };
+            let mut low = _mm256_and_si256(packed, nibbles);
+            let mut high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibbles);
+            if format == BlockFormat::Q5_K {
+                // SAFETY: the 32 bytes of fifth bits at 16, inside the block.
+                let bits = unsafe { _mm256_loadu_si256(block.add(16).cast()) };
+                let fifth = |j: usize| {
                     let bit = _mm256_set1_epi8((1u8 << j) as i8);
-                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(high, bit), bit);
-                    out.weights[j] = _mm256_or_si256(
-                        out.weights[j],
-                        _mm256_and_si256(set, _mm256_set1_epi8(0x10)),
-                    );
-                }
+                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(bits, bit), bit);
+                    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+                };
+                low = _mm256_or_si256(low, fifth(2 * p));
+                high = _mm256_or_si256(high, fifth(2 * p + 1));
             }
+            [(low, low), (high, high)]
         }
         BlockFormat::Q6_K => {
-            let d = f16_at(block, 208);
-            let two = _mm256_set1_epi8(3);
-            for half in 0..2 {
-                // SAFETY: 64 bytes of low bits and 32 of high bits per half, inside the block.
-                let (low0, low1, high) = unsafe {
-                    (
-                        _mm256_loadu_si256(at.add(64 * half).cast()),
-                        _mm256_loadu_si256(at.add(64 * half + 32).cast()),
-                        _mm256_loadu_si256(at.add(128 + 32 * half).cast()),
-                    )
-                };
-                let lows = [
-                    _mm256_and_si256(low0, nibbles),
-                    _mm256_and_si256(low1, nibbles),
-                    _mm256_and_si256(_mm256_srli_epi16(low0, 4), nibbles),
-                    _mm256_and_si256(_mm256_srli_epi16(low1, 4), nibbles),
-                ];
-                let tops = [
-                    _mm256_and_si256(high, two),
-                    _mm256_and_si256(_mm256_srli_epi16(high, 2), two),
-                    _mm256_and_si256(_mm256_srli_epi16(high, 4), two),
-                    _mm256_and_si256(_mm256_srli_epi16(high, 6), two),
-                ];
-                for k in 0..4 {
-                    let q = _mm256_or_si256(lows[k], _mm256_slli_epi16(tops[k], 4));
-                    let q = _mm256_sub_epi8(q, _mm256_set1_epi8(32));
-                    let j = 4 * half + k;
-                    out.weights[j] = _mm256_sign_epi8(q, q);
-                    out.signs[j] = q;
-                    let scale = |i: usize| d * f32::from(block[192 + i] as i8);
-                    out.scales[j] =
-                        _mm256_set_m128(_mm_set1_ps(scale(2 * j + 1)), _mm_set1_ps(scale(2 * j)));
-                }
-            }
+            // Sub-blocks 4h + k of half h: k = 0, 1 from the low nibbles of the half's two
+            // 32-byte runs, k = 2, 3 from their high nibbles; 2 high bits each from `high`.
+            let (half, k) = (p / 2, 2 * (p % 2));
+            let three = _mm256_set1_epi8(3);
+            // SAFETY: the half's 64 bytes of low bits and 32 of high bits, inside the block.
+            let (low0, low1, high) = unsafe {
+                (
+                    _mm256_loadu_si256(block.add(64 * half).cast()),
+                    _mm256_loadu_si256(block.add(64 * half + 32).cast()),
+                    _mm256_loadu_si256(block.add(128 + 32 * half).cast()),
+                )
+            };
+            let shift = |v: __m256i, by: i32| match by {
+                0 => v,
+                2 => _mm256_srli_epi16(v, 2),
+                4 => _mm256_srli_epi16(v, 4),
+                _ => _mm256_srli_epi16(v, 6),
+            };
+            let make = |k: usize| {
+                let source = if k.is_multiple_of(2) { low0 } else { low1 };
+                let nib = _mm256_and_si256(shift(source, if k < 2 { 0 } else { 4 }), nibbles);
+                let top = _mm256_and_si256(shift(high, 2 * k as i32), three);
+                let q = _mm256_sub_epi8(
+                    _mm256_or_si256(nib, _mm256_slli_epi16(top, 4)),
+                    _mm256_set1_epi8(32),
+                );
+                (_mm256_sign_epi8(q, q), q)
+            };
+            [make(k), make(k + 1)]
         }
-        _ => unreachable!("unpack_k takes the K-quants"),
+        _ => unreachable!("k_pair takes the K-quants"),
     }
-    out
 }
 
 /// `dot_reference` on K-quant rows for `N` tokens at once (token `i`'s activation blocks
-/// from `firsts[i]`; `blocks` counts 32-value blocks, eight per K-quant block): each block is
-/// unpacked once, then every sub-block's 32 products are two instructions, scaled per lane by
-/// the weights' scales and the activations' scale, into two accumulators per token in turn
-/// so consecutive sub-blocks do not wait on each other.
+/// from `firsts[i]`; `blocks` counts 32-value blocks, eight per K-quant block). The
+/// activations are `Activations::quantize_k`'s, one scale per 256 values, so a block's eight
+/// sub-blocks sum in whole numbers: each sub-block's 32 products are two instructions, times
+/// its 6- or 8-bit scales in a third (`madd`), and the block is scaled once per token, as
+/// llama.cpp does.
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C (`available()`); the lengths are checked here.
@@ -367,40 +340,67 @@ pub unsafe fn dot_k<const N: usize>(
     }
     let (x, f) = (activations.values.as_ptr(), activations.factors.as_ptr());
     let signed = format == BlockFormat::Q6_K;
-    let ones = _mm256_set1_epi16(1);
-    let mut sums = [[_mm256_setzero_ps(); 2]; N];
+    let mut sums = [_mm256_setzero_ps(); N];
     let mut offsets = [0f32; N];
     for (kb, block) in row.chunks_exact(size).take(blocks / 8).enumerate() {
-        // SAFETY: a whole block (`chunks_exact`), on this CPU.
-        let u = unsafe { unpack_k(format, block) };
-        for (i, first) in firsts.iter().enumerate() {
-            let a = first + 8 * kb;
-            for j in 0..8 {
-                // SAFETY: activation block `a + j` is below `first + blocks` (asserted), so
-                // its 32 values and its factors lie inside their vectors.
-                let (xv, [scale, sum]) = unsafe {
-                    (
-                        _mm256_loadu_si256(x.add((a + j) * BLOCK).cast()),
-                        *f.add(a + j),
+        // Per sub-block its scale as 16-bit lanes (Q6_K: one per half) and its minimum.
+        let (d, scales, mins): (f32, [__m256i; 8], [f32; 8]) = if signed {
+            let scale = |i: usize| i16::from(block[192 + i] as i8);
+            (
+                f16_at(block, 208),
+                std::array::from_fn(|j| {
+                    _mm256_set_m128i(
+                        _mm_set1_epi16(scale(2 * j + 1)),
+                        _mm_set1_epi16(scale(2 * j)),
                     )
-                };
-                let xv = if signed {
-                    _mm256_sign_epi8(xv, u.signs[j])
-                } else {
-                    xv
-                };
-                let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(
-                    _mm256_maddubs_epi16(u.weights[j], xv),
-                    ones,
-                ));
-                sums[i][j % 2] = _mm256_fmadd_ps(
-                    _mm256_mul_ps(products, u.scales[j]),
-                    _mm256_set1_ps(scale),
-                    sums[i][j % 2],
-                );
-                offsets[i] += u.mins[j] * sum;
+                }),
+                [0.0; 8],
+            )
+        } else {
+            let (scales, mins) = k_scales_mins(&block[4..16]);
+            let dmin = f16_at(block, 2);
+            (
+                f16_at(block, 0),
+                scales.map(|s| _mm256_set1_epi16(i16::from(s))),
+                mins.map(|m| -dmin * f32::from(m)),
+            )
+        };
+        let mut integer = [[_mm256_setzero_si256(); 2]; N];
+        for p in 0..4 {
+            // SAFETY: a whole block (`chunks_exact`), on this CPU.
+            let pair = unsafe { k_pair(format, block.as_ptr(), p) };
+            for (h, (weights, signs)) in pair.into_iter().enumerate() {
+                let j = 2 * p + h;
+                for (i, first) in firsts.iter().enumerate() {
+                    let a = first + 8 * kb + j;
+                    // SAFETY: activation block `a` is below `first + blocks` (asserted), so
+                    // its 32 values lie inside `values`.
+                    let xv = unsafe { _mm256_loadu_si256(x.add(a * BLOCK).cast()) };
+                    let xv = if signed {
+                        _mm256_sign_epi8(xv, signs)
+                    } else {
+                        xv
+                    };
+                    let scaled = _mm256_madd_epi16(_mm256_maddubs_epi16(weights, xv), scales[j]);
+                    integer[i][h] = _mm256_add_epi32(integer[i][h], scaled);
+                }
             }
         }
+        for (i, first) in firsts.iter().enumerate() {
+            let a = first + 8 * kb;
+            // SAFETY: the factors of blocks `a .. a + 8`, below `first + blocks` (asserted).
+            let factors = unsafe { std::slice::from_raw_parts(f.add(a), 8) };
+            // One activation scale for the 256 values (`quantize_k`).
+            let scale = factors[0][0];
+            debug_assert!(factors.iter().all(|[s, _]| *s == scale), "K activations");
+            let total = _mm256_cvtepi32_ps(_mm256_add_epi32(integer[i][0], integer[i][1]));
+            sums[i] = _mm256_fmadd_ps(total, _mm256_set1_ps(d * scale), sums[i]);
+            offsets[i] += factors
+                .iter()
+                .zip(mins)
+                .map(|([_, sum], min)| min * sum)
+                .sum::<f32>();
+        }
     }
-    std::array::from_fn(|i| horizontal_sum(_mm256_add_ps(sums[i][0], sums[i][1])) + offsets[i])
+    std::array::from_fn(|i| horizontal_sum(sums[i]) + offsets[i])
 }

@@ -1,6 +1,6 @@
 use std::arch::x86_64::*;
 
-use super::avx2::{offset, unpack_k, weights};
+use super::avx2::{offset, weights};
 use super::{Activations, BLOCK, BlockFormat};
 
 /// Whether this CPU runs the AVX-512 kernels: 512-bit integer dot products of unsigned
@@ -112,15 +112,6 @@ unsafe fn pair_factors(
     _mm_mul_ps(weights, factors)
 }
 
-/// Lanes 0-7 `low`'s lane 0, lanes 8-15 `high`'s.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-fn scales(low: __m128, high: __m128) -> __m512 {
-    let low = _mm512_castps_pd(_mm512_broadcastss_ps(low));
-    let high = _mm256_castps_pd(_mm256_broadcastss_ps(high));
-    _mm512_castpd_ps(_mm512_insertf64x4(low, high, 1))
-}
-
 /// `dot_reference` with AVX-512 VNNI: two blocks per step, their 64 products in one
 /// `vpdpbusd`, each block's sums scaled by its own factor.
 ///
@@ -172,82 +163,4 @@ pub unsafe fn dot(
         total += unsafe { super::avx2::dot(format, &row[b * size..], activations, first + b, 1) };
     }
     total
-}
-
-/// `avx2::dot_k` with AVX-512 VNNI: each K-quant block unpacked once (by the AVX2 code) into
-/// four pairs of sub-blocks, each pair's 64 products in one `vpdpbusd` against 64 contiguous
-/// activation bytes, scaled per lane by the weights' scales and each block's activation scale.
-///
-/// # Safety
-/// The CPU must have what `available()` checks; the lengths are checked here.
-#[allow(unsafe_code)]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot_k<const N: usize>(
-    format: BlockFormat,
-    row: &[u8],
-    activations: &Activations,
-    firsts: [usize; N],
-    blocks: usize,
-) -> [f32; N] {
-    let size = format.block_bytes();
-    assert!(blocks.is_multiple_of(8) && row.len() >= blocks / 8 * size);
-    for first in firsts {
-        assert!(activations.blocks() >= first + blocks);
-    }
-    let (x, f) = (activations.values.as_ptr(), activations.factors.as_ptr());
-    let signed = format == BlockFormat::Q6_K;
-    let wide =
-        |low: __m256i, high: __m256i| _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
-    let mut sums = [[_mm512_setzero_ps(); 2]; N];
-    let mut offsets = [0f32; N];
-    for (kb, block) in row.chunks_exact(size).take(blocks / 8).enumerate() {
-        // SAFETY: a whole block (`chunks_exact`), on a CPU with AVX2 (`available()`).
-        let u = unsafe { unpack_k(format, block) };
-        let weights: [__m512i; 4] =
-            std::array::from_fn(|p| wide(u.weights[2 * p], u.weights[2 * p + 1]));
-        let negative: [__mmask64; 4] =
-            std::array::from_fn(|p| _mm512_movepi8_mask(wide(u.signs[2 * p], u.signs[2 * p + 1])));
-        let weight_scales: [__m512; 4] = std::array::from_fn(|p| {
-            _mm512_castpd_ps(_mm512_insertf64x4(
-                _mm512_castpd256_pd512(_mm256_castps_pd(u.scales[2 * p])),
-                _mm256_castps_pd(u.scales[2 * p + 1]),
-                1,
-            ))
-        });
-        for (i, first) in firsts.iter().enumerate() {
-            let a = first + 8 * kb;
-            for p in 0..4 {
-                let j = a + 2 * p;
-                // SAFETY: activation blocks `j` and `j + 1` are below `first + blocks`
-                // (asserted), so their 64 values and factors lie inside their vectors.
-                let (xv, [low, _], [high, _]) = unsafe {
-                    (
-                        _mm512_loadu_si512(x.add(j * BLOCK).cast()),
-                        *f.add(j),
-                        *f.add(j + 1),
-                    )
-                };
-                let xv = if signed {
-                    // |w| times x with w's sign: x negated where w is negative.
-                    _mm512_mask_sub_epi8(xv, negative[p], _mm512_setzero_si512(), xv)
-                } else {
-                    xv
-                };
-                let products =
-                    _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), weights[p], xv));
-                sums[i][p % 2] = _mm512_fmadd_ps(
-                    _mm512_mul_ps(products, weight_scales[p]),
-                    scales(_mm_set_ss(low), _mm_set_ss(high)),
-                    sums[i][p % 2],
-                );
-            }
-            // SAFETY: as above, the eight blocks' factors.
-            offsets[i] += (0..8)
-                .map(|j| u.mins[j] * unsafe { (*f.add(a + j))[1] })
-                .sum::<f32>();
-        }
-    }
-    std::array::from_fn(|i| {
-        _mm512_reduce_add_ps(_mm512_add_ps(sums[i][0], sums[i][1])) + offsets[i]
-    })
 }

@@ -121,6 +121,33 @@ pub(super) fn k_scale_min(scales: &[u8], j: usize) -> (u8, u8) {
     }
 }
 
+/// All eight sub-blocks' 6-bit scales and minimums of a Q4_K or Q5_K block at once, in 32-bit
+/// words (ggml's way in its dot products): the same as `k_scale_min` for each `j`, for the
+/// SIMD kernels, which unpack a block per token in a decode step.
+pub(super) fn k_scales_mins(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let word = |i: usize| {
+        u32::from_le_bytes([
+            packed[4 * i],
+            packed[4 * i + 1],
+            packed[4 * i + 2],
+            packed[4 * i + 3],
+        ])
+    };
+    let (w0, w1, w2) = (word(0), word(1), word(2));
+    let scales_high = (w2 & LOW4) | (((w0 >> 6) & LOW2) << 4);
+    let mins_high = ((w2 >> 4) & LOW4) | (((w1 >> 6) & LOW2) << 4);
+    let join = |low: u32, high: u32| {
+        let mut out = [0u8; 8];
+        out[..4].copy_from_slice(&low.to_le_bytes());
+        out[4..].copy_from_slice(&high.to_le_bytes());
+        out
+    };
+    (join(w0 & LOW6, scales_high), join(w1 & LOW6, mins_high))
+}
+
 /// One 32-value sub-block: value `l` is `scales[l / 16] · q[l] + min`.
 pub(super) struct SubBlock {
     pub q: [i32; BLOCK],
