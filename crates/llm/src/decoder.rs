@@ -226,6 +226,26 @@ impl Projections {
         })
     }
 
+    /// The gated MLP of `seq` normed rows `h` into `out`: `down(activation(gate h) · up h)`
+    /// (SiLU for Llama, GELU for Gemma), with `gate` and `up` as one team product.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mlp(
+        &self,
+        h: &[f32],
+        seq: usize,
+        activation: impl Fn(f32) -> f32,
+        team: &mut Team,
+        gate: &mut Vec<f32>,
+        up: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        forward_all([&self.gate, &self.up], h, seq, team, [gate, up])?;
+        for (g, u) in gate.iter_mut().zip(up.iter()) {
+            *g = activation(*g) * u;
+        }
+        self.down.forward(gate, seq, team, out)
+    }
+
     pub fn block_bytes(&self) -> usize {
         [
             &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,

@@ -247,20 +247,15 @@ impl Gemma3 {
                 .forward(&b.attended, seq, &mut self.team, &mut b.projected)?;
             add_normed(&mut b.x, &b.projected, &layer.post_attn_norm, &mut b.normed);
             rms_norm(&b.x, &layer.ffn_norm, eps, &mut b.h);
-            forward_all(
-                [&layer.p.gate, &layer.p.up],
+            layer.p.mlp(
                 &b.h,
                 seq,
+                gelu,
                 &mut self.team,
-                [&mut b.gate, &mut b.up],
+                &mut b.gate,
+                &mut b.up,
+                &mut b.projected,
             )?;
-            for (g, u) in b.gate.iter_mut().zip(&b.up) {
-                *g = gelu(*g) * u;
-            }
-            layer
-                .p
-                .down
-                .forward(&b.gate, seq, &mut self.team, &mut b.projected)?;
             add_normed(&mut b.x, &b.projected, &layer.post_ffn_norm, &mut b.normed);
         }
         let last = &b.x[(seq - 1) * dim..];

@@ -169,20 +169,15 @@ impl Llama {
                 *x += p;
             }
             rms_norm(&b.x, &layer.ffn_norm, eps, &mut b.h);
-            forward_all(
-                [&layer.p.gate, &layer.p.up],
+            layer.p.mlp(
                 &b.h,
                 seq,
+                |g| g / (1.0 + (-g).exp()),
                 &mut self.team,
-                [&mut b.gate, &mut b.up],
+                &mut b.gate,
+                &mut b.up,
+                &mut b.projected,
             )?;
-            for (g, u) in b.gate.iter_mut().zip(&b.up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
-            layer
-                .p
-                .down
-                .forward(&b.gate, seq, &mut self.team, &mut b.projected)?;
             for (x, p) in b.x.iter_mut().zip(&b.projected) {
                 *x += p;
             }
