@@ -240,7 +240,18 @@ fn probe_and_hook_output_is_bounded_like_every_log() {
             let size = std::fs::metadata(&f).map_or(0, |m| m.len());
             assert!(size <= 65536 + 200, "{}: {size} bytes", f.display());
         }
-        let text = std::fs::read_to_string(file(&format!("{name}.1"))).unwrap();
+        // A rotation renames .1 to .2 and then the live file to .1: between the two renames
+        // .1 is briefly absent (CI caught it there once), so read it once it is back.
+        let older = file(&format!("{name}.1"));
+        let text = (0..100)
+            .find_map(|_| {
+                let text = std::fs::read_to_string(&older).ok();
+                if text.is_none() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                text
+            })
+            .unwrap_or_else(|| panic!("{} never came back", older.display()));
         assert!(text.ends_with("xxxx\n"), "whole lines");
     }
     env.ctl(&["stop"]).success();
