@@ -310,6 +310,23 @@ impl Head {
     }
 }
 
+/// The buffers of one step, kept between steps so a decode step reuses them.
+#[derive(Default)]
+pub struct StepBuffers {
+    pub x: Vec<f32>,
+    pub h: Vec<f32>,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    /// Gemma's per-head and after-block norms.
+    pub normed: Vec<f32>,
+    pub attended: Vec<f32>,
+    pub projected: Vec<f32>,
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
+    pub scores: Vec<f32>,
+}
+
 /// `a · b` in eight independent sums: the plain `zip().sum()` is one chain of dependent
 /// additions (the compiler may not reorder float sums), which made attention's query-key
 /// products latency-bound on the main thread; eight lanes vectorise and overlap.

@@ -16,7 +16,8 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Result, Tensor};
 
 use crate::decoder::{
-    Embedding, Head, Heads, KvCache, Pairs, Projections, Rotary, forward_all, rms_norm, vector,
+    Embedding, Head, Heads, KvCache, Pairs, Projections, Rotary, StepBuffers, forward_all,
+    rms_norm, vector,
 };
 use crate::team::Team;
 
@@ -43,22 +44,6 @@ struct Layer {
     cache: KvCache,
 }
 
-/// The buffers of one step, kept so a decode step reuses them.
-#[derive(Default)]
-struct Buffers {
-    x: Vec<f32>,
-    h: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    normed: Vec<f32>,
-    attended: Vec<f32>,
-    projected: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    scores: Vec<f32>,
-}
-
 pub struct Gemma3 {
     embedding: Embedding,
     head: Head,
@@ -71,7 +56,7 @@ pub struct Gemma3 {
     vocab: usize,
     /// Positions the cache holds.
     pub context_length: usize,
-    buffers: Buffers,
+    buffers: StepBuffers,
     team: Team,
     device: Device,
 }
@@ -173,7 +158,7 @@ impl Gemma3 {
             dim,
             vocab,
             context_length,
-            buffers: Buffers::default(),
+            buffers: StepBuffers::default(),
             // As many threads as the pool candle sizes from --threads (RAYON_NUM_THREADS).
             team: Team::new(rayon::current_num_threads().saturating_sub(1)),
             device: device.clone(),

@@ -11,7 +11,8 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Result, Tensor};
 
 use crate::decoder::{
-    Embedding, Head, Heads, KvCache, Pairs, Projections, Rotary, forward_all, rms_norm, vector,
+    Embedding, Head, Heads, KvCache, Pairs, Projections, Rotary, StepBuffers, forward_all,
+    rms_norm, vector,
 };
 use crate::team::Team;
 
@@ -25,21 +26,6 @@ struct Layer {
     cache: KvCache,
 }
 
-/// The buffers of one step, kept so a decode step reuses them.
-#[derive(Default)]
-struct Buffers {
-    x: Vec<f32>,
-    h: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    attended: Vec<f32>,
-    projected: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    scores: Vec<f32>,
-}
-
 pub struct Llama {
     embedding: Embedding,
     head: Head,
@@ -51,7 +37,7 @@ pub struct Llama {
     vocab: usize,
     /// Positions the cache holds.
     pub context_length: usize,
-    buffers: Buffers,
+    buffers: StepBuffers,
     team: Team,
     device: Device,
 }
@@ -119,7 +105,7 @@ impl Llama {
             dim,
             vocab,
             context_length,
-            buffers: Buffers::default(),
+            buffers: StepBuffers::default(),
             // As many threads as the pool candle sizes from --threads (RAYON_NUM_THREADS).
             team: Team::new(rayon::current_num_threads().saturating_sub(1)),
             device: device.clone(),
