@@ -4,21 +4,16 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use n0m1_core::resident_args::{self, Usage};
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "boot_system",
-    version,
-    about = "Start the n0m1 managers and keep them alive"
-)]
-struct Args {
-    #[command(flatten)]
-    home: n0m1_core::home::HomeArg,
-}
+const USAGE: Usage = Usage {
+    name: "boot_system",
+    about: "Start the n0m1 managers and keep them alive",
+    options: &[],
+};
 
-fn run(args: Args) -> anyhow::Result<()> {
-    let home = args.home.resolve()?;
+fn run(home: n0m1_core::home::HomeArg) -> anyhow::Result<()> {
+    let home = home.resolve()?;
     let bin_dir = n0m1_core::process::own_bin_dir()
         .context("cannot find the folder of the boot_system executable")?;
     n0m1_supervisor::Boot::run(n0m1_supervisor::BootOptions { home, bin_dir })?;
@@ -27,5 +22,8 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     n0m1_core::logging::init("boot_system", "info");
-    n0m1_core::exit_code(run(Args::parse()))
+    match resident_args::parse(&USAGE, std::env::args_os().skip(1), |_, _| Ok(false)) {
+        Ok(home) => n0m1_core::exit_code(run(home)),
+        Err(code) => code,
+    }
 }

@@ -1,23 +1,21 @@
 //! `n0m1_logd`: the log writer. Started by boot; see `n0m1_logd` crate docs.
 
-use clap::Parser;
+use n0m1_core::resident_args::{self, Usage};
 
-#[derive(Parser)]
-#[command(
-    name = "n0m1_logd",
-    about = "n0m1's log writer: reads run/logs/ FIFOs, rotates log files by size"
-)]
-struct Args {
-    #[command(flatten)]
-    home: n0m1_core::home::HomeArg,
-}
+const USAGE: Usage = Usage {
+    name: "n0m1_logd",
+    about: "n0m1's log writer: reads run/logs/ FIFOs, rotates log files by size",
+    options: &[],
+};
 
 fn main() -> std::process::ExitCode {
     n0m1_core::logging::init("n0m1_logd", "info");
-    let args = Args::parse();
+    let home = match resident_args::parse(&USAGE, std::env::args_os().skip(1), |_, _| Ok(false)) {
+        Ok(home) => home,
+        Err(code) => return code,
+    };
     n0m1_core::exit_code::<anyhow::Error>((|| {
-        let home = args.home.resolve()?;
-        n0m1_logd::run(home)?;
+        n0m1_logd::run(home.resolve()?)?;
         Ok(())
     })())
 }

@@ -30,6 +30,7 @@ pub mod metric;
 pub mod notify;
 pub mod pidfile;
 pub mod process;
+pub mod resident_args;
 pub mod resources;
 pub mod runtime;
 pub mod schedules;
