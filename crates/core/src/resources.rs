@@ -43,6 +43,24 @@ pub fn tree_usage(snapshot: &[ProcStat], leader: i32) -> TreeUsage {
             members.push(found);
         }
     }
+    sum(members.into_iter(), ticks)
+}
+
+/// Sums the processes of a cgroup (its `cgroup.procs`), each read from /proc: a component
+/// whose memory its cgroup does not count (no memory limit on a v1 host, where it is not in a
+/// memory cgroup) is still in its membership cgroup, escaped descendants included, so its
+/// few processes are read instead of all of /proc.
+pub fn members_usage(pids: &[i32]) -> TreeUsage {
+    let ticks = process::clock_ticks_per_second().max(1) as f64;
+    let stats: Vec<ProcStat> = pids
+        .iter()
+        .filter_map(|pid| ProcStat::read(*pid))
+        .filter(ProcStat::is_alive)
+        .collect();
+    sum(stats.iter(), ticks)
+}
+
+fn sum<'a>(members: impl Iterator<Item = &'a ProcStat>, ticks: f64) -> TreeUsage {
     let mut usage = TreeUsage::default();
     for stat in members {
         usage.rss_bytes += process::rss_kib(stat) * 1024;
@@ -160,6 +178,30 @@ mod tests {
         assert_eq!(usage.processes, 3);
         assert_eq!(usage.rss_bytes, 3 * process::rss_kib(&snapshot[0]) * 1024);
         assert!((usage.cpu_seconds - 300.0 / ticks).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_cgroups_members_are_read_one_by_one_and_the_gone_skipped() {
+        #[allow(clippy::disallowed_methods)] // a test's own short-lived child
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pids = [std::process::id() as i32, child.id() as i32, i32::MAX];
+        let usage = members_usage(&pids);
+        let stats: Vec<ProcStat> = pids[..2]
+            .iter()
+            .map(|pid| ProcStat::read(*pid).unwrap())
+            .collect();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(usage.processes, 2, "the pid that does not exist is skipped");
+        // This process's own memory moves with the other tests; the sleeper's does not.
+        let sleeper = process::rss_kib(&stats[1]) * 1024;
+        assert!(
+            usage.rss_bytes > sleeper,
+            "{usage:?} against the sleeper's {sleeper}"
+        );
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub(super) struct Executor {
     pub cgroups: Option<HomeCgroups>,
     /// config.json's `logs`: a probe's side log is bounded by them when no log writer runs.
     pub log_settings: n0m1_core::config::LogSettings,
+    /// Released PID files, removed from their folder but not yet closed: the manager closes
+    /// them after the batch of effects (`close_released`), so freeing a file is not between
+    /// a crash and its replacement's spawn.
+    pub released: Vec<std::fs::File>,
 }
 
 impl Executor {
@@ -80,7 +84,7 @@ impl Executor {
             }
             Effect::ReleasePidFile => {
                 if let Some(pid_file) = slot.pid_file.take() {
-                    pid_file.remove();
+                    self.released.push(pid_file.unlink());
                 }
                 slot.escaped.clear();
                 slot.leader = None;
@@ -102,6 +106,11 @@ impl Executor {
             Effect::Forget => {}
         }
         None
+    }
+
+    /// Closes the PID files released during the last batch of effects.
+    pub fn close_released(&mut self) {
+        self.released.clear();
     }
 
     /// Starts a health probe (a group leader, our child, reaped by the loop). It gets the

@@ -166,6 +166,7 @@ impl Manager {
             pids: HashMap::new(),
             cgroups: None,
             log_settings: Default::default(),
+            released: Vec::new(),
         };
         let mut manager = Manager {
             policy: SupervisorPolicy::default(),
@@ -367,6 +368,11 @@ impl Manager {
     /// feed back, in order: a spawn's answer is handled after the rest of the batch, so the
     /// record of a crash is queued before the record of its replacement.
     fn dispatch(&mut self, id: &str, input: Input) {
+        self.dispatch_batch(id, input);
+        self.exec.close_released();
+    }
+
+    fn dispatch_batch(&mut self, id: &str, input: Input) {
         let mut queue = VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
             let cx = Context {

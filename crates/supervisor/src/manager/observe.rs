@@ -12,35 +12,42 @@ use super::slot::PidOwner;
 use crate::machine::Input;
 
 impl Manager {
-    /// One `component_resource_log` row per running component: its tree's RSS and CPU time,
-    /// from one /proc snapshot for all of them. Off the restart path (a timer, not a SIGCHLD).
+    /// One `component_resource_log` row per running component: its tree's RSS and CPU time.
+    /// Off the restart path (a timer, not a SIGCHLD), but on the loop's thread: a crash that
+    /// comes in meanwhile waits for it, so it reads as little as it can.
     pub(super) fn sample_resources(&mut self) {
         self.check_oom_kills();
-        let running: Vec<(&String, i32, Option<&ComponentCgroup>)> = self
+        let running: Vec<(&String, i32, Option<&ComponentCgroup>, bool)> = self
             .slots
             .iter()
             .filter_map(|(id, slot)| {
-                let counted = slot.cgroup.as_ref().filter(|_| slot.memory_counted);
-                Some((id, slot.machine.proc()?.pid, counted))
+                let pid = slot.machine.proc()?.pid;
+                Some((id, pid, slot.cgroup.as_ref(), slot.memory_counted))
             })
             .collect();
         if running.is_empty() {
             return;
         }
-        // A cgroup's own counters are cheaper than a /proc scan and count every descendant,
-        // escaped ones included; they serve where the component is in a memory cgroup.
+        // A cgroup's own counters are cheaper than reading /proc and count every descendant,
+        // escaped ones included; where its memory is not counted (not in a memory cgroup),
+        // its members are read one by one: a few /proc files, where a scan reads hundreds.
         let counted: Vec<Option<resources::TreeUsage>> = running
             .iter()
-            .map(|(_, _, cgroup)| {
+            .map(|(_, _, cgroup, memory_counted)| {
                 let cgroup = (*cgroup)?;
-                Some(resources::TreeUsage {
-                    rss_bytes: cgroup.memory()?.current,
-                    cpu_seconds: cgroup.cpu_seconds()?,
-                    processes: cgroup.pids().len() as u32,
-                })
+                let counters = memory_counted
+                    .then(|| {
+                        Some(resources::TreeUsage {
+                            rss_bytes: cgroup.memory()?.current,
+                            cpu_seconds: cgroup.cpu_seconds()?,
+                            processes: cgroup.pids().len() as u32,
+                        })
+                    })
+                    .flatten();
+                counters.or_else(|| Some(resources::members_usage(&cgroup.pids())))
             })
             .collect();
-        // The /proc scan only for the others.
+        // The /proc scan only for components without a cgroup.
         let snapshot = counted
             .iter()
             .any(Option::is_none)
@@ -50,7 +57,7 @@ impl Manager {
         let samples = running
             .into_iter()
             .zip(counted)
-            .map(|((id, pid, _), counted)| {
+            .map(|((id, pid, _, _), counted)| {
                 let usage = counted.unwrap_or_else(|| resources::tree_usage(&snapshot, pid));
                 ResourceSample {
                     component_id: id.clone(),

@@ -47,6 +47,7 @@ impl Bench {
             pids: Default::default(),
             cgroups: None,
             log_settings: Default::default(),
+            released: Vec::new(),
         };
         Bench {
             _children: children,
