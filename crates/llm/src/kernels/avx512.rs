@@ -15,6 +15,43 @@ pub fn available() -> bool {
     })
 }
 
+/// One block of 32 activations quantized as `Activations::quantize_blocks` does on the plain
+/// path, 16 values per instruction: the largest magnitude, each value times `127 / max` rounded
+/// to nearest (ties to even, by the same add and take away of 1.5 · 2^23, no fused
+/// multiply-add), so the bytes written and the (max, sum) returned equal the plain path's
+/// bit for bit (tested).
+///
+/// # Safety
+/// The CPU must have what `available()` checks.
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn quantize_block(block: &[f32; BLOCK], out: &mut [i8; BLOCK]) -> (f32, i32) {
+    // SAFETY: `block` holds 32 floats: two unaligned loads of 16.
+    let (low, high) = unsafe {
+        (
+            _mm512_loadu_ps(block.as_ptr()),
+            _mm512_loadu_ps(block.as_ptr().add(16)),
+        )
+    };
+    let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
+    let inverse = _mm512_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
+    let rounding = _mm512_set1_ps(super::ROUNDING);
+    let quantize = |v: __m512| {
+        let scaled = _mm512_mul_ps(v, inverse);
+        // Whole numbers already: the conversion's truncation changes nothing.
+        _mm512_cvttps_epi32(_mm512_sub_ps(_mm512_add_ps(scaled, rounding), rounding))
+    };
+    let (low, high) = (quantize(low), quantize(high));
+    let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(low, high));
+    // SAFETY: `out` holds 32 bytes: two unaligned stores of 16 (each lane narrowed from
+    // 32 bits, exact for values within ±127).
+    unsafe {
+        _mm_storeu_si128(out.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(low));
+        _mm_storeu_si128(out.as_mut_ptr().add(16).cast(), _mm512_cvtepi32_epi8(high));
+    }
+    (max, sum)
+}
+
 /// Two blocks' weights side by side (block `b` in the low half), as unsigned bytes for
 /// `vpdpbusd`, and the activations' bytes made to carry Q8_0's signs.
 ///

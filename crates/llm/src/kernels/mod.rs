@@ -67,6 +67,32 @@ enum Rounding {
 /// addition rounds to an integer.
 const ROUNDING: f32 = 12_582_912.0;
 
+/// One block of `quantize_blocks` on the plain path: its values times `127 / max` rounded,
+/// written to `out`; returns the largest magnitude and the sum of the rounded values.
+fn quantize_block(block: &[f32; BLOCK], out: &mut [i8; BLOCK]) -> (f32, i32) {
+    // Eight lanes of maxima: a comparison the compiler turns into packed maxima
+    // (`f32::max`'s NaN rule keeps it scalar).
+    let mut lanes = [0f32; 8];
+    for chunk in block.chunks_exact(8) {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            let magnitude = v.abs();
+            if magnitude > *lane {
+                *lane = magnitude;
+            }
+        }
+    }
+    let max = lanes.iter().fold(0f32, |m, v| m.max(*v));
+    let inverse = if max > 0.0 { 127.0 / max } else { 0.0 };
+    let mut sum = 0i32;
+    for (v, q) in block.iter().zip(out.iter_mut()) {
+        // Round to nearest (ties to even) by adding and taking away 1.5 * 2^23, exact for
+        // |v * inverse| <= 127; `f32::round` is a libm call per value without SSE4.1.
+        *q = ((v * inverse + ROUNDING) - ROUNDING) as i8;
+        sum += i32::from(*q);
+    }
+    (max, sum)
+}
+
 impl Activations {
     /// Quantizes `x` (a multiple of 32 values) in place of what was there, per 32 values, for
     /// Q4_1 weights: what llama.cpp's Q8_1 holds (see `quantize_blocks`).
@@ -81,34 +107,30 @@ impl Activations {
     /// times the sum rounded to an f16 for Q8_1, the f16 scale times the sum for Q8_0 (whose
     /// users, Q4_0, Q5_0 and Q8_0, take the offset in whole numbers).
     fn quantize_blocks(&mut self, x: &[f32], rounding: Rounding) {
+        self.quantize_blocks_with(Kernels::chosen(), x, rounding);
+    }
+
+    fn quantize_blocks_with(&mut self, kernels: Kernels, x: &[f32], rounding: Rounding) {
         debug_assert!(x.len().is_multiple_of(BLOCK));
         let to_f16 = round_to_f16;
         self.factors.clear();
         self.values.clear();
-        for block in x.chunks_exact(BLOCK) {
-            // Eight lanes of maxima: a comparison the compiler turns into packed maxima
-            // (`f32::max`'s NaN rule keeps it scalar).
-            let mut lanes = [0f32; 8];
-            for chunk in block.chunks_exact(8) {
-                for (lane, v) in lanes.iter_mut().zip(chunk) {
-                    let magnitude = v.abs();
-                    if magnitude > *lane {
-                        *lane = magnitude;
-                    }
-                }
-            }
-            let max = lanes.iter().fold(0f32, |m, v| m.max(*v));
+        self.values.resize(x.len() / BLOCK * BLOCK, 0);
+        for (block, out) in x
+            .chunks_exact(BLOCK)
+            .zip(self.values.chunks_exact_mut(BLOCK))
+        {
+            let block: &[f32; BLOCK] = block.try_into().expect("32 values");
+            let out: &mut [i8; BLOCK] = out.try_into().expect("32 values");
+            let (max, sum) = match kernels {
+                // SAFETY: `Kernels::choose` picks AVX-512 only where the CPU has its
+                // features; the block and its bytes are whole arrays.
+                #[cfg(target_arch = "x86_64")]
+                #[allow(unsafe_code)]
+                Kernels::Avx512 => unsafe { avx512::quantize_block(block, out) },
+                _ => quantize_block(block, out),
+            };
             let scale = max / 127.0;
-            let inverse = if max > 0.0 { 127.0 / max } else { 0.0 };
-            let mut sum = 0i32;
-            for v in block {
-                // Round to nearest (ties to even) by adding and taking away 1.5 * 2^23,
-                // exact for |v * inverse| <= 127; `f32::round` is a libm call per value
-                // without SSE4.1.
-                let q = ((v * inverse + ROUNDING) - ROUNDING) as i8;
-                sum += i32::from(q);
-                self.values.push(q);
-            }
             let kept = to_f16(scale);
             let scaled_sum = match rounding {
                 Rounding::Q8_1 => to_f16(scale * sum as f32),
@@ -481,7 +503,7 @@ mod tests {
         }
     }
 
-    fn random_values(n: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<f32> {
+    pub(super) fn random_values(n: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<f32> {
         (0..n)
             .map(|_| ((rng.next_u32() % 20001) as f32 / 10000.0 - 1.0) * 3.0)
             .collect()
@@ -590,6 +612,49 @@ mod tests {
             .collect();
         all.dedup();
         all
+    }
+
+    #[test]
+    fn simd_activation_quantization_equals_the_plain_path_bit_for_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+        let mut x = random_values(64 * BLOCK, &mut rng);
+        // Blocks of other magnitudes: tiny, huge, one all zero, and one whose largest
+        // magnitude is 127, so values like 2.5 land exactly halfway (ties to even).
+        for (i, v) in x[..BLOCK].iter_mut().enumerate() {
+            *v *= 1e-6 * (i as f32 + 1.0);
+        }
+        for v in &mut x[BLOCK..2 * BLOCK] {
+            *v *= 1e4;
+        }
+        x[2 * BLOCK..3 * BLOCK].fill(0.0);
+        for (i, v) in x[3 * BLOCK..4 * BLOCK].iter_mut().enumerate() {
+            *v = if i == 0 { -127.0 } else { i as f32 - 15.5 };
+        }
+        for rounding in [Rounding::Q8_0, Rounding::Q8_1] {
+            let mut plain = Activations::default();
+            plain.quantize_blocks_with(Kernels::Scalar, &x, rounding);
+            for kernels in kernels_here() {
+                let mut fast = Activations::default();
+                fast.quantize_blocks_with(kernels, &x, rounding);
+                assert_eq!(fast.values, plain.values, "{kernels:?}");
+                let bits = |a: &Activations| -> Vec<[u32; 2]> {
+                    a.factors
+                        .iter()
+                        .map(|[s, t]| [s.to_bits(), t.to_bits()])
+                        .collect()
+                };
+                assert_eq!(bits(&fast), bits(&plain), "{kernels:?}");
+            }
+        }
+        // The halfway values rounded to even: 2.5 -> 2, 3.5 -> 4, -0.5 -> 0.
+        let plain = {
+            let mut a = Activations::default();
+            a.quantize_blocks_with(Kernels::Scalar, &x[3 * BLOCK..4 * BLOCK], Rounding::Q8_0);
+            a
+        };
+        assert_eq!(plain.values[0], -127);
+        assert_eq!(&plain.values[15..19], &[0, 0, 2, 2]);
+        assert_eq!(plain.values[19], 4);
     }
 
     #[test]
@@ -756,6 +821,37 @@ mod tests {
 mod speed_probe {
     use super::*;
     use rand_core::SeedableRng;
+    /// Activation quantization (Q8_1, 576 values as SmolLM2's hidden state), each kernel
+    /// set interleaved: values per second.
+    #[test]
+    #[ignore]
+    fn quantization() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let x = tests::random_values(576, &mut rng);
+        let kernels: Vec<Kernels> = [None, Some("avx2")]
+            .into_iter()
+            .map(Kernels::choose)
+            .collect();
+        let mut rates = vec![Vec::new(); kernels.len()];
+        let mut a = Activations::default();
+        for _ in 0..9 {
+            for (k, kernel) in kernels.iter().enumerate() {
+                let t = std::time::Instant::now();
+                for _ in 0..20_000 {
+                    a.quantize_blocks_with(*kernel, std::hint::black_box(&x), Rounding::Q8_1);
+                }
+                rates[k].push(20_000.0 * x.len() as f64 / t.elapsed().as_secs_f64() / 1e9);
+            }
+        }
+        for (kernel, mut rate) in kernels.iter().zip(rates) {
+            rate.sort_by(f64::total_cmp);
+            eprintln!(
+                "quantize Q8_1 {kernel:?}: median {:.2} G values/s, min {:.2}, max {:.2} (9 runs, interleaved)",
+                rate[4], rate[0], rate[8]
+            );
+        }
+    }
+
     #[test]
     #[ignore]
     fn probe() {
