@@ -35,16 +35,15 @@ impl Manager {
             .iter()
             .map(|(_, _, cgroup, memory_counted)| {
                 let cgroup = (*cgroup)?;
-                let counters = memory_counted
-                    .then(|| {
-                        Some(resources::TreeUsage {
-                            rss_bytes: cgroup.memory()?.current,
-                            cpu_seconds: cgroup.cpu_seconds()?,
-                            processes: cgroup.pids().len() as u32,
-                        })
+                let counters = || {
+                    Some(resources::TreeUsage {
+                        rss_bytes: cgroup.memory()?.current,
+                        cpu_seconds: cgroup.cpu_seconds()?,
+                        processes: cgroup.pids().len() as u32,
                     })
-                    .flatten();
-                counters.or_else(|| Some(resources::members_usage(&cgroup.pids())))
+                };
+                let counted = if *memory_counted { counters() } else { None };
+                Some(counted.unwrap_or_else(|| resources::members_usage(&cgroup.pids())))
             })
             .collect();
         // The /proc scan only for components without a cgroup.
